@@ -1,0 +1,140 @@
+//! `pubbot-sim`: run the platform simulator, or sign a call for curl.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pubbot_sim::{AppCredentials, Faults, PushConfig, SimConfig, Simulator};
+
+#[derive(Parser)]
+#[command(
+    name = "pubbot-sim",
+    version,
+    about = "The Public Service platform, simulated"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090", env = "PUBBOT_SIM_LISTEN")]
+    listen: SocketAddr,
+    /// An app as KEY:SECRET; repeat for several.
+    #[arg(long = "app", value_parser = AppCredentials::parse, default_value = "demo-app:demo-secret")]
+    apps: Vec<AppCredentials>,
+    /// Accepted RC-Timestamp skew in seconds (R2).
+    #[arg(long, default_value_t = 300)]
+    skew_secs: u64,
+    /// Push attempt timeout in milliseconds (the platform: 5000).
+    #[arg(long, default_value_t = 5000)]
+    push_timeout_ms: u64,
+    /// Push attempts in all (the platform: 3).
+    #[arg(long, default_value_t = 3)]
+    push_tries: u32,
+    /// Pause between push attempts, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    push_retry_delay_ms: u64,
+    /// Answer 1008 above this many calls per second and app.
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// Fraction of calls answered 1000.
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Latency added to every call, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Fraction of calls whose connection is dropped.
+    #[arg(long, default_value_t = 0.0)]
+    drop_rate: f64,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the platform API and the control API (the default).
+    Serve,
+    /// Print the four signature headers for a call, as curl -H arguments.
+    Sign {
+        /// App key.
+        #[arg(long, default_value = "demo-app")]
+        app_key: String,
+        /// App secret.
+        #[arg(long, default_value = "demo-secret")]
+        secret: String,
+        /// Print query parameters (for /media/upload and /media/uploadnews)
+        /// instead of headers.
+        #[arg(long)]
+        query: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.serve).await,
+        Command::Sign {
+            app_key,
+            secret,
+            query,
+        } => {
+            let nonce = rand_nonce();
+            let ts = chrono::Utc::now().timestamp().to_string();
+            let sig = pubbot_sim::signature::sign(&secret, &nonce, &ts);
+            if query {
+                println!(
+                    "RC-App-Key={app_key}&RC-Nonce={nonce}&RC-Timestamp={ts}&RC-Signature={sig}"
+                );
+            } else {
+                println!("-H RC-App-Key:{app_key} -H RC-Nonce:{nonce} -H RC-Timestamp:{ts} -H RC-Signature:{sig}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn rand_nonce() -> String {
+    rand::random::<u32>().to_string()
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = SimConfig {
+        apps: args.apps,
+        skew_secs: args.skew_secs,
+        push: PushConfig {
+            timeout: Duration::from_millis(args.push_timeout_ms),
+            tries: args.push_tries,
+            retry_delay: Duration::from_millis(args.push_retry_delay_ms),
+            ..PushConfig::default()
+        },
+        faults: Faults {
+            rate_limit_per_sec: args.rate_limit,
+            error_rate: args.error_rate,
+            latency_ms: args.latency_ms,
+            drop_rate: args.drop_rate,
+        },
+        ..SimConfig::default()
+    };
+    let keys: Vec<&str> = config.apps.iter().map(|a| a.key.as_str()).collect();
+    tracing::info!(listen = %args.listen, apps = ?keys, "pubbot-sim serving; control API under /_sim");
+    let sim = Simulator::new(config).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    sim.serve(listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,1047 @@
+//! The platform's state and the business rules of every endpoint. Pure
+//! functions over [`World`]: no I/O here, the HTTP layer (`api.rs`) parses
+//! and authenticates, this module decides.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use rand::Rng;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::config::{Faults, SimConfig};
+use crate::error::ApiError;
+use crate::limits::{self, FileFormat};
+
+/// A public account (`mcid`) of one app.
+#[derive(Debug, Clone, Serialize)]
+pub struct Account {
+    /// Sequence id.
+    pub id: i64,
+    /// The account id.
+    pub mcid: String,
+    /// Display name.
+    pub display_name: String,
+    /// Avatar URL.
+    pub portrait_url: String,
+    /// Display type (0: in the conversation list).
+    pub ui_type: i64,
+    /// Description.
+    pub introduction: String,
+    /// Whether it is a global account.
+    pub is_follow: bool,
+    /// Where pushes go.
+    pub route_url: String,
+    /// Whether pushes are sent at all.
+    pub route_open: bool,
+    /// Users following the account.
+    pub followers: BTreeSet<String>,
+    /// The natural day (UTC+8) of the last mass send (R11).
+    pub last_sendall_day: Option<NaiveDate>,
+}
+
+impl Account {
+    fn info(&self) -> Value {
+        json!({"info": {
+            "id": self.id,
+            "mcid": self.mcid,
+            "mcidHash": mcid_hash(&self.mcid),
+            "fcid": 0,
+            "DisplayName": self.display_name,
+            "IsFollow": self.is_follow,
+            "PortraitUrl": self.portrait_url,
+            "RouteUrl": self.route_url,
+            "FuncRouteUrl": "",
+            "uiType": self.ui_type,
+            "isRouteOpen": self.route_open,
+            "IsAuthorization": false,
+            "IsGetUserInfo": true,
+            "Introduction": self.introduction,
+            "isCustom": false,
+        }})
+    }
+}
+
+fn mcid_hash(mcid: &str) -> i64 {
+    // A stable, positive 31-bit hash (FNV-1a); the document shows a number.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in mcid.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    i64::from(h & 0x7FFF_FFFF)
+}
+
+/// A menu item.
+#[derive(Debug, Clone, Serialize)]
+pub struct Menu {
+    /// Sequence id.
+    pub id: i64,
+    /// Generated 32-hex id.
+    pub menu_id: String,
+    /// Owning account.
+    pub mcid: String,
+    /// 1 or 2.
+    pub level: u8,
+    /// Name, at most 10 characters.
+    pub name: String,
+    /// 0 none, 1 open url.
+    pub kind: u8,
+    /// Target of kind 1.
+    pub url: String,
+    /// Parent of a level-2 item, empty for level 1.
+    pub pid: String,
+    /// Rank among its siblings (R13).
+    pub order: i64,
+}
+
+impl Menu {
+    fn info(&self) -> Value {
+        json!({"info": {
+            "id": self.id,
+            "menuId": self.menu_id,
+            "Type": self.kind,
+            "Name": self.name,
+            "Url": self.url,
+            "Level": self.level,
+            "Pid": self.pid,
+            "mcid": self.mcid,
+            "UpdateTime": null,
+            "CreateTime": null,
+            "order": self.order,
+        }})
+    }
+}
+
+/// Uploaded material.
+#[derive(Debug, Clone, Serialize)]
+pub struct Media {
+    /// The id later sends refer to.
+    pub media_id: String,
+    /// `image`, `thumb`, `voice` or `news`.
+    pub kind: String,
+    /// Upload time, seconds.
+    pub created_at: i64,
+    /// Size of an uploaded file.
+    pub bytes: usize,
+    /// Articles of news material.
+    pub articles: Vec<Value>,
+}
+
+/// One message an account delivered to one user, whichever endpoint sent it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    /// Global delivery sequence.
+    pub seq: u64,
+    /// App key.
+    pub app_key: String,
+    /// Sending account.
+    pub mcid: String,
+    /// Receiving user.
+    pub user_id: String,
+    /// The API path that delivered it.
+    pub endpoint: String,
+    /// `text`, `image`, `voice`, `news` or `mpnews`.
+    pub msgtype: String,
+    /// The payload object as sent (`{"content":..}`, `{"url":..}`, ...).
+    pub payload: Value,
+    /// Mass-send id, for sendall.
+    pub msg_id: Option<String>,
+    /// Delivery time, Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// One API call, as the call log keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    /// Global call sequence.
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// Path called.
+    pub path: String,
+    /// `RC-App-Key` as sent, if any.
+    pub app_key: Option<String>,
+    /// HTTP status answered.
+    pub status: u16,
+    /// `errcode` answered (0 on success).
+    pub errcode: u32,
+    /// `errmsg` answered.
+    pub errmsg: String,
+    /// The request body (lossy UTF-8, cut at 4 KiB).
+    pub body: String,
+    /// Whether the connection was dropped on purpose (fault injection).
+    pub dropped: bool,
+}
+
+/// Per-app state.
+#[derive(Debug, Default)]
+pub struct AppWorld {
+    pub(crate) secret: String,
+    pub(crate) accounts: BTreeMap<String, Account>,
+    pub(crate) menus: BTreeMap<String, Menu>,
+    pub(crate) media: HashMap<String, Media>,
+    rate_window: (i64, u32),
+}
+
+/// Where a send's image / voice comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `media_id` of uploaded material (`/message/send.json`, `sendall`).
+    Uploaded,
+    /// `url` given inline (`/message/operation/...`).
+    Direct,
+}
+
+/// Everything the platform knows.
+#[derive(Debug)]
+pub struct World {
+    pub(crate) apps: HashMap<String, AppWorld>,
+    inboxes: HashMap<(String, String), Vec<Delivery>>,
+    delivery_seq: u64,
+    calls: VecDeque<CallRecord>,
+    call_seq: u64,
+    call_capacity: usize,
+    pub(crate) faults: Faults,
+    /// Shift of the platform's calendar, for tests of the natural day
+    /// (R11). Signatures and timestamps stay on the real clock.
+    pub(crate) clock_offset_secs: i64,
+    next_id: i64,
+}
+
+/// Parsed form fields (R12: account and menu calls), with repeated keys kept.
+pub struct Form(pub Vec<(String, String)>);
+
+impl Form {
+    /// Parses an urlencoded body.
+    pub fn parse(body: &[u8]) -> Self {
+        Self(form_urlencoded::parse(body).into_owned().collect())
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn required(&self, name: &str) -> Result<&str, ApiError> {
+        match self.get(name) {
+            Some(v) if !v.trim().is_empty() => Ok(v),
+            _ => Err(ApiError::bad(format!("{name} is required"))),
+        }
+    }
+
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn boolean(&self, name: &str) -> Result<bool, ApiError> {
+        match self.required(name)? {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            other => Err(ApiError::bad(format!(
+                "{name} must be true or false, got {other:?}"
+            ))),
+        }
+    }
+
+    fn integer(&self, name: &str) -> Result<i64, ApiError> {
+        let raw = self.required(name)?;
+        raw.trim()
+            .parse()
+            .map_err(|_| ApiError::bad(format!("{name} must be an integer, got {raw:?}")))
+    }
+
+    /// R12: where the table lists `RC-App-Key` as a form field it is
+    /// required and must name the signing app.
+    fn app_key_field(&self, app_key: &str) -> Result<(), ApiError> {
+        if self.required("RC-App-Key")? == app_key {
+            Ok(())
+        } else {
+            Err(ApiError::bad(
+                "RC-App-Key form field does not match the RC-App-Key header",
+            ))
+        }
+    }
+}
+
+fn str_field<'a>(v: &'a Value, name: &str) -> Result<&'a str, ApiError> {
+    match v.get(name) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            Err(ApiError::bad(format!("{name} is required")))
+        }
+        Some(_) => Err(ApiError::bad(format!("{name} must be a string"))),
+    }
+}
+
+fn now_ms(offset_secs: i64) -> i64 {
+    Utc::now().timestamp_millis() + offset_secs * 1000
+}
+
+fn random_hex(len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
+        .collect()
+}
+
+impl World {
+    /// A world with the configured apps and nothing else.
+    pub fn new(config: &SimConfig) -> Self {
+        let apps = config
+            .apps
+            .iter()
+            .map(|a| {
+                (
+                    a.key.clone(),
+                    AppWorld {
+                        secret: a.secret.clone(),
+                        ..AppWorld::default()
+                    },
+                )
+            })
+            .collect();
+        Self {
+            apps,
+            inboxes: HashMap::new(),
+            delivery_seq: 0,
+            calls: VecDeque::new(),
+            call_seq: 0,
+            call_capacity: config.call_log_capacity,
+            faults: config.faults.clone(),
+            clock_offset_secs: 0,
+            next_id: 0,
+        }
+    }
+
+    /// The platform's "now", Unix milliseconds (real clock).
+    pub fn now_ms(&self) -> i64 {
+        now_ms(0)
+    }
+
+    /// The platform's natural day: China Standard Time (R11).
+    pub fn today(&self) -> NaiveDate {
+        let cst = FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset");
+        DateTime::from_timestamp_millis(now_ms(self.clock_offset_secs))
+            .unwrap_or_default()
+            .with_timezone(&cst)
+            .date_naive()
+    }
+
+    fn next_id(&mut self) -> i64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub(crate) fn app_mut(&mut self, app_key: &str) -> Result<&mut AppWorld, ApiError> {
+        self.apps
+            .get_mut(app_key)
+            .ok_or_else(|| ApiError::Unauthorized(format!("unknown app key {app_key:?}")))
+    }
+
+    /// The call log, oldest first.
+    pub fn calls(&self) -> impl Iterator<Item = &CallRecord> {
+        self.calls.iter()
+    }
+
+    /// Appends to the call log, dropping the oldest entry past capacity.
+    pub fn record_call(&mut self, mut record: CallRecord) {
+        self.call_seq += 1;
+        record.seq = self.call_seq;
+        if self.calls.len() >= self.call_capacity.max(1) {
+            self.calls.pop_front();
+        }
+        self.calls.push_back(record);
+    }
+
+    /// What one user received from any account of the app.
+    pub fn inbox(&self, app_key: &str, user_id: &str) -> &[Delivery] {
+        self.inboxes
+            .get(&(app_key.to_owned(), user_id.to_owned()))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Every delivery of the app, in delivery order.
+    pub fn deliveries(&self, app_key: &str) -> Vec<&Delivery> {
+        let mut all: Vec<&Delivery> = self
+            .inboxes
+            .iter()
+            .filter(|((app, _), _)| app == app_key)
+            .flat_map(|(_, v)| v.iter())
+            .collect();
+        all.sort_by_key(|d| d.seq);
+        all
+    }
+
+    /// Fault injection: the per-app rate limit (1008) and random 1000s.
+    pub fn inject(&mut self, app_key: &str) -> Result<(), ApiError> {
+        let faults = self.faults.clone();
+        let second = self.now_ms().div_euclid(1000);
+        if let Some(limit) = faults.rate_limit_per_sec {
+            let app = self.app_mut(app_key)?;
+            if app.rate_window.0 != second {
+                app.rate_window = (second, 0);
+            }
+            app.rate_window.1 += 1;
+            if app.rate_window.1 > limit {
+                return Err(ApiError::RateLimited(format!(
+                    "rate limit exceeded: at most {limit} calls per second"
+                )));
+            }
+        }
+        if faults.error_rate > 0.0 && rand::rng().random_bool(faults.error_rate) {
+            return Err(ApiError::Internal("internal error (injected)".into()));
+        }
+        Ok(())
+    }
+
+    // ----- accounts (rows 1..5) -------------------------------------------
+
+    /// `/mc/add.json`
+    pub fn add_account(&mut self, app_key: &str, form: &Form) -> Result<Value, ApiError> {
+        form.app_key_field(app_key)?;
+        let mcid = form.required("mcid")?.to_owned();
+        let account = Account {
+            id: 0,
+            display_name: form.required("displayName")?.to_owned(),
+            portrait_url: form.required("portraitUrl")?.to_owned(),
+            ui_type: form.integer("uiType")?,
+            introduction: form.required("introduction")?.to_owned(),
+            is_follow: form.boolean("isFollow")?,
+            route_url: form.required("routeUrl")?.to_owned(),
+            route_open: true,
+            followers: BTreeSet::new(),
+            last_sendall_day: None,
+            mcid: mcid.clone(),
+        };
+        let id = self.next_id();
+        let app = self.app_mut(app_key)?;
+        if app.accounts.contains_key(&mcid) {
+            return Err(ApiError::bad(format!(
+                "mcid {mcid:?} already exists for this app key"
+            )));
+        }
+        let account = app
+            .accounts
+            .entry(mcid)
+            .or_insert(Account { id, ..account });
+        Ok(account.info())
+    }
+
+    fn account_mut(&mut self, app_key: &str, mcid: &str) -> Result<&mut Account, ApiError> {
+        self.app_mut(app_key)?
+            .accounts
+            .get_mut(mcid)
+            .ok_or_else(|| ApiError::bad(format!("mcid {mcid:?} does not exist")))
+    }
+
+    /// `/mc/refresh.json`
+    pub fn refresh_account(&mut self, app_key: &str, form: &Form) -> Result<Value, ApiError> {
+        form.app_key_field(app_key)?;
+        let display_name = form.required("displayName")?.to_owned();
+        let portrait_url = form.required("portraitUrl")?.to_owned();
+        let ui_type = form.integer("uiType")?;
+        let introduction = form.required("introduction")?.to_owned();
+        let account = self.account_mut(app_key, form.required("mcid")?)?;
+        account.display_name = display_name;
+        account.portrait_url = portrait_url;
+        account.ui_type = ui_type;
+        account.introduction = introduction;
+        Ok(account.info())
+    }
+
+    /// `/mc/info.json`
+    pub fn account_info(&mut self, app_key: &str, form: &Form) -> Result<Value, ApiError> {
+        form.app_key_field(app_key)?;
+        Ok(self.account_mut(app_key, form.required("mcid")?)?.info())
+    }
+
+    /// `/mc/route/setUrl.json`
+    pub fn set_route_url(&mut self, app_key: &str, form: &Form) -> Result<Value, ApiError> {
+        form.app_key_field(app_key)?;
+        let url = form.required("routeUrl")?.to_owned();
+        let account = self.account_mut(app_key, form.required("mcid")?)?;
+        account.route_url = url;
+        Ok(account.info())
+    }
+
+    /// `/mc/route/setSwitch.json`
+    pub fn set_route_switch(&mut self, app_key: &str, form: &Form) -> Result<Value, ApiError> {
+        form.app_key_field(app_key)?;
+        let open = form.boolean("isOpen")?;
+        let account = self.account_mut(app_key, form.required("mcid")?)?;
+        account.route_open = open;
+        Ok(account.info())
+    }
+
+    // ----- menus (rows 6..8) ----------------------------------------------
+
+    /// `/mc/menu/refresh.json`: adds one item.
+    pub fn add_menu(&mut self, app_key: &str, form: &Form) -> Result<Value, ApiError> {
+        let mcid = form.required("mcid")?.to_owned();
+        let level = form.integer("level")?;
+        let name = form.required("name")?.to_owned();
+        let kind = form.integer("type")?;
+        let url = form.get("url").unwrap_or_default().to_owned();
+        if name.chars().count() > limits::MENU_NAME_MAX_CHARS {
+            return Err(ApiError::bad(format!(
+                "name is longer than {} characters",
+                limits::MENU_NAME_MAX_CHARS
+            )));
+        }
+        let kind = match kind {
+            0 | 1 => kind as u8,
+            _ => return Err(ApiError::bad(format!("type must be 0 or 1, got {kind}"))),
+        };
+        if kind == 1 && url.trim().is_empty() {
+            return Err(ApiError::bad("url is required when type is 1"));
+        }
+        let id = self.next_id();
+        self.account_mut(app_key, &mcid)?;
+        let app = self.app_mut(app_key)?;
+        let (level, pid) = match level {
+            1 => (1, String::new()),
+            2 => {
+                let pid = form.required("pid")?.to_owned();
+                match app.menus.get(&pid) {
+                    Some(parent) if parent.level == 1 && parent.mcid == mcid => {}
+                    Some(_) => {
+                        return Err(ApiError::bad(
+                            "pid must name a first-level menu of this account",
+                        ))
+                    }
+                    None => return Err(ApiError::bad(format!("pid {pid:?} does not exist"))),
+                }
+                (2, pid)
+            }
+            _ => return Err(ApiError::bad(format!("level must be 1 or 2, got {level}"))),
+        };
+        let menu = Menu {
+            id,
+            menu_id: random_hex(32),
+            mcid,
+            level,
+            name,
+            kind,
+            url,
+            pid,
+            order: 0,
+        };
+        let info = menu.info();
+        app.menus.insert(menu.menu_id.clone(), menu);
+        Ok(info)
+    }
+
+    /// `/mc/menu/delete.json`: a first-level item takes its children along.
+    pub fn delete_menu(&mut self, app_key: &str, form: &Form) -> Result<Value, ApiError> {
+        let mcid = form.required("mcid")?.to_owned();
+        let menu_id = form.required("menuId")?.to_owned();
+        self.account_mut(app_key, &mcid)?;
+        let app = self.app_mut(app_key)?;
+        match app.menus.get(&menu_id) {
+            Some(m) if m.mcid == mcid => {}
+            _ => return Err(ApiError::bad(format!("menuId {menu_id:?} does not exist"))),
+        }
+        app.menus.retain(|id, m| *id != menu_id && m.pid != menu_id);
+        Ok(ok())
+    }
+
+    /// `/mc/menu/order.json`: repeated `menuIds` / `orders` pairs (R13).
+    pub fn order_menus(&mut self, app_key: &str, form: &Form) -> Result<Value, ApiError> {
+        let ids = form.all("menuIds");
+        let orders = form.all("orders");
+        if ids.is_empty() {
+            return Err(ApiError::bad("menuIds is required"));
+        }
+        if ids.len() != orders.len() {
+            return Err(ApiError::bad(format!(
+                "menuIds and orders must pair up: {} menuIds, {} orders",
+                ids.len(),
+                orders.len()
+            )));
+        }
+        let mut pairs = Vec::with_capacity(ids.len());
+        for (id, order) in ids.iter().zip(&orders) {
+            let order: i64 = order
+                .trim()
+                .parse()
+                .map_err(|_| ApiError::bad(format!("orders must be integers, got {order:?}")))?;
+            pairs.push(((*id).to_owned(), order));
+        }
+        let app = self.app_mut(app_key)?;
+        if let Some((id, _)) = pairs.iter().find(|(id, _)| !app.menus.contains_key(id)) {
+            return Err(ApiError::bad(format!("menuIds {id:?} does not exist")));
+        }
+        for (id, order) in pairs {
+            if let Some(m) = app.menus.get_mut(&id) {
+                m.order = order;
+            }
+        }
+        Ok(ok())
+    }
+
+    /// The menu of one account as a client shows it: first level by order,
+    /// each with its children by order (R13).
+    pub fn menu_tree(&self, app_key: &str, mcid: &str) -> Value {
+        let Some(app) = self.apps.get(app_key) else {
+            return json!([]);
+        };
+        let mut items: Vec<&Menu> = app.menus.values().filter(|m| m.mcid == mcid).collect();
+        items.sort_by_key(|m| (m.order, m.id));
+        let tree: Vec<Value> = items
+            .iter()
+            .filter(|m| m.level == 1)
+            .map(|top| {
+                let children: Vec<&Menu> = items
+                    .iter()
+                    .copied()
+                    .filter(|m| m.pid == top.menu_id)
+                    .collect();
+                json!({"item": top, "children": children})
+            })
+            .collect();
+        Value::Array(tree)
+    }
+
+    // ----- followers (rows 9, 10) -------------------------------------------
+
+    /// `/mc/subscribe.json` and `/mc/unsubscribe.json`; no event is pushed.
+    pub fn subscribe(
+        &mut self,
+        app_key: &str,
+        body: &Value,
+        follow: bool,
+    ) -> Result<Value, ApiError> {
+        let mcid = str_field(body, "mcId")?.to_owned();
+        let users = match body.get("userId") {
+            Some(Value::Array(a)) => a,
+            Some(_) => return Err(ApiError::bad("userId must be a list")),
+            None => return Err(ApiError::bad("userId is required")),
+        };
+        if users.is_empty() {
+            return Err(ApiError::bad("userId must not be empty"));
+        }
+        if users.len() > limits::SUBSCRIBE_MAX_USERS {
+            return Err(ApiError::bad(format!(
+                "userId has {} users, at most {} are allowed",
+                users.len(),
+                limits::SUBSCRIBE_MAX_USERS
+            )));
+        }
+        let users: Vec<String> = users
+            .iter()
+            .map(|u| match u {
+                Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(ApiError::bad("userId entries must be non-empty strings")),
+            })
+            .collect::<Result<_, _>>()?;
+        let account = self.account_mut(app_key, &mcid)?;
+        for u in users {
+            if follow {
+                account.followers.insert(u);
+            } else {
+                account.followers.remove(&u);
+            }
+        }
+        Ok(ok())
+    }
+
+    /// A user follows or unfollows through the app (control API).
+    pub fn set_follower(
+        &mut self,
+        app_key: &str,
+        mcid: &str,
+        user: &str,
+        follow: bool,
+    ) -> Result<(), ApiError> {
+        let account = self.account_mut(app_key, mcid)?;
+        if follow {
+            account.followers.insert(user.to_owned());
+        } else {
+            account.followers.remove(user);
+        }
+        Ok(())
+    }
+
+    // ----- media (rows 17, 18) ----------------------------------------------
+
+    /// `/media/upload?type=T`
+    pub fn upload(
+        &mut self,
+        app_key: &str,
+        kind: Option<&str>,
+        file: Option<&[u8]>,
+    ) -> Result<Value, ApiError> {
+        let kind = kind.ok_or_else(|| ApiError::bad("type is required"))?;
+        let (max, formats): (usize, &[FileFormat]) = match kind {
+            "image" => (
+                limits::IMAGE_MAX_BYTES,
+                &[FileFormat::Jpeg, FileFormat::Png],
+            ),
+            "thumb" => (
+                limits::THUMB_MAX_BYTES,
+                &[FileFormat::Jpeg, FileFormat::Png],
+            ),
+            "voice" => (limits::VOICE_MAX_BYTES, &[FileFormat::Amr]),
+            other => {
+                return Err(ApiError::InvalidMediaType(format!(
+                    "invalid type {other:?}: image, thumb or voice"
+                )))
+            }
+        };
+        let file =
+            file.ok_or_else(|| ApiError::bad("file is required (multipart field \"file\")"))?;
+        if file.is_empty() {
+            return Err(ApiError::bad("file is empty"));
+        }
+        if file.len() > max {
+            return Err(ApiError::bad(format!(
+                "file is {} bytes, the {kind} limit is {max} bytes",
+                file.len()
+            )));
+        }
+        if !formats.contains(&limits::sniff(file)) {
+            let want = if kind == "voice" { "AMR" } else { "JPG or PNG" };
+            return Err(ApiError::InvalidMediaType(format!(
+                "invalid media type: {kind} must be {want}"
+            )));
+        }
+        if kind == "voice" {
+            match limits::amr_duration_millis(file) {
+                Some(ms) if ms <= limits::VOICE_MAX_MILLIS => {}
+                Some(ms) => {
+                    return Err(ApiError::bad(format!(
+                        "voice is {ms} ms long, at most 60 s"
+                    )))
+                }
+                None => {
+                    return Err(ApiError::InvalidMediaType(
+                        "invalid media type: AMR frames do not parse".into(),
+                    ))
+                }
+            }
+        }
+        self.store_media(app_key, kind, file.len(), Vec::new())
+    }
+
+    /// `/media/uploadnews`
+    pub fn upload_news(&mut self, app_key: &str, body: &Value) -> Result<Value, ApiError> {
+        let articles = articles_of(body)?;
+        let app = self.app_mut(app_key)?;
+        for (i, a) in articles.iter().enumerate() {
+            let thumb = str_field(a, "thumb_media_id").map_err(|e| at_article(i, &e))?;
+            match app.media.get(thumb.trim()) {
+                Some(m) if m.kind == "thumb" || m.kind == "image" => {}
+                _ => {
+                    return Err(ApiError::bad(format!(
+                        "articles[{i}].thumb_media_id: invalid media_id"
+                    )))
+                }
+            }
+            str_field(a, "content_source_url").map_err(|e| at_article(i, &e))?;
+        }
+        let articles = articles.to_vec();
+        self.store_media(app_key, "news", 0, articles)
+    }
+
+    fn store_media(
+        &mut self,
+        app_key: &str,
+        kind: &str,
+        bytes: usize,
+        articles: Vec<Value>,
+    ) -> Result<Value, ApiError> {
+        let created_at = self.now_ms() / 1000;
+        let media = Media {
+            media_id: random_hex(24),
+            kind: kind.to_owned(),
+            created_at,
+            bytes,
+            articles,
+        };
+        let answer = json!({"type": kind, "media_id": media.media_id, "created_at": created_at});
+        self.app_mut(app_key)?
+            .media
+            .insert(media.media_id.clone(), media);
+        Ok(answer)
+    }
+
+    // ----- messages (rows 11..16) -------------------------------------------
+
+    /// `send`, `operation/send`, `batchsend`, `operation/batchsend`.
+    pub fn send(
+        &mut self,
+        app_key: &str,
+        endpoint: &str,
+        body: &Value,
+        allowed: &[&str],
+        source: Source,
+        batch: bool,
+    ) -> Result<Value, ApiError> {
+        let mcid = self.sender(app_key, body)?;
+        let users = if batch {
+            let list = match body.get("touser") {
+                Some(Value::Array(a)) => a,
+                Some(_) => return Err(ApiError::bad("touser must be a list")),
+                None => return Err(ApiError::bad("touser is required")),
+            };
+            if list.is_empty() {
+                return Err(ApiError::bad("touser must not be empty"));
+            }
+            if list.len() > limits::BATCH_MAX_USERS {
+                return Err(ApiError::bad(format!(
+                    "touser has {} users, at most {} are allowed",
+                    list.len(),
+                    limits::BATCH_MAX_USERS
+                )));
+            }
+            list.iter()
+                .map(|u| {
+                    u.as_str()
+                        .ok_or_else(|| ApiError::bad("touser entries must be strings"))
+                        .and_then(|u| user_of(u, app_key))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            vec![user_of(str_field(body, "touser")?, app_key)?]
+        };
+        let (msgtype, payload) = self.payload(app_key, body, allowed, source)?;
+        for user in users {
+            self.deliver(app_key, &mcid, &user, endpoint, &msgtype, &payload, None);
+        }
+        Ok(ok())
+    }
+
+    /// `sendall` and `operation/sendall`: once per natural day (R11).
+    pub fn send_all(
+        &mut self,
+        app_key: &str,
+        endpoint: &str,
+        body: &Value,
+        allowed: &[&str],
+        source: Source,
+    ) -> Result<Value, ApiError> {
+        let mcid = self.sender(app_key, body)?;
+        if source == Source::Uploaded {
+            match body.get("filter") {
+                None => return Err(ApiError::bad("filter is required")),
+                Some(f) => match f.get("is_to_all") {
+                    None | Some(Value::Bool(true)) => {}
+                    Some(Value::Bool(false)) => {
+                        return Err(ApiError::bad("filter.is_to_all: only true is supported"))
+                    }
+                    Some(_) => return Err(ApiError::bad("filter.is_to_all must be true or false")),
+                },
+            }
+        }
+        let (msgtype, payload) = self.payload(app_key, body, allowed, source)?;
+        let today = self.today();
+        let account = self.account_mut(app_key, &mcid)?;
+        if account.last_sendall_day == Some(today) {
+            return Err(ApiError::Restricted(format!(
+                "mass send already used on {today} (one per natural day, UTC+8)"
+            )));
+        }
+        account.last_sendall_day = Some(today);
+        let followers: Vec<String> = account.followers.iter().cloned().collect();
+        let msg_id = random_hex(20);
+        for user in followers {
+            self.deliver(
+                app_key,
+                &mcid,
+                &user,
+                endpoint,
+                &msgtype,
+                &payload,
+                Some(msg_id.clone()),
+            );
+        }
+        Ok(json!({"errcode": 0, "errmsg": "ok", "msg_id": msg_id}))
+    }
+
+    fn sender(&mut self, app_key: &str, body: &Value) -> Result<String, ApiError> {
+        if !body.is_object() {
+            return Err(ApiError::bad("body must be a JSON object"));
+        }
+        let from = str_field(body, "fromuser")?;
+        let (mcid, key) = from
+            .rsplit_once('@')
+            .ok_or_else(|| ApiError::bad("fromuser must be {mcid}@{appKey}"))?;
+        if key != app_key {
+            return Err(ApiError::bad("fromuser: app key does not match RC-App-Key"));
+        }
+        self.account_mut(app_key, mcid)?;
+        Ok(mcid.to_owned())
+    }
+
+    fn payload(
+        &self,
+        app_key: &str,
+        body: &Value,
+        allowed: &[&str],
+        source: Source,
+    ) -> Result<(String, Value), ApiError> {
+        let msgtype = str_field(body, "msgtype")?;
+        if !allowed.contains(&msgtype) {
+            return Err(ApiError::bad(format!(
+                "msgtype {msgtype:?} is not supported here (use one of {})",
+                allowed.join(", ")
+            )));
+        }
+        let app = self
+            .apps
+            .get(app_key)
+            .ok_or_else(|| ApiError::Unauthorized("unknown app".into()))?;
+        let key = if msgtype == "mpnews" && source == Source::Direct && body.get("mpnews").is_none()
+        {
+            "news" // R8: operation/sendall takes news; mpnews accepted as its alias
+        } else {
+            msgtype
+        };
+        let inner = body
+            .get(key)
+            .filter(|v| v.is_object())
+            .ok_or_else(|| ApiError::bad(format!("{key} is required and must be an object")))?;
+        let payload = match (msgtype, source) {
+            ("text", _) => {
+                let content = str_field(inner, "content").map_err(|e| prefixed("text", &e))?;
+                if content.len() > limits::TEXT_MAX_BYTES {
+                    return Err(ApiError::bad(format!(
+                        "text.content is {} bytes, at most {} are allowed",
+                        content.len(),
+                        limits::TEXT_MAX_BYTES
+                    )));
+                }
+                json!({"content": content})
+            }
+            ("image" | "voice", Source::Uploaded) | ("mpnews", Source::Uploaded) => {
+                let media_id = str_field(inner, "media_id").map_err(|e| prefixed(key, &e))?;
+                let want = if msgtype == "mpnews" { "news" } else { msgtype };
+                match app.media.get(media_id) {
+                    Some(m) if m.kind == want => json!({"media_id": media_id}),
+                    _ => return Err(ApiError::bad("invalid media_id")),
+                }
+            }
+            ("image" | "voice", Source::Direct) => {
+                let url = str_field(inner, "url").map_err(|e| prefixed(key, &e))?;
+                json!({"url": url})
+            }
+            ("news" | "mpnews", _) => {
+                let articles = articles_of(inner).map_err(|e| prefixed(key, &e))?;
+                for (i, a) in articles.iter().enumerate() {
+                    check_article(a).map_err(|e| prefixed(key, &at_article(i, &e)))?;
+                }
+                json!({"articles": articles})
+            }
+            _ => {
+                return Err(ApiError::bad(format!(
+                    "msgtype {msgtype:?} is not supported here"
+                )))
+            }
+        };
+        Ok((msgtype.to_owned(), payload))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &mut self,
+        app_key: &str,
+        mcid: &str,
+        user: &str,
+        endpoint: &str,
+        msgtype: &str,
+        payload: &Value,
+        msg_id: Option<String>,
+    ) {
+        self.delivery_seq += 1;
+        let delivery = Delivery {
+            seq: self.delivery_seq,
+            app_key: app_key.to_owned(),
+            mcid: mcid.to_owned(),
+            user_id: user.to_owned(),
+            endpoint: endpoint.to_owned(),
+            msgtype: msgtype.to_owned(),
+            payload: payload.clone(),
+            msg_id,
+            at_ms: self.now_ms(),
+        };
+        self.inboxes
+            .entry((app_key.to_owned(), user.to_owned()))
+            .or_default()
+            .push(delivery);
+    }
+}
+
+fn ok() -> Value {
+    json!({"errcode": 0, "errmsg": "ok"})
+}
+
+fn user_of(touser: &str, app_key: &str) -> Result<String, ApiError> {
+    match touser.rsplit_once('@') {
+        Some((user, key)) if key == app_key && !user.is_empty() => Ok(user.to_owned()),
+        Some(_) => Err(ApiError::bad(format!(
+            "touser {touser:?}: app key does not match RC-App-Key"
+        ))),
+        None => Err(ApiError::bad(format!(
+            "touser {touser:?} must be {{userId}}@{{appKey}}"
+        ))),
+    }
+}
+
+fn articles_of(v: &Value) -> Result<&Vec<Value>, ApiError> {
+    let articles = match v.get("articles") {
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::bad("articles must be a list")),
+        None => return Err(ApiError::bad("articles is required")),
+    };
+    if articles.is_empty() || articles.len() > limits::ARTICLES_MAX {
+        return Err(ApiError::bad(format!(
+            "articles has {} items, 1 to {} are allowed",
+            articles.len(),
+            limits::ARTICLES_MAX
+        )));
+    }
+    if articles.iter().any(|a| !a.is_object()) {
+        return Err(ApiError::bad("articles entries must be objects"));
+    }
+    Ok(articles)
+}
+
+fn check_article(a: &Value) -> Result<(), ApiError> {
+    str_field(a, "title")?;
+    str_field(a, "picurl")?;
+    match a.get("description") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(d)) => {
+            let w = limits::width(d);
+            if w > limits::DESCRIPTION_MAX_WIDTH {
+                return Err(ApiError::bad(format!(
+                    "description is {w} wide, at most {} (a CJK character counts 2)",
+                    limits::DESCRIPTION_MAX_WIDTH
+                )));
+            }
+        }
+        Some(_) => return Err(ApiError::bad("description must be a string")),
+    }
+    match a.get("url") {
+        None | Some(Value::Null | Value::String(_)) => Ok(()),
+        Some(_) => Err(ApiError::bad("url must be a string")),
+    }
+}
+
+fn at_article(i: usize, e: &ApiError) -> ApiError {
+    ApiError::bad(format!("articles[{i}].{}", e.message()))
+}
+
+fn prefixed(key: &str, e: &ApiError) -> ApiError {
+    match e {
+        ApiError::BadParameter(m) => ApiError::bad(format!("{key}.{m}")),
+        other => other.clone(),
+    }
+}
