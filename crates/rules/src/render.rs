@@ -1,0 +1,260 @@
+//! Templates (minijinja, sandboxed) and the platform's limits on what they
+//! render (R9).
+//!
+//! Limits policy: a rendered text longer than 2000 bytes is **truncated** on
+//! a UTF-8 boundary and the truncation is reported as a problem; an article
+//! description wider than 2000 (CJK counts 2) likewise. A text that renders
+//! empty, or a template that fails at run time, drops that one reply and is
+//! reported; the other replies go out.
+
+use chrono_tz::Tz;
+use minijinja::{Environment, UndefinedBehavior, Value};
+use regex::Captures;
+
+use crate::engine::{Article, CompiledReply, Context, Incoming, PlannedReply};
+use crate::model::ArticleTemplate;
+
+/// Text content limit (R9).
+pub const TEXT_MAX_BYTES: usize = 2000;
+/// Article description width limit (R9).
+pub const DESCRIPTION_MAX_WIDTH: usize = 2000;
+/// Articles per news reply (R9).
+pub const ARTICLES_MAX: usize = 10;
+
+/// A text field: a literal needs no engine at all.
+pub(crate) enum Tmpl {
+    Literal(String),
+    Template(String),
+}
+
+pub(crate) struct ArticleTmpl {
+    title: Tmpl,
+    description: Option<Tmpl>,
+    url: Option<String>,
+    picurl: String,
+}
+
+pub(crate) struct Templates {
+    env: Environment<'static>,
+}
+
+impl Templates {
+    pub(crate) fn new() -> Self {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Lenient);
+        // Plain text out: no HTML escaping of what users typed.
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        Self { env }
+    }
+
+    pub(crate) fn add(&mut self, name: &str, source: &str) -> Result<Tmpl, String> {
+        if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
+            return Ok(Tmpl::Literal(source.to_owned()));
+        }
+        self.env
+            .add_template_owned(name.to_owned(), source.to_owned())
+            .map_err(|e| format!("template error: {e}"))?;
+        Ok(Tmpl::Template(name.to_owned()))
+    }
+
+    fn render(&self, t: &Tmpl, vars: &Vars<'_>) -> Result<String, String> {
+        match t {
+            Tmpl::Literal(s) => Ok(s.clone()),
+            Tmpl::Template(name) => self
+                .env
+                .get_template(name)
+                .and_then(|tpl| tpl.render(vars.value()))
+                .map_err(|e| format!("render error: {e}")),
+        }
+    }
+}
+
+pub(crate) fn compile_articles(
+    templates: &mut Templates,
+    key: &str,
+    articles: &[ArticleTemplate],
+) -> Result<Vec<ArticleTmpl>, String> {
+    if articles.is_empty() || articles.len() > ARTICLES_MAX {
+        return Err(format!(
+            "news has {} articles, 1 to {ARTICLES_MAX} are allowed",
+            articles.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(articles.len());
+    for (i, a) in articles.iter().enumerate() {
+        if a.title.trim().is_empty() {
+            return Err(format!("article {}: title is required", i + 1));
+        }
+        if a.picurl.trim().is_empty() {
+            return Err(format!("article {}: picurl is required", i + 1));
+        }
+        let title = templates.add(&format!("{key}/a{i}/title"), &a.title)?;
+        let description = match &a.description {
+            Some(d) => Some(templates.add(&format!("{key}/a{i}/description"), d)?),
+            None => None,
+        };
+        out.push(ArticleTmpl {
+            title,
+            description,
+            url: a.url.clone(),
+            picurl: a.picurl.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Template variables: `user`, `account`, `app_key`, `text`, `kind`,
+/// `captures` (list: 0 is the whole match), `named` (map of named
+/// captures), `now` (`YYYY-MM-DD HH:MM` local), `date`, `time`, `weekday`.
+/// Built on first use: literal replies never pay for it.
+pub(crate) struct Vars<'a> {
+    msg: &'a Incoming<'a>,
+    ctx: &'a Context,
+    tz: Tz,
+    captures: Option<&'a Captures<'a>>,
+    names: &'a [Option<&'a str>],
+    value: std::cell::OnceCell<Value>,
+}
+
+impl<'a> Vars<'a> {
+    pub(crate) fn new(
+        msg: &'a Incoming<'a>,
+        ctx: &'a Context,
+        tz: Tz,
+        captures: Option<&'a Captures<'a>>,
+        names: &'a [Option<&'a str>],
+    ) -> Self {
+        Self {
+            msg,
+            ctx,
+            tz,
+            captures,
+            names,
+            value: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn value(&self) -> &Value {
+        self.value.get_or_init(|| {
+            let local = self.ctx.now.with_timezone(&self.tz);
+            let mut list = Vec::new();
+            let mut named = std::collections::BTreeMap::new();
+            if let Some(c) = self.captures {
+                for (i, m) in c.iter().enumerate() {
+                    let text = m.map(|m| m.as_str().to_owned()).unwrap_or_default();
+                    if let Some(Some(name)) = self.names.get(i) {
+                        named.insert((*name).to_owned(), text.clone());
+                    }
+                    list.push(text);
+                }
+            }
+            minijinja::context! {
+                user => self.msg.user,
+                account => self.msg.mcid,
+                app_key => self.msg.app_key,
+                text => self.msg.text,
+                kind => self.msg.kind,
+                captures => list,
+                named => named,
+                now => local.format("%Y-%m-%d %H:%M").to_string(),
+                date => local.format("%Y-%m-%d").to_string(),
+                time => local.format("%H:%M").to_string(),
+                weekday => local.format("%a").to_string().to_lowercase(),
+            }
+        })
+    }
+}
+
+/// Width as the document counts it (CJK 2, other 1).
+pub fn width(s: &str) -> usize {
+    s.chars()
+        .map(|c| {
+            let wide = matches!(u32::from(c),
+                0x1100..=0x115F | 0x2E80..=0x303E | 0x3041..=0x33FF | 0x3400..=0x4DBF
+                | 0x4E00..=0x9FFF | 0xA000..=0xA4CF | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF
+                | 0xFE30..=0xFE4F | 0xFF00..=0xFF60 | 0xFFE0..=0xFFE6 | 0x20000..=0x3FFFD);
+            if wide {
+                2
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate_bytes(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    true
+}
+
+fn truncate_width(s: &mut String, max: usize) -> bool {
+    let mut w = 0;
+    for (i, c) in s.char_indices() {
+        w += width(c.encode_utf8(&mut [0; 4]));
+        if w > max {
+            s.truncate(i);
+            return true;
+        }
+    }
+    false
+}
+
+/// Renders one reply: the planned reply (None when dropped) and notes.
+pub(crate) fn reply(
+    t: &Templates,
+    reply: &CompiledReply,
+    vars: &Vars<'_>,
+) -> Result<(Option<PlannedReply>, Vec<String>), String> {
+    let mut notes = Vec::new();
+    let planned = match reply {
+        CompiledReply::Text(tmpl) => {
+            let mut content = t.render(tmpl, vars)?;
+            if content.trim().is_empty() {
+                return Err("text rendered empty; reply dropped".into());
+            }
+            if truncate_bytes(&mut content, TEXT_MAX_BYTES) {
+                notes.push(format!("text truncated to {TEXT_MAX_BYTES} bytes"));
+            }
+            PlannedReply::Text { content }
+        }
+        CompiledReply::Image(m) => PlannedReply::Image { media: m.clone() },
+        CompiledReply::Voice(m) => PlannedReply::Voice { media: m.clone() },
+        CompiledReply::News(articles) => {
+            let mut out = Vec::with_capacity(articles.len());
+            for a in articles {
+                let title = t.render(&a.title, vars)?;
+                if title.trim().is_empty() {
+                    return Err("article title rendered empty; reply dropped".into());
+                }
+                let description = match &a.description {
+                    Some(d) => {
+                        let mut d = t.render(d, vars)?;
+                        if truncate_width(&mut d, DESCRIPTION_MAX_WIDTH) {
+                            notes.push(format!(
+                                "description truncated to width {DESCRIPTION_MAX_WIDTH}"
+                            ));
+                        }
+                        Some(d)
+                    }
+                    None => None,
+                };
+                out.push(Article {
+                    title,
+                    description,
+                    url: a.url.clone(),
+                    picurl: a.picurl.clone(),
+                });
+            }
+            PlannedReply::News { articles: out }
+        }
+    };
+    Ok((Some(planned), notes))
+}
