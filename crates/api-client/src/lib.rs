@@ -51,6 +51,9 @@ pub mod validate;
 
 pub use client::{ChunkOutcome, Client, ClientBuilder, RetryPolicy};
 pub use error::{Error, ErrorCode, Invalid};
+/// The HTTP client type [`ClientBuilder::http_client`] takes (reqwest's), so
+/// callers can share one pool without depending on reqwest themselves.
+pub use reqwest::Client as HttpClient;
 pub use sign::{sign, TimestampUnit};
 pub use types::{
     AccountInfo, AccountProfile, Article, MassMsgId, McId, MediaId, MediaKind, MediaRef,

@@ -1,10 +1,28 @@
-//! The database: connection and migrations.
+//! The database: pool, migrations, and the schema check `serve` makes.
 
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+
+use crate::config::DatabaseSettings;
 
 /// Every migration of `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+/// Opens the pool.
+///
+/// # Errors
+/// When the URL is invalid or the database cannot be reached.
+pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+        .connect(settings.url.expose_secret())
+        .await
+}
 
 /// Applies every pending migration.
 ///
@@ -14,20 +32,80 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
+/// Why `serve` will not start on this database.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// Migrations this binary knows are not applied.
+    #[error("the database is not migrated ({missing} migration(s) pending): run `pubbot migrate`")]
+    NotMigrated {
+        /// How many.
+        missing: usize,
+    },
+    /// The database has migrations this binary does not know.
+    #[error("the database schema is newer than this pubbot (unknown migration {version}): upgrade pubbot")]
+    Newer {
+        /// The first unknown version.
+        version: i64,
+    },
+    /// The database could not be read.
+    #[error("reading the schema version: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Checks that exactly this binary's migrations are applied.
+///
+/// # Errors
+/// [`SchemaError`].
+pub async fn check_schema(pool: &PgPool) -> Result<(), SchemaError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    let applied: Vec<i64> = if exists {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    if let Some(v) = applied.iter().find(|v| !known.contains(v)) {
+        return Err(SchemaError::Newer { version: *v });
+    }
+    let missing = known.iter().filter(|v| !applied.contains(v)).count();
+    if missing > 0 {
+        return Err(SchemaError::NotMigrated { missing });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[sqlx::test(migrator = "MIGRATOR")]
-    async fn migrations_create_the_accounts_table(pool: PgPool) {
-        let (n,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'accounts'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        assert_eq!(n, 1);
-        // Running again is a no-op, not an error.
+    #[sqlx::test(migrations = false)]
+    async fn serve_refuses_unmigrated_and_newer_schemas(pool: PgPool) {
+        let e = check_schema(&pool).await.unwrap_err();
+        assert!(
+            matches!(e, SchemaError::NotMigrated { missing } if missing == MIGRATOR.iter().count()),
+            "{e}"
+        );
+        assert!(e.to_string().contains("run `pubbot migrate`"));
         migrate(&pool).await.unwrap();
+        check_schema(&pool).await.unwrap();
+        migrate(&pool).await.unwrap();
+        sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99990101000000, 'future', true, '\\x00', 0)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let e = check_schema(&pool).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SchemaError::Newer {
+                    version: 99_990_101_000_000
+                }
+            ),
+            "{e}"
+        );
     }
 }

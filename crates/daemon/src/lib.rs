@@ -1,12 +1,291 @@
 //! # pubbot (daemon)
 //!
 //! The only crate that owns PostgreSQL, tasks, configuration, metrics and
-//! the CLI. It wires the webhook (inbound), the rules engine (decide) and
-//! the API client (outbound) into one durable pipeline. The pipeline itself
-//! is tracked by its own issue; today this crate holds the schema and its
-//! migrations.
+//! the CLI. It wires the pieces into one durable pipeline:
 //!
-//! Not for: protocol details (they live in `pubbot-api-client` and
+//! ```text
+//! platform push -> webhook (pubbot-webhook) -> PgInbox (group commit) -> inbound_messages
+//!   -> decide workers (pubbot-rules) -> outbound_messages (same transaction)
+//!   -> send workers (pubbot-api-client, rate-limited, retried) -> platform API
+//! ```
+//!
+//! Every arrow is a table row or a typed value; every claim is a lease taken
+//! with `FOR UPDATE SKIP LOCKED`, so replicas share one database safely.
+//! Dedup (R6) and "planned once" are unique constraints.
+//!
+//! **Not for:** protocol details (in `pubbot-api-client` and
 //! `pubbot-webhook`) or reply logic (`pubbot-rules`).
 
+pub mod config;
 pub mod db;
+pub mod decide;
+pub mod ingest;
+pub mod notify;
+pub mod rules;
+pub mod send;
+pub mod telemetry;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::routing::get;
+use pubbot_api_client::Client;
+use pubbot_webhook::{Verifier, Webhook, WebhookConfig};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::decide::DecideWorker;
+use crate::ingest::PgInbox;
+use crate::notify::Wakeups;
+use crate::rules::RuleStore;
+use crate::send::{AppClient, SendWorker};
+
+/// This process's identity in leases: `worker_id` from the settings, else
+/// hostname-pid-random (replicas that shared one identity would steal each
+/// other's leases).
+pub fn worker_id(settings: &Settings) -> String {
+    settings.worker_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "pubbot".into());
+        format!(
+            "{host}-{}-{:06x}",
+            std::process::id(),
+            rand::random::<u32>() & 0xFF_FFFF
+        )
+    })
+}
+
+/// A running daemon.
+pub struct Running {
+    /// Where the webhook listens.
+    pub addr: SocketAddr,
+    /// The lease identity.
+    pub worker_id: String,
+    token: CancellationToken,
+    ingest_token: CancellationToken,
+    http: tokio::task::JoinHandle<()>,
+    ingest: tokio::task::JoinHandle<()>,
+    workers: JoinSet<()>,
+    deadline: Duration,
+}
+
+impl Running {
+    /// Graceful stop: stop taking pushes and drain HTTP, commit what the
+    /// ingest holds, let workers finish their batch; all within the
+    /// configured deadline.
+    pub async fn shutdown(mut self) {
+        self.token.cancel();
+        let drained = async {
+            let _ = (&mut self.http).await;
+            self.ingest_token.cancel();
+            let _ = (&mut self.ingest).await;
+            while self.workers.join_next().await.is_some() {}
+        };
+        if tokio::time::timeout(self.deadline, drained).await.is_err() {
+            tracing::warn!(deadline = ?self.deadline, "shutdown deadline passed; stopping what is left");
+            self.workers.abort_all();
+            self.http.abort();
+            self.ingest.abort();
+        }
+    }
+
+    /// Stops everything at once, as a crash would: leases are left to
+    /// expire. For tests of recovery.
+    pub fn abort(mut self) {
+        self.token.cancel();
+        self.ingest_token.cancel();
+        self.http.abort();
+        self.ingest.abort();
+        self.workers.abort_all();
+    }
+
+    /// Waits until the daemon stops (its token cancelled), then drains.
+    pub async fn wait(self) {
+        self.token.cancelled().await;
+        self.shutdown().await;
+    }
+}
+
+/// Starts the daemon on `listener` with `pool`; it runs until `token` is
+/// cancelled (then call [`Running::shutdown`]).
+///
+/// # Errors
+/// An unmigrated or newer schema, rules that do not compile, an app whose
+/// client cannot be built.
+pub async fn start(
+    settings: Settings,
+    pool: PgPool,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> anyhow::Result<Running> {
+    db::check_schema(&pool).await?;
+    let worker_id = worker_id(&settings);
+    let addr = listener.local_addr()?;
+    let options =
+        pubbot_rules::Options::with_timezone(&settings.timezone).map_err(anyhow::Error::msg)?;
+
+    for app in &settings.apps {
+        for mcid in &app.accounts {
+            sqlx::query!(
+                "INSERT INTO accounts (app_key, mcid) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                app.key,
+                mcid
+            )
+            .execute(&pool)
+            .await?;
+        }
+    }
+
+    let http_client = reqwest_client()?;
+    let mut apps = HashMap::new();
+    let mut secrets = HashMap::new();
+    for app in &settings.apps {
+        let client = Client::builder(
+            app.key.clone(),
+            app.signing_secret()?,
+            app.api_base_url.clone(),
+        )
+        .timeout(Duration::from_millis(settings.sender.request_timeout_ms))
+        .http_client(http_client.clone())
+        .build()
+        .with_context(|| format!("client for app {}", app.key))?;
+        apps.insert(
+            app.key.clone(),
+            AppClient::new(client, app.rate_limit_per_sec),
+        );
+        secrets.insert(app.key.clone(), app.push_secrets()?);
+    }
+    let apps = Arc::new(apps);
+
+    let store = Arc::new(RuleStore::new(options));
+    let n = store.reload(&pool).await.context("loading rules")?;
+    tracing::info!(rules = n, worker_id, "rules loaded");
+
+    let wake = Arc::new(Wakeups::default());
+    let mut workers = JoinSet::new();
+    workers.spawn(notify::listen(
+        pool.clone(),
+        Arc::clone(&wake),
+        token.clone(),
+    ));
+    workers.spawn(watch_rules(
+        pool.clone(),
+        Arc::clone(&store),
+        Arc::clone(&wake),
+        settings.rules.reload_check_secs,
+        token.clone(),
+    ));
+
+    let ingest_token = CancellationToken::new();
+    let (inbox, ingest) =
+        PgInbox::start(pool.clone(), settings.ingest.clone(), ingest_token.clone());
+
+    let poll = Duration::from_millis(settings.workers.poll_ms);
+    for _ in 0..settings.workers.decide {
+        let w = DecideWorker {
+            pool: pool.clone(),
+            rules: Arc::clone(&store),
+            wake: Arc::clone(&wake),
+            worker_id: worker_id.clone(),
+            batch: settings.workers.claim_batch,
+            lease: settings.lease(),
+            poll,
+        };
+        workers.spawn(w.run(token.clone()));
+    }
+    for _ in 0..settings.workers.send {
+        let w = SendWorker {
+            pool: pool.clone(),
+            apps: Arc::clone(&apps),
+            wake: Arc::clone(&wake),
+            worker_id: worker_id.clone(),
+            batch: settings.workers.claim_batch,
+            lease: settings.lease(),
+            poll,
+            max_attempts: settings.sender.max_attempts,
+            backoff_min: Duration::from_millis(settings.sender.backoff_min_ms),
+            backoff_max: Duration::from_millis(settings.sender.backoff_max_ms),
+        };
+        workers.spawn(w.run(token.clone()));
+    }
+
+    let verifier = Verifier::new(
+        secrets,
+        Duration::from_secs(settings.http.signature_window_secs),
+        settings.http.replay_capacity,
+    );
+    let hook = Webhook::new(
+        WebhookConfig {
+            max_body_bytes: settings.http.max_body_bytes,
+            accept_deadline: Duration::from_millis(settings.http.accept_deadline_ms),
+        },
+        verifier,
+        inbox,
+    );
+    let router = hook.router().route("/healthz", get(|| async { "ok" }));
+    let stop = token.clone();
+    let http = tokio::spawn(async move {
+        let serve = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "webhook server stopped");
+        }
+    });
+    tracing::info!(%addr, worker_id, "pubbot serving: POST /webhook/{{app_key}}");
+    Ok(Running {
+        addr,
+        worker_id,
+        token,
+        ingest_token,
+        http,
+        ingest,
+        workers,
+        deadline: Duration::from_secs(settings.shutdown_deadline_secs),
+    })
+}
+
+fn reqwest_client() -> anyhow::Result<pubbot_api_client::HttpClient> {
+    pubbot_api_client::HttpClient::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(64)
+        .build()
+        .context("building the HTTP client")
+}
+
+async fn watch_rules(
+    pool: PgPool,
+    store: Arc<RuleStore>,
+    wake: Arc<Wakeups>,
+    check_secs: u64,
+    token: CancellationToken,
+) {
+    let every = Duration::from_secs(check_secs.max(1));
+    while !token.is_cancelled() {
+        let notified = tokio::select! {
+            () = wake.rules.notified() => true,
+            () = tokio::time::sleep(every) => false,
+            () = token.cancelled() => return,
+        };
+        let result = if notified {
+            store.reload(&pool).await.map(|_| true)
+        } else {
+            store.reload_if_changed(&pool).await
+        };
+        match result {
+            Ok(true) => tracing::info!(rules = store.current().len(), "rules reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                metrics::counter!("pubbot_rules_reloads_total", "outcome" => "error").increment(1);
+                tracing::error!(error = %e, "rules changed but were not loaded; the previous rules stay in force");
+            }
+        }
+    }
+}

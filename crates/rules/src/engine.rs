@@ -216,6 +216,18 @@ pub struct Options {
     pub default_timezone: Tz,
 }
 
+impl Options {
+    /// Options with the default time zone named by `tz` (IANA name).
+    ///
+    /// # Errors
+    /// When the name is not a known time zone.
+    pub fn with_timezone(tz: &str) -> Result<Self, String> {
+        tz.parse::<Tz>()
+            .map(|default_timezone| Self { default_timezone })
+            .map_err(|_| format!("unknown time zone {tz:?}"))
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {

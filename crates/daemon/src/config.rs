@@ -1,0 +1,405 @@
+//! Configuration: `config/default.toml`, then an overlay file, then
+//! `PUBBOT__...` environment variables, registered last so they win.
+//! Unknown keys and invalid values fail at start, naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The compiled-in defaults (the same text as `config/default.toml`).
+pub const DEFAULTS: &str = include_str!("../../../config/default.toml");
+
+/// Everything `pubbot serve` needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Lease identity; unset: hostname-pid-random.
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    /// Natural day and default rule time zone.
+    pub timezone: String,
+    /// Graceful shutdown budget, seconds.
+    pub shutdown_deadline_secs: u64,
+    /// PostgreSQL.
+    pub database: DatabaseSettings,
+    /// The webhook listener.
+    pub http: HttpSettings,
+    /// Group commit of pushes.
+    pub ingest: IngestSettings,
+    /// Worker counts and claims.
+    pub workers: WorkerSettings,
+    /// Reply sending.
+    pub sender: SenderSettings,
+    /// Rule reloading.
+    pub rules: RuleSettings,
+    /// Apps and their accounts.
+    #[serde(default)]
+    pub apps: Vec<AppSettings>,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// URL.
+    pub url: SecretString,
+    /// Pool size.
+    pub max_connections: u32,
+    /// Pool wait, seconds.
+    pub acquire_timeout_secs: u64,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Webhook address.
+    pub listen: SocketAddr,
+    /// Body cap.
+    pub max_body_bytes: usize,
+    /// Store deadline, ms.
+    pub accept_deadline_ms: u64,
+    /// Signature window, s.
+    pub signature_window_secs: u64,
+    /// Replay memory.
+    pub replay_capacity: usize,
+}
+
+/// `[ingest]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Rows per INSERT.
+    pub batch_max: usize,
+    /// Batch wait, µs.
+    pub flush_micros: u64,
+    /// Concurrent commits.
+    pub concurrent_flushes: usize,
+}
+
+/// `[workers]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Decide tasks.
+    pub decide: usize,
+    /// Send tasks.
+    pub send: usize,
+    /// Rows per claim.
+    pub claim_batch: i64,
+    /// Lease, s.
+    pub lease_secs: u64,
+    /// Poll interval, ms.
+    pub poll_ms: u64,
+}
+
+/// `[sender]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderSettings {
+    /// Tries before failing.
+    pub max_attempts: i32,
+    /// First backoff, ms.
+    pub backoff_min_ms: u64,
+    /// Longest backoff, ms.
+    pub backoff_max_ms: u64,
+    /// API call timeout, ms.
+    pub request_timeout_ms: u64,
+}
+
+/// `[rules]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSettings {
+    /// Fallback reload check, s.
+    pub reload_check_secs: u64,
+}
+
+/// One `[[apps]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    /// App key.
+    pub key: String,
+    /// Secret.
+    #[serde(default)]
+    pub secret: Option<SecretString>,
+    /// File holding the secret.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Older secrets still accepted on pushes.
+    #[serde(default)]
+    pub secrets: Vec<SecretString>,
+    /// Platform API base URL.
+    pub api_base_url: String,
+    /// Calls per second.
+    #[serde(default = "default_rate")]
+    pub rate_limit_per_sec: u32,
+    /// Hosted accounts.
+    #[serde(default)]
+    pub accounts: Vec<String>,
+}
+
+fn default_rate() -> u32 {
+    50
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file or variable did not parse, or a key is unknown.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is out of range; names the key.
+    #[error("configuration: {key}: {problem}")]
+    Invalid {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+impl AppSettings {
+    /// The signing secret (from `secret` or `secret_file`).
+    ///
+    /// # Errors
+    /// When neither or both are set, or the file cannot be read.
+    pub fn signing_secret(&self) -> Result<SecretString, ConfigError> {
+        match (&self.secret, &self.secret_file) {
+            (Some(s), None) => Ok(s.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        format!("apps.{}.secret_file", self.key),
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                Ok(SecretString::from(text.trim().to_owned()))
+            }
+            (Some(_), Some(_)) => Err(invalid(
+                format!("apps.{}", self.key),
+                "set secret or secret_file, not both",
+            )),
+            (None, None) => Err(invalid(
+                format!("apps.{}", self.key),
+                "secret or secret_file is required",
+            )),
+        }
+    }
+
+    /// Every secret accepted on pushes: the signing one first.
+    ///
+    /// # Errors
+    /// As [`Self::signing_secret`].
+    pub fn push_secrets(&self) -> Result<Vec<SecretString>, ConfigError> {
+        let mut all = vec![self.signing_secret()?];
+        all.extend(self.secrets.iter().cloned());
+        Ok(all)
+    }
+}
+
+impl Settings {
+    /// Loads defaults, the overlay file if any, then the environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key.
+    pub fn load(overlay: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(overlay, std::env::vars())
+    }
+
+    /// As [`Self::load`], with the environment given (for tests).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key.
+    pub fn load_from(
+        overlay: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = overlay {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let vars: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("PUBBOT__"))
+            .collect();
+        // Registered last so the environment wins.
+        builder = builder.add_source(
+            config::Environment::with_prefix("PUBBOT")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(vars)),
+        );
+        let settings: Self = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values the types cannot.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        pubbot_rules::Options::with_timezone(&self.timezone).map_err(|p| invalid("timezone", p))?;
+        if self.database.url.expose_secret().trim().is_empty() {
+            return Err(invalid("database.url", "must not be empty"));
+        }
+        if self.database.max_connections < 2 {
+            return Err(invalid("database.max_connections", "at least 2"));
+        }
+        if self.ingest.batch_max == 0 {
+            return Err(invalid("ingest.batch_max", "at least 1"));
+        }
+        if self.ingest.concurrent_flushes == 0 {
+            return Err(invalid("ingest.concurrent_flushes", "at least 1"));
+        }
+        if self.workers.claim_batch < 1 {
+            return Err(invalid("workers.claim_batch", "at least 1"));
+        }
+        if self.workers.lease_secs == 0 {
+            return Err(invalid("workers.lease_secs", "at least 1"));
+        }
+        if self.sender.max_attempts < 1 {
+            return Err(invalid("sender.max_attempts", "at least 1"));
+        }
+        if self.sender.backoff_min_ms > self.sender.backoff_max_ms {
+            return Err(invalid(
+                "sender.backoff_min_ms",
+                "must not exceed sender.backoff_max_ms",
+            ));
+        }
+        let mut keys = std::collections::HashSet::new();
+        for app in &self.apps {
+            if app.key.trim().is_empty() {
+                return Err(invalid("apps.key", "must not be empty"));
+            }
+            if !keys.insert(app.key.clone()) {
+                return Err(invalid(format!("apps.{}", app.key), "app key listed twice"));
+            }
+            app.signing_secret()?;
+            url_check(&app.api_base_url)
+                .map_err(|p| invalid(format!("apps.{}.api_base_url", app.key), p))?;
+            if app.rate_limit_per_sec == 0 {
+                return Err(invalid(
+                    format!("apps.{}.rate_limit_per_sec", app.key),
+                    "at least 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `workers.lease_secs` as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.workers.lease_secs)
+    }
+}
+
+fn url_check(url: &str) -> Result<(), String> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(format!("must start with http:// or https://, got {url:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_env_wins() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("PUBBOT__DATABASE__URL", "postgres://x/y"),
+                ("PUBBOT__WORKERS__SEND", "9"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database.url.expose_secret(), "postgres://x/y");
+        assert_eq!(s.workers.send, 9);
+        assert_eq!(s.timezone, "Asia/Shanghai");
+    }
+
+    #[test]
+    fn typos_and_bad_values_name_the_key() {
+        let e = Settings::load_from(None, env(&[("PUBBOT__WORKERS__SENDERS", "9")])).unwrap_err();
+        assert!(e.to_string().contains("senders"), "{e}");
+        let e = Settings::load_from(None, env(&[("PUBBOT__WORKERS__SEND", "many")])).unwrap_err();
+        assert!(e.to_string().contains("send"), "{e}");
+        let e = Settings::load_from(None, env(&[("PUBBOT__TIMEZONE", "Mars/Base")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration: timezone: unknown time zone \"Mars/Base\""
+        );
+    }
+
+    #[test]
+    fn overlay_file_apps_and_secret_files() {
+        let dir = std::env::temp_dir().join(format!("pubbot-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "from-file\n").unwrap();
+        let file = dir.join("prod.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[[apps]]\nkey = \"a\"\nsecret_file = \"{}\"\nsecrets = [\"old\"]\napi_base_url = \"http://127.0.0.1:8090\"\naccounts = [\"shop\"]\n",
+                secret.display()
+            ),
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(&file), env(&[])).unwrap();
+        let secrets: Vec<String> = s.apps[0]
+            .push_secrets()
+            .unwrap()
+            .iter()
+            .map(|s| s.expose_secret().to_owned())
+            .collect();
+        assert_eq!(secrets, ["from-file", "old"]);
+
+        std::fs::write(
+            &file,
+            "[[apps]]\nkey = \"a\"\napi_base_url = \"ftp://x\"\nsecret = \"s\"\n",
+        )
+        .unwrap();
+        let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("apps.a.api_base_url"), "{e}");
+        std::fs::write(
+            &file,
+            "[[apps]]\nkey = \"a\"\napi_base_url = \"http://x\"\n",
+        )
+        .unwrap();
+        let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(
+            e.to_string().contains("secret or secret_file is required"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,241 @@
+//! Decide: workers claim stored pushes, run the rule set, and — in the same
+//! transaction that marks the push done — plan the replies as outbound rows
+//! (a transactional outbox: a reply is never planned twice, nor lost).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pubbot_rules::{Context, Incoming, IncomingKind};
+use pubbot_webhook::{Event, InboundMessage, MessageBody};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::notify::{wait, Wakeups};
+use crate::rules::RuleStore;
+
+/// What a decide worker needs.
+#[derive(Clone)]
+pub struct DecideWorker {
+    /// The pool.
+    pub pool: PgPool,
+    /// The rule set in force.
+    pub rules: Arc<RuleStore>,
+    /// Wake-ups.
+    pub wake: Arc<Wakeups>,
+    /// This process's identity in leases.
+    pub worker_id: String,
+    /// Rows per claim.
+    pub batch: i64,
+    /// Lease length.
+    pub lease: Duration,
+    /// Poll interval.
+    pub poll: Duration,
+}
+
+fn kind_of(m: &InboundMessage) -> IncomingKind {
+    match &m.body {
+        MessageBody::Text { .. } => IncomingKind::Text,
+        MessageBody::Image { .. } => IncomingKind::Image,
+        MessageBody::Voice { .. } => IncomingKind::Voice,
+        MessageBody::Location { .. } => IncomingKind::Location,
+        MessageBody::ImgTxt { .. } => IncomingKind::Imgtxt,
+        MessageBody::Event {
+            event: Event::Subscribe,
+        } => IncomingKind::Subscribe,
+        MessageBody::Event {
+            event: Event::Unsubscribe,
+        } => IncomingKind::Unsubscribe,
+        MessageBody::Event { .. } | MessageBody::Unknown { .. } => IncomingKind::Other,
+    }
+}
+
+#[derive(Default)]
+struct Planned {
+    inbound_id: Vec<i64>,
+    reply_index: Vec<i32>,
+    app_key: Vec<String>,
+    mcid: Vec<String>,
+    user_id: Vec<String>,
+    rule_name: Vec<String>,
+    payload: Vec<String>,
+    trace_id: Vec<String>,
+}
+
+impl DecideWorker {
+    /// Runs until `token` is cancelled.
+    pub async fn run(self, token: CancellationToken) {
+        while !token.is_cancelled() {
+            match self.once().await {
+                Ok(0) => wait(&self.wake.inbound, self.poll, &token).await,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "decide round failed; retrying");
+                    metrics::counter!("pubbot_decide_failures_total").increment(1);
+                    wait(&self.wake.inbound, self.poll, &token).await;
+                }
+            }
+        }
+    }
+
+    /// Claims one batch and decides it. Returns how many pushes it took.
+    ///
+    /// # Errors
+    /// Database errors; the claim's lease then expires and the batch is
+    /// taken again.
+    pub async fn once(&self) -> Result<usize, sqlx::Error> {
+        let lease_secs = self.lease.as_secs_f64();
+        let claimed = sqlx::query!(
+            r#"UPDATE inbound_messages m
+                  SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), attempts = attempts + 1
+                 FROM (SELECT id FROM inbound_messages
+                        WHERE status = 'pending' AND (lease_until IS NULL OR lease_until < now())
+                        ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) c
+                WHERE m.id = c.id
+            RETURNING m.id, m.app_key, m.message, m.trace_id"#,
+            self.worker_id,
+            lease_secs,
+            self.batch
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let rules = self.rules.current();
+        let now = chrono::Utc::now();
+        let mut planned = Planned::default();
+        let mut follows: Vec<(String, String, String, bool)> = Vec::new();
+        let mut ids = Vec::with_capacity(claimed.len());
+        for row in &claimed {
+            ids.push(row.id);
+            let message: InboundMessage = match serde_json::from_value(row.message.clone()) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(trace_id = %row.trace_id, error = %e, "stored push does not parse; marked done without reply");
+                    continue;
+                }
+            };
+            let kind = kind_of(&message);
+            let text = match &message.body {
+                MessageBody::Text { content } => content.as_str(),
+                _ => "",
+            };
+            let incoming = Incoming {
+                app_key: &row.app_key,
+                mcid: &message.to.0,
+                user: &message.from.0,
+                kind,
+                text,
+            };
+            // Deterministic per push, so a re-decided push picks the same.
+            let ctx = Context {
+                now,
+                random: (row.id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            };
+            let decision = rules.decide(&incoming, &ctx);
+            for m in &decision.matched {
+                metrics::counter!("pubbot_rule_matches_total", "rule" => m.rule.clone())
+                    .increment(1);
+            }
+            for p in &decision.problems {
+                tracing::warn!(trace_id = %row.trace_id, rule = %p.rule, problem = %p.message, "reply problem");
+            }
+            let rule_name = decision
+                .matched
+                .first()
+                .map(|m| m.rule.clone())
+                .unwrap_or_default();
+            for (i, reply) in decision.replies.iter().enumerate() {
+                planned.inbound_id.push(row.id);
+                planned
+                    .reply_index
+                    .push(i32::try_from(i).unwrap_or(i32::MAX));
+                planned.app_key.push(row.app_key.clone());
+                planned.mcid.push(message.to.0.clone());
+                planned.user_id.push(message.from.0.clone());
+                planned.rule_name.push(rule_name.clone());
+                planned
+                    .payload
+                    .push(serde_json::to_string(reply).unwrap_or_default());
+                planned.trace_id.push(row.trace_id.clone());
+            }
+            tracing::debug!(trace_id = %row.trace_id, replies = decision.replies.len(), "decided");
+            match kind {
+                IncomingKind::Subscribe => follows.push((
+                    row.app_key.clone(),
+                    message.to.0.clone(),
+                    message.from.0.clone(),
+                    true,
+                )),
+                IncomingKind::Unsubscribe => follows.push((
+                    row.app_key.clone(),
+                    message.to.0.clone(),
+                    message.from.0.clone(),
+                    false,
+                )),
+                _ => {}
+            }
+        }
+
+        let mut tx = self.pool.begin().await?;
+        if !planned.inbound_id.is_empty() {
+            sqlx::query!(
+                r#"INSERT INTO outbound_messages (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id)
+                   SELECT i, r, a, m, u, n, p::jsonb, t
+                     FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+                          AS x(i, r, a, m, u, n, p, t)
+                   ON CONFLICT (inbound_id, reply_index) DO NOTHING"#,
+                &planned.inbound_id,
+                &planned.reply_index,
+                &planned.app_key,
+                &planned.mcid,
+                &planned.user_id,
+                &planned.rule_name,
+                &planned.payload,
+                &planned.trace_id,
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (app, mcid, user, follow) in &follows {
+            if *follow {
+                sqlx::query!(
+                    "INSERT INTO followers (app_key, mcid, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    app,
+                    mcid,
+                    user
+                )
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                sqlx::query!(
+                    "DELETE FROM followers WHERE app_key = $1 AND mcid = $2 AND user_id = $3",
+                    app,
+                    mcid,
+                    user
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let done = sqlx::query!(
+            "UPDATE inbound_messages SET status = 'done', processed_at = now(), lease_owner = NULL, lease_until = NULL
+              WHERE id = ANY($1) AND lease_owner = $2",
+            &ids,
+            self.worker_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if done.rows_affected() < ids.len() as u64 {
+            tracing::warn!(
+                lost = ids.len() as u64 - done.rows_affected(),
+                "leases expired mid-batch; another worker owns those pushes"
+            );
+        }
+        metrics::counter!("pubbot_decided_total").increment(done.rows_affected());
+        metrics::counter!("pubbot_replies_planned_total")
+            .increment(planned.inbound_id.len() as u64);
+        Ok(claimed.len())
+    }
+}

@@ -1,0 +1,92 @@
+//! LISTEN/NOTIFY wake-ups. One connection listens on the three channels and
+//! wakes the tasks waiting on them. Notifications are lost while the
+//! connection is down (a database restart), so every waiter also polls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// What the listener wakes.
+#[derive(Default)]
+pub struct Wakeups {
+    /// New inbound messages.
+    pub inbound: Notify,
+    /// New outbound messages.
+    pub outbound: Notify,
+    /// Rules changed.
+    pub rules: Notify,
+}
+
+impl Wakeups {
+    fn all(&self) {
+        self.inbound.notify_waiters();
+        self.outbound.notify_waiters();
+        self.rules.notify_waiters();
+    }
+}
+
+/// Listens until `token` is cancelled; reconnects after errors and wakes
+/// everyone after a reconnect, since notifications may have been missed.
+pub async fn listen(pool: PgPool, wake: Arc<Wakeups>, token: CancellationToken) {
+    while !token.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN connection failed; polling meanwhile");
+                pause(&token).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener
+            .listen_all(["pubbot_inbound", "pubbot_outbound", "pubbot_rules"])
+            .await
+        {
+            tracing::warn!(error = %e, "LISTEN failed; polling meanwhile");
+            pause(&token).await;
+            continue;
+        }
+        wake.all();
+        loop {
+            let next = tokio::select! {
+                () = token.cancelled() => return,
+                n = listener.try_recv() => n,
+            };
+            match next {
+                Ok(Some(n)) => match n.channel() {
+                    "pubbot_inbound" => wake.inbound.notify_waiters(),
+                    "pubbot_outbound" => wake.outbound.notify_waiters(),
+                    _ => wake.rules.notify_waiters(),
+                },
+                Ok(None) => {
+                    tracing::warn!("LISTEN connection lost; reconnecting");
+                    wake.all();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN failed; reconnecting");
+                    break;
+                }
+            }
+        }
+        pause(&token).await;
+    }
+}
+
+async fn pause(token: &CancellationToken) {
+    tokio::select! {
+        () = token.cancelled() => {}
+        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
+}
+
+/// Waits for a wake-up, the poll interval, or cancellation.
+pub async fn wait(notify: &Notify, poll: Duration, token: &CancellationToken) {
+    tokio::select! {
+        () = notify.notified() => {}
+        () = tokio::time::sleep(poll) => {}
+        () = token.cancelled() => {}
+    }
+}

@@ -1,0 +1,281 @@
+//! Send: workers claim due outbound rows and call the platform.
+//!
+//! A row is marked `sending` (with a lease) before the call. A crash after
+//! the call and before the row is marked `sent` leaves it `sending`; when the
+//! lease expires the row goes back to `pending` and is sent again. That
+//! window — one call's duration per crashed worker — is the only way a reply
+//! can go out twice; each such recovery is counted in
+//! `pubbot_outbound_recovered_total` and noted on the row.
+//!
+//! Retryable failures (R10: `1000`, `1008`, HTTP 5xx, timeouts, transport)
+//! go back to `pending` with exponential backoff and jitter, up to
+//! `sender.max_attempts`; permanent ones (`1002`, `1003`, `1004`, `1007`)
+//! mark the row `failed` with the platform's message.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use pubbot_api_client::{Article, Client, McId, MediaRef, Message, UserId};
+use pubbot_rules::{Media, PlannedReply};
+use rand::Rng;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::notify::{wait, Wakeups};
+
+/// The client and rate limit of one app.
+pub struct AppClient {
+    /// The signed client.
+    pub client: Client,
+    /// This daemon's calls per second for the app.
+    pub limiter: DefaultDirectRateLimiter,
+}
+
+impl AppClient {
+    /// A limiter of `per_sec` calls a second (burst of the same size).
+    pub fn new(client: Client, per_sec: u32) -> Self {
+        let n = NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
+        Self {
+            client,
+            limiter: RateLimiter::direct(Quota::per_second(n)),
+        }
+    }
+}
+
+/// What a send worker needs.
+#[derive(Clone)]
+pub struct SendWorker {
+    /// The pool.
+    pub pool: PgPool,
+    /// Clients by app key.
+    pub apps: Arc<HashMap<String, AppClient>>,
+    /// Wake-ups.
+    pub wake: Arc<Wakeups>,
+    /// Lease identity.
+    pub worker_id: String,
+    /// Rows per claim.
+    pub batch: i64,
+    /// Lease length.
+    pub lease: Duration,
+    /// Poll interval.
+    pub poll: Duration,
+    /// Tries before failing.
+    pub max_attempts: i32,
+    /// First backoff.
+    pub backoff_min: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+}
+
+/// Maps a planned reply to the client's message.
+pub fn to_message(reply: &PlannedReply) -> Message {
+    let media = |m: &Media| match m {
+        Media::Url(u) => MediaRef::Url(u.clone()),
+        Media::MediaId(id) => MediaRef::Uploaded(id.as_str().into()),
+    };
+    match reply {
+        PlannedReply::Text { content } => Message::Text(content.clone()),
+        PlannedReply::Image { media: m } => Message::Image(media(m)),
+        PlannedReply::Voice { media: m } => Message::Voice(media(m)),
+        PlannedReply::News { articles } => Message::News(
+            articles
+                .iter()
+                .map(|a| Article {
+                    title: a.title.clone(),
+                    description: a.description.clone(),
+                    url: a.url.clone(),
+                    picurl: a.picurl.clone(),
+                })
+                .collect(),
+        ),
+    }
+}
+
+enum Outcome {
+    Sent,
+    Retry(String),
+    Failed(String),
+}
+
+impl SendWorker {
+    /// Runs until `token` is cancelled.
+    pub async fn run(self, token: CancellationToken) {
+        while !token.is_cancelled() {
+            match self.once().await {
+                Ok(0) => wait(&self.wake.outbound, self.poll, &token).await,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "send round failed; retrying");
+                    metrics::counter!("pubbot_send_failures_total").increment(1);
+                    wait(&self.wake.outbound, self.poll, &token).await;
+                }
+            }
+        }
+    }
+
+    /// Rows left `sending` by a process that died mid-call go back to
+    /// `pending` once their lease has expired.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn recover(&self) -> Result<u64, sqlx::Error> {
+        let n = sqlx::query!(
+            "UPDATE outbound_messages
+                SET status = 'pending', lease_owner = NULL, lease_until = NULL,
+                    last_error = 'interrupted mid-call by ' || coalesce(lease_owner, '?') || '; may have been delivered'
+              WHERE status = 'sending' AND lease_until < now()"
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            tracing::warn!(
+                rows = n,
+                "recovered replies interrupted mid-call; they may be delivered twice"
+            );
+            metrics::counter!("pubbot_outbound_recovered_total").increment(n);
+        }
+        Ok(n)
+    }
+
+    /// Claims due rows and sends them. Returns how many it took.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn once(&self) -> Result<usize, sqlx::Error> {
+        self.recover().await?;
+        let claimed = sqlx::query!(
+            r#"UPDATE outbound_messages o
+                  SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
+                      attempts = attempts + 1
+                 FROM (SELECT id FROM outbound_messages
+                        WHERE status = 'pending' AND next_attempt_at <= now()
+                        ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) c
+                WHERE o.id = c.id
+            RETURNING o.id, o.app_key, o.mcid, o.user_id, o.payload, o.attempts, o.trace_id"#,
+            self.worker_id,
+            self.lease.as_secs_f64(),
+            self.batch
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let n = claimed.len();
+        let results: Vec<Result<(), sqlx::Error>> = futures_util::stream::iter(claimed)
+            .map(|row| async move {
+                let outcome = self
+                    .call(
+                        &row.app_key,
+                        &row.mcid,
+                        &row.user_id,
+                        row.payload,
+                        &row.trace_id,
+                    )
+                    .await;
+                self.settle(row.id, row.attempts, outcome).await
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for r in results {
+            r?;
+        }
+        Ok(n)
+    }
+
+    async fn call(
+        &self,
+        app_key: &str,
+        mcid: &str,
+        user: &str,
+        payload: serde_json::Value,
+        trace_id: &str,
+    ) -> Outcome {
+        let Some(app) = self.apps.get(app_key) else {
+            return Outcome::Failed(format!("app {app_key:?} is not configured"));
+        };
+        let reply: PlannedReply = match serde_json::from_value(payload) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Failed(format!("stored reply does not parse: {e}")),
+        };
+        app.limiter.until_ready().await;
+        let started = std::time::Instant::now();
+        let result = app
+            .client
+            .send_to(&McId::from(mcid), &UserId::from(user), &to_message(&reply))
+            .await;
+        metrics::histogram!("pubbot_send_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                tracing::debug!(trace_id, app_key, mcid, user, "reply sent");
+                metrics::counter!("pubbot_sends_total", "result" => "sent").increment(1);
+                Outcome::Sent
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::info!(trace_id, app_key, error = %e, "reply will be retried");
+                metrics::counter!("pubbot_sends_total", "result" => "retry").increment(1);
+                Outcome::Retry(e.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(trace_id, app_key, error = %e, "reply failed permanently");
+                metrics::counter!("pubbot_sends_total", "result" => "failed").increment(1);
+                Outcome::Failed(e.to_string())
+            }
+        }
+    }
+
+    fn backoff(&self, attempts: i32) -> Duration {
+        let exp = self
+            .backoff_min
+            .saturating_mul(1u32 << attempts.clamp(1, 20).saturating_sub(1));
+        let capped = exp.min(self.backoff_max);
+        // Full jitter on the upper half: between 50% and 100% of the delay.
+        capped.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+
+    async fn settle(&self, id: i64, attempts: i32, outcome: Outcome) -> Result<(), sqlx::Error> {
+        match outcome {
+            Outcome::Sent => {
+                sqlx::query!(
+                    "UPDATE outbound_messages SET status = 'sent', sent_at = now(), lease_owner = NULL, lease_until = NULL
+                      WHERE id = $1 AND lease_owner = $2",
+                    id,
+                    self.worker_id
+                )
+                .execute(&self.pool)
+                .await?;
+            }
+            Outcome::Retry(e) if attempts < self.max_attempts => {
+                let delay = self.backoff(attempts);
+                metrics::counter!("pubbot_send_retries_total").increment(1);
+                sqlx::query!(
+                    "UPDATE outbound_messages
+                        SET status = 'pending', next_attempt_at = now() + make_interval(secs => $3),
+                            last_error = $4, lease_owner = NULL, lease_until = NULL
+                      WHERE id = $1 AND lease_owner = $2",
+                    id,
+                    self.worker_id,
+                    delay.as_secs_f64(),
+                    e
+                )
+                .execute(&self.pool)
+                .await?;
+            }
+            Outcome::Retry(e) | Outcome::Failed(e) => {
+                sqlx::query!(
+                    "UPDATE outbound_messages SET status = 'failed', last_error = $3, lease_owner = NULL, lease_until = NULL
+                      WHERE id = $1 AND lease_owner = $2",
+                    id,
+                    self.worker_id,
+                    e
+                )
+                .execute(&self.pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
