@@ -1,0 +1,423 @@
+//! pubbot end to end: the simulator pushes over HTTP to real daemons on a
+//! fresh PostgreSQL database per test, and receives their replies.
+
+use std::time::Duration;
+
+use pubbot_e2e::{db_addr, eventually, webhook_url, Proxy, World, KEY, SHOP};
+use pubbot_rules::{Options, RuleFile};
+use serde_json::json;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+const RULES: &str = r#"
+[[rule]]
+name = "welcome"
+kind = "follow"
+replies = [{ type = "text", text = "welcome {{ user }}" }]
+
+[[rule]]
+name = "hours"
+priority = 10
+trigger = { keywords = [{ pattern = "hours" }] }
+replies = [{ type = "text", text = "9-18" }]
+
+[[rule]]
+name = "broken-media"
+trigger = { keywords = [{ pattern = "catalogue", match = "equals" }] }
+replies = [{ type = "image", media_id = "no-such-media" }]
+
+[[rule]]
+name = "fallback"
+kind = "default"
+replies = [{ type = "text", text = "a person will answer" }]
+"#;
+
+async fn import(pool: &PgPool, toml: &str) {
+    pubbot::rules::import(
+        pool,
+        RuleFile::from_toml(toml).unwrap(),
+        &Options::default(),
+        false,
+    )
+    .await
+    .unwrap();
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn keyword_default_follow_and_unfollow(_: PgPoolOptions, connect: PgConnectOptions) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, RULES).await;
+    let (d, _) = w.daemon(w.settings(), pool.clone()).await;
+    w.add_account(d.addr).await;
+
+    w.control(
+        "follow",
+        json!({"mcid": SHOP, "user": "alice", "wait": true}),
+    )
+    .await;
+    w.say("alice", "opening HOURS?").await;
+    w.say("alice", "something else").await;
+    eventually("three replies", || async {
+        w.inbox("alice").await.len() == 3
+    })
+    .await;
+    assert_eq!(
+        w.texts("alice").await,
+        ["welcome alice", "9-18", "a person will answer"]
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM followers WHERE user_id = 'alice'"
+        )
+        .await,
+        1
+    );
+
+    w.control(
+        "unfollow",
+        json!({"mcid": SHOP, "user": "alice", "wait": true}),
+    )
+    .await;
+    eventually("follower removed", || async {
+        count(&pool, "SELECT count(*) FROM followers").await == 0
+    })
+    .await;
+    eventually("all pushes decided", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM inbound_messages WHERE status = 'pending'",
+        )
+        .await
+            == 0
+    })
+    .await;
+    assert_eq!(w.inbox("alice").await.len(), 3, "no reply to an unfollow");
+    let trace: (String, String) = sqlx::query_as(
+        "SELECT i.trace_id, o.trace_id FROM inbound_messages i JOIN outbound_messages o ON o.inbound_id = i.id LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(trace.0, trace.1, "one trace id from push to reply");
+    d.shutdown().await;
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn retried_and_duplicated_pushes_to_two_replicas_get_one_reply(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, RULES).await;
+    let (a, _) = w.daemon(w.settings(), pool.clone()).await;
+    let (b, _) = w.daemon(w.settings(), w.pool(None).await).await;
+    assert_ne!(a.worker_id, b.worker_id, "replicas have their own identity");
+    w.add_account(a.addr).await;
+
+    let r = w
+        .control(
+            "message",
+            json!({"mcid": SHOP, "user": "bob", "type": "text", "content": "hours", "duplicates": 2,
+                   "concurrent": true, "route_urls": [webhook_url(a.addr), webhook_url(b.addr)], "wait": true}),
+        )
+        .await;
+    for p in r["pushes"].as_array().unwrap() {
+        assert_eq!(p["state"], "delivered", "{p}");
+    }
+    eventually("the reply", || async { !w.inbox("bob").await.is_empty() }).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(w.texts("bob").await, ["9-18"]);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM inbound_messages").await,
+        1
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM outbound_messages").await,
+        1
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_bad_signature_stores_nothing(_: PgPoolOptions, connect: PgConnectOptions) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, RULES).await;
+    let (d, _) = w.daemon(w.settings(), pool.clone()).await;
+    w.add_account(d.addr).await;
+    let r = w.control("message", json!({"mcid": SHOP, "user": "eve", "type": "text", "content": "hours", "bad_signature": true, "wait": true})).await;
+    let statuses: Vec<u64> = r["pushes"][0]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [401, 401, 401]);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM inbound_messages").await,
+        0
+    );
+    assert!(w.inbox("eve").await.is_empty());
+    d.shutdown().await;
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn database_down_means_503_then_everything_is_stored_and_answered(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let w = World::new(connect.clone()).await;
+    let proxy = Proxy::start(db_addr(&connect)).await;
+    let direct = w.pool(None).await;
+    import(&direct, RULES).await;
+    let (d, _) = w.daemon(w.settings(), w.pool(Some(proxy.addr)).await).await;
+    w.add_account(d.addr).await;
+
+    proxy.cut();
+    let push = w
+        .control(
+            "message",
+            json!({"mcid": SHOP, "user": "carol", "type": "text", "content": "hours"}),
+        )
+        .await;
+    let id = push["pushes"][0]["id"].as_u64().unwrap();
+    let sim = w.sim.base_url();
+    eventually("a 503 while the database is down", || async {
+        let p: serde_json::Value = w
+            .http
+            .get(format!("{sim}/_sim/pushes/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        p["attempts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|t| t["status"] == 503))
+    })
+    .await;
+    proxy.restore();
+    eventually("the push delivered on a retry", || async {
+        let p: serde_json::Value = w
+            .http
+            .get(format!("{sim}/_sim/pushes/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        p["state"] == "delivered"
+    })
+    .await;
+    eventually("the reply", || async { w.texts("carol").await == ["9-18"] }).await;
+    assert_eq!(
+        count(&direct, "SELECT count(*) FROM inbound_messages").await,
+        1
+    );
+    d.shutdown().await;
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn rate_limited_replies_arrive_late_but_once_and_permanent_errors_fail(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, RULES).await;
+    let (d, _) = w.daemon(w.settings(), pool.clone()).await;
+    w.add_account(d.addr).await;
+    w.put("faults", json!({"rate_limit_per_sec": 3})).await;
+
+    let users: Vec<String> = (0..12).map(|i| format!("u{i}")).collect();
+    for u in &users {
+        w.control(
+            "message",
+            json!({"mcid": SHOP, "user": u, "type": "text", "content": "hours"}),
+        )
+        .await;
+    }
+    eventually("every user answered", || async {
+        let mut all = true;
+        for u in &users {
+            all &= !w.inbox(u).await.is_empty();
+        }
+        all
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for u in &users {
+        assert_eq!(w.texts(u).await, ["9-18"], "{u} answered exactly once");
+    }
+    let limited = w
+        .calls("/message/send.json")
+        .await
+        .iter()
+        .filter(|c| c["errcode"] == 1008)
+        .count();
+    assert!(limited > 0, "the platform's rate limit was hit");
+    assert!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE attempts > 1"
+        )
+        .await
+            > 0
+    );
+
+    w.put("faults", json!({})).await;
+    w.say("dave", "catalogue").await;
+    eventually("the row failed", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'failed'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let (error, attempts): (String, i32) = sqlx::query_as(
+        "SELECT last_error, attempts FROM outbound_messages WHERE status = 'failed'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        error.contains("1002") && error.contains("invalid media_id"),
+        "{error}"
+    );
+    assert_eq!(attempts, 1, "permanent errors are not retried");
+    d.shutdown().await;
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_rule_change_applies_without_restart(_: PgPoolOptions, connect: PgConnectOptions) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, RULES).await;
+    let (d, _) = w.daemon(w.settings(), pool.clone()).await;
+    w.add_account(d.addr).await;
+    w.say("erin", "hours").await;
+    eventually("first answer", || async {
+        w.texts("erin").await == ["9-18"]
+    })
+    .await;
+
+    import(&pool, "[[rule]]\nname = \"hours\"\npriority = 10\ntrigger = { keywords = [{ pattern = \"hours\" }] }\nreplies = [{ type = \"text\", text = \"10-20 now\" }]\n").await;
+    // A bad change is refused before it reaches the database.
+    let bad = RuleFile::from_toml(
+        "[[rule]]\nname = \"hours\"\nreplies = [{ type = \"text\", text = \"{{ oops\" }]\n",
+    )
+    .unwrap();
+    let e = pubbot::rules::import(&pool, bad, &Options::default(), false)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("template error"), "{e}");
+
+    eventually("the new answer", || async {
+        w.say("erin", "hours").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        w.texts("erin").await.last().map(String::as_str) == Some("10-20 now")
+    })
+    .await;
+    d.shutdown().await;
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_killed_daemons_work_is_finished_by_another(_: PgPoolOptions, connect: PgConnectOptions) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, RULES).await;
+    let (a, _) = w.daemon(w.settings(), w.pool(None).await).await;
+    w.add_account(a.addr).await;
+    // Slow platform: sends are in flight when the daemon dies.
+    w.put("faults", json!({"latency_ms": 1500})).await;
+    let users: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
+    for u in &users {
+        w.control(
+            "message",
+            json!({"mcid": SHOP, "user": u, "type": "text", "content": "hours"}),
+        )
+        .await;
+    }
+    eventually("sends in flight", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sending'",
+        )
+        .await
+            > 0
+    })
+    .await;
+    a.abort();
+    w.put("faults", json!({})).await;
+
+    let (b, _) = w.daemon(w.settings(), w.pool(None).await).await;
+    eventually("every user answered", || async {
+        let mut all = true;
+        for u in &users {
+            all &= !w.inbox(u).await.is_empty();
+        }
+        all
+    })
+    .await;
+    eventually("nothing left", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status <> 'sent'",
+        )
+        .await
+            == 0
+    })
+    .await;
+    let twice: i64 = {
+        let mut n = 0;
+        for u in &users {
+            n += w.inbox(u).await.len() as i64 - 1;
+        }
+        n
+    };
+    let recovered = count(
+        &pool,
+        "SELECT count(*) FROM outbound_messages WHERE last_error LIKE 'interrupted mid-call%'",
+    )
+    .await;
+    assert!(
+        twice <= recovered,
+        "only replies caught mid-call may go twice: {twice} > {recovered}"
+    );
+    b.shutdown().await;
+    let _ = KEY;
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn an_invalid_rule_file_writes_nothing_and_names_every_error(pool: PgPool) {
+    let bad = RuleFile::from_toml(
+        "[[rule]]\nname = \"a\"\ntrigger = { keywords = [] }\nreplies = [{ type = \"text\", text = \"x\" }]\n\
+         [[rule]]\nname = \"b\"\ntrigger = { keywords = [{ pattern = \"(\", match = \"regex\" }] }\nreplies = [{ type = \"text\", text = \"x\" }]\n\
+         [[rule]]\nname = \"c\"\nreplies = [{ type = \"text\", text = \"fine\" }]\n",
+    )
+    .unwrap();
+    let e = pubbot::rules::import(&pool, bad, &Options::default(), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rule \"a\"") && e.contains("rule \"b\"") && !e.contains("rule \"c\""),
+        "{e}"
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM rules").await, 0);
+}

@@ -1,0 +1,294 @@
+//! Helpers for the end-to-end tests: a simulator, daemons on a fresh
+//! database, a TCP proxy that can cut the database away, and polling.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pubbot::config::{AppSettings, Settings};
+use pubbot::Running;
+use pubbot_sim::{AppCredentials, PushConfig, RunningSim, SimConfig};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// The app every test uses.
+pub const KEY: &str = "e2e-app";
+/// Its secret.
+pub const SECRET: &str = "e2e-secret";
+/// The account every test uses.
+pub const SHOP: &str = "shop";
+
+/// A simulator and what the tests need to drive it.
+pub struct World {
+    /// The platform.
+    pub sim: RunningSim,
+    /// Control API client.
+    pub http: reqwest::Client,
+    /// The test's database.
+    pub connect: PgConnectOptions,
+}
+
+impl World {
+    /// Starts a simulator (pushes time out after 1 s, 300 ms between tries).
+    pub async fn new(connect: PgConnectOptions) -> Self {
+        let sim = RunningSim::start(SimConfig {
+            apps: vec![AppCredentials {
+                key: KEY.into(),
+                secret: SECRET.into(),
+            }],
+            push: PushConfig {
+                timeout: Duration::from_secs(1),
+                retry_delay: Duration::from_millis(300),
+                ..PushConfig::default()
+            },
+            ..SimConfig::default()
+        })
+        .await
+        .expect("simulator");
+        Self {
+            sim,
+            http: reqwest::Client::new(),
+            connect,
+        }
+    }
+
+    /// Settings for a test daemon: fast polls, short leases.
+    pub fn settings(&self) -> Settings {
+        let mut s = Settings::load_from(None, Vec::new()).expect("defaults");
+        s.workers.decide = 1;
+        s.workers.send = 2;
+        s.workers.poll_ms = 100;
+        s.workers.lease_secs = 2;
+        s.sender.backoff_min_ms = 100;
+        s.sender.backoff_max_ms = 600;
+        s.sender.max_attempts = 20;
+        s.sender.request_timeout_ms = 3000;
+        s.http.accept_deadline_ms = 800;
+        s.database.acquire_timeout_secs = 1;
+        s.rules.reload_check_secs = 1;
+        s.shutdown_deadline_secs = 5;
+        s.apps = vec![AppSettings {
+            key: KEY.into(),
+            secret: Some(SecretString::from(SECRET)),
+            secret_file: None,
+            secrets: Vec::new(),
+            api_base_url: self.sim.base_url(),
+            rate_limit_per_sec: 500,
+            accounts: vec![SHOP.into()],
+        }];
+        s
+    }
+
+    /// A pool on the test database (through `via` when given).
+    pub async fn pool(&self, via: Option<SocketAddr>) -> PgPool {
+        let mut opts = self.connect.clone();
+        if let Some(addr) = via {
+            opts = opts.host(&addr.ip().to_string()).port(addr.port());
+        }
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(1))
+            .connect_with(opts)
+            .await
+            .expect("pool")
+    }
+
+    /// Starts a daemon on a loopback port.
+    pub async fn daemon(&self, settings: Settings, pool: PgPool) -> (Running, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let token = CancellationToken::new();
+        let running = pubbot::start(settings, pool, listener, token.clone())
+            .await
+            .expect("daemon starts");
+        (running, token)
+    }
+
+    /// Creates the account on the platform with its routeUrl.
+    pub async fn add_account(&self, route_to: SocketAddr) {
+        let client = pubbot_api_client::Client::builder(
+            KEY,
+            SecretString::from(SECRET),
+            self.sim.base_url(),
+        )
+        .build()
+        .expect("client");
+        client
+            .add_account(&pubbot_api_client::NewAccount {
+                mcid: SHOP.into(),
+                profile: pubbot_api_client::AccountProfile {
+                    display_name: "Shop".into(),
+                    portrait_url: "http://x/p.png".into(),
+                    ui_type: 0,
+                    introduction: "e2e".into(),
+                },
+                is_follow: false,
+                route_url: webhook_url(route_to),
+            })
+            .await
+            .expect("account");
+    }
+
+    /// `POST /_sim/{what}` with `body`.
+    pub async fn control(&self, what: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}/_sim/{what}", self.sim.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("control");
+        assert_eq!(r.status(), 200, "control {what}");
+        r.json().await.expect("json")
+    }
+
+    /// A user writes a text and waits for the push to end.
+    pub async fn say(&self, user: &str, text: &str) -> Value {
+        self.control(
+            "message",
+            json!({"mcid": SHOP, "user": user, "type": "text", "content": text, "wait": true}),
+        )
+        .await
+    }
+
+    /// `PUT /_sim/{what}`.
+    pub async fn put(&self, what: &str, body: Value) {
+        let r = self
+            .http
+            .put(format!("{}/_sim/{what}", self.sim.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status(), 200);
+    }
+
+    /// What the user received.
+    pub async fn inbox(&self, user: &str) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .get(format!("{}/_sim/inbox/{user}", self.sim.base_url()))
+            .send()
+            .await
+            .expect("inbox")
+            .json()
+            .await
+            .expect("json");
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// The texts the user received, in order.
+    pub async fn texts(&self, user: &str) -> Vec<String> {
+        self.inbox(user)
+            .await
+            .iter()
+            .map(|d| {
+                d["payload"]["content"]
+                    .as_str()
+                    .map_or_else(|| d["msgtype"].to_string(), str::to_owned)
+            })
+            .collect()
+    }
+
+    /// The API call log for one path.
+    pub async fn calls(&self, path: &str) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .get(format!("{}/_sim/calls", self.sim.base_url()))
+            .query(&[("path", path)])
+            .send()
+            .await
+            .expect("calls")
+            .json()
+            .await
+            .expect("json");
+        v.as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// The routeUrl of a daemon.
+pub fn webhook_url(addr: SocketAddr) -> String {
+    format!("http://{addr}/webhook/{KEY}")
+}
+
+/// Polls `check` every 50 ms until it returns true, for at most 20 s.
+///
+/// # Panics
+/// When it never does, with `what`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A TCP proxy to PostgreSQL that a test can cut (live connections die,
+/// new ones are refused) and restore.
+pub struct Proxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    /// Proxies to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let up = Arc::new(AtomicBool::new(true));
+        let live: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, live2) = (Arc::clone(&up), Arc::clone(&live));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                live2.lock().expect("lock").push(task.abort_handle());
+            }
+        });
+        Self { addr, up, live }
+    }
+
+    /// The database "goes down".
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for t in self.live.lock().expect("lock").drain(..) {
+            t.abort();
+        }
+    }
+
+    /// The database is back.
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The database's address from its connect options.
+pub fn db_addr(opts: &PgConnectOptions) -> SocketAddr {
+    let host = match opts.get_host() {
+        "localhost" => "127.0.0.1",
+        h => h,
+    };
+    format!("{host}:{}", opts.get_port())
+        .parse()
+        .expect("the test database is on TCP")
+}
