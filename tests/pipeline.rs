@@ -421,3 +421,40 @@ async fn an_invalid_rule_file_writes_nothing_and_names_every_error(pool: PgPool)
     );
     assert_eq!(count(&pool, "SELECT count(*) FROM rules").await, 0);
 }
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn the_load_generator_counts_every_reply_once(_: PgPoolOptions, connect: PgConnectOptions) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, include_str!("../config/bench-rules.toml")).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut settings = w.settings();
+    settings.apps[0].api_base_url = format!("http://{}", listener.local_addr().unwrap());
+    let (d, _) = w.daemon(settings, pool.clone()).await;
+    let config = pubbot_sim::SimConfig {
+        apps: vec![pubbot_sim::AppCredentials {
+            key: KEY.into(),
+            secret: pubbot_e2e::SECRET.into(),
+        }],
+        ..pubbot_sim::SimConfig::default()
+    };
+    let load = pubbot_sim::load::LoadConfig {
+        mcid: "bench".into(),
+        route_url: webhook_url(d.addr),
+        rate: Some(100),
+        concurrency: 1,
+        duration: Duration::from_secs(1),
+        users: 10,
+        grace: Duration::from_secs(15),
+    };
+    let report = pubbot_sim::load::run(config, listener, load).await.unwrap();
+    assert!(report.pushes >= 50, "{report}");
+    assert_eq!(report.acknowledged, report.pushes, "{report}");
+    assert_eq!(report.replied, report.pushes, "{report}");
+    assert_eq!((report.lost, report.duplicates), (0, 0), "{report}");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM inbound_messages").await as u64,
+        report.pushes
+    );
+    d.shutdown().await;
+}

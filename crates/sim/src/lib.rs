@@ -45,6 +45,7 @@ mod config;
 mod control;
 mod error;
 pub mod limits;
+pub mod load;
 mod push;
 pub mod signature;
 mod world;
@@ -198,7 +199,7 @@ impl Inner {
 /// The simulator: build it from a [`SimConfig`], then serve its router.
 #[derive(Clone)]
 pub struct Simulator {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl Simulator {

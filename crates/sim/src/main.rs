@@ -58,6 +58,33 @@ struct ServeArgs {
 enum Command {
     /// Serve the platform API and the control API (the default).
     Serve,
+    /// Load generator: serve the platform (for the daemon's replies) and push
+    /// `bench <n>` messages to a routeUrl, then report acknowledged pushes,
+    /// lost and duplicate replies and push-to-reply latency. The daemon must
+    /// answer `ack <n>` (config/bench-rules.toml).
+    Load {
+        /// The daemon's webhook for the app.
+        #[arg(long)]
+        route_url: String,
+        /// Account pushed to.
+        #[arg(long, default_value = "bench")]
+        mcid: String,
+        /// Pushes per second (open loop).
+        #[arg(long, conflicts_with = "concurrency")]
+        rate: Option<u32>,
+        /// Closed loop: this many pushers at once, as fast as acknowledged.
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Seconds of pushing.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Distinct users.
+        #[arg(long, default_value_t = 1000)]
+        users: u32,
+        /// Seconds to wait for the last replies.
+        #[arg(long, default_value_t = 10)]
+        grace: u64,
+    },
     /// Print the four signature headers for a call, as curl -H arguments.
     Sign {
         /// App key.
@@ -84,6 +111,36 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.serve).await,
+        Command::Load {
+            route_url,
+            mcid,
+            rate,
+            concurrency,
+            duration,
+            users,
+            grace,
+        } => {
+            let config = sim_config(&cli.serve);
+            let listener = tokio::net::TcpListener::bind(cli.serve.listen)
+                .await
+                .with_context(|| format!("binding {}", cli.serve.listen))?;
+            let load = pubbot_sim::load::LoadConfig {
+                mcid,
+                route_url,
+                rate: if concurrency.is_some() {
+                    None
+                } else {
+                    Some(rate.unwrap_or(100))
+                },
+                concurrency: concurrency.unwrap_or(1),
+                duration: Duration::from_secs(duration),
+                users,
+                grace: Duration::from_secs(grace),
+            };
+            let report = pubbot_sim::load::run(config, listener, load).await?;
+            println!("{report}");
+            Ok(())
+        }
         Command::Sign {
             app_key,
             secret,
@@ -108,9 +165,9 @@ fn rand_nonce() -> String {
     rand::random::<u32>().to_string()
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = SimConfig {
-        apps: args.apps,
+fn sim_config(args: &ServeArgs) -> SimConfig {
+    SimConfig {
+        apps: args.apps.clone(),
         skew_secs: args.skew_secs,
         push: PushConfig {
             timeout: Duration::from_millis(args.push_timeout_ms),
@@ -125,7 +182,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             drop_rate: args.drop_rate,
         },
         ..SimConfig::default()
-    };
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = sim_config(&args);
     let keys: Vec<&str> = config.apps.iter().map(|a| a.key.as_str()).collect();
     tracing::info!(listen = %args.listen, apps = ?keys, "pubbot-sim serving; control API under /_sim");
     let sim = Simulator::new(config).map_err(anyhow::Error::msg)?;

@@ -1,0 +1,307 @@
+//! The load generator: pushes signed text messages to a routeUrl at a
+//! fixed rate (or as fast as N concurrent pushers can), and — since the
+//! simulator also receives the daemon's API calls — measures the latency
+//! from each push to its reply.
+//!
+//! Every message is `bench <seq>`; the daemon under test must answer it
+//! with a text containing `ack <seq>` (see `config/bench-rules.toml`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::PushOptions;
+use crate::push::{PushContent, PushState, UserMessage};
+use crate::{Inner, SimConfig, Simulator};
+
+/// How to load.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// The account pushed to; created on the simulator with `route_url`.
+    pub mcid: String,
+    /// The daemon's webhook.
+    pub route_url: String,
+    /// Pushes per second (open loop). `None`: closed loop with `concurrency`.
+    pub rate: Option<u32>,
+    /// Pushers at once in the closed loop.
+    pub concurrency: usize,
+    /// How long to push.
+    pub duration: Duration,
+    /// Distinct users the messages come from.
+    pub users: u32,
+    /// How long to wait for the last replies after the last push.
+    pub grace: Duration,
+}
+
+/// What a load run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    /// Pushes started.
+    pub pushes: u64,
+    /// Pushes the daemon acknowledged (2xx).
+    pub acknowledged: u64,
+    /// Pushes that failed every try.
+    pub failed: u64,
+    /// Acknowledged pushes per second of pushing.
+    pub acknowledged_per_sec: f64,
+    /// Distinct pushes answered.
+    pub replied: u64,
+    /// Acknowledged pushes never answered.
+    pub lost: u64,
+    /// Replies beyond the first for one push.
+    pub duplicates: u64,
+    /// Push-to-reply latency percentiles, milliseconds.
+    pub latency_ms: Percentiles,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th.
+    pub p90: f64,
+    /// 99th.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "pushes {} acknowledged {} failed {} ({:.0} acknowledged/s)",
+            self.pushes, self.acknowledged, self.failed, self.acknowledged_per_sec
+        )?;
+        writeln!(
+            f,
+            "replied {} lost {} duplicates {}",
+            self.replied, self.lost, self.duplicates
+        )?;
+        write!(
+            f,
+            "push-to-reply latency ms: p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}",
+            self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max
+        )
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Serves the simulator on `listener` (the daemon's API calls come here),
+/// creates the account, runs the load and reports.
+///
+/// # Errors
+/// When the simulator cannot start or the account cannot be created.
+pub async fn run(
+    config: SimConfig,
+    listener: TcpListener,
+    load: LoadConfig,
+) -> anyhow::Result<LoadReport> {
+    let app = config
+        .apps
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the load generator needs one app"))?;
+    let sim = Simulator::new(config).map_err(anyhow::Error::msg)?;
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let server = sim.clone();
+    let serving = tokio::spawn(async move {
+        server
+            .serve(listener, async move { stop.cancelled().await })
+            .await
+    });
+    let inner = Arc::clone(&sim.inner);
+    {
+        let form = crate::world::Form(vec![
+            ("mcid".into(), load.mcid.clone()),
+            ("displayName".into(), "load".into()),
+            ("portraitUrl".into(), "http://example.com/p.png".into()),
+            ("uiType".into(), "0".into()),
+            ("introduction".into(), "load generator".into()),
+            ("RC-App-Key".into(), app.key.clone()),
+            ("isFollow".into(), "false".into()),
+            ("routeUrl".into(), load.route_url.clone()),
+        ]);
+        let mut w = inner.lock();
+        if let Err(e) = w.add_account(&app.key, &form) {
+            if !e.message().contains("already exists") {
+                anyhow::bail!("creating the account: {e}");
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ids = Arc::new(std::sync::Mutex::new(Vec::<(u64, usize)>::new()));
+    let push_one = {
+        let inner = Arc::clone(&inner);
+        let (app_key, mcid, users) = (app.key.clone(), load.mcid.clone(), load.users.max(1));
+        let (seq, ids) = (Arc::clone(&seq), Arc::clone(&ids));
+        move |wait: bool| {
+            let inner = Arc::clone(&inner);
+            let (app_key, mcid) = (app_key.clone(), mcid.clone());
+            let (seq, ids) = (Arc::clone(&seq), Arc::clone(&ids));
+            async move {
+                let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let user = format!("load-user-{}", n % u64::from(users));
+                let content = PushContent::Message(
+                    UserMessage::Text {
+                        content: format!("bench {n}"),
+                    },
+                    inner.next_msg_id(),
+                );
+                let options = PushOptions {
+                    wait,
+                    ..PushOptions::default()
+                };
+                if let Ok(pushed) =
+                    Inner::start_push(&inner, &app_key, &mcid, &user, content, &options).await
+                {
+                    ids.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push((n, pushed[0]));
+                }
+            }
+        }
+    };
+    match load.rate {
+        Some(rate) => {
+            let mut tick =
+                tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while started.elapsed() < load.duration {
+                tick.tick().await;
+                push_one(false).await;
+            }
+        }
+        None => {
+            let mut pushers = Vec::new();
+            for _ in 0..load.concurrency.max(1) {
+                let push_one = push_one.clone();
+                let until = started + load.duration;
+                pushers.push(tokio::spawn(async move {
+                    while Instant::now() < until {
+                        push_one(true).await;
+                    }
+                }));
+            }
+            for p in pushers {
+                let _ = p.await;
+            }
+        }
+    }
+    let pushing = started.elapsed();
+    let pushes = seq.load(std::sync::atomic::Ordering::Relaxed);
+
+    // Wait for the pushes to settle and the replies to arrive.
+    let deadline = Instant::now() + load.grace;
+    let report = loop {
+        let report = measure(
+            &inner,
+            &app.key,
+            &ids.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            pushes,
+            pushing,
+        );
+        let settled = report.acknowledged + report.failed == pushes;
+        if (settled && report.replied >= report.acknowledged) || Instant::now() >= deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    token.cancel();
+    let _ = serving.await;
+    Ok(report)
+}
+
+fn measure(
+    inner: &Inner,
+    app_key: &str,
+    ids: &[(u64, usize)],
+    pushes: u64,
+    pushing: Duration,
+) -> LoadReport {
+    let mut start_ms = vec![None; usize::try_from(pushes).unwrap_or(0)];
+    let (mut acknowledged, mut failed) = (0u64, 0u64);
+    {
+        let log = inner.lock_pushes();
+        for &(n, id) in ids {
+            let Some(r) = log.get(id) else { continue };
+            match r.state {
+                PushState::Delivered => {
+                    acknowledged += 1;
+                    if let Some(slot) = start_ms.get_mut(usize::try_from(n).unwrap_or(usize::MAX)) {
+                        *slot = Some(r.create_time);
+                    }
+                }
+                PushState::Failed | PushState::Skipped => failed += 1,
+                PushState::Pending => {}
+            }
+        }
+    }
+    let mut seen = vec![0u32; start_ms.len()];
+    let mut latencies = Vec::new();
+    let mut duplicates = 0;
+    {
+        let w = inner.lock();
+        for d in w.deliveries(app_key) {
+            let Some(n) = d
+                .payload
+                .get("content")
+                .and_then(|c| c.as_str())
+                .and_then(|c| c.split("ack ").nth(1))
+                .and_then(|n| {
+                    n.split(|c: char| !c.is_ascii_digit())
+                        .next()
+                        .and_then(|d| d.parse::<usize>().ok())
+                })
+            else {
+                continue;
+            };
+            let Some(count) = seen.get_mut(n) else {
+                continue;
+            };
+            *count += 1;
+            if *count > 1 {
+                duplicates += 1;
+            } else if let Some(Some(t0)) = start_ms.get(n) {
+                latencies.push((d.at_ms - t0) as f64);
+            }
+        }
+    }
+    let replied = seen.iter().filter(|c| **c > 0).count() as u64;
+    latencies.sort_by(f64::total_cmp);
+    let lost = start_ms
+        .iter()
+        .zip(&seen)
+        .filter(|(t, c)| t.is_some() && **c == 0)
+        .count() as u64;
+    LoadReport {
+        pushes,
+        acknowledged,
+        failed,
+        acknowledged_per_sec: acknowledged as f64 / pushing.as_secs_f64().max(1e-9),
+        replied,
+        lost,
+        duplicates,
+        latency_ms: Percentiles {
+            p50: percentile(&latencies, 0.50),
+            p90: percentile(&latencies, 0.90),
+            p99: percentile(&latencies, 0.99),
+            max: latencies.last().copied().unwrap_or(0.0),
+        },
+    }
+}
