@@ -1,6 +1,8 @@
 -- The pipeline: rules, the durable inbox, the transactional outbox and
--- followers. Claims use leases (lease_owner, lease_until) and
--- FOR UPDATE SKIP LOCKED; dedup and "never twice" are unique constraints.
+-- followers. Claims use FOR UPDATE SKIP LOCKED: inside the deciding
+-- transaction for inbound rows, with a lease (lease_owner, lease_until) for
+-- outbound rows, whose sending happens outside any transaction. Dedup and
+-- "never twice" are unique constraints.
 
 -- Reply rules (the pubbot-rules model, one JSON document per rule).
 CREATE TABLE rules (
@@ -39,9 +41,6 @@ CREATE TABLE inbound_messages (
     received_at  timestamptz NOT NULL DEFAULT now(),
     status       text        NOT NULL DEFAULT 'pending'
                  CHECK (status IN ('pending', 'done')),
-    attempts     integer     NOT NULL DEFAULT 0,
-    lease_owner  text,
-    lease_until  timestamptz,
     processed_at timestamptz,
     UNIQUE (app_key, dedup_key)
 );

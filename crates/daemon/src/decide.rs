@@ -1,6 +1,7 @@
 //! Decide: workers claim stored pushes, run the rule set, and — in the same
-//! transaction that marks the push done — plan the replies as outbound rows
-//! (a transactional outbox: a reply is never planned twice, nor lost).
+//! transaction that claims the push and marks it done — plan the replies as
+//! outbound rows (a transactional outbox: a reply is never planned twice,
+//! nor lost).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,12 +23,8 @@ pub struct DecideWorker {
     pub rules: Arc<RuleStore>,
     /// Wake-ups.
     pub wake: Arc<Wakeups>,
-    /// This process's identity in leases.
-    pub worker_id: String,
     /// Rows per claim.
     pub batch: i64,
-    /// Lease length.
-    pub lease: Duration,
     /// Poll interval.
     pub poll: Duration,
 }
@@ -77,28 +74,27 @@ impl DecideWorker {
         }
     }
 
-    /// Claims one batch and decides it. Returns how many pushes it took.
+    /// Claims one batch and decides it, in one transaction: the rows are
+    /// locked (`FOR UPDATE SKIP LOCKED`) for as long as deciding takes —
+    /// pure CPU, no network — so other workers and replicas skip them, and
+    /// a worker that dies releases them with its aborted transaction. One
+    /// commit per batch covers the claim, the planned replies, the follower
+    /// changes and the push's `done`. Returns how many pushes it took.
     ///
     /// # Errors
-    /// Database errors; the claim's lease then expires and the batch is
-    /// taken again.
+    /// Database errors; the transaction rolls back and the batch is taken
+    /// again.
     pub async fn once(&self) -> Result<usize, sqlx::Error> {
-        let lease_secs = self.lease.as_secs_f64();
+        let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query!(
-            r#"UPDATE inbound_messages m
-                  SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), attempts = attempts + 1
-                 FROM (SELECT id FROM inbound_messages
-                        WHERE status = 'pending' AND (lease_until IS NULL OR lease_until < now())
-                        ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) c
-                WHERE m.id = c.id
-            RETURNING m.id, m.app_key, m.message, m.trace_id"#,
-            self.worker_id,
-            lease_secs,
+            r#"SELECT id, app_key, message, trace_id FROM inbound_messages
+                WHERE status = 'pending' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"#,
             self.batch
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         if claimed.is_empty() {
+            tx.rollback().await?;
             return Ok(0);
         }
         let rules = self.rules.current();
@@ -177,7 +173,6 @@ impl DecideWorker {
             }
         }
 
-        let mut tx = self.pool.begin().await?;
         if !planned.inbound_id.is_empty() {
             sqlx::query!(
                 r#"INSERT INTO outbound_messages (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id)
@@ -218,22 +213,14 @@ impl DecideWorker {
                 .await?;
             }
         }
-        let done = sqlx::query!(
-            "UPDATE inbound_messages SET status = 'done', processed_at = now(), lease_owner = NULL, lease_until = NULL
-              WHERE id = ANY($1) AND lease_owner = $2",
-            &ids,
-            self.worker_id
+        sqlx::query!(
+            "UPDATE inbound_messages SET status = 'done', processed_at = now() WHERE id = ANY($1)",
+            &ids
         )
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        if done.rows_affected() < ids.len() as u64 {
-            tracing::warn!(
-                lost = ids.len() as u64 - done.rows_affected(),
-                "leases expired mid-batch; another worker owns those pushes"
-            );
-        }
-        metrics::counter!("pubbot_decided_total").increment(done.rows_affected());
+        metrics::counter!("pubbot_decided_total").increment(ids.len() as u64);
         metrics::counter!("pubbot_replies_planned_total")
             .increment(planned.inbound_id.len() as u64);
         Ok(claimed.len())

@@ -136,8 +136,10 @@ async fn flush(pool: &PgPool, batch: Vec<Pending>) {
     let started = Instant::now();
     let n = batch.len();
     let mut cols = Columns::with_capacity(n);
-    for p in &batch {
-        cols.push(&p.row);
+    let mut waiters = Vec::with_capacity(n);
+    for p in batch {
+        waiters.push(((p.row.app_key.clone(), p.row.dedup_key.clone()), p.done));
+        cols.push(p.row);
     }
     let inserted = sqlx::query!(
         r#"INSERT INTO inbound_messages
@@ -167,9 +169,9 @@ async fn flush(pool: &PgPool, batch: Vec<Pending>) {
         Ok(rows) => {
             let mut new: HashSet<(String, String)> =
                 rows.into_iter().map(|r| (r.app_key, r.dedup_key)).collect();
-            for p in batch {
+            for (key, done) in waiters {
                 // The first of several equal pushes in one batch is the new one.
-                let outcome = if new.remove(&(p.row.app_key.clone(), p.row.dedup_key.clone())) {
+                let outcome = if new.remove(&key) {
                     metrics::counter!("pubbot_inbound_messages_total", "outcome" => "stored")
                         .increment(1);
                     Accepted::New
@@ -178,7 +180,7 @@ async fn flush(pool: &PgPool, batch: Vec<Pending>) {
                         .increment(1);
                     Accepted::Duplicate
                 };
-                let _ = p.done.send(Ok(outcome));
+                let _ = done.send(Ok(outcome));
             }
         }
         Err(e) => {
@@ -223,16 +225,16 @@ impl Columns {
         }
     }
 
-    fn push(&mut self, r: &Row) {
-        self.app_key.push(r.app_key.clone());
-        self.mcid.push(r.mcid.clone());
-        self.user_id.push(r.user_id.clone());
-        self.msg_type.push(r.msg_type.clone());
-        self.dedup_key.push(r.dedup_key.clone());
-        self.msg_id.push(r.msg_id.clone());
+    fn push(&mut self, r: Row) {
+        self.app_key.push(r.app_key);
+        self.mcid.push(r.mcid);
+        self.user_id.push(r.user_id);
+        self.msg_type.push(r.msg_type);
+        self.dedup_key.push(r.dedup_key);
+        self.msg_id.push(r.msg_id);
         self.create_time.push(r.create_time);
-        self.message.push(r.message.clone());
-        self.raw.push(r.raw.clone());
-        self.trace_id.push(r.trace_id.clone());
+        self.message.push(r.message);
+        self.raw.push(r.raw);
+        self.trace_id.push(r.trace_id);
     }
 }

@@ -194,9 +194,7 @@ pub async fn start(
             pool: pool.clone(),
             rules: Arc::clone(&store),
             wake: Arc::clone(&wake),
-            worker_id: worker_id.clone(),
             batch: settings.workers.claim_batch,
-            lease: settings.lease(),
             poll,
         };
         workers.spawn(w.run(token.clone()));

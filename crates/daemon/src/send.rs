@@ -164,7 +164,7 @@ impl SendWorker {
         .fetch_all(&self.pool)
         .await?;
         let n = claimed.len();
-        let results: Vec<Result<(), sqlx::Error>> = futures_util::stream::iter(claimed)
+        let outcomes: Vec<(i64, i32, Outcome)> = futures_util::stream::iter(claimed)
             .map(|row| async move {
                 let outcome = self
                     .call(
@@ -175,13 +175,32 @@ impl SendWorker {
                         &row.trace_id,
                     )
                     .await;
-                self.settle(row.id, row.attempts, outcome).await
+                (row.id, row.attempts, outcome)
             })
             .buffer_unordered(16)
             .collect()
             .await;
-        for r in results {
-            r?;
+        // Sent rows are marked in one statement: one commit per batch, not
+        // one per reply.
+        let sent: Vec<i64> = outcomes
+            .iter()
+            .filter(|(_, _, o)| matches!(o, Outcome::Sent))
+            .map(|(id, _, _)| *id)
+            .collect();
+        if !sent.is_empty() {
+            sqlx::query!(
+                "UPDATE outbound_messages SET status = 'sent', sent_at = now(), lease_owner = NULL, lease_until = NULL
+                  WHERE id = ANY($1) AND lease_owner = $2",
+                &sent,
+                self.worker_id
+            )
+            .execute(&self.pool)
+            .await?;
+        }
+        for (id, attempts, outcome) in outcomes {
+            if !matches!(outcome, Outcome::Sent) {
+                self.settle(id, attempts, outcome).await?;
+            }
         }
         Ok(n)
     }
@@ -238,16 +257,7 @@ impl SendWorker {
 
     async fn settle(&self, id: i64, attempts: i32, outcome: Outcome) -> Result<(), sqlx::Error> {
         match outcome {
-            Outcome::Sent => {
-                sqlx::query!(
-                    "UPDATE outbound_messages SET status = 'sent', sent_at = now(), lease_owner = NULL, lease_until = NULL
-                      WHERE id = $1 AND lease_owner = $2",
-                    id,
-                    self.worker_id
-                )
-                .execute(&self.pool)
-                .await?;
-            }
+            Outcome::Sent => {}
             Outcome::Retry(e) if attempts < self.max_attempts => {
                 let delay = self.backoff(attempts);
                 metrics::counter!("pubbot_send_retries_total").increment(1);

@@ -223,7 +223,7 @@ pub(crate) async fn deliver(inner: Arc<Inner>, id: usize, secret: String) {
     let push = inner.config.push.clone();
     let tries = push.tries.max(1);
     for attempt in 1..=tries {
-        let nonce = rand::rng().random_range(10_000u32..u32::MAX).to_string();
+        let nonce = rand::rng().random::<u64>().to_string();
         let ts = chrono::Utc::now().timestamp().to_string();
         let mut signature = sign(&secret, &nonce, &ts);
         if bad {
