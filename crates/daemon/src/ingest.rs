@@ -186,10 +186,8 @@ async fn flush(pool: &PgPool, batch: Vec<Pending>) {
         Err(e) => {
             tracing::warn!(error = %e, pushes = n, "ingest commit failed; answering 503");
             metrics::counter!("pubbot_ingest_failures_total").increment(1);
-            for p in batch {
-                let _ = p
-                    .done
-                    .send(Err(InboxError::Unavailable(format!("database: {e}"))));
+            for (_, done) in waiters {
+                let _ = done.send(Err(InboxError::Unavailable(format!("database: {e}"))));
             }
         }
     }
