@@ -54,7 +54,7 @@ LOAD=($SIM --listen 127.0.0.1:18090 --app bench-app:bench-secret load --route-ur
 
 echo "## durable ingest at saturation (32 concurrent pushers, 20 s, decide/send workers off)"
 PUBBOT__WORKERS__DECIDE=0 PUBBOT__WORKERS__SEND=0 start_pubbot
-"${LOAD[@]}" --concurrency 32 --duration 20 --grace 0 | head -1
+"${LOAD[@]}" --concurrency 32 --duration 20 --grace 0 | sed -n 1p
 stop_pubbot
 
 echo "## baseline: pgbench, 32 clients, single-row INSERT of the same row shape, 20 s"

@@ -11,7 +11,7 @@ use pubbot_webhook::{Event, InboundMessage, MessageBody};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::notify::{wait, Wakeups};
+use crate::notify::{work_loop, Wakeups};
 use crate::rules::RuleStore;
 
 /// What a decide worker needs.
@@ -61,17 +61,10 @@ struct Planned {
 impl DecideWorker {
     /// Runs until `token` is cancelled.
     pub async fn run(self, token: CancellationToken) {
-        while !token.is_cancelled() {
-            match self.once().await {
-                Ok(0) => wait(&self.wake.inbound, self.poll, &token).await,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "decide round failed; retrying");
-                    metrics::counter!("pubbot_decide_failures_total").increment(1);
-                    wait(&self.wake.inbound, self.poll, &token).await;
-                }
-            }
-        }
+        work_loop(&self.wake.inbound, self.poll, &token, "decide", || {
+            self.once()
+        })
+        .await;
     }
 
     /// Claims one batch and decides it, in one transaction: the rows are

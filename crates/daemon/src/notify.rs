@@ -82,11 +82,36 @@ async fn pause(token: &CancellationToken) {
     }
 }
 
-/// Waits for a wake-up, the poll interval, or cancellation.
-pub async fn wait(notify: &Notify, poll: Duration, token: &CancellationToken) {
-    tokio::select! {
-        () = notify.notified() => {}
-        () = tokio::time::sleep(poll) => {}
-        () = token.cancelled() => {}
+/// Runs `round` until `token` is cancelled: again at once after a round
+/// that found work, otherwise after a wake-up, the poll interval, or
+/// cancellation. The wake-up is registered before the round starts, so a
+/// notification that arrives while the round runs is not lost.
+pub async fn work_loop<F, Fut>(
+    notify: &Notify,
+    poll: Duration,
+    token: &CancellationToken,
+    worker: &'static str,
+    mut round: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, sqlx::Error>>,
+{
+    while !token.is_cancelled() {
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        match round().await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, worker, "round failed; retrying");
+                metrics::counter!("pubbot_worker_failures_total", "worker" => worker).increment(1);
+            }
+        }
+        tokio::select! {
+            () = woken => {}
+            () = tokio::time::sleep(poll) => {}
+            () = token.cancelled() => {}
+        }
     }
 }

@@ -25,7 +25,7 @@ use rand::Rng;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::notify::{wait, Wakeups};
+use crate::notify::{work_loop, Wakeups};
 
 /// The client and rate limit of one app.
 pub struct AppClient {
@@ -104,17 +104,10 @@ enum Outcome {
 impl SendWorker {
     /// Runs until `token` is cancelled.
     pub async fn run(self, token: CancellationToken) {
-        while !token.is_cancelled() {
-            match self.once().await {
-                Ok(0) => wait(&self.wake.outbound, self.poll, &token).await,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "send round failed; retrying");
-                    metrics::counter!("pubbot_send_failures_total").increment(1);
-                    wait(&self.wake.outbound, self.poll, &token).await;
-                }
-            }
-        }
+        work_loop(&self.wake.outbound, self.poll, &token, "send", || {
+            self.once()
+        })
+        .await;
     }
 
     /// Rows left `sending` by a process that died mid-call go back to
