@@ -43,6 +43,27 @@ async fn import(pool: &PgPool, toml: &str) {
     .unwrap();
 }
 
+/// A simulator, a fresh database with [`RULES`], one daemon, and the
+/// account routed to it.
+async fn setup(connect: PgConnectOptions) -> (World, PgPool, pubbot::Running) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, RULES).await;
+    let (d, _) = w.daemon(w.settings(), pool.clone()).await;
+    w.add_account(d.addr).await;
+    (w, pool, d)
+}
+
+/// Whether every user got at least one message.
+async fn all_answered(w: &World, users: &[String]) -> bool {
+    for u in users {
+        if w.inbox(u).await.is_empty() {
+            return false;
+        }
+    }
+    true
+}
+
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar::<_, i64>(sql)
         .fetch_one(pool)
@@ -52,11 +73,7 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 
 #[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
 async fn keyword_default_follow_and_unfollow(_: PgPoolOptions, connect: PgConnectOptions) {
-    let w = World::new(connect).await;
-    let pool = w.pool(None).await;
-    import(&pool, RULES).await;
-    let (d, _) = w.daemon(w.settings(), pool.clone()).await;
-    w.add_account(d.addr).await;
+    let (w, pool, d) = setup(connect).await;
 
     w.control(
         "follow",
@@ -151,11 +168,7 @@ async fn retried_and_duplicated_pushes_to_two_replicas_get_one_reply(
 
 #[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
 async fn a_bad_signature_stores_nothing(_: PgPoolOptions, connect: PgConnectOptions) {
-    let w = World::new(connect).await;
-    let pool = w.pool(None).await;
-    import(&pool, RULES).await;
-    let (d, _) = w.daemon(w.settings(), pool.clone()).await;
-    w.add_account(d.addr).await;
+    let (w, pool, d) = setup(connect).await;
     let r = w.control("message", json!({"mcid": SHOP, "user": "eve", "type": "text", "content": "hours", "bad_signature": true, "wait": true})).await;
     let statuses: Vec<u64> = r["pushes"][0]["attempts"]
         .as_array()
@@ -235,11 +248,7 @@ async fn rate_limited_replies_arrive_late_but_once_and_permanent_errors_fail(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let w = World::new(connect).await;
-    let pool = w.pool(None).await;
-    import(&pool, RULES).await;
-    let (d, _) = w.daemon(w.settings(), pool.clone()).await;
-    w.add_account(d.addr).await;
+    let (w, pool, d) = setup(connect).await;
     w.put("faults", json!({"rate_limit_per_sec": 3})).await;
 
     let users: Vec<String> = (0..12).map(|i| format!("u{i}")).collect();
@@ -250,14 +259,7 @@ async fn rate_limited_replies_arrive_late_but_once_and_permanent_errors_fail(
         )
         .await;
     }
-    eventually("every user answered", || async {
-        let mut all = true;
-        for u in &users {
-            all &= !w.inbox(u).await.is_empty();
-        }
-        all
-    })
-    .await;
+    eventually("every user answered", || all_answered(&w, &users)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for u in &users {
         assert_eq!(w.texts(u).await, ["9-18"], "{u} answered exactly once");
@@ -305,11 +307,7 @@ async fn rate_limited_replies_arrive_late_but_once_and_permanent_errors_fail(
 
 #[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
 async fn a_rule_change_applies_without_restart(_: PgPoolOptions, connect: PgConnectOptions) {
-    let w = World::new(connect).await;
-    let pool = w.pool(None).await;
-    import(&pool, RULES).await;
-    let (d, _) = w.daemon(w.settings(), pool.clone()).await;
-    w.add_account(d.addr).await;
+    let (w, pool, d) = setup(connect).await;
     w.say("erin", "hours").await;
     eventually("first answer", || async {
         w.texts("erin").await == ["9-18"]
@@ -366,14 +364,7 @@ async fn a_killed_daemons_work_is_finished_by_another(_: PgPoolOptions, connect:
     w.put("faults", json!({})).await;
 
     let (b, _) = w.daemon(w.settings(), w.pool(None).await).await;
-    eventually("every user answered", || async {
-        let mut all = true;
-        for u in &users {
-            all &= !w.inbox(u).await.is_empty();
-        }
-        all
-    })
-    .await;
+    eventually("every user answered", || all_answered(&w, &users)).await;
     eventually("nothing left", || async {
         count(
             &pool,

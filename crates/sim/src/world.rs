@@ -270,6 +270,25 @@ impl Form {
     }
 }
 
+/// A required, non-empty list field of at most `max` entries (R9).
+fn user_list<'a>(v: &'a Value, name: &str, max: usize) -> Result<&'a Vec<Value>, ApiError> {
+    let list = match v.get(name) {
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::bad(format!("{name} must be a list"))),
+        None => return Err(ApiError::bad(format!("{name} is required"))),
+    };
+    if list.is_empty() {
+        return Err(ApiError::bad(format!("{name} must not be empty")));
+    }
+    if list.len() > max {
+        return Err(ApiError::bad(format!(
+            "{name} has {} users, at most {max} are allowed",
+            list.len()
+        )));
+    }
+    Ok(list)
+}
+
 fn str_field<'a>(v: &'a Value, name: &str) -> Result<&'a str, ApiError> {
     match v.get(name) {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
@@ -619,21 +638,7 @@ impl World {
         follow: bool,
     ) -> Result<Value, ApiError> {
         let mcid = str_field(body, "mcId")?.to_owned();
-        let users = match body.get("userId") {
-            Some(Value::Array(a)) => a,
-            Some(_) => return Err(ApiError::bad("userId must be a list")),
-            None => return Err(ApiError::bad("userId is required")),
-        };
-        if users.is_empty() {
-            return Err(ApiError::bad("userId must not be empty"));
-        }
-        if users.len() > limits::SUBSCRIBE_MAX_USERS {
-            return Err(ApiError::bad(format!(
-                "userId has {} users, at most {} are allowed",
-                users.len(),
-                limits::SUBSCRIBE_MAX_USERS
-            )));
-        }
+        let users = user_list(body, "userId", limits::SUBSCRIBE_MAX_USERS)?;
         let users: Vec<String> = users
             .iter()
             .map(|u| match u {
@@ -786,21 +791,7 @@ impl World {
     ) -> Result<Value, ApiError> {
         let mcid = self.sender(app_key, body)?;
         let users = if batch {
-            let list = match body.get("touser") {
-                Some(Value::Array(a)) => a,
-                Some(_) => return Err(ApiError::bad("touser must be a list")),
-                None => return Err(ApiError::bad("touser is required")),
-            };
-            if list.is_empty() {
-                return Err(ApiError::bad("touser must not be empty"));
-            }
-            if list.len() > limits::BATCH_MAX_USERS {
-                return Err(ApiError::bad(format!(
-                    "touser has {} users, at most {} are allowed",
-                    list.len(),
-                    limits::BATCH_MAX_USERS
-                )));
-            }
+            let list = user_list(body, "touser", limits::BATCH_MAX_USERS)?;
             list.iter()
                 .map(|u| {
                     u.as_str()
