@@ -199,6 +199,7 @@ pub async fn start(
         };
         workers.spawn(w.run(token.clone()));
     }
+    let last_recovery = Arc::new(std::sync::atomic::AtomicI64::new(0));
     for _ in 0..settings.workers.send {
         let w = SendWorker {
             pool: pool.clone(),
@@ -211,6 +212,7 @@ pub async fn start(
             max_attempts: settings.sender.max_attempts,
             backoff_min: Duration::from_millis(settings.sender.backoff_min_ms),
             backoff_max: Duration::from_millis(settings.sender.backoff_max_ms),
+            last_recovery: Arc::clone(&last_recovery),
         };
         workers.spawn(w.run(token.clone()));
     }

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +70,9 @@ pub struct SendWorker {
     pub backoff_min: Duration,
     /// Longest backoff.
     pub backoff_max: Duration,
+    /// When this process last looked for expired `sending` leases (Unix
+    /// ms), shared by its send workers.
+    pub last_recovery: Arc<AtomicI64>,
 }
 
 /// Maps a planned reply to the client's message.
@@ -140,7 +144,23 @@ impl SendWorker {
     /// # Errors
     /// Database errors.
     pub async fn once(&self) -> Result<usize, sqlx::Error> {
-        self.recover().await?;
+        // Expired `sending` leases are rare (a crashed process): look for them
+        // once per half lease across this process's workers, not on every
+        // round's hot path.
+        let now = std::time::UNIX_EPOCH
+            .elapsed()
+            .unwrap_or_default()
+            .as_millis() as i64;
+        let every = (self.lease.as_millis() / 2) as i64;
+        let last = self.last_recovery.load(Ordering::Relaxed);
+        if now - last >= every
+            && self
+                .last_recovery
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.recover().await?;
+        }
         let claimed = sqlx::query!(
             r#"UPDATE outbound_messages o
                   SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
