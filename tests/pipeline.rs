@@ -449,3 +449,48 @@ async fn the_load_generator_counts_every_reply_once(_: PgPoolOptions, connect: P
     );
     d.shutdown().await;
 }
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn graceful_shutdown_leaves_nothing_half_done(_: PgPoolOptions, connect: PgConnectOptions) {
+    let (w, pool, d) = setup(connect).await;
+    let addr = d.addr;
+    w.put("faults", json!({"latency_ms": 300})).await;
+    let users: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    for u in &users {
+        w.control(
+            "message",
+            json!({"mcid": SHOP, "user": u, "type": "text", "content": "hours"}),
+        )
+        .await;
+    }
+    eventually("sends in flight", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sending'",
+        )
+        .await
+            > 0
+    })
+    .await;
+    d.shutdown().await;
+    // In-flight sends were finished, not abandoned mid-call.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sending'"
+        )
+        .await,
+        0
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the webhook no longer listens"
+    );
+    w.put("faults", json!({})).await;
+    let (again, _) = w.daemon(w.settings(), pool.clone()).await;
+    eventually("every user answered", || all_answered(&w, &users)).await;
+    for u in &users {
+        assert_eq!(w.texts(u).await, ["9-18"], "{u}: once, after a clean stop");
+    }
+    again.shutdown().await;
+}
