@@ -75,4 +75,13 @@ psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE"
 start_pubbot
 "${LOAD[@]}" --rate "$RATE" --duration "$DURATION" --users 1000 --grace 30
 stop_pubbot
+echo "## where the time goes (ms, p50 / p90 / p99; now() is each transaction's start)"
+psql "$BENCH_URL" -At -F ' ' -c "
+  SELECT 'stored -> decided', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+         round(percentile_cont(0.9) WITHIN GROUP (ORDER BY ms)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1)
+    FROM (SELECT extract(epoch FROM processed_at - received_at) * 1000 AS ms FROM inbound_messages) t
+  UNION ALL
+  SELECT 'decided -> marked sent', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+         round(percentile_cont(0.9) WITHIN GROUP (ORDER BY ms)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1)
+    FROM (SELECT extract(epoch FROM sent_at - created_at) * 1000 AS ms FROM outbound_messages) t"
 psql "$ADMIN_URL" -qc "DROP DATABASE pubbot_bench"
