@@ -64,6 +64,36 @@ async fn all_answered(w: &World, users: &[String]) -> bool {
     true
 }
 
+/// Makes the platform slow, has `n` users ask "hours" (prefix `tag`), and
+/// returns once a reply is in flight.
+async fn sends_in_flight(
+    w: &World,
+    pool: &PgPool,
+    tag: &str,
+    n: usize,
+    latency_ms: u64,
+) -> Vec<String> {
+    w.put("faults", json!({"latency_ms": latency_ms})).await;
+    let users: Vec<String> = (0..n).map(|i| format!("{tag}{i}")).collect();
+    for u in &users {
+        w.control(
+            "message",
+            json!({"mcid": SHOP, "user": u, "type": "text", "content": "hours"}),
+        )
+        .await;
+    }
+    eventually("sends in flight", || async {
+        count(
+            pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sending'",
+        )
+        .await
+            > 0
+    })
+    .await;
+    users
+}
+
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar::<_, i64>(sql)
         .fetch_one(pool)
@@ -342,24 +372,7 @@ async fn a_killed_daemons_work_is_finished_by_another(_: PgPoolOptions, connect:
     let (a, _) = w.daemon(w.settings(), w.pool(None).await).await;
     w.add_account(a.addr).await;
     // Slow platform: sends are in flight when the daemon dies.
-    w.put("faults", json!({"latency_ms": 1500})).await;
-    let users: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
-    for u in &users {
-        w.control(
-            "message",
-            json!({"mcid": SHOP, "user": u, "type": "text", "content": "hours"}),
-        )
-        .await;
-    }
-    eventually("sends in flight", || async {
-        count(
-            &pool,
-            "SELECT count(*) FROM outbound_messages WHERE status = 'sending'",
-        )
-        .await
-            > 0
-    })
-    .await;
+    let users = sends_in_flight(&w, &pool, "k", 6, 1500).await;
     a.abort();
     w.put("faults", json!({})).await;
 
@@ -454,24 +467,7 @@ async fn the_load_generator_counts_every_reply_once(_: PgPoolOptions, connect: P
 async fn graceful_shutdown_leaves_nothing_half_done(_: PgPoolOptions, connect: PgConnectOptions) {
     let (w, pool, d) = setup(connect).await;
     let addr = d.addr;
-    w.put("faults", json!({"latency_ms": 300})).await;
-    let users: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
-    for u in &users {
-        w.control(
-            "message",
-            json!({"mcid": SHOP, "user": u, "type": "text", "content": "hours"}),
-        )
-        .await;
-    }
-    eventually("sends in flight", || async {
-        count(
-            &pool,
-            "SELECT count(*) FROM outbound_messages WHERE status = 'sending'",
-        )
-        .await
-            > 0
-    })
-    .await;
+    let users = sends_in_flight(&w, &pool, "s", 8, 300).await;
     d.shutdown().await;
     // In-flight sends were finished, not abandoned mid-call.
     assert_eq!(
