@@ -25,6 +25,15 @@ pub struct DecideWorker {
     pub wake: Arc<Wakeups>,
     /// Rows per claim.
     pub batch: i64,
+    /// This process's lease identity.
+    pub worker_id: String,
+    /// Lease of rows handed to this process's senders.
+    pub lease: Duration,
+    /// This process's senders, when the fast path is on: planned rows are
+    /// leased to them in the deciding transaction itself and handed over
+    /// after commit (no NOTIFY, no second claim). When the hand-off is full,
+    /// rows are planned `pending` for any sender to claim.
+    pub handoff: Option<tokio::sync::mpsc::Sender<crate::send::Claimed>>,
     /// Poll interval.
     pub poll: Duration,
 }
@@ -166,13 +175,29 @@ impl DecideWorker {
             }
         }
 
+        let permits = match &self.handoff {
+            Some(tx) if !planned.inbound_id.is_empty() => {
+                tx.try_reserve_many(planned.inbound_id.len()).ok()
+            }
+            _ => None,
+        };
+        let direct = permits.is_some();
+        let mut leased = Vec::new();
         if !planned.inbound_id.is_empty() {
-            sqlx::query!(
-                r#"INSERT INTO outbound_messages (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id)
-                   SELECT i, r, a, m, u, n, p::jsonb, t
+            leased = sqlx::query_as!(
+                crate::send::Claimed,
+                r#"INSERT INTO outbound_messages
+                       (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
+                        status, lease_owner, lease_until, attempts)
+                   SELECT i, r, a, m, u, n, p::jsonb, t,
+                          CASE WHEN $9 THEN 'sending' ELSE 'pending' END,
+                          CASE WHEN $9 THEN $10 END,
+                          CASE WHEN $9 THEN now() + make_interval(secs => $11) END,
+                          CASE WHEN $9 THEN 1 ELSE 0 END
                      FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
                           AS x(i, r, a, m, u, n, p, t)
-                   ON CONFLICT (inbound_id, reply_index) DO NOTHING"#,
+                   ON CONFLICT (inbound_id, reply_index) DO NOTHING
+                   RETURNING id, app_key, mcid, user_id, payload, attempts, trace_id"#,
                 &planned.inbound_id,
                 &planned.reply_index,
                 &planned.app_key,
@@ -181,8 +206,11 @@ impl DecideWorker {
                 &planned.rule_name,
                 &planned.payload,
                 &planned.trace_id,
+                direct,
+                self.worker_id,
+                self.lease.as_secs_f64(),
             )
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
         }
         for (app, mcid, user, follow) in &follows {
@@ -213,6 +241,12 @@ impl DecideWorker {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        if let Some(permits) = permits {
+            // Only rows inserted now (not planned before) are handed over.
+            for (permit, row) in permits.zip(leased) {
+                permit.send(row);
+            }
+        }
         metrics::counter!("pubbot_decided_total").increment(ids.len() as u64);
         metrics::counter!("pubbot_replies_planned_total")
             .increment(planned.inbound_id.len() as u64);

@@ -189,12 +189,20 @@ pub async fn start(
         PgInbox::start(pool.clone(), settings.ingest.clone(), ingest_token.clone());
 
     let poll = Duration::from_millis(settings.workers.poll_ms);
+    // The fast path from decide to send inside this process (see decide.rs);
+    // off when this process sends nothing.
+    let (handoff_tx, handoff_rx) = tokio::sync::mpsc::channel(1024);
+    let handoff_tx = (settings.workers.send > 0).then_some(handoff_tx);
+    let handoff_rx = Arc::new(tokio::sync::Mutex::new(handoff_rx));
     for _ in 0..settings.workers.decide {
         let w = DecideWorker {
             pool: pool.clone(),
             rules: Arc::clone(&store),
             wake: Arc::clone(&wake),
             batch: settings.workers.claim_batch,
+            worker_id: worker_id.clone(),
+            lease: settings.lease(),
+            handoff: handoff_tx.clone(),
             poll,
         };
         workers.spawn(w.run(token.clone()));
@@ -214,6 +222,7 @@ pub async fn start(
             backoff_max: Duration::from_millis(settings.sender.backoff_max_ms),
             last_recovery: Arc::clone(&last_recovery),
         };
+        workers.spawn(w.clone().run_handoff(Arc::clone(&handoff_rx)));
         workers.spawn(w.run(token.clone()));
     }
 

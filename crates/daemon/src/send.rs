@@ -1,4 +1,7 @@
-//! Send: workers claim due outbound rows and call the platform.
+//! Send: workers call the platform for outbound rows this process holds:
+//! rows its decide workers planned and leased to it in the same transaction
+//! (handed over through a queue, the fast path), and due rows claimed from
+//! the table (retries, rows of other processes, a full queue).
 //!
 //! A row is marked `sending` (with a lease) before the call. A crash after
 //! the call and before the row is marked `sent` leaves it `sending`; when the
@@ -99,6 +102,29 @@ pub fn to_message(reply: &PlannedReply) -> Message {
     }
 }
 
+/// An outbound row this process holds the `sending` lease of, ready to call.
+#[derive(Debug)]
+pub struct Claimed {
+    /// Row id.
+    pub id: i64,
+    /// App.
+    pub app_key: String,
+    /// Sending account.
+    pub mcid: String,
+    /// Recipient.
+    pub user_id: String,
+    /// The planned reply (JSON).
+    pub payload: serde_json::Value,
+    /// Tries so far, this one included.
+    pub attempts: i32,
+    /// Trace id of the push.
+    pub trace_id: String,
+}
+
+/// Rows the decide workers of this process planned and leased to it in
+/// their own transaction: the fast path that skips a NOTIFY and a claim.
+pub type Handoff = tokio::sync::mpsc::Receiver<Claimed>;
+
 enum Outcome {
     Sent,
     Retry(String),
@@ -161,7 +187,8 @@ impl SendWorker {
         {
             self.recover().await?;
         }
-        let claimed = sqlx::query!(
+        let claimed = sqlx::query_as!(
+            Claimed,
             r#"UPDATE outbound_messages o
                   SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
                       attempts = attempts + 1
@@ -177,6 +204,41 @@ impl SendWorker {
         .fetch_all(&self.pool)
         .await?;
         let n = claimed.len();
+        self.deliver(claimed).await?;
+        Ok(n)
+    }
+
+    /// Takes rows handed over by this process's decide workers until they
+    /// have all stopped and the hand-off is drained (so a graceful stop
+    /// leaves no leased row behind).
+    pub async fn run_handoff(self, handoff: Arc<tokio::sync::Mutex<Handoff>>) {
+        loop {
+            let batch = {
+                let mut rx = handoff.lock().await;
+                let Some(first) = rx.recv().await else { return };
+                let mut batch = vec![first];
+                while batch.len() < usize::try_from(self.batch).unwrap_or(64) {
+                    match rx.try_recv() {
+                        Ok(row) => batch.push(row),
+                        Err(_) => break,
+                    }
+                }
+                batch
+            };
+            if let Err(e) = self.deliver(batch).await {
+                // The rows keep their lease; recovery sends them again.
+                tracing::warn!(error = %e, "settling handed-over replies failed");
+                metrics::counter!("pubbot_worker_failures_total", "worker" => "handoff")
+                    .increment(1);
+            }
+        }
+    }
+
+    /// Calls the platform for rows this process holds, then settles them.
+    ///
+    /// # Errors
+    /// Database errors while settling.
+    pub async fn deliver(&self, claimed: Vec<Claimed>) -> Result<(), sqlx::Error> {
         let outcomes: Vec<(i64, i32, Outcome)> = futures_util::stream::iter(claimed)
             .map(|row| async move {
                 let outcome = self
@@ -215,7 +277,7 @@ impl SendWorker {
                 self.settle(id, attempts, outcome).await?;
             }
         }
-        Ok(n)
+        Ok(())
     }
 
     async fn call(
