@@ -35,7 +35,7 @@ CREATE TABLE inbound_messages (
     dedup_key    text        NOT NULL,
     msg_id       text,
     create_time  bigint,
-    message      jsonb       NOT NULL,
+    message      json        NOT NULL, -- json, not jsonb: stored and read whole, never queried inside
     raw          text        NOT NULL,
     trace_id     text        NOT NULL,
     received_at  timestamptz NOT NULL DEFAULT now(),
@@ -68,7 +68,7 @@ CREATE TABLE outbound_messages (
     mcid            text        NOT NULL,
     user_id         text        NOT NULL,
     rule_name       text        NOT NULL,
-    payload         jsonb       NOT NULL,
+    payload         json        NOT NULL,
     trace_id        text        NOT NULL,
     status          text        NOT NULL DEFAULT 'pending'
                     CHECK (status IN ('pending', 'sending', 'sent', 'failed')),

@@ -220,7 +220,10 @@ async fn database_down_means_503_then_everything_is_stored_and_answered(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let w = World::new(connect.clone()).await;
+    // More tries than the platform's three: reconnecting the pool after the
+    // cut may cost a retry or two, and the test is about what happens
+    // once the database is back, not about how fast the pool notices.
+    let w = World::with_push_tries(connect.clone(), 10).await;
     let proxy = Proxy::start(db_addr(&connect)).await;
     let direct = w.pool(None).await;
     import(&direct, RULES).await;

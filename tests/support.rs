@@ -35,8 +35,15 @@ pub struct World {
 }
 
 impl World {
-    /// Starts a simulator (pushes time out after 1 s, 300 ms between tries).
+    /// Starts a simulator (pushes time out after 1 s, 300 ms between tries,
+    /// three tries as the platform does).
     pub async fn new(connect: PgConnectOptions) -> Self {
+        Self::with_push_tries(connect, 3).await
+    }
+
+    /// As [`Self::new`] with more tries per push, for tests whose daemon is
+    /// meant to fail for a while.
+    pub async fn with_push_tries(connect: PgConnectOptions, tries: u32) -> Self {
         let sim = RunningSim::start(SimConfig {
             apps: vec![AppCredentials {
                 key: KEY.into(),
@@ -45,6 +52,7 @@ impl World {
             push: PushConfig {
                 timeout: Duration::from_secs(1),
                 retry_delay: Duration::from_millis(300),
+                tries,
                 ..PushConfig::default()
             },
             ..SimConfig::default()
@@ -87,7 +95,7 @@ impl World {
 
     /// A pool on the test database (through `via` when given).
     pub async fn pool(&self, via: Option<SocketAddr>) -> PgPool {
-        let mut opts = self.connect.clone();
+        let mut opts = pubbot::db::guarded(self.connect.clone(), Duration::from_secs(2));
         if let Some(addr) = via {
             opts = opts.host(&addr.ip().to_string()).port(addr.port());
         }

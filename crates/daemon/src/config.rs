@@ -50,6 +50,9 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// Pool wait, seconds.
     pub acquire_timeout_secs: u64,
+    /// Seconds a connection may sit idle inside a transaction before the
+    /// server ends its session (frees rows a hung process holds).
+    pub idle_in_transaction_timeout_secs: u64,
 }
 
 /// `[http]`.

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::config::DatabaseSettings;
@@ -17,11 +19,25 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 /// # Errors
 /// When the URL is invalid or the database cannot be reached.
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(settings.url.expose_secret())?;
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
-        .connect(settings.url.expose_secret())
+        .connect_with(guarded(
+            options,
+            Duration::from_secs(settings.idle_in_transaction_timeout_secs),
+        ))
         .await
+}
+
+/// Connection options with `idle_in_transaction_session_timeout` set: a
+/// process that hangs or vanishes mid-transaction (a decide batch holds its
+/// rows locked) cannot keep those rows from the other replicas for longer.
+pub fn guarded(options: PgConnectOptions, idle_in_transaction: Duration) -> PgConnectOptions {
+    options.options([(
+        "idle_in_transaction_session_timeout",
+        format!("{}ms", idle_in_transaction.as_millis()),
+    )])
 }
 
 /// Applies every pending migration.

@@ -189,7 +189,7 @@ impl DecideWorker {
                 r#"INSERT INTO outbound_messages
                        (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
                         status, lease_owner, lease_until, attempts)
-                   SELECT i, r, a, m, u, n, p::jsonb, t,
+                   SELECT i, r, a, m, u, n, p::json, t,
                           CASE WHEN $9 THEN 'sending' ELSE 'pending' END,
                           CASE WHEN $9 THEN $10 END,
                           CASE WHEN $9 THEN now() + make_interval(secs => $11) END,

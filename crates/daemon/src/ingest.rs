@@ -144,7 +144,7 @@ async fn flush(pool: &PgPool, batch: Vec<Pending>) {
     let inserted = sqlx::query!(
         r#"INSERT INTO inbound_messages
                (app_key, mcid, user_id, msg_type, dedup_key, msg_id, create_time, message, raw, trace_id)
-           SELECT a, m, u, t, d, i, c, j::jsonb, r, tr
+           SELECT a, m, u, t, d, i, c, j::json, r, tr
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::int8[], $8::text[], $9::text[], $10::text[])
                   AS x(a, m, u, t, d, i, c, j, r, tr)
