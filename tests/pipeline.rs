@@ -238,17 +238,8 @@ async fn database_down_means_503_then_everything_is_stored_and_answered(
         )
         .await;
     let id = push["pushes"][0]["id"].as_u64().unwrap();
-    let sim = w.sim.base_url();
     eventually("a 503 while the database is down", || async {
-        let p: serde_json::Value = w
-            .http
-            .get(format!("{sim}/_sim/pushes/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let p = w.get(&format!("pushes/{id}")).await;
         p["attempts"]
             .as_array()
             .is_some_and(|a| a.iter().any(|t| t["status"] == 503))
@@ -256,15 +247,7 @@ async fn database_down_means_503_then_everything_is_stored_and_answered(
     .await;
     proxy.restore();
     eventually("the push delivered on a retry", || async {
-        let p: serde_json::Value = w
-            .http
-            .get(format!("{sim}/_sim/pushes/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let p = w.get(&format!("pushes/{id}")).await;
         p["state"] == "delivered"
     })
     .await;

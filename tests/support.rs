@@ -176,18 +176,25 @@ impl World {
         assert_eq!(r.status(), 200);
     }
 
-    /// What the user received.
-    pub async fn inbox(&self, user: &str) -> Vec<Value> {
-        let v: Value = self
-            .http
-            .get(format!("{}/_sim/inbox/{user}", self.sim.base_url()))
+    /// `GET /_sim/{what}` as JSON.
+    pub async fn get(&self, what: &str) -> Value {
+        self.http
+            .get(format!("{}/_sim/{what}", self.sim.base_url()))
             .send()
             .await
-            .expect("inbox")
+            .expect("get")
             .json()
             .await
-            .expect("json");
-        v.as_array().cloned().unwrap_or_default()
+            .expect("json")
+    }
+
+    /// What the user received.
+    pub async fn inbox(&self, user: &str) -> Vec<Value> {
+        self.get(&format!("inbox/{user}"))
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The texts the user received, in order.
@@ -205,17 +212,11 @@ impl World {
 
     /// The API call log for one path.
     pub async fn calls(&self, path: &str) -> Vec<Value> {
-        let v: Value = self
-            .http
-            .get(format!("{}/_sim/calls", self.sim.base_url()))
-            .query(&[("path", path)])
-            .send()
+        self.get(&format!("calls?path={path}"))
             .await
-            .expect("calls")
-            .json()
-            .await
-            .expect("json");
-        v.as_array().cloned().unwrap_or_default()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 

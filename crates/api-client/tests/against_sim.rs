@@ -59,11 +59,11 @@ impl Control {
         }
     }
 
-    async fn calls(&self, path: &str) -> Vec<Value> {
+    /// `GET /_sim/{what}` as a JSON list.
+    async fn list(&self, what: &str) -> Vec<Value> {
         let v: Value = self
             .http
-            .get(format!("{}/_sim/calls", self.base))
-            .query(&[("path", path)])
+            .get(format!("{}/_sim/{what}", self.base))
             .send()
             .await
             .unwrap()
@@ -73,17 +73,12 @@ impl Control {
         v.as_array().unwrap().clone()
     }
 
+    async fn calls(&self, path: &str) -> Vec<Value> {
+        self.list(&format!("calls?path={path}")).await
+    }
+
     async fn all_calls(&self) -> usize {
-        let v: Value = self
-            .http
-            .get(format!("{}/_sim/calls", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v.as_array().unwrap().len()
+        self.list("calls").await.len()
     }
 
     async fn faults(&self, f: Value) {
@@ -98,16 +93,7 @@ impl Control {
     }
 
     async fn inbox(&self, user: &str) -> Vec<Value> {
-        let v: Value = self
-            .http
-            .get(format!("{}/_sim/inbox/{user}", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v.as_array().unwrap().clone()
+        self.list(&format!("inbox/{user}")).await
     }
 
     /// The JSON body of the last call to `path`, as the platform received it.
