@@ -112,9 +112,15 @@ struct Planned {
 impl DecideWorker {
     /// Runs until `token` is cancelled.
     pub async fn run(self, token: CancellationToken) {
-        work_loop(&self.wake.inbound, self.poll, &token, "decide", || {
-            self.once()
-        })
+        let batch = usize::try_from(self.batch).unwrap_or(usize::MAX);
+        work_loop(
+            &self.wake.inbound,
+            self.poll,
+            batch,
+            &token,
+            "decide",
+            || self.once(),
+        )
         .await;
     }
 
@@ -283,6 +289,8 @@ impl DecideWorker {
             "UPDATE inbound_messages SET status = 'done', processed_at = now() WHERE id = ANY($1)",
             &ids
         )
+        // Planned afresh each time (see "Plans" in `crate::db`).
+        .persistent(false)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

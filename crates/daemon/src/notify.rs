@@ -57,8 +57,11 @@ pub async fn listen(pool: PgPool, wake: Arc<Wakeups>, token: CancellationToken) 
             };
             match next {
                 Ok(Some(n)) => match n.channel() {
-                    "pubbot_inbound" => wake.inbound.notify_waiters(),
-                    "pubbot_outbound" => wake.outbound.notify_waiters(),
+                    // One worker per notification (the longest waiting):
+                    // waking them all made every other one claim nothing.
+                    // A worker that takes a full batch goes again at once.
+                    "pubbot_inbound" => wake.inbound.notify_one(),
+                    "pubbot_outbound" => wake.outbound.notify_one(),
                     _ => wake.rules.notify_waiters(),
                 },
                 Ok(None) => {
@@ -83,12 +86,15 @@ async fn pause(token: &CancellationToken) {
 }
 
 /// Runs `round` until `token` is cancelled: again at once after a round
-/// that found work, otherwise after a wake-up, the poll interval, or
-/// cancellation. The wake-up is registered before the round starts, so a
-/// notification that arrives while the round runs is not lost.
+/// that took a full batch (`batch` rows; more may be waiting), otherwise
+/// after a wake-up, the poll interval, or cancellation. A round that took
+/// less found the queue empty of rows it could lock, so going again at once
+/// would only be an empty claim. The wake-up is registered before the round
+/// starts, so a notification that arrives while the round runs is not lost.
 pub async fn work_loop<F, Fut>(
     notify: &Notify,
     poll: Duration,
+    batch: usize,
     token: &CancellationToken,
     worker: &'static str,
     mut round: F,
@@ -101,7 +107,7 @@ pub async fn work_loop<F, Fut>(
         tokio::pin!(woken);
         woken.as_mut().enable();
         match round().await {
-            Ok(n) if n > 0 => continue,
+            Ok(n) if n >= batch.max(1) => continue,
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, worker, "round failed; retrying");

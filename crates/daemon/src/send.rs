@@ -134,9 +134,15 @@ enum Outcome {
 impl SendWorker {
     /// Runs until `token` is cancelled.
     pub async fn run(self, token: CancellationToken) {
-        work_loop(&self.wake.outbound, self.poll, &token, "send", || {
-            self.once()
-        })
+        let batch = usize::try_from(self.batch).unwrap_or(usize::MAX);
+        work_loop(
+            &self.wake.outbound,
+            self.poll,
+            batch,
+            &token,
+            "send",
+            || self.once(),
+        )
         .await;
     }
 
@@ -269,6 +275,8 @@ impl SendWorker {
                 &sent,
                 self.worker_id
             )
+            // Planned afresh each time (see "Plans" in `crate::db`).
+            .persistent(false)
             .execute(&self.pool)
             .await?;
         }
@@ -346,6 +354,7 @@ impl SendWorker {
                     delay.as_secs_f64(),
                     e
                 )
+                .persistent(false)
                 .execute(&self.pool)
                 .await?;
             }
@@ -357,6 +366,7 @@ impl SendWorker {
                     self.worker_id,
                     e
                 )
+                .persistent(false)
                 .execute(&self.pool)
                 .await?;
             }
