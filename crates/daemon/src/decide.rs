@@ -34,9 +34,6 @@ pub struct DecideWorker {
     /// after commit (no NOTIFY, no second claim). When the hand-off is full,
     /// rows are planned `pending` for any sender to claim.
     pub handoff: Option<tokio::sync::mpsc::Sender<crate::send::Claimed>>,
-    /// Where claims start looking, shared by this process's decide workers
-    /// (see [`ClaimFloor`]).
-    pub floor: Arc<ClaimFloor>,
     /// Poll interval.
     pub poll: Duration,
 }
@@ -55,45 +52,6 @@ fn kind_of(m: &InboundMessage) -> IncomingKind {
             event: Event::Unsubscribe,
         } => IncomingKind::Unsubscribe,
         MessageBody::Event { .. } | MessageBody::Unknown { .. } => IncomingKind::Other,
-    }
-}
-
-/// A lower bound for the next claim's ids. Pushes are claimed in id order
-/// and done rows leave dead entries at the low end of the pending index
-/// until vacuum runs; starting each scan at the last batch's lowest id skips
-/// them. Rows below the floor can only be ones whose deciding transaction
-/// rolled back; the floor drops to zero once per `reset_every`, so they wait
-/// at most that long.
-#[derive(Debug, Default)]
-pub struct ClaimFloor {
-    id: std::sync::atomic::AtomicI64,
-    reset_at_ms: std::sync::atomic::AtomicI64,
-}
-
-impl ClaimFloor {
-    fn get(&self, reset_every: Duration) -> i64 {
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = i64::try_from(
-            std::time::UNIX_EPOCH
-                .elapsed()
-                .unwrap_or_default()
-                .as_millis(),
-        )
-        .unwrap_or(i64::MAX);
-        let last = self.reset_at_ms.load(Relaxed);
-        if now - last >= i64::try_from(reset_every.as_millis()).unwrap_or(i64::MAX)
-            && self
-                .reset_at_ms
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok()
-        {
-            self.id.store(0, Relaxed);
-        }
-        self.id.load(Relaxed)
-    }
-
-    fn raise(&self, to: i64) {
-        self.id.fetch_max(to, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -136,12 +94,10 @@ impl DecideWorker {
     /// again.
     pub async fn once(&self) -> Result<usize, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let floor = self.floor.get(self.poll);
         let claimed = sqlx::query!(
             r#"SELECT id, app_key, message, trace_id FROM inbound_messages
-                WHERE status = 'pending' AND id >= $2 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"#,
-            self.batch,
-            floor
+                WHERE status = 'pending' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"#,
+            self.batch
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -149,7 +105,6 @@ impl DecideWorker {
             tx.rollback().await?;
             return Ok(0);
         }
-        self.floor.raise(claimed[0].id);
         let rules = self.rules.current();
         let now = chrono::Utc::now();
         let mut planned = Planned::default();

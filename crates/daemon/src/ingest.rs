@@ -1,9 +1,11 @@
 //! Ingest: the webhook's [`Inbox`] backed by PostgreSQL, with group commit.
 //!
-//! Each push waits in a channel; a batcher takes what has arrived (up to
-//! `ingest.batch_max`, waiting at most `ingest.flush_micros` after the first)
-//! and commits it in one `INSERT ... ON CONFLICT DO NOTHING`, so throughput
-//! is not capped by one commit per request. A push is acknowledged only
+//! Each push waits in a channel; a batcher takes everything that has
+//! arrived (up to `ingest.batch_max`; optionally waiting
+//! `ingest.flush_micros` for more) and commits it in one
+//! `INSERT ... ON CONFLICT DO NOTHING` on one of `ingest.concurrent_flushes`
+//! flush slots, so throughput is not capped by one commit per request: the
+//! busier the slots, the larger the next batch. A push is acknowledged only
 //! after its batch committed; a duplicate (R6 key already stored) is
 //! acknowledged as such; a failed commit answers every push of the batch
 //! `Unavailable` (503), and the platform retries.
@@ -106,6 +108,13 @@ async fn batcher(
                 None => break,
             },
         };
+        // Take what has arrived, waiting up to `flush_micros` for more
+        // (tokio's timer rounds the deadline up to its next millisecond
+        // tick, so 0 means "until the next tick"), then wait for a flush
+        // slot. While all slots are busy, the pushes arriving meanwhile
+        // gather in the channel for the next batch: batches grow with load.
+        // (Measured: taking the slot first, or not waiting at all, made
+        // batches smaller and PostgreSQL busier; BENCHMARKS.md.)
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + wait;
         while batch.len() < settings.batch_max {

@@ -194,7 +194,6 @@ pub async fn start(
     let (handoff_tx, handoff_rx) = tokio::sync::mpsc::channel(1024);
     let handoff_tx = (settings.workers.send > 0).then_some(handoff_tx);
     let handoff_rx = Arc::new(tokio::sync::Mutex::new(handoff_rx));
-    let floor = Arc::new(decide::ClaimFloor::default());
     for _ in 0..settings.workers.decide {
         let w = DecideWorker {
             pool: pool.clone(),
@@ -204,7 +203,6 @@ pub async fn start(
             worker_id: worker_id.clone(),
             lease: settings.lease(),
             handoff: handoff_tx.clone(),
-            floor: Arc::clone(&floor),
             poll,
         };
         workers.spawn(w.run(token.clone()));

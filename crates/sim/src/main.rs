@@ -1,5 +1,10 @@
 //! `pubbot-sim`: run the platform simulator, or sign a call for curl.
 
+// The load generator allocates per push; glibc's allocator cost more CPU
+// than the pushing itself (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
