@@ -264,7 +264,15 @@ async fn rate_limited_replies_arrive_late_but_once_and_permanent_errors_fail(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let (w, pool, d) = setup(connect).await;
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, RULES).await;
+    // One call per reply, so that twelve replies make twelve calls against
+    // the limit (merging is tested on its own below).
+    let mut settings = w.settings();
+    settings.sender.merge_batchsend = false;
+    let (d, _) = w.daemon(settings, pool.clone()).await;
+    w.add_account(d.addr).await;
     w.put("faults", json!({"rate_limit_per_sec": 3})).await;
 
     let users: Vec<String> = (0..12).map(|i| format!("u{i}")).collect();
@@ -435,6 +443,7 @@ async fn the_load_generator_counts_every_reply_once(_: PgPoolOptions, connect: P
         concurrency: 1,
         duration: Duration::from_secs(1),
         users: 10,
+        unique_users: false,
         grace: Duration::from_secs(15),
     };
     let report = pubbot_sim::load::run(config, listener, load).await.unwrap();
@@ -475,4 +484,139 @@ async fn graceful_shutdown_leaves_nothing_half_done(_: PgPoolOptions, connect: P
         assert_eq!(w.texts(u).await, ["9-18"], "{u}: once, after a clean stop");
     }
     again.shutdown().await;
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn same_replies_held_at_once_go_out_as_one_batchsend(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, RULES).await;
+    // A daemon that decides but does not send: the replies wait as pending rows.
+    let mut deciding = w.settings();
+    deciding.workers.send = 0;
+    let (a, _) = w.daemon(deciding, w.pool(None).await).await;
+    w.add_account(a.addr).await;
+    let users: Vec<String> = (0..5).map(|i| format!("merge-{i}")).collect();
+    for u in &users {
+        w.say(u, "hello").await;
+    }
+    // The same user twice: the same reply twice, never twice in one call.
+    w.say(&users[0], "hello again").await;
+    w.say(&users[1], "what are your hours").await;
+    eventually("all decided", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'pending'",
+        )
+        .await
+            == 7
+    })
+    .await;
+    a.shutdown().await;
+
+    // One sender alone takes all seven in one claim.
+    let mut sending = w.settings();
+    sending.workers.decide = 0;
+    sending.workers.send = 1;
+    let (b, _) = w.daemon(sending, w.pool(None).await).await;
+    eventually("all sent", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
+        )
+        .await
+            == 7
+    })
+    .await;
+    let batch = w.calls("/message/batchsend.json").await;
+    assert_eq!(batch.len(), 1, "one batchsend: {batch:?}");
+    let body: serde_json::Value = serde_json::from_str(batch[0]["body"].as_str().unwrap()).unwrap();
+    let mut to: Vec<String> = body["touser"]
+        .as_array()
+        .unwrap_or_else(|| panic!("recipients in {body}"))
+        .iter()
+        .map(|u| u.as_str().unwrap().split('@').next().unwrap().to_owned())
+        .collect();
+    to.sort();
+    assert_eq!(to, users, "five distinct users in the batch");
+    // The second "a person will answer" to merge-0 and the "9-18" to
+    // merge-1 are single sends.
+    assert_eq!(w.calls("/message/send.json").await.len(), 2);
+    assert_eq!(
+        w.texts(&users[0]).await,
+        vec!["a person will answer", "a person will answer"]
+    );
+    let mut second = w.texts(&users[1]).await;
+    second.sort();
+    assert_eq!(second, vec!["9-18", "a person will answer"]);
+    for u in &users[2..] {
+        assert_eq!(w.texts(u).await, vec!["a person will answer"]);
+    }
+    b.shutdown().await;
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_failed_batchsend_retries_every_reply_in_it_and_each_arrives_once(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, RULES).await;
+    let mut deciding = w.settings();
+    deciding.workers.send = 0;
+    let (a, _) = w.daemon(deciding, w.pool(None).await).await;
+    w.add_account(a.addr).await;
+    let users: Vec<String> = (0..4).map(|i| format!("retry-{i}")).collect();
+    for u in &users {
+        w.say(u, "hello").await;
+    }
+    eventually("all decided", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'pending'",
+        )
+        .await
+            == 4
+    })
+    .await;
+    a.shutdown().await;
+
+    // Every call fails with 1000 (retryable) until the faults are cleared.
+    w.put("faults", json!({"error_rate": 1.0})).await;
+    let mut sending = w.settings();
+    sending.workers.decide = 0;
+    sending.workers.send = 1;
+    let (b, _) = w.daemon(sending, w.pool(None).await).await;
+    eventually("the batch failed for all four", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'pending' AND last_error LIKE '%1000%'",
+        )
+        .await
+            == 4
+    })
+    .await;
+    // The first try was one batchsend for all four, and it failed.
+    let first = w.calls("/message/batchsend.json").await[0].clone();
+    assert_eq!(first["errcode"], 1000, "{first}");
+    let body: serde_json::Value = serde_json::from_str(first["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["touser"].as_array().map(Vec::len), Some(4), "{body}");
+    w.put("faults", json!({})).await;
+    eventually("all sent", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
+        )
+        .await
+            == 4
+    })
+    .await;
+    for u in &users {
+        assert_eq!(w.texts(u).await, vec!["a person will answer"], "{u}");
+    }
+    b.shutdown().await;
 }

@@ -111,6 +111,9 @@ pub struct SenderSettings {
     pub backoff_max_ms: u64,
     /// API call timeout, ms.
     pub request_timeout_ms: u64,
+    /// Merge replies with the same payload from the same account, held by
+    /// one sender at once, into `batchsend` calls of up to 100 users.
+    pub merge_batchsend: bool,
 }
 
 /// `[rules]`.

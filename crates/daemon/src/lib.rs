@@ -221,6 +221,7 @@ pub async fn start(
             backoff_min: Duration::from_millis(settings.sender.backoff_min_ms),
             backoff_max: Duration::from_millis(settings.sender.backoff_max_ms),
             last_recovery: Arc::clone(&last_recovery),
+            merge_batchsend: settings.sender.merge_batchsend,
         };
         workers.spawn(w.clone().run_handoff(Arc::clone(&handoff_rx)));
         workers.spawn(w.run(token.clone()));

@@ -10,6 +10,12 @@
 //! can go out twice; each such recovery is counted in
 //! `pubbot_outbound_recovered_total` and noted on the row.
 //!
+//! Replies with the same payload from the same account that one sender
+//! holds at once go out together as `batchsend` calls of up to 100 users
+//! (`sender.merge_batchsend`): under the platform's per-call rate limit
+//! that is up to 100 replies per unit instead of one (BENCHMARKS.md). A
+//! batch call succeeds or fails for all its rows alike.
+//!
 //! Retryable failures (R10: `1000`, `1008`, HTTP 5xx, timeouts, transport)
 //! go back to `pending` with exponential backoff and jitter, up to
 //! `sender.max_attempts`; permanent ones (`1002`, `1003`, `1004`, `1007`)
@@ -76,6 +82,8 @@ pub struct SendWorker {
     /// When this process last looked for expired `sending` leases (Unix
     /// ms), shared by its send workers.
     pub last_recovery: Arc<AtomicI64>,
+    /// Merge same-payload replies into `batchsend` calls.
+    pub merge_batchsend: bool,
 }
 
 /// Maps a planned reply to the client's message.
@@ -125,10 +133,96 @@ pub struct Claimed {
 /// their own transaction: the fast path that skips a NOTIFY and a claim.
 pub type Handoff = tokio::sync::mpsc::Receiver<Claimed>;
 
+#[derive(Clone)]
 enum Outcome {
     Sent,
     Retry(String),
     Failed(String),
+}
+
+/// Most users in one `batchsend` call (R9).
+const BATCH_MAX_USERS: usize = 100;
+
+/// One platform call: a reply to one user, or the same reply to several
+/// (distinct) users of one account through `batchsend`.
+struct Call {
+    app_key: String,
+    mcid: String,
+    payload: serde_json::Value,
+    rows: Vec<CallRow>,
+}
+
+struct CallRow {
+    id: i64,
+    attempts: i32,
+    user_id: String,
+    trace_id: String,
+}
+
+/// Whether a reply can go through a batch endpoint: text and news by
+/// `batchsend`, images and voices by URL by `operation/batchsend`; uploaded
+/// media have none.
+fn batchable(payload: &serde_json::Value) -> bool {
+    match serde_json::from_value::<PlannedReply>(payload.clone()) {
+        Ok(PlannedReply::Text { .. } | PlannedReply::News { .. }) => true,
+        Ok(PlannedReply::Image { media } | PlannedReply::Voice { media }) => {
+            matches!(media, Media::Url(_))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Groups rows into calls. With `merge`, rows of one app and account with
+/// the same payload share `batchsend` calls of at most 100 distinct users
+/// (a user who gets the same reply twice is in two calls); otherwise, and
+/// for payloads no batch endpoint takes, one call per row.
+fn plan_calls(rows: Vec<Claimed>, merge: bool) -> Vec<Call> {
+    let single = |row: Claimed| Call {
+        app_key: row.app_key,
+        mcid: row.mcid,
+        payload: row.payload,
+        rows: vec![CallRow {
+            id: row.id,
+            attempts: row.attempts,
+            user_id: row.user_id,
+            trace_id: row.trace_id,
+        }],
+    };
+    if !merge || rows.len() < 2 {
+        return rows.into_iter().map(single).collect();
+    }
+    let mut calls: Vec<Call> = Vec::new();
+    // (app, account, payload text) -> indexes of its calls in `calls`.
+    let mut groups: HashMap<(String, String, String), Vec<usize>> = HashMap::new();
+    for row in rows {
+        if !batchable(&row.payload) {
+            calls.push(single(row));
+            continue;
+        }
+        let key = (
+            row.app_key.clone(),
+            row.mcid.clone(),
+            row.payload.to_string(),
+        );
+        let slots = groups.entry(key).or_default();
+        let open = slots.iter().copied().find(|&i| {
+            calls[i].rows.len() < BATCH_MAX_USERS
+                && calls[i].rows.iter().all(|r| r.user_id != row.user_id)
+        });
+        match open {
+            Some(i) => calls[i].rows.push(CallRow {
+                id: row.id,
+                attempts: row.attempts,
+                user_id: row.user_id,
+                trace_id: row.trace_id,
+            }),
+            None => {
+                slots.push(calls.len());
+                calls.push(single(row));
+            }
+        }
+    }
+    calls
 }
 
 impl SendWorker {
@@ -245,20 +339,17 @@ impl SendWorker {
     /// # Errors
     /// Database errors while settling.
     pub async fn deliver(&self, claimed: Vec<Claimed>) -> Result<(), sqlx::Error> {
-        let outcomes: Vec<(i64, i32, Outcome)> = futures_util::stream::iter(claimed)
-            .map(|row| async move {
-                let outcome = self
-                    .call(
-                        &row.app_key,
-                        &row.mcid,
-                        &row.user_id,
-                        row.payload,
-                        &row.trace_id,
-                    )
-                    .await;
-                (row.id, row.attempts, outcome)
+        let calls = plan_calls(claimed, self.merge_batchsend);
+        let outcomes: Vec<(i64, i32, Outcome)> = futures_util::stream::iter(calls)
+            .map(|call| async move {
+                let outcome = self.call(&call).await;
+                call.rows
+                    .into_iter()
+                    .map(|r| (r.id, r.attempts, outcome.clone()))
+                    .collect::<Vec<_>>()
             })
             .buffer_unordered(16)
+            .flat_map(futures_util::stream::iter)
             .collect()
             .await;
         // Sent rows are marked in one statement: one commit per batch, not
@@ -288,42 +379,73 @@ impl SendWorker {
         Ok(())
     }
 
-    async fn call(
-        &self,
-        app_key: &str,
-        mcid: &str,
-        user: &str,
-        payload: serde_json::Value,
-        trace_id: &str,
-    ) -> Outcome {
+    /// Makes one call (one unit of the app's rate limit) and says how it
+    /// went for every row in it.
+    async fn call(&self, call: &Call) -> Outcome {
+        let app_key = call.app_key.as_str();
         let Some(app) = self.apps.get(app_key) else {
             return Outcome::Failed(format!("app {app_key:?} is not configured"));
         };
-        let reply: PlannedReply = match serde_json::from_value(payload) {
+        let reply: PlannedReply = match serde_json::from_value(call.payload.clone()) {
             Ok(r) => r,
             Err(e) => return Outcome::Failed(format!("stored reply does not parse: {e}")),
         };
+        let message = to_message(&reply);
+        let mcid = McId::from(call.mcid.as_str());
         app.limiter.until_ready().await;
         let started = std::time::Instant::now();
-        let result = app
-            .client
-            .send_to(&McId::from(mcid), &UserId::from(user), &to_message(&reply))
-            .await;
-        metrics::histogram!("pubbot_send_seconds").record(started.elapsed().as_secs_f64());
+        let (endpoint, result) = match call.rows.as_slice() {
+            [one] => (
+                "send",
+                app.client
+                    .send_to(&mcid, &UserId::from(one.user_id.as_str()), &message)
+                    .await,
+            ),
+            rows => {
+                let users: Vec<UserId> = rows
+                    .iter()
+                    .map(|r| UserId::from(r.user_id.as_str()))
+                    .collect();
+                // At most 100 distinct users (plan_calls): one chunk.
+                let result = match app.client.send_to_many(&mcid, &users, &message).await {
+                    Ok(chunks) => chunks
+                        .into_iter()
+                        .map(|c| c.result)
+                        .find(Result::is_err)
+                        .unwrap_or(Ok(())),
+                    Err(e) => Err(e),
+                };
+                ("batchsend", result)
+            }
+        };
+        metrics::histogram!("pubbot_send_seconds", "endpoint" => endpoint)
+            .record(started.elapsed().as_secs_f64());
+        let replies = call.rows.len() as u64;
+        let traces = || {
+            call.rows
+                .iter()
+                .map(|r| r.trace_id.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         match result {
             Ok(()) => {
-                tracing::debug!(trace_id, app_key, mcid, user, "reply sent");
-                metrics::counter!("pubbot_sends_total", "result" => "sent").increment(1);
+                tracing::debug!(trace_id = %traces(), app_key, mcid = %call.mcid, endpoint, replies, "reply sent");
+                metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "sent")
+                    .increment(1);
+                metrics::counter!("pubbot_replies_sent_total").increment(replies);
                 Outcome::Sent
             }
             Err(e) if e.is_retryable() => {
-                tracing::info!(trace_id, app_key, error = %e, "reply will be retried");
-                metrics::counter!("pubbot_sends_total", "result" => "retry").increment(1);
+                tracing::info!(trace_id = %traces(), app_key, endpoint, error = %e, "reply will be retried");
+                metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "retry")
+                    .increment(1);
                 Outcome::Retry(e.to_string())
             }
             Err(e) => {
-                tracing::warn!(trace_id, app_key, error = %e, "reply failed permanently");
-                metrics::counter!("pubbot_sends_total", "result" => "failed").increment(1);
+                tracing::warn!(trace_id = %traces(), app_key, endpoint, error = %e, "reply failed permanently");
+                metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "failed")
+                    .increment(1);
                 Outcome::Failed(e.to_string())
             }
         }
@@ -372,5 +494,92 @@ impl SendWorker {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, app: &str, mcid: &str, user: &str, payload: serde_json::Value) -> Claimed {
+        Claimed {
+            id,
+            app_key: app.into(),
+            mcid: mcid.into(),
+            user_id: user.into(),
+            payload,
+            attempts: 1,
+            trace_id: format!("t{id}"),
+        }
+    }
+
+    fn text(t: &str) -> serde_json::Value {
+        serde_json::json!({"type": "text", "content": t})
+    }
+
+    fn shape(calls: &[Call]) -> Vec<Vec<i64>> {
+        calls
+            .iter()
+            .map(|c| c.rows.iter().map(|r| r.id).collect())
+            .collect()
+    }
+
+    #[test]
+    fn same_payload_same_account_merges_distinct_users() {
+        let rows = vec![
+            row(1, "a", "shop", "u1", text("hi")),
+            row(2, "a", "shop", "u2", text("hi")),
+            row(3, "a", "shop", "u1", text("hi")), // u1 again: a second call
+            row(4, "a", "shop", "u3", text("bye")), // other payload
+            row(5, "a", "other", "u4", text("hi")), // other account
+            row(6, "b", "shop", "u5", text("hi")), // other app
+            row(7, "a", "shop", "u6", text("hi")),
+        ];
+        let calls = plan_calls(rows, true);
+        assert_eq!(
+            shape(&calls),
+            vec![vec![1, 2, 7], vec![3], vec![4], vec![5], vec![6]]
+        );
+    }
+
+    #[test]
+    fn no_merge_means_one_call_per_row() {
+        let rows = (0..3)
+            .map(|i| row(i, "a", "shop", &format!("u{i}"), text("hi")))
+            .collect();
+        assert_eq!(
+            shape(&plan_calls(rows, false)),
+            vec![vec![0], vec![1], vec![2]]
+        );
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_100_users() {
+        let rows = (0..250)
+            .map(|i| row(i, "a", "shop", &format!("u{i}"), text("hi")))
+            .collect();
+        let sizes: Vec<usize> = plan_calls(rows, true)
+            .iter()
+            .map(|c| c.rows.len())
+            .collect();
+        assert_eq!(sizes, vec![100, 100, 50]);
+    }
+
+    #[test]
+    fn uploaded_media_are_sent_one_by_one_and_urls_merge() {
+        let uploaded = serde_json::json!({"type": "image", "media": {"media_id": "m1"}});
+        let by_url = serde_json::json!({"type": "image", "media": {"url": "http://x/p.png"}});
+        assert!(!batchable(&uploaded), "{uploaded}");
+        assert!(batchable(&by_url), "{by_url}");
+        let rows = vec![
+            row(1, "a", "shop", "u1", uploaded.clone()),
+            row(2, "a", "shop", "u2", uploaded),
+            row(3, "a", "shop", "u1", by_url.clone()),
+            row(4, "a", "shop", "u2", by_url),
+        ];
+        assert_eq!(
+            shape(&plan_calls(rows, true)),
+            vec![vec![1], vec![2], vec![3, 4]]
+        );
     }
 }

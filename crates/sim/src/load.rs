@@ -32,6 +32,11 @@ pub struct LoadConfig {
     pub duration: Duration,
     /// Distinct users the messages come from.
     pub users: u32,
+    /// Every push from a new user (`load-user-<n>`, `users` ignored), and
+    /// replies matched to pushes by recipient: the daemon may answer with
+    /// any text, e.g. one static reply to everybody (what `batchsend`
+    /// merging needs). Otherwise replies are matched by `ack <n>`.
+    pub unique_users: bool,
     /// How long to wait for the last replies after the last push.
     pub grace: Duration,
 }
@@ -55,6 +60,8 @@ pub struct LoadReport {
     pub duplicates: u64,
     /// Push-to-reply latency percentiles, milliseconds.
     pub latency_ms: Percentiles,
+    /// The daemon's calls per message endpoint (`/message/...`).
+    pub message_calls: std::collections::BTreeMap<String, u64>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -86,7 +93,14 @@ impl std::fmt::Display for LoadReport {
             f,
             "push-to-reply latency ms: p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}",
             self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max
-        )
+        )?;
+        if !self.message_calls.is_empty() {
+            write!(f, "\napi calls:")?;
+            for (path, n) in &self.message_calls {
+                write!(f, " {path} {n}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -148,6 +162,7 @@ pub async fn run(
     let push_one = {
         let inner = Arc::clone(&inner);
         let (app_key, mcid, users) = (app.key.clone(), load.mcid.clone(), load.users.max(1));
+        let unique = load.unique_users;
         let (seq, ids) = (Arc::clone(&seq), Arc::clone(&ids));
         move |wait: bool| {
             let inner = Arc::clone(&inner);
@@ -155,7 +170,11 @@ pub async fn run(
             let (seq, ids) = (Arc::clone(&seq), Arc::clone(&ids));
             async move {
                 let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let user = format!("load-user-{}", n % u64::from(users));
+                let user = if unique {
+                    format!("load-user-{n}")
+                } else {
+                    format!("load-user-{}", n % u64::from(users))
+                };
                 let content = PushContent::Message(
                     UserMessage::Text {
                         content: format!("bench {n}"),
@@ -215,6 +234,7 @@ pub async fn run(
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
             pushes,
             pushing,
+            load.unique_users,
         );
         let settled = report.acknowledged + report.failed == pushes;
         if (settled && report.replied >= report.acknowledged) || Instant::now() >= deadline {
@@ -233,6 +253,7 @@ fn measure(
     ids: &[(u64, usize)],
     pushes: u64,
     pushing: Duration,
+    by_user: bool,
 ) -> LoadReport {
     let mut start_ms = vec![None; usize::try_from(pushes).unwrap_or(0)];
     let (mut acknowledged, mut failed) = (0u64, 0u64);
@@ -258,17 +279,22 @@ fn measure(
     {
         let w = inner.lock();
         for d in w.deliveries(app_key) {
-            let Some(n) = d
-                .payload
-                .get("content")
-                .and_then(|c| c.as_str())
-                .and_then(|c| c.split("ack ").nth(1))
-                .and_then(|n| {
-                    n.split(|c: char| !c.is_ascii_digit())
-                        .next()
-                        .and_then(|d| d.parse::<usize>().ok())
-                })
-            else {
+            let n = if by_user {
+                d.user_id
+                    .strip_prefix("load-user-")
+                    .and_then(|n| n.parse::<usize>().ok())
+            } else {
+                d.payload
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .and_then(|c| c.split("ack ").nth(1))
+                    .and_then(|n| {
+                        n.split(|c: char| !c.is_ascii_digit())
+                            .next()
+                            .and_then(|d| d.parse::<usize>().ok())
+                    })
+            };
+            let Some(n) = n else {
                 continue;
             };
             let Some(count) = seen.get_mut(n) else {
@@ -282,6 +308,13 @@ fn measure(
             }
         }
     }
+    let message_calls = inner
+        .lock()
+        .call_counts()
+        .iter()
+        .filter(|(path, _)| path.starts_with("/message/"))
+        .map(|(path, n)| (path.clone(), *n))
+        .collect();
     let replied = seen.iter().filter(|c| **c > 0).count() as u64;
     latencies.sort_by(f64::total_cmp);
     let lost = start_ms
@@ -303,5 +336,6 @@ fn measure(
             p99: percentile(&latencies, 0.99),
             max: latencies.last().copied().unwrap_or(0.0),
         },
+        message_calls,
     }
 }

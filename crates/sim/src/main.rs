@@ -86,6 +86,10 @@ enum Command {
         /// Distinct users.
         #[arg(long, default_value_t = 1000)]
         users: u32,
+        /// Every push from a new user; replies are matched by recipient, so
+        /// the daemon may answer anything (one static reply to all, say).
+        #[arg(long)]
+        unique_users: bool,
         /// Seconds to wait for the last replies.
         #[arg(long, default_value_t = 10)]
         grace: u64,
@@ -123,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             duration,
             users,
+            unique_users,
             grace,
         } => {
             let config = sim_config(&cli.serve);
@@ -140,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
                 concurrency: concurrency.unwrap_or(1),
                 duration: Duration::from_secs(duration),
                 users,
+                unique_users,
                 grace: Duration::from_secs(grace),
             };
             let report = pubbot_sim::load::run(config, listener, load).await?;

@@ -202,6 +202,8 @@ pub struct World {
     calls: VecDeque<CallRecord>,
     call_seq: u64,
     call_capacity: usize,
+    /// Calls answered per path since start (the log above is bounded).
+    call_counts: std::collections::BTreeMap<String, u64>,
     pub(crate) faults: Faults,
     /// Shift of the platform's calendar, for tests of the natural day
     /// (R11). Signatures and timestamps stay on the real clock.
@@ -333,6 +335,7 @@ impl World {
             calls: VecDeque::new(),
             call_seq: 0,
             call_capacity: config.call_log_capacity,
+            call_counts: std::collections::BTreeMap::new(),
             faults: config.faults.clone(),
             clock_offset_secs: 0,
             next_id: 0,
@@ -369,8 +372,14 @@ impl World {
         self.calls.iter()
     }
 
+    /// Calls answered per path since start, whatever the call log kept.
+    pub fn call_counts(&self) -> &std::collections::BTreeMap<String, u64> {
+        &self.call_counts
+    }
+
     /// Appends to the call log, dropping the oldest entry past capacity.
     pub fn record_call(&mut self, mut record: CallRecord) {
+        *self.call_counts.entry(record.path.clone()).or_default() += 1;
         self.call_seq += 1;
         record.seq = self.call_seq;
         if self.calls.len() >= self.call_capacity.max(1) {
