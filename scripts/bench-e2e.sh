@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The daemon's benchmarks (BENCHMARKS.md, "Daemon"): durable ingest at
 # saturation beside plain pgbench single-row inserts on the same database,
-# then end to end at a fixed rate. Uses DATABASE_URL if it answers (give it a
+# end to end at a fixed rate (with the CPU split), and batchsend merging
+# under the platform's rate limit. Uses DATABASE_URL if it answers (give it a
 # server with its normal durability settings: the throwaway cluster of
 # pg.sh runs with fsync off and is not representative), else a throwaway
 # cluster. Creates and drops the database pubbot_bench.
@@ -51,11 +52,19 @@ start_pubbot() {
 }
 stop_pubbot() { kill "$PUBBOT_PID"; wait "$PUBBOT_PID" || true; PUBBOT_PID=; }
 LOAD=($SIM --listen 127.0.0.1:18090 --app bench-app:bench-secret load --route-url http://127.0.0.1:18080/webhook/bench-app --mcid bench)
+# CPU ticks (100 per second = one core) of a process, of all postgres processes.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+pg_ticks() { local t=0; for p in $(pgrep -x postgres); do t=$((t + $(ticks "$p"))); done; echo $t; }
 
-echo "## durable ingest at saturation (32 concurrent pushers, 20 s, decide/send workers off)"
-PUBBOT__WORKERS__DECIDE=0 PUBBOT__WORKERS__SEND=0 start_pubbot
-"${LOAD[@]}" --concurrency 32 --duration 20 --grace 0 | sed -n 1p
-stop_pubbot
+for C in 32 128; do
+  echo "## durable ingest at saturation ($C concurrent pushers, 20 s, decide/send workers off)"
+  # Each phase starts after a checkpoint, so none pays for the WAL of the one before.
+  psql "$BENCH_URL" -qc CHECKPOINT
+  PUBBOT__WORKERS__DECIDE=0 PUBBOT__WORKERS__SEND=0 start_pubbot
+  "${LOAD[@]}" --concurrency "$C" --duration 20 --grace 0 | sed -n 1p
+  stop_pubbot
+  psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE"
+done
 
 echo "## baseline: pgbench, 32 clients, single-row INSERT of the same row shape, 20 s"
 psql "$BENCH_URL" -qc "CREATE TABLE pgbench_inbound (LIKE inbound_messages INCLUDING ALL)"
@@ -68,12 +77,22 @@ VALUES ('bench-app', 'bench', 'load-user-' || :client_id, 'text', 'm:5:bench:' |
         '0123456789abcdef')
 ON CONFLICT DO NOTHING;
 SQL
+psql "$BENCH_URL" -qc CHECKPOINT
 pgbench -n -c 32 -j 2 -T 20 -f "$WORK/insert.sql" "$BENCH_URL" 2>/dev/null | grep -E "^tps|latency average"
 
 echo "## end to end: $RATE pushes/s for $DURATION s, 1000 users"
-psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE"
+psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" -c CHECKPOINT
 start_pubbot
-"${LOAD[@]}" --rate "$RATE" --duration "$DURATION" --users 1000 --grace 30
+"${LOAD[@]}" --rate "$RATE" --duration "$DURATION" --users 1000 --grace 30 > "$WORK/load.out" &
+LOAD_PID=$!
+# CPU split over 10 s in the second half of the run.
+sleep $((DURATION / 2))
+P0=$(pg_ticks); D0=$(ticks "$PUBBOT_PID"); L0=$(ticks "$LOAD_PID")
+sleep 10
+P1=$(pg_ticks); D1=$(ticks "$PUBBOT_PID"); L1=$(ticks "$LOAD_PID")
+wait "$LOAD_PID"
+cat "$WORK/load.out"
+echo "cpu, 10 s mid-run, % of one core: postgres $(( (P1 - P0) / 10 )) pubbot $(( (D1 - D0) / 10 )) load generator $(( (L1 - L0) / 10 ))"
 stop_pubbot
 echo "## where the time goes (ms, p50 / p90 / p99; now() is each transaction's start)"
 psql "$BENCH_URL" -At -F ' ' -c "
@@ -84,4 +103,20 @@ psql "$BENCH_URL" -At -F ' ' -c "
   SELECT 'decided -> marked sent', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
          round(percentile_cont(0.9) WITHIN GROUP (ORDER BY ms)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1)
     FROM (SELECT extract(epoch FROM sent_at - created_at) * 1000 AS ms FROM outbound_messages) t"
+
+# batchsend: everybody gets the same reply, the platform allows 200 calls/s
+# and the daemon keeps to it; 1,000 pushes/s for 10 s, merging on and off.
+$PUBBOT --config "$WORK/bench.toml" rules import --replace config/bench-static-rules.toml >/dev/null
+for MERGE in true false; do
+  echo "## batchsend merging $MERGE: one static reply, 1000 pushes/s for 10 s, platform limit 200 calls/s"
+  psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE"
+  sed 's/^rate_limit_per_sec = .*/rate_limit_per_sec = 200/' "$WORK/bench.toml" > "$WORK/limited.toml"
+  PUBBOT__SENDER__MERGE_BATCHSEND=$MERGE RUST_LOG=warn $PUBBOT --config "$WORK/limited.toml" serve &
+  PUBBOT_PID=$!
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
+  $SIM --listen 127.0.0.1:18090 --app bench-app:bench-secret --rate-limit 200 load \
+    --route-url http://127.0.0.1:18080/webhook/bench-app --mcid bench \
+    --rate 1000 --duration 10 --unique-users --grace 120
+  stop_pubbot
+done
 psql "$ADMIN_URL" -qc "DROP DATABASE pubbot_bench"
