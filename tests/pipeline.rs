@@ -516,6 +516,22 @@ async fn same_replies_held_at_once_go_out_as_one_batchsend(
     })
     .await;
     a.shutdown().await;
+    // What the queue gauges report meanwhile.
+    let d = pubbot::queue::depths(&pool).await.unwrap();
+    assert_eq!(
+        (
+            d.inbound_pending,
+            d.outbound_pending,
+            d.outbound_due,
+            d.outbound_sending
+        ),
+        (0, 7, 7, 0),
+        "{d:?}"
+    );
+    assert!(
+        d.inbound_oldest_secs == 0.0 && d.outbound_oldest_secs > 0.0,
+        "{d:?}"
+    );
 
     // One sender alone takes all seven in one claim.
     let mut sending = w.settings();
@@ -531,6 +547,11 @@ async fn same_replies_held_at_once_go_out_as_one_batchsend(
             == 7
     })
     .await;
+    assert_eq!(
+        pubbot::queue::depths(&pool).await.unwrap(),
+        pubbot::queue::QueueDepths::default(),
+        "nothing waits"
+    );
     let batch = w.calls("/message/batchsend.json").await;
     assert_eq!(batch.len(), 1, "one batchsend: {batch:?}");
     let body: serde_json::Value = serde_json::from_str(batch[0]["body"].as_str().unwrap()).unwrap();

@@ -97,6 +97,8 @@ pub struct WorkerSettings {
     pub lease_secs: u64,
     /// Poll interval, ms.
     pub poll_ms: u64,
+    /// Seconds between queue depth readings (0: none).
+    pub depth_secs: u64,
 }
 
 /// `[sender]`.

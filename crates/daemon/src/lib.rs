@@ -21,6 +21,7 @@ pub mod db;
 pub mod decide;
 pub mod ingest;
 pub mod notify;
+pub mod queue;
 pub mod rules;
 pub mod send;
 pub mod telemetry;
@@ -183,6 +184,14 @@ pub async fn start(
         settings.rules.reload_check_secs,
         token.clone(),
     ));
+
+    if settings.workers.depth_secs > 0 {
+        workers.spawn(queue::report(
+            pool.clone(),
+            Duration::from_secs(settings.workers.depth_secs),
+            token.clone(),
+        ));
+    }
 
     let ingest_token = CancellationToken::new();
     let (inbox, ingest) =
