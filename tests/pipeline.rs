@@ -260,6 +260,51 @@ async fn database_down_means_503_then_everything_is_stored_and_answered(
 }
 
 #[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_database_cut_while_replies_are_in_flight_sends_nothing_twice(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let w = World::new(connect.clone()).await;
+    let proxy = Proxy::start(db_addr(&connect)).await;
+    let direct = w.pool(None).await;
+    import(&direct, RULES).await;
+    let mut settings = w.settings();
+    // Longer than the cut: the outcome is recorded once the database is
+    // back, before the lease would let recovery send anything again.
+    settings.workers.lease_secs = 8;
+    let (d, _) = w.daemon(settings, w.pool(Some(proxy.addr)).await).await;
+    w.add_account(d.addr).await;
+    // The platform answers after 1 s; the database goes away meanwhile and
+    // is still away when the answers come.
+    let users = sends_in_flight(&w, &direct, "cut", 4, 1000).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    proxy.restore();
+    eventually("every reply recorded as sent", || async {
+        count(
+            &direct,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
+        )
+        .await
+            == 4
+    })
+    .await;
+    for u in &users {
+        assert_eq!(w.texts(u).await, ["9-18"], "{u} answered exactly once");
+    }
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM outbound_messages WHERE attempts > 1 OR last_error IS NOT NULL",
+        )
+        .await,
+        0,
+        "no reply was recovered or retried"
+    );
+    d.shutdown().await;
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
 async fn rate_limited_replies_arrive_late_but_once_and_permanent_errors_fail(
     _: PgPoolOptions,
     connect: PgConnectOptions,

@@ -5,7 +5,9 @@
 //!
 //! A row is marked `sending` (with a lease) before the call. A crash after
 //! the call and before the row is marked `sent` leaves it `sending`; when the
-//! lease expires the row goes back to `pending` and is sent again. That
+//! lease expires the row goes back to `pending` and is sent again. (A
+//! database that fails while the outcome is recorded is retried for up to
+//! a lease, so a blip does not resend anything.) That
 //! window — one call's duration per crashed worker — is the only way a reply
 //! can go out twice; each such recovery is counted in
 //! `pubbot_outbound_recovered_total` and noted on the row.
@@ -352,6 +354,30 @@ impl SendWorker {
             .flat_map(futures_util::stream::iter)
             .collect()
             .await;
+        // The calls are made: their outcomes must reach the table, or the
+        // rows would stay `sending` and lease recovery would send them a
+        // second time. A database blip here is retried for up to a lease;
+        // only a longer outage (or a crash) leaves the rows to recovery.
+        let deadline = std::time::Instant::now() + self.lease;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.settle_all(&outcomes).await {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() + pause < deadline => {
+                    tracing::warn!(error = %e, rows = outcomes.len(), "recording sent replies failed; retrying");
+                    metrics::counter!("pubbot_settle_retries_total").increment(1);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Records the outcomes. Idempotent: every statement matches only rows
+    /// this process still holds the lease of, so a repeat after a partial
+    /// failure changes nothing twice.
+    async fn settle_all(&self, outcomes: &[(i64, i32, Outcome)]) -> Result<(), sqlx::Error> {
         // Sent rows are marked in one statement: one commit per batch, not
         // one per reply.
         let sent: Vec<i64> = outcomes
@@ -373,7 +399,7 @@ impl SendWorker {
         }
         for (id, attempts, outcome) in outcomes {
             if !matches!(outcome, Outcome::Sent) {
-                self.settle(id, attempts, outcome).await?;
+                self.settle(*id, *attempts, outcome.clone()).await?;
             }
         }
         Ok(())
