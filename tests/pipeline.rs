@@ -94,6 +94,50 @@ async fn sends_in_flight(
     users
 }
 
+/// Has a daemon without senders answer "hello" from `n` users (prefix
+/// `tag`), then the `extra` texts (by user index), and stops it once all
+/// `replies` replies are planned: they wait as pending rows for a sender.
+async fn planned_not_sent(
+    w: &World,
+    pool: &PgPool,
+    tag: &str,
+    n: usize,
+    extra: &[(usize, &str)],
+    replies: i64,
+) -> Vec<String> {
+    let mut deciding = w.settings();
+    deciding.workers.send = 0;
+    let (a, _) = w.daemon(deciding, w.pool(None).await).await;
+    w.add_account(a.addr).await;
+    let users: Vec<String> = (0..n).map(|i| format!("{tag}{i}")).collect();
+    for u in &users {
+        w.say(u, "hello").await;
+    }
+    for (i, text) in extra {
+        w.say(&users[*i], text).await;
+    }
+    eventually("all decided", || async {
+        count(
+            pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'pending'",
+        )
+        .await
+            == replies
+    })
+    .await;
+    a.shutdown().await;
+    users
+}
+
+/// A daemon with one sender and no decide worker: it takes every pending
+/// row in one claim.
+async fn sender_only(w: &World) -> pubbot::Running {
+    let mut sending = w.settings();
+    sending.workers.decide = 0;
+    sending.workers.send = 1;
+    w.daemon(sending, w.pool(None).await).await.0
+}
+
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar::<_, i64>(sql)
         .fetch_one(pool)
@@ -539,28 +583,9 @@ async fn same_replies_held_at_once_go_out_as_one_batchsend(
     let w = World::new(connect).await;
     let pool = w.pool(None).await;
     import(&pool, RULES).await;
-    // A daemon that decides but does not send: the replies wait as pending rows.
-    let mut deciding = w.settings();
-    deciding.workers.send = 0;
-    let (a, _) = w.daemon(deciding, w.pool(None).await).await;
-    w.add_account(a.addr).await;
-    let users: Vec<String> = (0..5).map(|i| format!("merge-{i}")).collect();
-    for u in &users {
-        w.say(u, "hello").await;
-    }
     // The same user twice: the same reply twice, never twice in one call.
-    w.say(&users[0], "hello again").await;
-    w.say(&users[1], "what are your hours").await;
-    eventually("all decided", || async {
-        count(
-            &pool,
-            "SELECT count(*) FROM outbound_messages WHERE status = 'pending'",
-        )
-        .await
-            == 7
-    })
-    .await;
-    a.shutdown().await;
+    let extra = [(0, "hello again"), (1, "what are your hours")];
+    let users = planned_not_sent(&w, &pool, "merge-", 5, &extra, 7).await;
     // What the queue gauges report meanwhile.
     let d = pubbot::queue::depths(&pool).await.unwrap();
     assert_eq!(
@@ -579,10 +604,7 @@ async fn same_replies_held_at_once_go_out_as_one_batchsend(
     );
 
     // One sender alone takes all seven in one claim.
-    let mut sending = w.settings();
-    sending.workers.decide = 0;
-    sending.workers.send = 1;
-    let (b, _) = w.daemon(sending, w.pool(None).await).await;
+    let b = sender_only(&w).await;
     eventually("all sent", || async {
         count(
             &pool,
@@ -632,31 +654,11 @@ async fn a_failed_batchsend_retries_every_reply_in_it_and_each_arrives_once(
     let w = World::new(connect).await;
     let pool = w.pool(None).await;
     import(&pool, RULES).await;
-    let mut deciding = w.settings();
-    deciding.workers.send = 0;
-    let (a, _) = w.daemon(deciding, w.pool(None).await).await;
-    w.add_account(a.addr).await;
-    let users: Vec<String> = (0..4).map(|i| format!("retry-{i}")).collect();
-    for u in &users {
-        w.say(u, "hello").await;
-    }
-    eventually("all decided", || async {
-        count(
-            &pool,
-            "SELECT count(*) FROM outbound_messages WHERE status = 'pending'",
-        )
-        .await
-            == 4
-    })
-    .await;
-    a.shutdown().await;
+    let users = planned_not_sent(&w, &pool, "retry-", 4, &[], 4).await;
 
     // Every call fails with 1000 (retryable) until the faults are cleared.
     w.put("faults", json!({"error_rate": 1.0})).await;
-    let mut sending = w.settings();
-    sending.workers.decide = 0;
-    sending.workers.send = 1;
-    let (b, _) = w.daemon(sending, w.pool(None).await).await;
+    let b = sender_only(&w).await;
     eventually("the batch failed for all four", || async {
         count(
             &pool,
