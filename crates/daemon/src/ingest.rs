@@ -1,11 +1,12 @@
 //! Ingest: the webhook's [`Inbox`] backed by PostgreSQL, with group commit.
 //!
-//! Each push waits in a channel; a batcher takes everything that has
-//! arrived (up to `ingest.batch_max`; optionally waiting
+//! Each push waits in a channel; when one of `ingest.concurrent_flushes`
+//! flush slots is free (one by default), a batcher takes everything that
+//! has arrived meanwhile (up to `ingest.batch_max`; optionally waiting
 //! `ingest.flush_micros` for more) and commits it in one
-//! `INSERT ... ON CONFLICT DO NOTHING` on one of `ingest.concurrent_flushes`
-//! flush slots, so throughput is not capped by one commit per request: the
-//! busier the slots, the larger the next batch. A push is acknowledged only
+//! `INSERT ... ON CONFLICT DO NOTHING`, so throughput is not capped by one
+//! commit per request: the longer a commit takes, the larger the next
+//! batch. A push is acknowledged only
 //! after its batch committed; a duplicate (R6 key already stored) is
 //! acknowledged as such; a failed commit answers every push of the batch
 //! `Unavailable` (503), and the platform retries.
@@ -108,27 +109,28 @@ async fn batcher(
                 None => break,
             },
         };
-        // Take what has arrived, waiting up to `flush_micros` for more
-        // (tokio's timer rounds the deadline up to its next millisecond
-        // tick, so 0 means "until the next tick"), then wait for a flush
-        // slot. While all slots are busy, the pushes arriving meanwhile
-        // gather in the channel for the next batch: batches grow with load.
-        // (Measured: taking the slot first, or not waiting at all, made
-        // batches smaller and PostgreSQL busier; BENCHMARKS.md.)
+        // Group commit: wait for a flush slot, then take everything that
+        // arrived meanwhile (and, with `flush_micros`, wait a little for
+        // more). While the slots are busy committing, the next batch grows
+        // by itself; an idle daemon commits a lone push at once. (Measured
+        // against gathering first and then waiting for a slot with a timer:
+        // larger batches, less PostgreSQL CPU, more pushes per second and a
+        // lower reply latency; BENCHMARKS.md.)
+        let Ok(permit) = Arc::clone(&flushes).acquire_owned().await else {
+            break;
+        };
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + wait;
         while batch.len() < settings.batch_max {
             match rx.try_recv() {
                 Ok(p) => batch.push(p),
+                Err(_) if wait.is_zero() => break,
                 Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(p)) => batch.push(p),
                     Ok(None) | Err(_) => break,
                 },
             }
         }
-        let Ok(permit) = Arc::clone(&flushes).acquire_owned().await else {
-            break;
-        };
         let pool = pool.clone();
         tokio::spawn(async move {
             flush(&pool, batch).await;
