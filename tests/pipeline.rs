@@ -149,12 +149,22 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 async fn keyword_default_follow_and_unfollow(_: PgPoolOptions, connect: PgConnectOptions) {
     let (w, pool, d) = setup(connect).await;
 
+    // Each message after the previous answer, as in a conversation (two
+    // replies planned at the same moment may go out in either order).
     w.control(
         "follow",
         json!({"mcid": SHOP, "user": "alice", "wait": true}),
     )
     .await;
+    eventually("the greeting", || async {
+        w.inbox("alice").await.len() == 1
+    })
+    .await;
     w.say("alice", "opening HOURS?").await;
+    eventually("two replies", || async {
+        w.inbox("alice").await.len() == 2
+    })
+    .await;
     w.say("alice", "something else").await;
     eventually("three replies", || async {
         w.inbox("alice").await.len() == 3
@@ -345,6 +355,61 @@ async fn a_database_cut_while_replies_are_in_flight_sends_nothing_twice(
         0,
         "no reply was recovered or retried"
     );
+    d.shutdown().await;
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_daemon_limited_to_the_platforms_rate_is_never_answered_1008(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, RULES).await;
+    let mut settings = w.settings();
+    settings.sender.merge_batchsend = false;
+    settings.apps[0].rate_limit_per_sec = 5;
+    let (d, _) = w.daemon(settings, pool.clone()).await;
+    w.add_account(d.addr).await;
+    // The platform counts calls per calendar second: a daemon allowed a
+    // burst of five on top of five a second would cross it. Six seconds of
+    // replies also outlast the four-second lease the replies were planned
+    // with: the sender renews it, or the lease recovery would send them
+    // again.
+    w.put("faults", json!({"rate_limit_per_sec": 5})).await;
+    let users: Vec<String> = (0..30).map(|i| format!("paced{i}")).collect();
+    for u in &users {
+        w.control(
+            "message",
+            json!({"mcid": SHOP, "user": u, "type": "text", "content": "hours"}),
+        )
+        .await;
+    }
+    eventually("every reply recorded as sent", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
+        )
+        .await
+            == 30
+    })
+    .await;
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE attempts > 1 OR last_error IS NOT NULL",
+        )
+        .await,
+        0,
+        "no reply was recovered or retried: {:?}",
+        sqlx::query_as::<_, (i64, i32, Option<String>)>("SELECT id, attempts, last_error FROM outbound_messages WHERE attempts > 1 OR last_error IS NOT NULL").fetch_all(&pool).await.unwrap()
+    );
+    for u in &users {
+        assert_eq!(w.texts(u).await, ["9-18"], "{u} answered exactly once");
+    }
+    let calls = w.calls("/message/send.json").await;
+    assert_eq!(calls.len(), users.len(), "one call per reply");
+    assert!(calls.iter().all(|c| c["errcode"] == 0), "{calls:?}");
     d.shutdown().await;
 }
 

@@ -72,11 +72,11 @@ impl World {
         s.workers.decide = 1;
         s.workers.send = 2;
         s.workers.poll_ms = 100;
-        s.workers.lease_secs = 2;
+        s.workers.lease_secs = 4;
         s.sender.backoff_min_ms = 100;
         s.sender.backoff_max_ms = 600;
         s.sender.max_attempts = 20;
-        s.sender.request_timeout_ms = 3000;
+        s.sender.request_timeout_ms = 2500;
         s.http.accept_deadline_ms = 800;
         s.database.acquire_timeout_secs = 1;
         s.rules.reload_check_secs = 1;

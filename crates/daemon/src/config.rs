@@ -281,8 +281,11 @@ impl Settings {
         if self.workers.claim_batch < 1 {
             return Err(invalid("workers.claim_batch", "at least 1"));
         }
-        if self.workers.lease_secs == 0 {
-            return Err(invalid("workers.lease_secs", "at least 1"));
+        if self.workers.lease_secs * 1000 <= self.sender.request_timeout_ms + 1000 {
+            return Err(invalid(
+                "workers.lease_secs",
+                "must be longer than sender.request_timeout_ms plus a second (a lease must outlast a call)",
+            ));
         }
         if self.sender.max_attempts < 1 {
             return Err(invalid("sender.max_attempts", "at least 1"));
@@ -317,6 +320,12 @@ impl Settings {
     /// `workers.lease_secs` as a duration.
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.workers.lease_secs)
+    }
+
+    /// The longest a call may take, with a second of room: a sender renews
+    /// a lease that has less than this left before calling.
+    pub fn call_budget(&self) -> Duration {
+        Duration::from_millis(self.sender.request_timeout_ms + 1000)
     }
 }
 
@@ -364,6 +373,15 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "configuration: timezone: unknown time zone \"Mars/Base\""
+        );
+        // A lease that a call could outlast would let recovery send a
+        // reply a second time while the call is still going.
+        let e =
+            Settings::load_from(None, env(&[("PUBBOT__WORKERS__LEASE_SECS", "10")])).unwrap_err();
+        assert!(
+            e.to_string().contains("workers.lease_secs")
+                && e.to_string().contains("sender.request_timeout_ms"),
+            "{e}"
         );
     }
 

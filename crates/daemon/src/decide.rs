@@ -33,7 +33,9 @@ pub struct DecideWorker {
     /// leased to them in the deciding transaction itself and handed over
     /// after commit (no NOTIFY, no second claim). When the hand-off is full,
     /// rows are planned `pending` for any sender to claim.
-    pub handoff: Option<tokio::sync::mpsc::Sender<crate::send::Claimed>>,
+    pub handoff: Option<tokio::sync::mpsc::Sender<crate::send::Held>>,
+    /// The leases this process's senders hold, when the fast path is on.
+    pub leases: Option<Arc<crate::send::Leases>>,
     /// Poll interval.
     pub poll: Duration,
 }
@@ -93,6 +95,9 @@ impl DecideWorker {
     /// Database errors; the transaction rolls back and the batch is taken
     /// again.
     pub async fn once(&self) -> Result<usize, sqlx::Error> {
+        // Before the transaction, whose start is the leases' `now()`: never
+        // later than the leases of the rows handed over.
+        let since = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query!(
             r#"SELECT id, app_key, message, trace_id FROM inbound_messages
@@ -251,8 +256,11 @@ impl DecideWorker {
         tx.commit().await?;
         if let Some(permits) = permits {
             // Only rows inserted now (not planned before) are handed over.
+            if let Some(leases) = &self.leases {
+                leases.hold(leased.iter().map(|r| (r.id, r.attempts)));
+            }
             for (permit, row) in permits.zip(leased) {
-                permit.send(row);
+                permit.send(crate::send::Held { row, since });
             }
         }
         metrics::counter!("pubbot_decided_total").increment(ids.len() as u64);

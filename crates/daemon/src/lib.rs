@@ -203,6 +203,16 @@ pub async fn start(
     let (handoff_tx, handoff_rx) = tokio::sync::mpsc::channel(1024);
     let handoff_tx = (settings.workers.send > 0).then_some(handoff_tx);
     let handoff_rx = Arc::new(tokio::sync::Mutex::new(handoff_rx));
+    let leases = Arc::new(send::Leases::default());
+    if settings.workers.send > 0 {
+        workers.spawn(send::heartbeat(
+            pool.clone(),
+            Arc::clone(&leases),
+            worker_id.clone(),
+            settings.lease(),
+            token.clone(),
+        ));
+    }
     for _ in 0..settings.workers.decide {
         let w = DecideWorker {
             pool: pool.clone(),
@@ -212,6 +222,7 @@ pub async fn start(
             worker_id: worker_id.clone(),
             lease: settings.lease(),
             handoff: handoff_tx.clone(),
+            leases: (settings.workers.send > 0).then(|| Arc::clone(&leases)),
             poll,
         };
         workers.spawn(w.run(token.clone()));
@@ -231,6 +242,8 @@ pub async fn start(
             backoff_max: Duration::from_millis(settings.sender.backoff_max_ms),
             last_recovery: Arc::clone(&last_recovery),
             merge_batchsend: settings.sender.merge_batchsend,
+            call_budget: settings.call_budget(),
+            leases: Arc::clone(&leases),
         };
         workers.spawn(w.clone().run_handoff(Arc::clone(&handoff_rx)));
         workers.spawn(w.run(token.clone()));

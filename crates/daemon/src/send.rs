@@ -3,11 +3,16 @@
 //! (handed over through a queue, the fast path), and due rows claimed from
 //! the table (retries, rows of other processes, a full queue).
 //!
-//! A row is marked `sending` (with a lease) before the call. A crash after
-//! the call and before the row is marked `sent` leaves it `sending`; when the
-//! lease expires the row goes back to `pending` and is sent again. (A
-//! database that fails while the outcome is recorded is retried for up to
-//! a lease, so a blip does not resend anything.) That
+//! A row is marked `sending` (with a lease) before the call. While the
+//! process lives, a heartbeat renews the leases of the rows it holds, however
+//! long they wait for the rate limit, and each outcome is recorded as soon as
+//! its call returns. A crash after the call and before the row is marked
+//! `sent` leaves it `sending`; when the lease expires the row goes back to
+//! `pending` and is sent again. (A database that fails while the outcome is
+//! recorded is retried for up to a lease, so a blip does not resend
+//! anything; a lease is always longer than a call, `workers.lease_secs` >
+//! `sender.request_timeout_ms` + 1 s, and a sender renews an old lease just
+//! before calling and drops a row recovered and claimed again meanwhile.) That
 //! window — one call's duration per crashed worker — is the only way a reply
 //! can go out twice; each such recovery is counted in
 //! `pubbot_outbound_recovered_total` and noted on the row.
@@ -48,12 +53,15 @@ pub struct AppClient {
 }
 
 impl AppClient {
-    /// A limiter of `per_sec` calls a second (burst of the same size).
+    /// A limiter of `per_sec` calls a second, evenly spaced (no burst): the
+    /// platform counts calls per calendar second, and a burst allowance
+    /// let up to twice the limit into one of its seconds (answered `1008`).
+    /// Spaced calls never exceed `per_sec` in any second.
     pub fn new(client: Client, per_sec: u32) -> Self {
         let n = NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
         Self {
             client,
-            limiter: RateLimiter::direct(Quota::per_second(n)),
+            limiter: RateLimiter::direct(Quota::per_second(n).allow_burst(NonZeroU32::MIN)),
         }
     }
 }
@@ -86,6 +94,11 @@ pub struct SendWorker {
     pub last_recovery: Arc<AtomicI64>,
     /// Merge same-payload replies into `batchsend` calls.
     pub merge_batchsend: bool,
+    /// The longest a call may take: a lease with less left is renewed
+    /// before the call.
+    pub call_budget: Duration,
+    /// The leases this process holds (kept alive by [`heartbeat`]).
+    pub leases: Arc<Leases>,
 }
 
 /// Maps a planned reply to the client's message.
@@ -131,9 +144,105 @@ pub struct Claimed {
     pub trace_id: String,
 }
 
+/// A row this process holds the lease of, and since when by this process's
+/// clock (taken before the lease was, so never later than it). A row can
+/// wait for the rate limit for longer than its lease; the sender renews
+/// the lease before calling (and drops a row another process took over),
+/// or that process would send it a second time.
+#[derive(Debug)]
+pub struct Held {
+    /// The row.
+    pub row: Claimed,
+    /// When the lease was taken, at the latest.
+    pub since: std::time::Instant,
+}
+
+/// The outbound rows this process holds leases on (id and attempt), from
+/// the moment they are leased until their outcome is recorded. A heartbeat
+/// ([`heartbeat`]) keeps exactly these leases alive, so a row waiting for
+/// the rate limit, however long, is never taken for abandoned, while a row
+/// this process has given up on (its outcome could not be recorded) is
+/// left to expire and be recovered.
+#[derive(Debug, Default)]
+pub struct Leases {
+    held: std::sync::Mutex<HashMap<i64, i32>>,
+}
+
+impl Leases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, i32>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Rows (id, attempts) just leased.
+    pub fn hold(&self, rows: impl IntoIterator<Item = (i64, i32)>) {
+        self.lock().extend(rows);
+    }
+
+    /// Rows no longer held (recorded, or given up).
+    pub fn release(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut held = self.lock();
+        for id in ids {
+            held.remove(&id);
+        }
+    }
+
+    /// How many rows are held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no row is held.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+/// Renews the leases in `leases` every third of a lease until `token` is
+/// cancelled. Matching on the attempt too: a row recovered and claimed
+/// again is not this holder's any more.
+pub async fn heartbeat(
+    pool: PgPool,
+    leases: Arc<Leases>,
+    worker_id: String,
+    lease: Duration,
+    token: CancellationToken,
+) {
+    let every = lease / 3;
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let (ids, attempts): (Vec<i64>, Vec<i32>) =
+            leases.lock().iter().map(|(id, a)| (*id, *a)).unzip();
+        if ids.is_empty() {
+            continue;
+        }
+        let renewed = sqlx::query!(
+            "UPDATE outbound_messages o SET lease_until = now() + make_interval(secs => $4)
+               FROM UNNEST($1::int8[], $2::int4[]) AS h(id, attempts)
+              WHERE o.id = h.id AND o.attempts = h.attempts
+                AND o.lease_owner = $3 AND o.status = 'sending'",
+            &ids,
+            &attempts,
+            worker_id,
+            lease.as_secs_f64()
+        )
+        .persistent(false)
+        .execute(&pool)
+        .await;
+        match renewed {
+            Ok(r) => metrics::counter!("pubbot_lease_renewals_total").increment(r.rows_affected()),
+            Err(e) => tracing::warn!(error = %e, rows = ids.len(), "renewing leases failed"),
+        }
+    }
+}
+
 /// Rows the decide workers of this process planned and leased to it in
 /// their own transaction: the fast path that skips a NOTIFY and a claim.
-pub type Handoff = tokio::sync::mpsc::Receiver<Claimed>;
+pub type Handoff = tokio::sync::mpsc::Receiver<Held>;
 
 #[derive(Clone)]
 enum Outcome {
@@ -159,6 +268,7 @@ struct CallRow {
     attempts: i32,
     user_id: String,
     trace_id: String,
+    since: std::time::Instant,
 }
 
 /// Whether a reply can go through a batch endpoint: text and news by
@@ -178,8 +288,8 @@ fn batchable(payload: &serde_json::Value) -> bool {
 /// the same payload share `batchsend` calls of at most 100 distinct users
 /// (a user who gets the same reply twice is in two calls); otherwise, and
 /// for payloads no batch endpoint takes, one call per row.
-fn plan_calls(rows: Vec<Claimed>, merge: bool) -> Vec<Call> {
-    let single = |row: Claimed| Call {
+fn plan_calls(rows: Vec<Held>, merge: bool) -> Vec<Call> {
+    let single = |Held { row, since }: Held| Call {
         app_key: row.app_key,
         mcid: row.mcid,
         payload: row.payload,
@@ -188,6 +298,7 @@ fn plan_calls(rows: Vec<Claimed>, merge: bool) -> Vec<Call> {
             attempts: row.attempts,
             user_id: row.user_id,
             trace_id: row.trace_id,
+            since,
         }],
     };
     if !merge || rows.len() < 2 {
@@ -196,9 +307,10 @@ fn plan_calls(rows: Vec<Claimed>, merge: bool) -> Vec<Call> {
     let mut calls: Vec<Call> = Vec::new();
     // (app, account, payload text) -> indexes of its calls in `calls`.
     let mut groups: HashMap<(String, String, String), Vec<usize>> = HashMap::new();
-    for row in rows {
+    for held in rows {
+        let row = &held.row;
         if !batchable(&row.payload) {
-            calls.push(single(row));
+            calls.push(single(held));
             continue;
         }
         let key = (
@@ -213,14 +325,15 @@ fn plan_calls(rows: Vec<Claimed>, merge: bool) -> Vec<Call> {
         });
         match open {
             Some(i) => calls[i].rows.push(CallRow {
-                id: row.id,
-                attempts: row.attempts,
-                user_id: row.user_id,
-                trace_id: row.trace_id,
+                id: held.row.id,
+                attempts: held.row.attempts,
+                user_id: held.row.user_id,
+                trace_id: held.row.trace_id,
+                since: held.since,
             }),
             None => {
                 slots.push(calls.len());
-                calls.push(single(row));
+                calls.push(single(held));
             }
         }
     }
@@ -289,6 +402,7 @@ impl SendWorker {
         {
             self.recover().await?;
         }
+        let since = std::time::Instant::now();
         let claimed = sqlx::query_as!(
             Claimed,
             r#"UPDATE outbound_messages o
@@ -306,7 +420,9 @@ impl SendWorker {
         .fetch_all(&self.pool)
         .await?;
         let n = claimed.len();
-        self.deliver(claimed).await?;
+        self.leases.hold(claimed.iter().map(|r| (r.id, r.attempts)));
+        self.deliver(claimed.into_iter().map(|row| Held { row, since }).collect())
+            .await?;
         Ok(n)
     }
 
@@ -340,10 +456,25 @@ impl SendWorker {
     ///
     /// # Errors
     /// Database errors while settling.
-    pub async fn deliver(&self, claimed: Vec<Claimed>) -> Result<(), sqlx::Error> {
-        let calls = plan_calls(claimed, self.merge_batchsend);
-        let outcomes: Vec<(i64, i32, Outcome)> = futures_util::stream::iter(calls)
+    pub async fn deliver(&self, held: Vec<Held>) -> Result<(), sqlx::Error> {
+        let calls = plan_calls(held, self.merge_batchsend);
+        // Outcomes are recorded as calls finish, all that finished together
+        // in one statement (`ready_chunks`): one commit for a burst of
+        // replies, and no reply waits for the rest of its batch — under a
+        // rate limit a batch can take longer than a lease, and a reply sent
+        // but not yet recorded when its lease ends would be sent again.
+        let mut done = futures_util::stream::iter(calls)
             .map(|call| async move {
+                let ids: Vec<i64> = call.rows.iter().map(|r| r.id).collect();
+                let Some(call) = self.keep_leases(call).await else {
+                    self.leases.release(ids);
+                    return Vec::new();
+                };
+                if call.rows.len() < ids.len() {
+                    let kept: Vec<i64> = call.rows.iter().map(|r| r.id).collect();
+                    self.leases
+                        .release(ids.into_iter().filter(|id| !kept.contains(id)));
+                }
                 let outcome = self.call(&call).await;
                 call.rows
                     .into_iter()
@@ -351,17 +482,34 @@ impl SendWorker {
                     .collect::<Vec<_>>()
             })
             .buffer_unordered(16)
-            .flat_map(futures_util::stream::iter)
-            .collect()
-            .await;
-        // The calls are made: their outcomes must reach the table, or the
-        // rows would stay `sending` and lease recovery would send them a
-        // second time. A database blip here is retried for up to a lease;
-        // only a longer outage (or a crash) leaves the rows to recovery.
+            .ready_chunks(64);
+        let mut first_error = None;
+        while let Some(chunk) = done.next().await {
+            let outcomes: Vec<(i64, i32, Outcome)> = chunk.into_iter().flatten().collect();
+            let recorded = self.record(&outcomes).await;
+            // Recorded, or given up on: either way no longer held (a row
+            // whose outcome could not be recorded expires and is recovered).
+            self.leases.release(outcomes.iter().map(|(id, _, _)| *id));
+            if let Err(e) = recorded {
+                // Keep calling and recording the rest: dropping the stream
+                // would abandon calls in flight.
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Records outcomes of calls that were made: they must reach the table,
+    /// or the rows would stay `sending` and lease recovery would send them a
+    /// second time. A database blip is retried for up to a lease.
+    async fn record(&self, outcomes: &[(i64, i32, Outcome)]) -> Result<(), sqlx::Error> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
         let deadline = std::time::Instant::now() + self.lease;
         let mut pause = Duration::from_millis(100);
         loop {
-            match self.settle_all(&outcomes).await {
+            match self.settle_all(outcomes).await {
                 Ok(()) => return Ok(()),
                 Err(e) if std::time::Instant::now() + pause < deadline => {
                     tracing::warn!(error = %e, rows = outcomes.len(), "recording sent replies failed; retrying");
@@ -379,7 +527,9 @@ impl SendWorker {
     /// failure changes nothing twice.
     async fn settle_all(&self, outcomes: &[(i64, i32, Outcome)]) -> Result<(), sqlx::Error> {
         // Sent rows are marked in one statement: one commit per batch, not
-        // one per reply.
+        // one per reply. A delivered reply is `sent` even if its lease ran
+        // out meanwhile (a long database outage) and recovery put it back
+        // to `pending`: that keeps it from being sent again.
         let sent: Vec<i64> = outcomes
             .iter()
             .filter(|(_, _, o)| matches!(o, Outcome::Sent))
@@ -388,7 +538,7 @@ impl SendWorker {
         if !sent.is_empty() {
             sqlx::query!(
                 "UPDATE outbound_messages SET status = 'sent', sent_at = now(), lease_owner = NULL, lease_until = NULL
-                  WHERE id = ANY($1) AND lease_owner = $2",
+                  WHERE id = ANY($1) AND (lease_owner = $2 OR status = 'pending')",
                 &sent,
                 self.worker_id
             )
@@ -405,6 +555,65 @@ impl SendWorker {
         Ok(())
     }
 
+    /// Waits for the app's rate limit, then makes sure the call's rows are
+    /// still this process's for longer than a call takes: a lease with less
+    /// left is renewed, and rows whose lease another process has taken over
+    /// meanwhile (and will send) are dropped from the call. `None`: no row
+    /// left to send here.
+    async fn keep_leases(&self, mut call: Call) -> Option<Call> {
+        if let Some(app) = self.apps.get(call.app_key.as_str()) {
+            app.limiter.until_ready().await;
+        }
+        let oldest = call.rows.iter().map(|r| r.since).min()?;
+        if oldest.elapsed() + self.call_budget < self.lease {
+            return Some(call);
+        }
+        let ids: Vec<i64> = call.rows.iter().map(|r| r.id).collect();
+        let attempts: Vec<i32> = call.rows.iter().map(|r| r.attempts).collect();
+        // The lease is this claim's, not just this process's: a row that was
+        // recovered and claimed again (by any sender, this process's too)
+        // has one more attempt than the one held here.
+        let kept = sqlx::query_scalar!(
+            "UPDATE outbound_messages o SET lease_until = now() + make_interval(secs => $4)
+               FROM UNNEST($1::int8[], $2::int4[]) AS h(id, attempts)
+              WHERE o.id = h.id AND o.attempts = h.attempts
+                AND o.lease_owner = $3 AND o.status = 'sending'
+          RETURNING o.id",
+            &ids,
+            &attempts,
+            self.worker_id,
+            self.lease.as_secs_f64()
+        )
+        // Planned afresh each time (see "Plans" in `crate::db`).
+        .persistent(false)
+        .fetch_all(&self.pool)
+        .await;
+        let kept = match kept {
+            Ok(kept) => kept,
+            Err(e) => {
+                // Not calling is safe: the leases expire and recovery sends
+                // the rows.
+                tracing::warn!(error = %e, rows = ids.len(), "renewing leases failed; the rows are left to recovery");
+                return None;
+            }
+        };
+        metrics::counter!("pubbot_lease_renewals_total").increment(kept.len() as u64);
+        let now = std::time::Instant::now();
+        call.rows.retain(|r| kept.contains(&r.id));
+        for r in &mut call.rows {
+            r.since = now;
+        }
+        let lost = ids.len() - call.rows.len();
+        if lost > 0 {
+            tracing::warn!(
+                rows = lost,
+                "leases expired while waiting for the rate limit; another process sends those rows"
+            );
+            metrics::counter!("pubbot_lease_lost_total").increment(lost as u64);
+        }
+        (!call.rows.is_empty()).then_some(call)
+    }
+
     /// Makes one call (one unit of the app's rate limit) and says how it
     /// went for every row in it.
     async fn call(&self, call: &Call) -> Outcome {
@@ -418,7 +627,6 @@ impl SendWorker {
         };
         let message = to_message(&reply);
         let mcid = McId::from(call.mcid.as_str());
-        app.limiter.until_ready().await;
         let started = std::time::Instant::now();
         let (endpoint, result) = match call.rows.as_slice() {
             [one] => (
@@ -527,15 +735,18 @@ impl SendWorker {
 mod tests {
     use super::*;
 
-    fn row(id: i64, app: &str, mcid: &str, user: &str, payload: serde_json::Value) -> Claimed {
-        Claimed {
-            id,
-            app_key: app.into(),
-            mcid: mcid.into(),
-            user_id: user.into(),
-            payload,
-            attempts: 1,
-            trace_id: format!("t{id}"),
+    fn row(id: i64, app: &str, mcid: &str, user: &str, payload: serde_json::Value) -> Held {
+        Held {
+            row: Claimed {
+                id,
+                app_key: app.into(),
+                mcid: mcid.into(),
+                user_id: user.into(),
+                payload,
+                attempts: 1,
+                trace_id: format!("t{id}"),
+            },
+            since: std::time::Instant::now(),
         }
     }
 
