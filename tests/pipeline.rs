@@ -138,6 +138,52 @@ async fn sender_only(w: &World) -> pubbot::Running {
     w.daemon(sending, w.pool(None).await).await.0
 }
 
+/// A simulator allowing `platform` calls a second, a daemon sending one
+/// call per reply (at most `daemon` a second, when given), and `n` users
+/// (prefix `tag`) asking for the hours.
+async fn hours_under_rate_limit(
+    connect: PgConnectOptions,
+    daemon: Option<u32>,
+    platform: u32,
+    tag: &str,
+    n: usize,
+) -> (World, PgPool, pubbot::Running, Vec<String>) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, RULES).await;
+    let mut settings = w.settings();
+    settings.sender.merge_batchsend = false;
+    if let Some(limit) = daemon {
+        settings.apps[0].rate_limit_per_sec = limit;
+    }
+    let (d, _) = w.daemon(settings, pool.clone()).await;
+    w.add_account(d.addr).await;
+    w.put("faults", json!({"rate_limit_per_sec": platform}))
+        .await;
+    let users: Vec<String> = (0..n).map(|i| format!("{tag}{i}")).collect();
+    for u in &users {
+        w.control(
+            "message",
+            json!({"mcid": SHOP, "user": u, "type": "text", "content": "hours"}),
+        )
+        .await;
+    }
+    (w, pool, d, users)
+}
+
+/// Waits until `n` replies are recorded as sent.
+async fn all_sent(pool: &PgPool, n: i64) {
+    eventually("every reply recorded as sent", || async {
+        count(
+            pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
+        )
+        .await
+            == n
+    })
+    .await;
+}
+
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar::<_, i64>(sql)
         .fetch_one(pool)
@@ -334,15 +380,7 @@ async fn a_database_cut_while_replies_are_in_flight_sends_nothing_twice(
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(1800)).await;
     proxy.restore();
-    eventually("every reply recorded as sent", || async {
-        count(
-            &direct,
-            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
-        )
-        .await
-            == 4
-    })
-    .await;
+    all_sent(&direct, 4).await;
     for u in &users {
         assert_eq!(w.texts(u).await, ["9-18"], "{u} answered exactly once");
     }
@@ -363,37 +401,13 @@ async fn a_daemon_limited_to_the_platforms_rate_is_never_answered_1008(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let w = World::new(connect).await;
-    let pool = w.pool(None).await;
-    import(&pool, RULES).await;
-    let mut settings = w.settings();
-    settings.sender.merge_batchsend = false;
-    settings.apps[0].rate_limit_per_sec = 5;
-    let (d, _) = w.daemon(settings, pool.clone()).await;
-    w.add_account(d.addr).await;
     // The platform counts calls per calendar second: a daemon allowed a
     // burst of five on top of five a second would cross it. Six seconds of
     // replies also outlast the four-second lease the replies were planned
     // with: the sender renews it, or the lease recovery would send them
     // again.
-    w.put("faults", json!({"rate_limit_per_sec": 5})).await;
-    let users: Vec<String> = (0..30).map(|i| format!("paced{i}")).collect();
-    for u in &users {
-        w.control(
-            "message",
-            json!({"mcid": SHOP, "user": u, "type": "text", "content": "hours"}),
-        )
-        .await;
-    }
-    eventually("every reply recorded as sent", || async {
-        count(
-            &pool,
-            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
-        )
-        .await
-            == 30
-    })
-    .await;
+    let (w, pool, d, users) = hours_under_rate_limit(connect, Some(5), 5, "paced", 30).await;
+    all_sent(&pool, 30).await;
     assert_eq!(
         count(
             &pool,
@@ -418,25 +432,9 @@ async fn rate_limited_replies_arrive_late_but_once_and_permanent_errors_fail(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let w = World::new(connect).await;
-    let pool = w.pool(None).await;
-    import(&pool, RULES).await;
     // One call per reply, so that twelve replies make twelve calls against
     // the limit (merging is tested on its own below).
-    let mut settings = w.settings();
-    settings.sender.merge_batchsend = false;
-    let (d, _) = w.daemon(settings, pool.clone()).await;
-    w.add_account(d.addr).await;
-    w.put("faults", json!({"rate_limit_per_sec": 3})).await;
-
-    let users: Vec<String> = (0..12).map(|i| format!("u{i}")).collect();
-    for u in &users {
-        w.control(
-            "message",
-            json!({"mcid": SHOP, "user": u, "type": "text", "content": "hours"}),
-        )
-        .await;
-    }
+    let (w, pool, d, users) = hours_under_rate_limit(connect, None, 3, "u", 12).await;
     eventually("every user answered", || all_answered(&w, &users)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for u in &users {
@@ -670,15 +668,7 @@ async fn same_replies_held_at_once_go_out_as_one_batchsend(
 
     // One sender alone takes all seven in one claim.
     let b = sender_only(&w).await;
-    eventually("all sent", || async {
-        count(
-            &pool,
-            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
-        )
-        .await
-            == 7
-    })
-    .await;
+    all_sent(&pool, 7).await;
     assert_eq!(
         pubbot::queue::depths(&pool).await.unwrap(),
         pubbot::queue::QueueDepths::default(),
@@ -739,15 +729,7 @@ async fn a_failed_batchsend_retries_every_reply_in_it_and_each_arrives_once(
     let body: serde_json::Value = serde_json::from_str(first["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["touser"].as_array().map(Vec::len), Some(4), "{body}");
     w.put("faults", json!({})).await;
-    eventually("all sent", || async {
-        count(
-            &pool,
-            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
-        )
-        .await
-            == 4
-    })
-    .await;
+    all_sent(&pool, 4).await;
     for u in &users {
         assert_eq!(w.texts(u).await, vec!["a person will answer"], "{u}");
     }
