@@ -82,6 +82,12 @@ async fn sends_in_flight(
         )
         .await;
     }
+    // Every push stored first: a push still on its way when a test kills
+    // the daemon would be retried to a dead address and never answered.
+    eventually("every push stored", || async {
+        count(pool, "SELECT count(*) FROM inbound_messages").await >= n as i64
+    })
+    .await;
     eventually("sends in flight", || async {
         count(
             pool,
