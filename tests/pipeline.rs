@@ -43,12 +43,18 @@ async fn import(pool: &PgPool, toml: &str) {
     .unwrap();
 }
 
-/// A simulator, a fresh database with [`RULES`], one daemon, and the
-/// account routed to it.
-async fn setup(connect: PgConnectOptions) -> (World, PgPool, pubbot::Running) {
+/// A simulator and a fresh database with [`RULES`].
+async fn world(connect: PgConnectOptions) -> (World, PgPool) {
     let w = World::new(connect).await;
     let pool = w.pool(None).await;
     import(&pool, RULES).await;
+    (w, pool)
+}
+
+/// A simulator, a fresh database with [`RULES`], one daemon, and the
+/// account routed to it.
+async fn setup(connect: PgConnectOptions) -> (World, PgPool, pubbot::Running) {
+    let (w, pool) = world(connect).await;
     let (d, _) = w.daemon(w.settings(), pool.clone()).await;
     w.add_account(d.addr).await;
     (w, pool, d)
@@ -154,9 +160,7 @@ async fn hours_under_rate_limit(
     tag: &str,
     n: usize,
 ) -> (World, PgPool, pubbot::Running, Vec<String>) {
-    let w = World::new(connect).await;
-    let pool = w.pool(None).await;
-    import(&pool, RULES).await;
+    let (w, pool) = world(connect).await;
     let mut settings = w.settings();
     settings.sender.merge_batchsend = false;
     if let Some(limit) = daemon {
@@ -269,9 +273,7 @@ async fn retried_and_duplicated_pushes_to_two_replicas_get_one_reply(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let w = World::new(connect).await;
-    let pool = w.pool(None).await;
-    import(&pool, RULES).await;
+    let (w, pool) = world(connect).await;
     let (a, _) = w.daemon(w.settings(), pool.clone()).await;
     let (b, _) = w.daemon(w.settings(), w.pool(None).await).await;
     assert_ne!(a.worker_id, b.worker_id, "replicas have their own identity");
@@ -518,9 +520,7 @@ async fn a_rule_change_applies_without_restart(_: PgPoolOptions, connect: PgConn
 
 #[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
 async fn a_killed_daemons_work_is_finished_by_another(_: PgPoolOptions, connect: PgConnectOptions) {
-    let w = World::new(connect).await;
-    let pool = w.pool(None).await;
-    import(&pool, RULES).await;
+    let (w, pool) = world(connect).await;
     let (a, _) = w.daemon(w.settings(), w.pool(None).await).await;
     w.add_account(a.addr).await;
     // Slow platform: sends are in flight when the daemon dies.
@@ -649,9 +649,7 @@ async fn same_replies_held_at_once_go_out_as_one_batchsend(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let w = World::new(connect).await;
-    let pool = w.pool(None).await;
-    import(&pool, RULES).await;
+    let (w, pool) = world(connect).await;
     // The same user twice: the same reply twice, never twice in one call.
     let extra = [(0, "hello again"), (1, "what are your hours")];
     let users = planned_not_sent(&w, &pool, "merge-", 5, &extra, 7).await;
@@ -712,9 +710,7 @@ async fn a_failed_batchsend_retries_every_reply_in_it_and_each_arrives_once(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let w = World::new(connect).await;
-    let pool = w.pool(None).await;
-    import(&pool, RULES).await;
+    let (w, pool) = world(connect).await;
     let users = planned_not_sent(&w, &pool, "retry-", 4, &[], 4).await;
 
     // Every call fails with 1000 (retryable) until the faults are cleared.

@@ -72,11 +72,10 @@ struct Planned {
 impl DecideWorker {
     /// Runs until `token` is cancelled.
     pub async fn run(self, token: CancellationToken) {
-        let batch = usize::try_from(self.batch).unwrap_or(usize::MAX);
         work_loop(
             &self.wake.inbound,
             self.poll,
-            batch,
+            self.batch,
             &token,
             "decide",
             || self.once(),

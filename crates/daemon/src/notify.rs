@@ -94,7 +94,7 @@ async fn pause(token: &CancellationToken) {
 pub async fn work_loop<F, Fut>(
     notify: &Notify,
     poll: Duration,
-    batch: usize,
+    batch: i64,
     token: &CancellationToken,
     worker: &'static str,
     mut round: F,
@@ -107,7 +107,7 @@ pub async fn work_loop<F, Fut>(
         tokio::pin!(woken);
         woken.as_mut().enable();
         match round().await {
-            Ok(n) if n >= batch.max(1) => continue,
+            Ok(n) if i64::try_from(n).unwrap_or(i64::MAX) >= batch.max(1) => continue,
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, worker, "round failed; retrying");

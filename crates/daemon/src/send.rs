@@ -187,21 +187,38 @@ impl Leases {
             held.remove(&id);
         }
     }
+}
 
-    /// How many rows are held.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no row is held.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
+/// Renews the leases of rows `ids` held at `attempts` by `worker_id`;
+/// returns the ids still held. Matching on the attempt too: a row recovered
+/// and claimed again (by any sender, this process's too) has one more
+/// attempt than the one held here, and is not this holder's any more.
+async fn renew(
+    pool: &PgPool,
+    worker_id: &str,
+    lease: Duration,
+    ids: &[i64],
+    attempts: &[i32],
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "UPDATE outbound_messages o SET lease_until = now() + make_interval(secs => $4)
+           FROM UNNEST($1::int8[], $2::int4[]) AS h(id, attempts)
+          WHERE o.id = h.id AND o.attempts = h.attempts
+            AND o.lease_owner = $3 AND o.status = 'sending'
+      RETURNING o.id",
+        ids,
+        attempts,
+        worker_id,
+        lease.as_secs_f64()
+    )
+    // Planned afresh each time (see "Plans" in `crate::db`).
+    .persistent(false)
+    .fetch_all(pool)
+    .await
 }
 
 /// Renews the leases in `leases` every third of a lease until `token` is
-/// cancelled. Matching on the attempt too: a row recovered and claimed
-/// again is not this holder's any more.
+/// cancelled (see [`renew`]).
 pub async fn heartbeat(
     pool: PgPool,
     leases: Arc<Leases>,
@@ -220,21 +237,11 @@ pub async fn heartbeat(
         if ids.is_empty() {
             continue;
         }
-        let renewed = sqlx::query!(
-            "UPDATE outbound_messages o SET lease_until = now() + make_interval(secs => $4)
-               FROM UNNEST($1::int8[], $2::int4[]) AS h(id, attempts)
-              WHERE o.id = h.id AND o.attempts = h.attempts
-                AND o.lease_owner = $3 AND o.status = 'sending'",
-            &ids,
-            &attempts,
-            worker_id,
-            lease.as_secs_f64()
-        )
-        .persistent(false)
-        .execute(&pool)
-        .await;
+        let renewed = renew(&pool, &worker_id, lease, &ids, &attempts).await;
         match renewed {
-            Ok(r) => metrics::counter!("pubbot_lease_renewals_total").increment(r.rows_affected()),
+            Ok(kept) => {
+                metrics::counter!("pubbot_lease_renewals_total").increment(kept.len() as u64)
+            }
             Err(e) => tracing::warn!(error = %e, rows = ids.len(), "renewing leases failed"),
         }
     }
@@ -343,11 +350,10 @@ fn plan_calls(rows: Vec<Held>, merge: bool) -> Vec<Call> {
 impl SendWorker {
     /// Runs until `token` is cancelled.
     pub async fn run(self, token: CancellationToken) {
-        let batch = usize::try_from(self.batch).unwrap_or(usize::MAX);
         work_loop(
             &self.wake.outbound,
             self.poll,
-            batch,
+            self.batch,
             &token,
             "send",
             || self.once(),
@@ -570,24 +576,7 @@ impl SendWorker {
         }
         let ids: Vec<i64> = call.rows.iter().map(|r| r.id).collect();
         let attempts: Vec<i32> = call.rows.iter().map(|r| r.attempts).collect();
-        // The lease is this claim's, not just this process's: a row that was
-        // recovered and claimed again (by any sender, this process's too)
-        // has one more attempt than the one held here.
-        let kept = sqlx::query_scalar!(
-            "UPDATE outbound_messages o SET lease_until = now() + make_interval(secs => $4)
-               FROM UNNEST($1::int8[], $2::int4[]) AS h(id, attempts)
-              WHERE o.id = h.id AND o.attempts = h.attempts
-                AND o.lease_owner = $3 AND o.status = 'sending'
-          RETURNING o.id",
-            &ids,
-            &attempts,
-            self.worker_id,
-            self.lease.as_secs_f64()
-        )
-        // Planned afresh each time (see "Plans" in `crate::db`).
-        .persistent(false)
-        .fetch_all(&self.pool)
-        .await;
+        let kept = renew(&self.pool, &self.worker_id, self.lease, &ids, &attempts).await;
         let kept = match kept {
             Ok(kept) => kept,
             Err(e) => {
