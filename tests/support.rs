@@ -81,6 +81,9 @@ impl World {
         s.database.acquire_timeout_secs = 1;
         s.rules.reload_check_secs = 1;
         s.shutdown_deadline_secs = 5;
+        s.http.admin_listen = "127.0.0.1:0".parse().expect("addr");
+        s.http.unanswered_hold_ms = 1200;
+        s.ingest.spool_after_ms = 500;
         s.apps = vec![AppSettings {
             key: KEY.into(),
             secret: Some(SecretString::from(SECRET)),
@@ -107,8 +110,12 @@ impl World {
             .expect("pool")
     }
 
-    /// Starts a daemon on a loopback port.
-    pub async fn daemon(&self, settings: Settings, pool: PgPool) -> (Running, CancellationToken) {
+    /// Starts a daemon on a loopback port. A daemon left with the default
+    /// `ingest.spool_dir` gets a fresh one of its own.
+    pub async fn daemon(&self, mut settings: Settings, pool: PgPool) -> (Running, CancellationToken) {
+        if settings.ingest.spool_dir == "spool" {
+            settings.ingest.spool_dir = fresh_dir("spool").display().to_string();
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let token = CancellationToken::new();
         let running = pubbot::start(settings, pool, listener, token.clone())
@@ -300,4 +307,15 @@ pub fn db_addr(opts: &PgConnectOptions) -> SocketAddr {
     format!("{host}:{}", opts.get_port())
         .parse()
         .expect("the test database is on TCP")
+}
+
+/// A new empty folder under the temp folder.
+pub fn fresh_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "pubbot-e2e-{what}-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }

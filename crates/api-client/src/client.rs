@@ -110,7 +110,7 @@ impl ClientBuilder {
                 .connect_timeout(self.connect_timeout)
                 .user_agent(concat!("pubbot-api-client/", env!("CARGO_PKG_VERSION")))
                 .build()
-                .map_err(Error::Transport)?,
+                .map_err(Error::Connect)?,
         };
         Ok(Client {
             inner: Arc::new(Inner {
@@ -191,7 +191,10 @@ fn cut(s: &str) -> String {
 }
 
 fn transport(e: reqwest::Error) -> Error {
-    if e.is_timeout() {
+    // Connect first: a connect timeout is also a timeout, but nothing left.
+    if e.is_connect() {
+        Error::Connect(e)
+    } else if e.is_timeout() {
         Error::Timeout
     } else {
         Error::Transport(e)

@@ -166,11 +166,16 @@ pub enum Error {
         /// The body, cut at 512 bytes.
         body: String,
     },
-    /// The call took longer than the configured timeout.
+    /// The call took longer than the configured timeout after the request
+    /// was sent: the platform may have acted on it (ambiguous).
     #[error("timed out")]
     Timeout,
-    /// The connection failed or broke (the call may or may not have taken
-    /// effect).
+    /// No connection could be made (refused, DNS, TLS, connect timeout):
+    /// the request never left, so trying again cannot repeat it.
+    #[error("connect: {0}")]
+    Connect(#[source] reqwest::Error),
+    /// The connection broke after the request was sent (the call may or
+    /// may not have taken effect: ambiguous).
     #[error("transport: {0}")]
     Transport(#[source] reqwest::Error),
     /// A 2xx answer that is not the documented shape.
@@ -196,9 +201,17 @@ impl Error {
                 matches!(code, ErrorCode::Internal | ErrorCode::RateLimited)
             }
             Self::Http { status, .. } => *status >= 500 || *status == 429,
-            Self::Timeout | Self::Transport(_) => true,
+            Self::Timeout | Self::Transport(_) | Self::Connect(_) => true,
             Self::Invalid(_) | Self::Signature(_) | Self::Decode { .. } | Self::Url(_) => false,
         }
+    }
+
+    /// Whether the platform may have acted on the call although no answer
+    /// came back: a timeout or a connection broken after the request was
+    /// written. Retrying such a send may deliver it twice; a
+    /// [`Error::Connect`] failure never left and is not ambiguous.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, Self::Timeout | Self::Transport(_))
     }
 
     /// The platform code, when the platform gave one.
@@ -240,6 +253,8 @@ mod tests {
         }
         .is_retryable());
         assert!(Error::Timeout.is_retryable());
+        assert!(Error::Timeout.is_ambiguous());
+        assert!(!p(1000).is_ambiguous());
         assert!(!Error::Invalid(Invalid::EmptyText).is_retryable());
     }
 }

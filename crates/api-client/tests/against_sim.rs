@@ -656,17 +656,21 @@ async fn platform_codes_map_to_variants() {
         .unwrap();
     let e = quick.account_info(&m).await.unwrap_err();
     assert!(matches!(e, Error::Timeout), "{e}");
-    assert!(e.is_retryable());
+    assert!(e.is_retryable() && e.is_ambiguous());
 
     ctl.faults(json!({"drop_rate": 1.0})).await;
     let e = c.account_info(&m).await.unwrap_err();
-    assert!(matches!(e, Error::Transport(_)), "{e}");
+    assert!(matches!(e, Error::Transport(_)) && e.is_ambiguous(), "{e}");
 
     let closed = Client::builder(KEY, SecretString::from(SECRET), "http://127.0.0.1:9")
         .build()
         .unwrap();
     let e = closed.account_info(&m).await.unwrap_err();
-    assert!(matches!(e, Error::Transport(_)) && e.is_retryable(), "{e}");
+    // Refused: the request never left, so a retry cannot repeat it.
+    assert!(
+        matches!(e, Error::Connect(_)) && e.is_retryable() && !e.is_ambiguous(),
+        "{e}"
+    );
 }
 
 #[tokio::test]

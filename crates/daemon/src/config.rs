@@ -35,6 +35,8 @@ pub struct Settings {
     pub sender: SenderSettings,
     /// Rule reloading.
     pub rules: RuleSettings,
+    /// Log output.
+    pub log: LogSettings,
     /// Apps and their accounts.
     #[serde(default)]
     pub apps: Vec<AppSettings>,
@@ -46,7 +48,9 @@ pub struct Settings {
 pub struct DatabaseSettings {
     /// URL.
     pub url: SecretString,
-    /// Pool size.
+    /// Connections in all, split into a fixed share per stage (ingest,
+    /// decide, send, settle, housekeeping; [`crate::db::Pools`]) so that no
+    /// stage can starve another. At least 10.
     pub max_connections: u32,
     /// Pool wait, seconds.
     pub acquire_timeout_secs: u64,
@@ -63,8 +67,19 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     /// Body cap.
     pub max_body_bytes: usize,
-    /// Store deadline, ms.
+    /// Milliseconds a push may take to be made durable (stored or
+    /// spooled); past it, it gets no answer (R15).
     pub accept_deadline_ms: u64,
+    /// Milliseconds from its arrival that a push which could not be made
+    /// durable is held unanswered: past the platform's 5 s timeout, so the
+    /// platform retries it (R15).
+    pub unanswered_hold_ms: u64,
+    /// Webhook connections open at once; more wait in the listen backlog
+    /// (no answer, so the platform retries): bounds memory under a burst.
+    pub max_connections: usize,
+    /// Where metrics (`/metrics`), `/healthz` and `/readyz` are served;
+    /// never on the webhook port.
+    pub admin_listen: SocketAddr,
     /// Signature window, s.
     pub signature_window_secs: u64,
     /// Replay memory.
@@ -81,6 +96,18 @@ pub struct IngestSettings {
     pub flush_micros: u64,
     /// Concurrent commits.
     pub concurrent_flushes: usize,
+    /// Milliseconds a push waits for its database commit before it is
+    /// written to the local spool instead (less than
+    /// `http.accept_deadline_ms`).
+    pub spool_after_ms: u64,
+    /// The local spool: pushes the database cannot take in time, kept on
+    /// disk and drained into PostgreSQL when it is back. Relative paths are
+    /// under `$STATE_DIRECTORY` (systemd) when set, else the working
+    /// directory. Empty: no spool (such pushes get no answer).
+    pub spool_dir: String,
+    /// Largest size of the spool on disk, bytes; past it, pushes get no
+    /// answer.
+    pub spool_max_bytes: u64,
 }
 
 /// `[workers]`.
@@ -99,6 +126,9 @@ pub struct WorkerSettings {
     pub poll_ms: u64,
     /// Seconds between queue depth readings (0: none).
     pub depth_secs: u64,
+    /// Seconds a stage with work due may go without progress before
+    /// `/readyz` and `pubbot_stage_stalled{stage}` say it is stuck.
+    pub stall_secs: u64,
 }
 
 /// `[sender]`.
@@ -116,6 +146,17 @@ pub struct SenderSettings {
     /// Merge replies with the same payload from the same account, held by
     /// one sender at once, into `batchsend` calls of up to 100 users.
     pub merge_batchsend: bool,
+    /// Retry a call whose answer was lost (a timeout or a connection
+    /// broken after the request was written): the platform may have
+    /// delivered it, so a retry may deliver it twice; each such retry is
+    /// counted in `pubbot_outbound_ambiguous_retries_total`. Off: such a
+    /// reply is marked failed ("may have been delivered").
+    pub retry_ambiguous: bool,
+    /// Seconds after which a reply not yet sent is `expired` instead (a
+    /// late answer in a chat is worse than none). 0: never.
+    pub max_reply_age_secs: u64,
+    /// Platform calls one process has in flight at once.
+    pub max_in_flight: usize,
 }
 
 /// `[rules]`.
@@ -124,6 +165,25 @@ pub struct SenderSettings {
 pub struct RuleSettings {
     /// Fallback reload check, s.
     pub reload_check_secs: u64,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` (ANSI colours only on a terminal) or `json` (one object per
+    /// line). Logs always go to stderr; stdout is for command output.
+    pub format: LogFormat,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// One `[[apps]]` table.
@@ -269,8 +329,29 @@ impl Settings {
         if self.database.url.expose_secret().trim().is_empty() {
             return Err(invalid("database.url", "must not be empty"));
         }
-        if self.database.max_connections < 2 {
-            return Err(invalid("database.max_connections", "at least 2"));
+        if self.database.max_connections < 10 {
+            return Err(invalid(
+                "database.max_connections",
+                "at least 10 (two for each of the five stages)",
+            ));
+        }
+        if self.ingest.spool_after_ms >= self.http.accept_deadline_ms {
+            return Err(invalid(
+                "ingest.spool_after_ms",
+                "must be less than http.accept_deadline_ms (a spooled push must still be answered in time)",
+            ));
+        }
+        if self.http.unanswered_hold_ms <= self.http.accept_deadline_ms {
+            return Err(invalid(
+                "http.unanswered_hold_ms",
+                "must be longer than http.accept_deadline_ms (and than the platform's 5 s timeout)",
+            ));
+        }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "at least 1"));
+        }
+        if self.sender.max_in_flight == 0 {
+            return Err(invalid("sender.max_in_flight", "at least 1"));
         }
         if self.ingest.batch_max == 0 {
             return Err(invalid("ingest.batch_max", "at least 1"));
@@ -315,6 +396,28 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// The spool directory, resolved (see `ingest.spool_dir`); `None` when
+    /// the spool is off.
+    pub fn spool_dir(&self) -> Option<PathBuf> {
+        let dir = self.ingest.spool_dir.trim();
+        if dir.is_empty() {
+            return None;
+        }
+        let path = PathBuf::from(dir);
+        if path.is_absolute() {
+            return Some(path);
+        }
+        // systemd's StateDirectory= sets STATE_DIRECTORY (several, colon
+        // separated: the first is ours).
+        match std::env::var("STATE_DIRECTORY") {
+            Ok(state) if !state.is_empty() => {
+                let first = state.split(':').next().unwrap_or(&state);
+                Some(Path::new(first).join(path))
+            }
+            _ => Some(path),
+        }
     }
 
     /// `workers.lease_secs` as a duration.

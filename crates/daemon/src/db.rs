@@ -54,6 +54,70 @@ pub fn guarded(options: PgConnectOptions, idle_in_transaction: Duration) -> PgCo
     )])
 }
 
+/// One pool per stage, each with a fixed share of
+/// `database.max_connections`, so that no stage can starve another: a burst
+/// of pushes cannot take the connections that senders need to record what
+/// they sent, and a database blip that parks the recorder cannot stop
+/// ingest. No task holds a connection while it waits for another.
+#[derive(Clone, Debug)]
+pub struct Pools {
+    /// Group commits of pushes and the spool's drain.
+    pub ingest: PgPool,
+    /// Deciding transactions.
+    pub decide: PgPool,
+    /// Claims and pre-call lease renewals of senders.
+    pub send: PgPool,
+    /// Recording call outcomes (never waits behind claims).
+    pub settle: PgPool,
+    /// Heartbeat, recovery, queue depths, rules, LISTEN, readiness.
+    pub housekeeping: PgPool,
+}
+
+/// How `total` connections are shared: (ingest, decide, send, settle,
+/// housekeeping), at least two each, summing to `total` (at least 10).
+pub fn budget(total: u32) -> [u32; 5] {
+    let total = total.max(10);
+    let ingest = (total / 4).max(2);
+    let decide = (total / 5).max(2);
+    let send = (total / 5).max(2);
+    let settle = (total / 8).max(2);
+    let housekeeping = total - ingest - decide - send - settle;
+    [ingest, decide, send, settle, housekeeping]
+}
+
+impl Pools {
+    /// Pools on `options` (with the guard of [`guarded`] applied by the
+    /// caller), sized by [`budget`]. Connections are opened when first
+    /// needed.
+    pub fn split(options: &PgConnectOptions, settings: &DatabaseSettings) -> Self {
+        let [ingest, decide, send, settle, housekeeping] = budget(settings.max_connections);
+        let pool = |n: u32| {
+            PgPoolOptions::new()
+                .max_connections(n)
+                .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+                .connect_lazy_with(options.clone())
+        };
+        Self {
+            ingest: pool(ingest),
+            decide: pool(decide),
+            send: pool(send),
+            settle: pool(settle),
+            housekeeping: pool(housekeeping),
+        }
+    }
+
+    /// Every pool with its stage name (for gauges).
+    pub fn named(&self) -> [(&'static str, &PgPool); 5] {
+        [
+            ("ingest", &self.ingest),
+            ("decide", &self.decide),
+            ("send", &self.send),
+            ("settle", &self.settle),
+            ("housekeeping", &self.housekeeping),
+        ]
+    }
+}
+
 /// Applies every pending migration.
 ///
 /// # Errors
@@ -111,6 +175,16 @@ pub async fn check_schema(pool: &PgPool) -> Result<(), SchemaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_stage_gets_two_and_the_shares_add_up() {
+        for total in 10..=200 {
+            let b = budget(total);
+            assert_eq!(b.iter().sum::<u32>(), total, "{total}: {b:?}");
+            assert!(b.iter().all(|n| *n >= 2), "{total}: {b:?}");
+        }
+        assert_eq!(budget(20), [5, 4, 4, 2, 5]);
+    }
 
     #[sqlx::test(migrations = false)]
     async fn serve_refuses_unmigrated_and_newer_schemas(pool: PgPool) {

@@ -1,17 +1,28 @@
 //! Decide: workers claim stored pushes, run the rule set, and — in the same
 //! transaction that claims the push and marks it done — plan the replies as
 //! outbound rows (a transactional outbox: a reply is never planned twice,
-//! nor lost).
+//! nor lost; [`crate::outbox`] invariant 1).
+//!
+//! A planned reply is leased to this process's own senders in the same
+//! transaction (the fast path: no NOTIFY, no second claim) only when
+//! nothing earlier of its user is still open — no undecided earlier push,
+//! no unsettled earlier reply (outbox invariant 5); otherwise it is
+//! planned `pending` and the claim takes it in its turn. Every reply one
+//! transaction leases is handed over as one unit, so one sender sends a
+//! user's replies in order.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use pubbot_rules::{Context, Incoming, IncomingKind};
+use pubbot_rules::{Context, Incoming, IncomingKind, PlannedReply};
+use sqlx::types::Json;
 use pubbot_webhook::{Event, InboundMessage, MessageBody};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::{Progress, Stage};
 use crate::notify::{work_loop, Wakeups};
+use crate::outbox::{Claimed, Held, Leases};
 use crate::rules::RuleStore;
 
 /// What a decide worker needs.
@@ -33,11 +44,13 @@ pub struct DecideWorker {
     /// leased to them in the deciding transaction itself and handed over
     /// after commit (no NOTIFY, no second claim). When the hand-off is full,
     /// rows are planned `pending` for any sender to claim.
-    pub handoff: Option<tokio::sync::mpsc::Sender<crate::send::Held>>,
+    pub handoff: Option<tokio::sync::mpsc::Sender<Vec<Held>>>,
     /// The leases this process's senders hold, when the fast path is on.
-    pub leases: Option<Arc<crate::send::Leases>>,
+    pub leases: Option<Arc<Leases>>,
     /// Poll interval.
     pub poll: Duration,
+    /// Progress of the decide stage.
+    pub progress: Arc<Progress>,
 }
 
 fn kind_of(m: &InboundMessage) -> IncomingKind {
@@ -185,29 +198,42 @@ impl DecideWorker {
             }
         }
 
-        let permits = match &self.handoff {
-            Some(tx) if !planned.inbound_id.is_empty() => {
-                tx.try_reserve_many(planned.inbound_id.len()).ok()
-            }
+        // One unit of the hand-off per transaction (outbox invariant 5).
+        let permit = match &self.handoff {
+            Some(tx) if !planned.inbound_id.is_empty() => tx.try_reserve().ok(),
             _ => None,
         };
-        let direct = permits.is_some();
-        let mut leased = Vec::new();
+        let direct = permit.is_some();
+        let mut leased: Vec<Claimed> = Vec::new();
         if !planned.inbound_id.is_empty() {
+            // A row goes straight to this process's senders only when
+            // nothing earlier of its user is open: no unsettled reply, and no
+            // undecided earlier push outside this batch (a concurrent
+            // transaction's rows are still `pending` in this snapshot).
             leased = sqlx::query_as!(
-                crate::send::Claimed,
+                Claimed,
                 r#"INSERT INTO outbound_messages
                        (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
                         status, lease_owner, lease_until, attempts)
                    SELECT i, r, a, m, u, n, p::json, t,
-                          CASE WHEN $9 THEN 'sending' ELSE 'pending' END,
-                          CASE WHEN $9 THEN $10 END,
-                          CASE WHEN $9 THEN now() + make_interval(secs => $11) END,
-                          CASE WHEN $9 THEN 1 ELSE 0 END
-                     FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
-                          AS x(i, r, a, m, u, n, p, t)
+                          CASE WHEN go THEN 'sending' ELSE 'pending' END,
+                          CASE WHEN go THEN $10 END,
+                          CASE WHEN go THEN now() + make_interval(secs => $11) END,
+                          CASE WHEN go THEN 1 ELSE 0 END
+                     FROM (SELECT x.*, $9 AND NOT EXISTS (
+                                  SELECT 1 FROM outbound_messages e
+                                   WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
+                                     AND e.status IN ('pending', 'sending'))
+                              AND NOT EXISTS (
+                                  SELECT 1 FROM inbound_messages q
+                                   WHERE q.app_key = x.a AND q.mcid = x.m AND q.user_id = x.u
+                                     AND q.status = 'pending' AND q.id < x.i
+                                     AND q.id <> ALL($12::int8[])) AS go
+                             FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+                                  AS x(i, r, a, m, u, n, p, t)) x
                    ON CONFLICT (inbound_id, reply_index) DO NOTHING
-                   RETURNING id, app_key, mcid, user_id, payload, attempts, trace_id"#,
+                   RETURNING id, app_key, mcid, user_id, payload AS "payload: Json<PlannedReply>", attempts, trace_id,
+                             inbound_id, reply_index, created_at"#,
                 &planned.inbound_id,
                 &planned.reply_index,
                 &planned.app_key,
@@ -219,10 +245,14 @@ impl DecideWorker {
                 direct,
                 self.worker_id,
                 self.lease.as_secs_f64(),
+                &ids,
             )
             .fetch_all(&mut *tx)
             .await?;
         }
+        // In key order, so two transactions never wait on each other in
+        // opposite orders.
+        follows.sort();
         for (app, mcid, user, follow) in &follows {
             if *follow {
                 sqlx::query!(
@@ -253,13 +283,20 @@ impl DecideWorker {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        if let Some(permits) = permits {
-            // Only rows inserted now (not planned before) are handed over.
+        self.progress.advance(Stage::Decide);
+        if let Some(permit) = permit {
+            // Only rows inserted now and leased (not planned before, not
+            // held back behind an earlier open row) are handed over.
+            let unit: Vec<Held> = leased
+                .into_iter()
+                .filter(|r| r.attempts > 0)
+                .map(|row| Held { row, since })
+                .collect();
             if let Some(leases) = &self.leases {
-                leases.hold(leased.iter().map(|r| (r.id, r.attempts)));
+                leases.hold(unit.iter().map(|h| (h.row.id, h.row.attempts)));
             }
-            for (permit, row) in permits.zip(leased) {
-                permit.send(crate::send::Held { row, since });
+            if !unit.is_empty() {
+                permit.send(unit);
             }
         }
         metrics::counter!("pubbot_decided_total").increment(ids.len() as u64);

@@ -8,8 +8,25 @@
 //! commit per request: the longer a commit takes, the larger the next
 //! batch. A push is acknowledged only
 //! after its batch committed; a duplicate (R6 key already stored) is
-//! acknowledged as such; a failed commit answers every push of the batch
-//! `Unavailable` (503), and the platform retries.
+//! acknowledged as such.
+//!
+//! # What no push may do to another
+//!
+//! A row PostgreSQL would refuse fails the whole multi-row `INSERT`, and
+//! with it every push in the batch. So a push is checked before it joins a
+//! batch ([`storable`]: no NUL in the columns `text` keeps, ids of a sane
+//! length; the body is kept as bytes, whatever they are), and a batch that
+//! still fails for a row-level reason (SQLSTATE class 22, or 54000) is
+//! split in halves and retried until the one push at fault is found and
+//! refused (`422`, counted as `unstorable`) alone.
+//!
+//! # When the database cannot take a push in time (R15)
+//!
+//! A push not committed within `ingest.spool_after_ms` (the database is
+//! down, or far behind a burst) is written to the local spool
+//! ([`crate::spool`]) and answered from there; the spool drains into the
+//! table when the database answers. Only a push that neither can take
+//! gets no answer ([`InboxError::Unavailable`]), and the platform retries.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,6 +34,9 @@ use std::time::{Duration, Instant};
 
 use pubbot_webhook::{Accepted, Inbox, InboxError, Push};
 use sqlx::PgPool;
+
+use crate::health::{Progress, Stage};
+use crate::spool::{Spool, SpooledPush};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +48,7 @@ struct Pending {
     done: oneshot::Sender<Result<Accepted, InboxError>>,
 }
 
+#[derive(Clone)]
 struct Row {
     app_key: String,
     mcid: String,
@@ -37,14 +58,80 @@ struct Row {
     msg_id: Option<String>,
     create_time: Option<i64>,
     message: String,
-    raw: String,
+    raw: Vec<u8>,
     trace_id: String,
+}
+
+impl Row {
+    fn spooled(&self) -> SpooledPush {
+        SpooledPush {
+            app_key: self.app_key.clone(),
+            mcid: self.mcid.clone(),
+            user_id: self.user_id.clone(),
+            msg_type: self.msg_type.clone(),
+            dedup_key: self.dedup_key.clone(),
+            msg_id: self.msg_id.clone(),
+            create_time: self.create_time,
+            message: self.message.clone(),
+            raw_hex: hex::encode(&self.raw),
+            trace_id: self.trace_id.clone(),
+        }
+    }
+
+    fn from_spooled(p: SpooledPush) -> Self {
+        Self {
+            raw: hex::decode(&p.raw_hex).unwrap_or_default(),
+            app_key: p.app_key,
+            mcid: p.mcid,
+            user_id: p.user_id,
+            msg_type: p.msg_type,
+            dedup_key: p.dedup_key,
+            msg_id: p.msg_id,
+            create_time: p.create_time,
+            message: p.message,
+            trace_id: p.trace_id,
+        }
+    }
+}
+
+/// Longest id (account, user, `MsgId`, type) kept, in bytes: far beyond any
+/// real id, and far below what a btree index row can hold.
+const MAX_ID_BYTES: usize = 512;
+
+/// Whether PostgreSQL can keep the push's columns: `text` refuses NUL, and
+/// an index row has a size limit. The parsed message is stored as `json`,
+/// whose escapes (`\u0000`) are fine, and the body as bytes.
+///
+/// # Errors
+/// Names the field that cannot be stored.
+fn storable(row: &Row) -> Result<(), String> {
+    for (field, value) in [
+        ("ToUserName", row.mcid.as_str()),
+        ("FromUserName", row.user_id.as_str()),
+        ("MsgType", row.msg_type.as_str()),
+        ("MsgId", row.msg_id.as_deref().unwrap_or("")),
+        ("dedup key", row.dedup_key.as_str()),
+    ] {
+        if value.contains('\0') {
+            return Err(format!("{field} contains a NUL character"));
+        }
+        if value.len() > MAX_ID_BYTES {
+            return Err(format!(
+                "{field} is {} bytes, at most {MAX_ID_BYTES} are kept",
+                value.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The PostgreSQL inbox. Cheap to clone.
 #[derive(Clone)]
 pub struct PgInbox {
     tx: mpsc::Sender<Pending>,
+    spool: Option<Spool>,
+    spool_after: Duration,
+    progress: Arc<Progress>,
 }
 
 /// A new trace id, carried from push to reply in logs and rows.
@@ -58,31 +145,25 @@ impl PgInbox {
     pub fn start(
         pool: PgPool,
         settings: IngestSettings,
+        spool: Option<Spool>,
+        progress: Arc<Progress>,
         token: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(settings.batch_max * settings.concurrent_flushes * 4);
-        let handle = tokio::spawn(batcher(pool, settings, rx, token));
-        (Self { tx }, handle)
+        let spool_after = Duration::from_millis(settings.spool_after_ms);
+        let handle = tokio::spawn(batcher(pool, settings, Arc::clone(&progress), rx, token));
+        (
+            Self {
+                tx,
+                spool,
+                spool_after,
+                progress,
+            },
+            handle,
+        )
     }
-}
 
-impl Inbox for PgInbox {
-    async fn accept(&self, push: Push) -> Result<Accepted, InboxError> {
-        let m = &push.message;
-        let trace = trace_id();
-        let row = Row {
-            app_key: push.app_key.clone(),
-            mcid: m.to.0.clone(),
-            user_id: m.from.0.clone(),
-            msg_type: m.msg_type().to_owned(),
-            dedup_key: push.dedup_key.to_string(),
-            msg_id: m.msg_id.as_ref().map(|i| i.0.clone()),
-            create_time: m.create_time.map(|c| c.0),
-            message: serde_json::to_string(m).map_err(|e| InboxError::Refused(e.to_string()))?,
-            raw: String::from_utf8_lossy(&push.raw).into_owned(),
-            trace_id: trace.clone(),
-        };
-        tracing::debug!(trace_id = %trace, app_key = %push.app_key, mcid = %m.to, msg_type = m.msg_type(), "push received");
+    async fn via_database(&self, row: Row) -> Result<Accepted, InboxError> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Pending { row, done })
@@ -91,11 +172,89 @@ impl Inbox for PgInbox {
         wait.await
             .map_err(|_| InboxError::Unavailable("ingest dropped the push".into()))?
     }
+
+    async fn via_spool(&self, row: &Row, why: &str) -> Result<Accepted, InboxError> {
+        let Some(spool) = &self.spool else {
+            return Err(InboxError::Unavailable(format!(
+                "{why}; no spool configured"
+            )));
+        };
+        match spool.append(&row.spooled()).await {
+            Ok(()) => {
+                tracing::info!(trace_id = %row.trace_id, reason = why, "push spooled; stored when the database answers");
+                metrics::counter!("pubbot_spool_pushes_total", "outcome" => "spooled")
+                    .increment(1);
+                metrics::counter!("pubbot_inbound_messages_total", "outcome" => "spooled")
+                    .increment(1);
+                self.progress.advance(Stage::Ingest);
+                Ok(Accepted::New)
+            }
+            Err(e) => {
+                metrics::counter!("pubbot_spool_pushes_total", "outcome" => "refused")
+                    .increment(1);
+                Err(InboxError::Unavailable(format!("{why}; spool: {e}")))
+            }
+        }
+    }
+}
+
+/// Inserts pushes drained from the spool (deduplicated by the R6 key).
+///
+/// # Errors
+/// The database error, as text.
+pub async fn store_spooled(pool: &PgPool, pushes: Vec<SpooledPush>) -> Result<(), String> {
+    let rows: Vec<Row> = pushes.into_iter().map(Row::from_spooled).collect();
+    insert(pool, &rows).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+impl Inbox for PgInbox {
+    async fn accept(&self, push: Push) -> Result<Accepted, InboxError> {
+        let m = &push.message;
+        let trace = trace_id();
+        let mut row = Row {
+            app_key: push.app_key.clone(),
+            mcid: m.to.0.clone(),
+            user_id: m.from.0.clone(),
+            msg_type: m.msg_type().to_owned(),
+            dedup_key: push.dedup_key.to_string(),
+            msg_id: m.msg_id.as_ref().map(|i| i.0.clone()),
+            create_time: m.create_time.map(|c| c.0),
+            message: serde_json::to_string(m).map_err(|e| InboxError::Refused(e.to_string()))?,
+            raw: push.raw.to_vec(),
+            trace_id: trace.clone(),
+        };
+        if let Err(why) = storable(&row) {
+            tracing::warn!(trace_id = %trace, app_key = %push.app_key, reason = %why, "push cannot be stored; refused");
+            metrics::counter!("pubbot_inbound_messages_total", "outcome" => "unstorable")
+                .increment(1);
+            return Err(InboxError::Refused(why));
+        }
+        tracing::debug!(trace_id = %trace, app_key = %push.app_key, mcid = %m.to, msg_type = m.msg_type(), "push received");
+        self.progress.ingest_waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let spooled = row.clone();
+        let outcome = tokio::time::timeout(self.spool_after, self.via_database(row)).await;
+        self.progress.ingest_waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        match outcome {
+            Ok(Ok(accepted)) => Ok(accepted),
+            Ok(Err(InboxError::Refused(why))) => Err(InboxError::Refused(why)),
+            Ok(Err(InboxError::Unavailable(why))) => {
+                // The trace id stays; a later commit of the same push (it may
+                // still be in a batch) and the drain are deduplicated.
+                row = spooled;
+                self.via_spool(&row, &why).await
+            }
+            Err(_) => {
+                self.via_spool(&spooled, "database commit not done in time")
+                    .await
+            }
+        }
+    }
 }
 
 async fn batcher(
     pool: PgPool,
     settings: IngestSettings,
+    progress: Arc<Progress>,
     mut rx: mpsc::Receiver<Pending>,
     token: CancellationToken,
 ) {
@@ -132,8 +291,10 @@ async fn batcher(
             }
         }
         let pool = pool.clone();
+        let progress = Arc::clone(&progress);
         tokio::spawn(async move {
             flush(&pool, batch).await;
+            progress.advance(Stage::Ingest);
             drop(permit);
         });
     }
@@ -143,21 +304,18 @@ async fn batcher(
         .await;
 }
 
-async fn flush(pool: &PgPool, batch: Vec<Pending>) {
-    let started = Instant::now();
-    let n = batch.len();
-    let mut cols = Columns::with_capacity(n);
-    let mut waiters = Vec::with_capacity(n);
-    for p in batch {
-        waiters.push(((p.row.app_key.clone(), p.row.dedup_key.clone()), p.done));
-        cols.push(p.row);
+/// Inserts rows in one statement; returns the R6 keys that were new.
+async fn insert(pool: &PgPool, rows: &[Row]) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let mut cols = Columns::with_capacity(rows.len());
+    for r in rows {
+        cols.push(r.clone());
     }
     let inserted = sqlx::query!(
         r#"INSERT INTO inbound_messages
                (app_key, mcid, user_id, msg_type, dedup_key, msg_id, create_time, message, raw, trace_id)
            SELECT a, m, u, t, d, i, c, j::json, r, tr
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::int8[], $8::text[], $9::text[], $10::text[])
+                         $6::text[], $7::int8[], $8::text[], $9::bytea[], $10::text[])
                   AS x(a, m, u, t, d, i, c, j, r, tr)
            ON CONFLICT (app_key, dedup_key) DO NOTHING
            RETURNING app_key, dedup_key"#,
@@ -173,35 +331,80 @@ async fn flush(pool: &PgPool, batch: Vec<Pending>) {
         &cols.trace_id,
     )
     .fetch_all(pool)
-    .await;
+    .await?;
+    Ok(inserted.into_iter().map(|r| (r.app_key, r.dedup_key)).collect())
+}
+
+/// Whether an error is about a row's data (one push at fault), not the
+/// database being away: class 22 (data exception: a NUL, an encoding) and
+/// 54000 (an index row too large).
+fn row_level(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c.starts_with("22") || c == "54000")
+}
+
+async fn flush(pool: &PgPool, batch: Vec<Pending>) {
+    let started = Instant::now();
+    let n = batch.len();
     metrics::histogram!("pubbot_ingest_batch_size").record(n as f64);
+    flush_part(pool, batch).await;
     metrics::histogram!("pubbot_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
-    match inserted {
-        Ok(rows) => {
-            let mut new: HashSet<(String, String)> =
-                rows.into_iter().map(|r| (r.app_key, r.dedup_key)).collect();
-            for (key, done) in waiters {
-                // The first of several equal pushes in one batch is the new one.
-                let outcome = if new.remove(&key) {
-                    metrics::counter!("pubbot_inbound_messages_total", "outcome" => "stored")
+}
+
+/// Commits `batch`; on a row-level failure, each half on its own, until
+/// the push at fault is alone and refused.
+fn flush_part(
+    pool: &PgPool,
+    mut batch: Vec<Pending>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    Box::pin(async move {
+        let rows: Vec<Row> = batch.iter().map(|p| p.row.clone()).collect();
+        match insert(pool, &rows).await {
+            Ok(new) => {
+                let mut new: HashSet<(String, String)> = new.into_iter().collect();
+                for p in batch {
+                    let key = (p.row.app_key, p.row.dedup_key);
+                    // The first of several equal pushes in one batch is the new one.
+                    let outcome = if new.remove(&key) {
+                        metrics::counter!("pubbot_inbound_messages_total", "outcome" => "stored")
+                            .increment(1);
+                        Accepted::New
+                    } else {
+                        metrics::counter!("pubbot_inbound_messages_total", "outcome" => "duplicate")
+                            .increment(1);
+                        Accepted::Duplicate
+                    };
+                    let _ = p.done.send(Ok(outcome));
+                }
+            }
+            Err(e) if row_level(&e) && batch.len() > 1 => {
+                tracing::warn!(error = %e, pushes = batch.len(), "a push in the batch cannot be stored; committing the rest without it");
+                let second = batch.split_off(batch.len() / 2);
+                flush_part(pool, batch).await;
+                flush_part(pool, second).await;
+            }
+            Err(e) if row_level(&e) => {
+                for p in batch {
+                    tracing::warn!(trace_id = %p.row.trace_id, error = %e, "push cannot be stored; refused");
+                    metrics::counter!("pubbot_inbound_messages_total", "outcome" => "unstorable")
                         .increment(1);
-                    Accepted::New
-                } else {
-                    metrics::counter!("pubbot_inbound_messages_total", "outcome" => "duplicate")
-                        .increment(1);
-                    Accepted::Duplicate
-                };
-                let _ = done.send(Ok(outcome));
+                    let _ = p
+                        .done
+                        .send(Err(InboxError::Refused(format!("cannot be stored: {e}"))));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, pushes = batch.len(), "ingest commit failed; spooling the batch");
+                metrics::counter!("pubbot_ingest_failures_total").increment(1);
+                for p in batch {
+                    let _ = p
+                        .done
+                        .send(Err(InboxError::Unavailable(format!("database: {e}"))));
+                }
             }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, pushes = n, "ingest commit failed; answering 503");
-            metrics::counter!("pubbot_ingest_failures_total").increment(1);
-            for (_, done) in waiters {
-                let _ = done.send(Err(InboxError::Unavailable(format!("database: {e}"))));
-            }
-        }
-    }
+    })
 }
 
 #[derive(Default)]
@@ -214,7 +417,7 @@ struct Columns {
     msg_id: Vec<Option<String>>,
     create_time: Vec<Option<i64>>,
     message: Vec<String>,
-    raw: Vec<String>,
+    raw: Vec<Vec<u8>>,
     trace_id: Vec<String>,
 }
 

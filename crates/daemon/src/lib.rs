@@ -19,20 +19,24 @@
 pub mod config;
 pub mod db;
 pub mod decide;
+pub mod health;
 pub mod ingest;
+pub mod listener;
 pub mod notify;
+pub mod outbox;
 pub mod queue;
 pub mod rules;
 pub mod send;
+pub mod spool;
 pub mod telemetry;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::routing::get;
 use pubbot_api_client::Client;
 use pubbot_webhook::{Verifier, Webhook, WebhookConfig};
 use sqlx::PgPool;
@@ -41,9 +45,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::db::Pools;
 use crate::decide::DecideWorker;
+use crate::health::{Progress, Readiness};
 use crate::ingest::PgInbox;
 use crate::notify::Wakeups;
+use crate::outbox::{Leases, Recorder, RetryPolicy};
 use crate::rules::RuleStore;
 use crate::send::{AppClient, SendWorker};
 
@@ -68,20 +75,32 @@ pub fn worker_id(settings: &Settings) -> String {
 pub struct Running {
     /// Where the webhook listens.
     pub addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub admin_addr: SocketAddr,
     /// The lease identity.
     pub worker_id: String,
     token: CancellationToken,
     ingest_token: CancellationToken,
     http: tokio::task::JoinHandle<()>,
     ingest: tokio::task::JoinHandle<()>,
+    /// Decide workers and the hand-off senders: stop on `token`, then
+    /// drain.
     workers: JoinSet<()>,
+    /// The recorder: ends once every sender has stopped and every outcome
+    /// is recorded.
+    recorder: tokio::task::JoinHandle<()>,
+    /// Housekeeping (heartbeat, recovery, LISTEN, rules, gauges, admin,
+    /// spool drain): stopped last, so leases are kept until outcomes are
+    /// recorded.
+    housekeeping_token: CancellationToken,
+    housekeeping: JoinSet<()>,
     deadline: Duration,
 }
 
 impl Running {
     /// Graceful stop: stop taking pushes and drain HTTP, commit what the
-    /// ingest holds, let workers finish their batch; all within the
-    /// configured deadline.
+    /// ingest holds, let workers finish their batch and the recorder record
+    /// every outcome; all within the configured deadline.
     pub async fn shutdown(mut self) {
         self.token.cancel();
         let drained = async {
@@ -89,13 +108,18 @@ impl Running {
             self.ingest_token.cancel();
             let _ = (&mut self.ingest).await;
             while self.workers.join_next().await.is_some() {}
+            let _ = (&mut self.recorder).await;
         };
         if tokio::time::timeout(self.deadline, drained).await.is_err() {
-            tracing::warn!(deadline = ?self.deadline, "shutdown deadline passed; stopping what is left");
+            tracing::warn!(deadline = ?self.deadline, "shutdown deadline passed; stopping what is left (held leases expire and are recovered)");
             self.workers.abort_all();
             self.http.abort();
             self.ingest.abort();
+            self.recorder.abort();
         }
+        self.housekeeping_token.cancel();
+        self.housekeeping.abort_all();
+        while self.housekeeping.join_next().await.is_some() {}
     }
 
     /// Stops everything at once, as a crash would: leases are left to
@@ -103,9 +127,12 @@ impl Running {
     pub fn abort(mut self) {
         self.token.cancel();
         self.ingest_token.cancel();
+        self.housekeeping_token.cancel();
         self.http.abort();
         self.ingest.abort();
+        self.recorder.abort();
         self.workers.abort_all();
+        self.housekeeping.abort_all();
     }
 
     /// Waits until the daemon stops (its token cancelled), then drains.
@@ -115,19 +142,24 @@ impl Running {
     }
 }
 
-/// Starts the daemon on `listener` with `pool`; it runs until `token` is
-/// cancelled (then call [`Running::shutdown`]).
+/// Starts the daemon: the webhook on `listener`, the admin listener on
+/// `http.admin_listen`, workers on stage pools built from `pool`'s connect
+/// options ([`Pools`]); it runs until `token` is cancelled (then call
+/// [`Running::shutdown`]).
 ///
 /// # Errors
 /// An unmigrated or newer schema, rules that do not compile, an app whose
-/// client cannot be built.
+/// client cannot be built, a spool directory that cannot be opened, an
+/// admin address that cannot be bound.
 pub async fn start(
     settings: Settings,
     pool: PgPool,
     listener: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<Running> {
+    health::prometheus();
     db::check_schema(&pool).await?;
+    let pools = Pools::split(&pool.connect_options(), &settings.database);
     let worker_id = worker_id(&settings);
     let addr = listener.local_addr()?;
     let options =
@@ -166,56 +198,138 @@ pub async fn start(
     }
     let apps = Arc::new(apps);
 
+    let spool = match settings.spool_dir() {
+        Some(dir) => Some(
+            spool::Spool::open(&dir, settings.ingest.spool_max_bytes)
+                .with_context(|| format!("ingest.spool_dir {}", dir.display()))?,
+        ),
+        None => None,
+    };
+
     let store = Arc::new(RuleStore::new(options));
     let n = store.reload(&pool).await.context("loading rules")?;
     tracing::info!(rules = n, worker_id, "rules loaded");
 
+    let progress = Arc::new(Progress::default());
+    let started = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Wakeups::default());
+    let housekeeping_token = CancellationToken::new();
+    let mut housekeeping = JoinSet::new();
     let mut workers = JoinSet::new();
-    workers.spawn(notify::listen(
-        pool.clone(),
+    let leases = Arc::new(Leases::default());
+
+    let admin = TcpListener::bind(settings.http.admin_listen)
+        .await
+        .with_context(|| format!("binding http.admin_listen {}", settings.http.admin_listen))?;
+    let admin_addr = admin.local_addr()?;
+    let readiness = Readiness {
+        pool: pools.housekeeping.clone(),
+        progress: Arc::clone(&progress),
+        stall: Duration::from_secs(settings.workers.stall_secs),
+        started: Arc::clone(&started),
+        token: token.clone(),
+    };
+    {
+        let stop = housekeeping_token.clone();
+        let router = health::router(readiness);
+        housekeeping.spawn(async move {
+            let serve = axum::serve(admin, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "admin listener stopped");
+            }
+        });
+    }
+    housekeeping.spawn(notify::listen(
+        pools.housekeeping.clone(),
         Arc::clone(&wake),
-        token.clone(),
+        housekeeping_token.clone(),
     ));
-    workers.spawn(watch_rules(
-        pool.clone(),
+    housekeeping.spawn(watch_rules(
+        pools.housekeeping.clone(),
         Arc::clone(&store),
         Arc::clone(&wake),
         settings.rules.reload_check_secs,
-        token.clone(),
+        housekeeping_token.clone(),
     ));
-
     if settings.workers.depth_secs > 0 {
-        workers.spawn(queue::report(
-            pool.clone(),
+        housekeeping.spawn(queue::report(
+            pools.housekeeping.clone(),
             Duration::from_secs(settings.workers.depth_secs),
-            token.clone(),
+            housekeeping_token.clone(),
+        ));
+    }
+    housekeeping.spawn(health::watch(
+        pools.clone(),
+        Arc::clone(&progress),
+        Duration::from_secs(settings.workers.stall_secs),
+        Duration::from_secs(settings.workers.stall_secs.clamp(1, 15)),
+        housekeeping_token.clone(),
+    ));
+    if let Some(spool) = &spool {
+        let ingest_pool = pools.ingest.clone();
+        housekeeping.spawn(spool.clone().drain(
+            Duration::from_secs(1),
+            housekeeping_token.clone(),
+            move |chunk| {
+                let pool = ingest_pool.clone();
+                async move { ingest::store_spooled(&pool, chunk).await }
+            },
         ));
     }
 
     let ingest_token = CancellationToken::new();
-    let (inbox, ingest) =
-        PgInbox::start(pool.clone(), settings.ingest.clone(), ingest_token.clone());
+    let (inbox, ingest) = PgInbox::start(
+        pools.ingest.clone(),
+        settings.ingest.clone(),
+        spool,
+        Arc::clone(&progress),
+        ingest_token.clone(),
+    );
 
     let poll = Duration::from_millis(settings.workers.poll_ms);
-    // The fast path from decide to send inside this process (see decide.rs);
-    // off when this process sends nothing.
-    let (handoff_tx, handoff_rx) = tokio::sync::mpsc::channel(1024);
+    // The fast path from decide to send inside this process (see
+    // decide.rs): whole units, bounded; off when this process sends
+    // nothing.
+    let (handoff_tx, handoff_rx) = tokio::sync::mpsc::channel(64);
     let handoff_tx = (settings.workers.send > 0).then_some(handoff_tx);
     let handoff_rx = Arc::new(tokio::sync::Mutex::new(handoff_rx));
-    let leases = Arc::new(send::Leases::default());
+    let (outcomes_tx, outcomes_rx) = tokio::sync::mpsc::channel(4096);
+    let recorder = tokio::spawn(
+        Recorder {
+            pool: pools.settle.clone(),
+            worker_id: worker_id.clone(),
+            policy: RetryPolicy {
+                max_attempts: settings.sender.max_attempts,
+                backoff_min: Duration::from_millis(settings.sender.backoff_min_ms),
+                backoff_max: Duration::from_millis(settings.sender.backoff_max_ms),
+            },
+            leases: Arc::clone(&leases),
+            wake: Arc::clone(&wake),
+            progress: Arc::clone(&progress),
+        }
+        .run(outcomes_rx),
+    );
     if settings.workers.send > 0 {
-        workers.spawn(send::heartbeat(
-            pool.clone(),
+        housekeeping.spawn(outbox::heartbeat(
+            pools.housekeeping.clone(),
             Arc::clone(&leases),
             worker_id.clone(),
             settings.lease(),
-            token.clone(),
+            housekeeping_token.clone(),
+        ));
+        housekeeping.spawn(outbox::recovery(
+            pools.housekeeping.clone(),
+            worker_id.clone(),
+            Arc::clone(&leases),
+            settings.lease(),
+            Arc::clone(&wake),
+            housekeeping_token.clone(),
         ));
     }
     for _ in 0..settings.workers.decide {
         let w = DecideWorker {
-            pool: pool.clone(),
+            pool: pools.decide.clone(),
             rules: Arc::clone(&store),
             wake: Arc::clone(&wake),
             batch: settings.workers.claim_batch,
@@ -224,30 +338,34 @@ pub async fn start(
             handoff: handoff_tx.clone(),
             leases: (settings.workers.send > 0).then(|| Arc::clone(&leases)),
             poll,
+            progress: Arc::clone(&progress),
         };
         workers.spawn(w.run(token.clone()));
     }
-    let last_recovery = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    drop(handoff_tx);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(settings.sender.max_in_flight));
     for _ in 0..settings.workers.send {
         let w = SendWorker {
-            pool: pool.clone(),
+            pool: pools.send.clone(),
             apps: Arc::clone(&apps),
             wake: Arc::clone(&wake),
             worker_id: worker_id.clone(),
             batch: settings.workers.claim_batch,
             lease: settings.lease(),
             poll,
-            max_attempts: settings.sender.max_attempts,
-            backoff_min: Duration::from_millis(settings.sender.backoff_min_ms),
-            backoff_max: Duration::from_millis(settings.sender.backoff_max_ms),
-            last_recovery: Arc::clone(&last_recovery),
             merge_batchsend: settings.sender.merge_batchsend,
+            retry_ambiguous: settings.sender.retry_ambiguous,
+            max_reply_age: (settings.sender.max_reply_age_secs > 0)
+                .then(|| Duration::from_secs(settings.sender.max_reply_age_secs)),
             call_budget: settings.call_budget(),
             leases: Arc::clone(&leases),
+            in_flight: Arc::clone(&in_flight),
+            outcomes: outcomes_tx.clone(),
         };
         workers.spawn(w.clone().run_handoff(Arc::clone(&handoff_rx)));
         workers.spawn(w.run(token.clone()));
     }
+    drop(outcomes_tx);
 
     let verifier = Verifier::new(
         secrets,
@@ -258,28 +376,35 @@ pub async fn start(
         WebhookConfig {
             max_body_bytes: settings.http.max_body_bytes,
             accept_deadline: Duration::from_millis(settings.http.accept_deadline_ms),
+            unanswered_hold: Duration::from_millis(settings.http.unanswered_hold_ms),
         },
         verifier,
         inbox,
     );
-    let router = hook.router().route("/healthz", get(|| async { "ok" }));
+    let router = hook.router();
     let stop = token.clone();
+    let limited = listener::Limited::new(listener, settings.http.max_connections);
     let http = tokio::spawn(async move {
-        let serve = axum::serve(listener, router)
+        let serve = axum::serve(limited, router)
             .with_graceful_shutdown(async move { stop.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "webhook server stopped");
         }
     });
-    tracing::info!(%addr, worker_id, "pubbot serving: POST /webhook/{{app_key}}");
+    started.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(%addr, %admin_addr, worker_id, "pubbot serving: POST /webhook/{{app_key}}; /metrics, /healthz, /readyz on the admin address");
     Ok(Running {
         addr,
+        admin_addr,
         worker_id,
         token,
         ingest_token,
         http,
         ingest,
         workers,
+        recorder,
+        housekeeping_token,
+        housekeeping,
         deadline: Duration::from_secs(settings.shutdown_deadline_secs),
     })
 }

@@ -127,9 +127,9 @@ async fn pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    pubbot::telemetry::init();
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
+    pubbot::telemetry::init(settings.log.format);
     match cli.command {
         Command::Migrate => {
             let pool = pool(&settings).await?;

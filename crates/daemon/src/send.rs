@@ -1,48 +1,46 @@
-//! Send: workers call the platform for outbound rows this process holds:
-//! rows its decide workers planned and leased to it in the same transaction
-//! (handed over through a queue, the fast path), and due rows claimed from
-//! the table (retries, rows of other processes, a full queue).
+//! Send: workers call the platform for outbound rows this process holds —
+//! rows its decide workers planned and leased to it in the same
+//! transaction (handed over whole, the fast path), and due rows claimed
+//! from the table (retries, rows of other processes, a full hand-off).
+//! The rules a row's status follows are the outbox's
+//! ([`crate::outbox`], with its numbered invariants); this module plans
+//! the calls and makes them.
 //!
-//! A row is marked `sending` (with a lease) before the call. While the
-//! process lives, a heartbeat renews the leases of the rows it holds, however
-//! long they wait for the rate limit, and each outcome is recorded as soon as
-//! its call returns. A crash after the call and before the row is marked
-//! `sent` leaves it `sending`; when the lease expires the row goes back to
-//! `pending` and is sent again. (A database that fails while the outcome is
-//! recorded is retried for up to a lease, so a blip does not resend
-//! anything; a lease is always longer than a call, `workers.lease_secs` >
-//! `sender.request_timeout_ms` + 1 s, and a sender renews an old lease just
-//! before calling and drops a row recovered and claimed again meanwhile.) That
-//! window — one call's duration per crashed worker — is the only way a reply
-//! can go out twice; each such recovery is counted in
-//! `pubbot_outbound_recovered_total` and noted on the row.
-//!
-//! Replies with the same payload from the same account that one sender
-//! holds at once go out together as `batchsend` calls of up to 100 users
-//! (`sender.merge_batchsend`): under the platform's per-call rate limit
-//! that is up to 100 replies per unit instead of one (BENCHMARKS.md). A
-//! batch call succeeds or fails for all its rows alike.
-//!
-//! Retryable failures (R10: `1000`, `1008`, HTTP 5xx, timeouts, transport)
-//! go back to `pending` with exponential backoff and jitter, up to
-//! `sender.max_attempts`; permanent ones (`1002`, `1003`, `1004`, `1007`)
-//! mark the row `failed` with the platform's message.
+//! - **Order.** A worker sends one user's rows one after the other, in
+//!   conversation order: rows go out in *rounds*, the k-th round holding
+//!   the k-th row of every user, and a round starts when the previous one
+//!   has returned. A user whose row did not go out (a retry, a failure)
+//!   has their later rows put back untried (outbox invariant 5).
+//! - **Merging.** Within a round, replies with the same payload from the
+//!   same account go out together as `batchsend` calls of up to 100 users
+//!   (`sender.merge_batchsend`): under the platform's per-call rate limit
+//!   that is up to 100 replies per unit instead of one (BENCHMARKS.md). A
+//!   batch call succeeds or fails for all its rows alike.
+//! - **Calls run as their own tasks** and hand their outcome to the
+//!   recorder ([`crate::outbox::Recorder`]); nothing a call waits for
+//!   depends on the database answering (invariant 4).
+//! - **Failures.** Retryable ones (R10: `1000`, `1008`, HTTP 5xx, timeouts,
+//!   transport) go back to `pending` with exponential backoff and jitter,
+//!   up to `sender.max_attempts`; a call whose answer was lost (timeout,
+//!   connection broken after the request) is retried only when
+//!   `sender.retry_ambiguous` is on, and counted; permanent ones (`1002`,
+//!   `1003`, `1004`, `1007`) mark the row `failed` with the platform's
+//!   message.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use pubbot_api_client::{Article, Client, McId, MediaRef, Message, UserId};
 use pubbot_rules::{Media, PlannedReply};
-use rand::Rng;
 use sqlx::PgPool;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::notify::{work_loop, Wakeups};
+use crate::outbox::{self, Held, Leases, Outcome, Settlement};
 
 /// The client and rate limit of one app.
 pub struct AppClient {
@@ -69,7 +67,7 @@ impl AppClient {
 /// What a send worker needs.
 #[derive(Clone)]
 pub struct SendWorker {
-    /// The pool.
+    /// The send pool (claims, pre-call renewals).
     pub pool: PgPool,
     /// Clients by app key.
     pub apps: Arc<HashMap<String, AppClient>>,
@@ -83,22 +81,21 @@ pub struct SendWorker {
     pub lease: Duration,
     /// Poll interval.
     pub poll: Duration,
-    /// Tries before failing.
-    pub max_attempts: i32,
-    /// First backoff.
-    pub backoff_min: Duration,
-    /// Longest backoff.
-    pub backoff_max: Duration,
-    /// When this process last looked for expired `sending` leases (Unix
-    /// ms), shared by its send workers.
-    pub last_recovery: Arc<AtomicI64>,
     /// Merge same-payload replies into `batchsend` calls.
     pub merge_batchsend: bool,
+    /// Retry calls whose answer was lost.
+    pub retry_ambiguous: bool,
+    /// Replies older than this are expired, not sent.
+    pub max_reply_age: Option<Duration>,
     /// The longest a call may take: a lease with less left is renewed
     /// before the call.
     pub call_budget: Duration,
-    /// The leases this process holds (kept alive by [`heartbeat`]).
+    /// The leases this process holds.
     pub leases: Arc<Leases>,
+    /// Calls in flight in this process.
+    pub in_flight: Arc<Semaphore>,
+    /// Where outcomes go (the recorder).
+    pub outcomes: mpsc::Sender<Settlement>,
 }
 
 /// Maps a planned reply to the client's message.
@@ -125,138 +122,9 @@ pub fn to_message(reply: &PlannedReply) -> Message {
     }
 }
 
-/// An outbound row this process holds the `sending` lease of, ready to call.
-#[derive(Debug)]
-pub struct Claimed {
-    /// Row id.
-    pub id: i64,
-    /// App.
-    pub app_key: String,
-    /// Sending account.
-    pub mcid: String,
-    /// Recipient.
-    pub user_id: String,
-    /// The planned reply (JSON).
-    pub payload: serde_json::Value,
-    /// Tries so far, this one included.
-    pub attempts: i32,
-    /// Trace id of the push.
-    pub trace_id: String,
-}
-
-/// A row this process holds the lease of, and since when by this process's
-/// clock (taken before the lease was, so never later than it). A row can
-/// wait for the rate limit for longer than its lease; the sender renews
-/// the lease before calling (and drops a row another process took over),
-/// or that process would send it a second time.
-#[derive(Debug)]
-pub struct Held {
-    /// The row.
-    pub row: Claimed,
-    /// When the lease was taken, at the latest.
-    pub since: std::time::Instant,
-}
-
-/// The outbound rows this process holds leases on (id and attempt), from
-/// the moment they are leased until their outcome is recorded. A heartbeat
-/// ([`heartbeat`]) keeps exactly these leases alive, so a row waiting for
-/// the rate limit, however long, is never taken for abandoned, while a row
-/// this process has given up on (its outcome could not be recorded) is
-/// left to expire and be recovered.
-#[derive(Debug, Default)]
-pub struct Leases {
-    held: std::sync::Mutex<HashMap<i64, i32>>,
-}
-
-impl Leases {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, i32>> {
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Rows (id, attempts) just leased.
-    pub fn hold(&self, rows: impl IntoIterator<Item = (i64, i32)>) {
-        self.lock().extend(rows);
-    }
-
-    /// Rows no longer held (recorded, or given up).
-    pub fn release(&self, ids: impl IntoIterator<Item = i64>) {
-        let mut held = self.lock();
-        for id in ids {
-            held.remove(&id);
-        }
-    }
-}
-
-/// Renews the leases of rows `ids` held at `attempts` by `worker_id`;
-/// returns the ids still held. Matching on the attempt too: a row recovered
-/// and claimed again (by any sender, this process's too) has one more
-/// attempt than the one held here, and is not this holder's any more.
-async fn renew(
-    pool: &PgPool,
-    worker_id: &str,
-    lease: Duration,
-    ids: &[i64],
-    attempts: &[i32],
-) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "UPDATE outbound_messages o SET lease_until = now() + make_interval(secs => $4)
-           FROM UNNEST($1::int8[], $2::int4[]) AS h(id, attempts)
-          WHERE o.id = h.id AND o.attempts = h.attempts
-            AND o.lease_owner = $3 AND o.status = 'sending'
-      RETURNING o.id",
-        ids,
-        attempts,
-        worker_id,
-        lease.as_secs_f64()
-    )
-    // Planned afresh each time (see "Plans" in `crate::db`).
-    .persistent(false)
-    .fetch_all(pool)
-    .await
-}
-
-/// Renews the leases in `leases` every third of a lease until `token` is
-/// cancelled (see [`renew`]).
-pub async fn heartbeat(
-    pool: PgPool,
-    leases: Arc<Leases>,
-    worker_id: String,
-    lease: Duration,
-    token: CancellationToken,
-) {
-    let every = lease / 3;
-    loop {
-        tokio::select! {
-            () = token.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        let (ids, attempts): (Vec<i64>, Vec<i32>) =
-            leases.lock().iter().map(|(id, a)| (*id, *a)).unzip();
-        if ids.is_empty() {
-            continue;
-        }
-        let renewed = renew(&pool, &worker_id, lease, &ids, &attempts).await;
-        match renewed {
-            Ok(kept) => {
-                metrics::counter!("pubbot_lease_renewals_total").increment(kept.len() as u64)
-            }
-            Err(e) => tracing::warn!(error = %e, rows = ids.len(), "renewing leases failed"),
-        }
-    }
-}
-
-/// Rows the decide workers of this process planned and leased to it in
-/// their own transaction: the fast path that skips a NOTIFY and a claim.
-pub type Handoff = tokio::sync::mpsc::Receiver<Held>;
-
-#[derive(Clone)]
-enum Outcome {
-    Sent,
-    Retry(String),
-    Failed(String),
-}
+/// Rows of one hand-off: what one deciding transaction leased to this
+/// process, kept together so one worker sends them in order.
+pub type Handoff = mpsc::Receiver<Vec<Held>>;
 
 /// Most users in one `batchsend` call (R9).
 const BATCH_MAX_USERS: usize = 100;
@@ -266,80 +134,87 @@ const BATCH_MAX_USERS: usize = 100;
 struct Call {
     app_key: String,
     mcid: String,
-    payload: serde_json::Value,
-    rows: Vec<CallRow>,
+    reply: PlannedReply,
+    rows: Vec<Held>,
 }
 
-struct CallRow {
-    id: i64,
-    attempts: i32,
-    user_id: String,
-    trace_id: String,
-    since: std::time::Instant,
+/// Splits rows into rounds: round k holds the k-th row (in conversation
+/// order) of every user, so sending round after round keeps each user's
+/// order while different users go out together.
+fn rounds(mut rows: Vec<Held>) -> Vec<Vec<Held>> {
+    rows.sort_by(|a, b| {
+        a.row
+            .conversation()
+            .cmp(&b.row.conversation())
+            .then(a.row.order().cmp(&b.row.order()))
+            .then(a.row.id.cmp(&b.row.id))
+    });
+    let mut out: Vec<Vec<Held>> = Vec::new();
+    let mut k = 0;
+    let mut prev: Option<(String, String, String)> = None;
+    for held in rows {
+        let conv = (
+            held.row.app_key.clone(),
+            held.row.mcid.clone(),
+            held.row.user_id.clone(),
+        );
+        k = if prev.as_ref() == Some(&conv) { k + 1 } else { 0 };
+        prev = Some(conv);
+        if out.len() <= k {
+            out.push(Vec::new());
+        }
+        out[k].push(held);
+    }
+    // Oldest rows first within a round.
+    for r in &mut out {
+        r.sort_by_key(|h| h.row.id);
+    }
+    out
 }
 
 /// Whether a reply can go through a batch endpoint: text and news by
 /// `batchsend`, images and voices by URL by `operation/batchsend`; uploaded
 /// media have none.
-fn batchable(payload: &serde_json::Value) -> bool {
-    match serde_json::from_value::<PlannedReply>(payload.clone()) {
-        Ok(PlannedReply::Text { .. } | PlannedReply::News { .. }) => true,
-        Ok(PlannedReply::Image { media } | PlannedReply::Voice { media }) => {
+fn batchable(reply: &PlannedReply) -> bool {
+    match reply {
+        PlannedReply::Text { .. } | PlannedReply::News { .. } => true,
+        PlannedReply::Image { media } | PlannedReply::Voice { media } => {
             matches!(media, Media::Url(_))
         }
-        Err(_) => false,
     }
 }
 
-/// Groups rows into calls. With `merge`, rows of one app and account with
-/// the same payload share `batchsend` calls of at most 100 distinct users
-/// (a user who gets the same reply twice is in two calls); otherwise, and
-/// for payloads no batch endpoint takes, one call per row.
+/// Groups one round's rows into calls. With `merge`, rows of one app and
+/// account with the same payload share `batchsend` calls of at most 100
+/// users (a round holds one row per user); otherwise, and for payloads no
+/// batch endpoint takes, one call per row.
 fn plan_calls(rows: Vec<Held>, merge: bool) -> Vec<Call> {
-    let single = |Held { row, since }: Held| Call {
-        app_key: row.app_key,
-        mcid: row.mcid,
-        payload: row.payload,
-        rows: vec![CallRow {
-            id: row.id,
-            attempts: row.attempts,
-            user_id: row.user_id,
-            trace_id: row.trace_id,
-            since,
-        }],
+    let single = |held: Held| Call {
+        app_key: held.row.app_key.clone(),
+        mcid: held.row.mcid.clone(),
+        reply: held.row.payload.0.clone(),
+        rows: vec![held],
     };
     if !merge || rows.len() < 2 {
         return rows.into_iter().map(single).collect();
     }
     let mut calls: Vec<Call> = Vec::new();
-    // (app, account, payload text) -> indexes of its calls in `calls`.
-    let mut groups: HashMap<(String, String, String), Vec<usize>> = HashMap::new();
+    // (app, account, payload) -> index of its open call in `calls`.
+    let mut open: HashMap<(String, String, String), usize> = HashMap::new();
     for held in rows {
-        let row = &held.row;
-        if !batchable(&row.payload) {
+        if !batchable(&held.row.payload.0) {
             calls.push(single(held));
             continue;
         }
         let key = (
-            row.app_key.clone(),
-            row.mcid.clone(),
-            row.payload.to_string(),
+            held.row.app_key.clone(),
+            held.row.mcid.clone(),
+            serde_json::to_string(&held.row.payload.0).unwrap_or_default(),
         );
-        let slots = groups.entry(key).or_default();
-        let open = slots.iter().copied().find(|&i| {
-            calls[i].rows.len() < BATCH_MAX_USERS
-                && calls[i].rows.iter().all(|r| r.user_id != row.user_id)
-        });
-        match open {
-            Some(i) => calls[i].rows.push(CallRow {
-                id: held.row.id,
-                attempts: held.row.attempts,
-                user_id: held.row.user_id,
-                trace_id: held.row.trace_id,
-                since: held.since,
-            }),
-            None => {
-                slots.push(calls.len());
+        match open.get(&key) {
+            Some(&i) if calls[i].rows.len() < BATCH_MAX_USERS => calls[i].rows.push(held),
+            _ => {
+                open.insert(key, calls.len());
                 calls.push(single(held));
             }
         }
@@ -348,7 +223,7 @@ fn plan_calls(rows: Vec<Held>, merge: bool) -> Vec<Call> {
 }
 
 impl SendWorker {
-    /// Runs until `token` is cancelled.
+    /// Runs until `token` is cancelled: claims due rows and sends them.
     pub async fn run(self, token: CancellationToken) {
         work_loop(
             &self.wake.outbound,
@@ -361,211 +236,146 @@ impl SendWorker {
         .await;
     }
 
-    /// Rows left `sending` by a process that died mid-call go back to
-    /// `pending` once their lease has expired.
+    /// Claims due rows that are next in their conversation and sends them.
+    /// Returns how many it took.
     ///
     /// # Errors
-    /// Database errors.
-    pub async fn recover(&self) -> Result<u64, sqlx::Error> {
-        let n = sqlx::query!(
-            "UPDATE outbound_messages
-                SET status = 'pending', lease_owner = NULL, lease_until = NULL,
-                    last_error = 'interrupted mid-call by ' || coalesce(lease_owner, '?') || '; may have been delivered'
-              WHERE status = 'sending' AND lease_until < now()"
-        )
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if n > 0 {
-            tracing::warn!(
-                rows = n,
-                "recovered replies interrupted mid-call; they may be delivered twice"
-            );
-            metrics::counter!("pubbot_outbound_recovered_total").increment(n);
-        }
-        Ok(n)
-    }
-
-    /// Claims due rows and sends them. Returns how many it took.
-    ///
-    /// # Errors
-    /// Database errors.
+    /// Database errors of the claim.
     pub async fn once(&self) -> Result<usize, sqlx::Error> {
-        // Expired `sending` leases are rare (a crashed process): look for them
-        // once per half lease across this process's workers, not on every
-        // round's hot path.
-        let now = std::time::UNIX_EPOCH
-            .elapsed()
-            .unwrap_or_default()
-            .as_millis() as i64;
-        let every = (self.lease.as_millis() / 2) as i64;
-        let last = self.last_recovery.load(Ordering::Relaxed);
-        if now - last >= every
-            && self
-                .last_recovery
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.recover().await?;
-        }
         let since = std::time::Instant::now();
-        let claimed = sqlx::query_as!(
-            Claimed,
-            r#"UPDATE outbound_messages o
-                  SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
-                      attempts = attempts + 1
-                 FROM (SELECT id FROM outbound_messages
-                        WHERE status = 'pending' AND next_attempt_at <= now()
-                        ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) c
-                WHERE o.id = c.id
-            RETURNING o.id, o.app_key, o.mcid, o.user_id, o.payload, o.attempts, o.trace_id"#,
-            self.worker_id,
-            self.lease.as_secs_f64(),
-            self.batch
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let claimed = outbox::claim(&self.pool, &self.worker_id, self.lease, self.batch).await?;
         let n = claimed.len();
+        if n == 0 {
+            return Ok(0);
+        }
         self.leases.hold(claimed.iter().map(|r| (r.id, r.attempts)));
         self.deliver(claimed.into_iter().map(|row| Held { row, since }).collect())
-            .await?;
+            .await;
         Ok(n)
     }
 
-    /// Takes rows handed over by this process's decide workers until they
-    /// have all stopped and the hand-off is drained (so a graceful stop
-    /// leaves no leased row behind).
+    /// Takes what this process's decide workers hand over until they have
+    /// all stopped and the hand-off is drained (so a graceful stop leaves
+    /// no leased row behind).
     pub async fn run_handoff(self, handoff: Arc<tokio::sync::Mutex<Handoff>>) {
         loop {
-            let batch = {
+            let unit = {
                 let mut rx = handoff.lock().await;
-                let Some(first) = rx.recv().await else { return };
-                let mut batch = vec![first];
-                while batch.len() < usize::try_from(self.batch).unwrap_or(64) {
-                    match rx.try_recv() {
-                        Ok(row) => batch.push(row),
-                        Err(_) => break,
+                rx.recv().await
+            };
+            let Some(unit) = unit else { return };
+            self.deliver(unit).await;
+        }
+    }
+
+    /// Sends rows this process holds, round after round (per-user order),
+    /// handing every outcome to the recorder.
+    pub async fn deliver(&self, held: Vec<Held>) {
+        let mut blocked: std::collections::HashSet<(String, String, String)> =
+            std::collections::HashSet::new();
+        for round in rounds(held) {
+            let (go, wait): (Vec<Held>, Vec<Held>) = round.into_iter().partition(|h| {
+                let (a, m, u) = h.row.conversation();
+                !blocked.contains(&(a.to_owned(), m.to_owned(), u.to_owned()))
+            });
+            for h in wait {
+                self.record(h.row.id, h.row.attempts, Outcome::Deferred)
+                    .await;
+            }
+            let mut calls = tokio::task::JoinSet::new();
+            for call in plan_calls(go, self.merge_batchsend) {
+                let this = self.clone();
+                calls.spawn(async move { this.run_call(call).await });
+            }
+            while let Some(done) = calls.join_next().await {
+                match done {
+                    Ok(not_sent) => blocked.extend(not_sent),
+                    Err(e) => {
+                        // A panicked call: its rows stay leased until they
+                        // expire, and recovery sends them.
+                        tracing::error!(error = %e, "a send task failed");
                     }
                 }
-                batch
-            };
-            if let Err(e) = self.deliver(batch).await {
-                // The rows keep their lease; recovery sends them again.
-                tracing::warn!(error = %e, "settling handed-over replies failed");
-                metrics::counter!("pubbot_worker_failures_total", "worker" => "handoff")
-                    .increment(1);
             }
         }
     }
 
-    /// Calls the platform for rows this process holds, then settles them.
-    ///
-    /// # Errors
-    /// Database errors while settling.
-    pub async fn deliver(&self, held: Vec<Held>) -> Result<(), sqlx::Error> {
-        let calls = plan_calls(held, self.merge_batchsend);
-        // Outcomes are recorded as calls finish, all that finished together
-        // in one statement (`ready_chunks`): one commit for a burst of
-        // replies, and no reply waits for the rest of its batch — under a
-        // rate limit a batch can take longer than a lease, and a reply sent
-        // but not yet recorded when its lease ends would be sent again.
-        let mut done = futures_util::stream::iter(calls)
-            .map(|call| async move {
-                let ids: Vec<i64> = call.rows.iter().map(|r| r.id).collect();
-                let Some(call) = self.keep_leases(call).await else {
-                    self.leases.release(ids);
-                    return Vec::new();
-                };
-                if call.rows.len() < ids.len() {
-                    let kept: Vec<i64> = call.rows.iter().map(|r| r.id).collect();
-                    self.leases
-                        .release(ids.into_iter().filter(|id| !kept.contains(id)));
-                }
-                let outcome = self.call(&call).await;
-                call.rows
-                    .into_iter()
-                    .map(|r| (r.id, r.attempts, outcome.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .buffer_unordered(16)
-            .ready_chunks(64);
-        let mut first_error = None;
-        while let Some(chunk) = done.next().await {
-            let outcomes: Vec<(i64, i32, Outcome)> = chunk.into_iter().flatten().collect();
-            let recorded = self.record(&outcomes).await;
-            // Recorded, or given up on: either way no longer held (a row
-            // whose outcome could not be recorded expires and is recovered).
-            self.leases.release(outcomes.iter().map(|(id, _, _)| *id));
-            if let Err(e) = recorded {
-                // Keep calling and recording the rest: dropping the stream
-                // would abandon calls in flight.
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// Records outcomes of calls that were made: they must reach the table,
-    /// or the rows would stay `sending` and lease recovery would send them a
-    /// second time. A database blip is retried for up to a lease.
-    async fn record(&self, outcomes: &[(i64, i32, Outcome)]) -> Result<(), sqlx::Error> {
-        if outcomes.is_empty() {
-            return Ok(());
-        }
-        let deadline = std::time::Instant::now() + self.lease;
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match self.settle_all(outcomes).await {
-                Ok(()) => return Ok(()),
-                Err(e) if std::time::Instant::now() + pause < deadline => {
-                    tracing::warn!(error = %e, rows = outcomes.len(), "recording sent replies failed; retrying");
-                    metrics::counter!("pubbot_settle_retries_total").increment(1);
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => return Err(e),
-            }
+    async fn record(&self, id: i64, attempts: i32, outcome: Outcome) {
+        let settled = Settlement {
+            id,
+            attempts,
+            outcome,
+        };
+        if self.outcomes.send(settled).await.is_err() {
+            tracing::error!(id, "the recorder has stopped; the row is left to lease recovery");
         }
     }
 
-    /// Records the outcomes. Idempotent: every statement matches only rows
-    /// this process still holds the lease of, so a repeat after a partial
-    /// failure changes nothing twice.
-    async fn settle_all(&self, outcomes: &[(i64, i32, Outcome)]) -> Result<(), sqlx::Error> {
-        // Sent rows are marked in one statement: one commit per batch, not
-        // one per reply. A delivered reply is `sent` even if its lease ran
-        // out meanwhile (a long database outage) and recovery put it back
-        // to `pending`: that keeps it from being sent again.
-        let sent: Vec<i64> = outcomes
-            .iter()
-            .filter(|(_, _, o)| matches!(o, Outcome::Sent))
-            .map(|(id, _, _)| *id)
-            .collect();
-        if !sent.is_empty() {
-            sqlx::query!(
-                "UPDATE outbound_messages SET status = 'sent', sent_at = now(), lease_owner = NULL, lease_until = NULL
-                  WHERE id = ANY($1) AND (lease_owner = $2 OR status = 'pending')",
-                &sent,
-                self.worker_id
+    /// Makes one call (rate limit, lease check, the call) and hands its
+    /// outcome to the recorder. Returns the conversations whose row did not
+    /// go out.
+    async fn run_call(self, call: Call) -> Vec<(String, String, String)> {
+        let Ok(_permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+            return Vec::new();
+        };
+        let conv = |h: &Held| {
+            (
+                h.row.app_key.clone(),
+                h.row.mcid.clone(),
+                h.row.user_id.clone(),
             )
-            // Planned afresh each time (see "Plans" in `crate::db`).
-            .persistent(false)
-            .execute(&self.pool)
-            .await?;
+        };
+        let mut not_sent = Vec::new();
+        // Expired replies are not sent (a late answer is worse than none).
+        let (call, expired) = self.split_expired(call);
+        for h in expired {
+            metrics::counter!("pubbot_outbound_expired_total").increment(1);
+            tracing::info!(trace_id = %h.row.trace_id, "reply expired before it could be sent");
+            self.record(h.row.id, h.row.attempts, Outcome::Expired)
+                .await;
         }
-        for (id, attempts, outcome) in outcomes {
-            if !matches!(outcome, Outcome::Sent) {
-                self.settle(*id, *attempts, outcome.clone()).await?;
-            }
+        let Some(call) = call else {
+            return not_sent;
+        };
+        let all: Vec<(String, String, String)> = call.rows.iter().map(conv).collect();
+        let Some(call) = self.keep_leases(call).await else {
+            // Rows lost to another process, or given back untried: later
+            // rows of these users wait.
+            return all;
+        };
+        let outcome = self.call(&call).await;
+        let kept: Vec<(String, String, String)> = call.rows.iter().map(conv).collect();
+        for h in &call.rows {
+            self.record(h.row.id, h.row.attempts, outcome.clone()).await;
         }
-        Ok(())
+        if outcome == Outcome::Sent {
+            // Rows keep_leases dropped did not go out here.
+            not_sent.extend(all.into_iter().filter(|c| !kept.contains(c)));
+        } else {
+            not_sent.extend(all);
+        }
+        not_sent
+    }
+
+    fn split_expired(&self, mut call: Call) -> (Option<Call>, Vec<Held>) {
+        let Some(max) = self.max_reply_age else {
+            return (Some(call), Vec::new());
+        };
+        let now = chrono::Utc::now();
+        let max = chrono::Duration::from_std(max).unwrap_or(chrono::Duration::MAX);
+        let (expired, fresh): (Vec<Held>, Vec<Held>) = call
+            .rows
+            .drain(..)
+            .partition(|h| now - h.row.created_at > max);
+        call.rows = fresh;
+        ((!call.rows.is_empty()).then_some(call), expired)
     }
 
     /// Waits for the app's rate limit, then makes sure the call's rows are
     /// still this process's for longer than a call takes: a lease with less
     /// left is renewed, and rows whose lease another process has taken over
-    /// meanwhile (and will send) are dropped from the call. `None`: no row
-    /// left to send here.
+    /// meanwhile (and will send) are dropped from the call (and from this
+    /// process's held rows). `None`: no row left to send here.
     async fn keep_leases(&self, mut call: Call) -> Option<Call> {
         if let Some(app) = self.apps.get(call.app_key.as_str()) {
             app.limiter.until_ready().await;
@@ -574,31 +384,38 @@ impl SendWorker {
         if oldest.elapsed() + self.call_budget < self.lease {
             return Some(call);
         }
-        let ids: Vec<i64> = call.rows.iter().map(|r| r.id).collect();
-        let attempts: Vec<i32> = call.rows.iter().map(|r| r.attempts).collect();
-        let kept = renew(&self.pool, &self.worker_id, self.lease, &ids, &attempts).await;
-        let kept = match kept {
+        let ids: Vec<i64> = call.rows.iter().map(|r| r.row.id).collect();
+        let attempts: Vec<i32> = call.rows.iter().map(|r| r.row.attempts).collect();
+        let kept = match outbox::renew(&self.pool, &self.worker_id, self.lease, &ids, &attempts)
+            .await
+        {
             Ok(kept) => kept,
             Err(e) => {
-                // Not calling is safe: the leases expire and recovery sends
-                // the rows.
-                tracing::warn!(error = %e, rows = ids.len(), "renewing leases failed; the rows are left to recovery");
+                // Not calling is safe: the heartbeat keeps the leases, and
+                // the rows are claimed again once they expire... but they
+                // are still held here; give them back untried.
+                tracing::warn!(error = %e, rows = ids.len(), "renewing leases before a call failed; the rows go back untried");
+                for h in &call.rows {
+                    self.record(h.row.id, h.row.attempts, Outcome::Deferred)
+                        .await;
+                }
                 return None;
             }
         };
         metrics::counter!("pubbot_lease_renewals_total").increment(kept.len() as u64);
         let now = std::time::Instant::now();
-        call.rows.retain(|r| kept.contains(&r.id));
+        let lost: Vec<i64> = ids.iter().copied().filter(|id| !kept.contains(id)).collect();
+        call.rows.retain(|r| kept.contains(&r.row.id));
         for r in &mut call.rows {
             r.since = now;
         }
-        let lost = ids.len() - call.rows.len();
-        if lost > 0 {
+        if !lost.is_empty() {
             tracing::warn!(
-                rows = lost,
+                rows = lost.len(),
                 "leases expired while waiting for the rate limit; another process sends those rows"
             );
-            metrics::counter!("pubbot_lease_lost_total").increment(lost as u64);
+            metrics::counter!("pubbot_lease_lost_total").increment(lost.len() as u64);
+            self.leases.release(lost);
         }
         (!call.rows.is_empty()).then_some(call)
     }
@@ -610,24 +427,20 @@ impl SendWorker {
         let Some(app) = self.apps.get(app_key) else {
             return Outcome::Failed(format!("app {app_key:?} is not configured"));
         };
-        let reply: PlannedReply = match serde_json::from_value(call.payload.clone()) {
-            Ok(r) => r,
-            Err(e) => return Outcome::Failed(format!("stored reply does not parse: {e}")),
-        };
-        let message = to_message(&reply);
+        let message = to_message(&call.reply);
         let mcid = McId::from(call.mcid.as_str());
         let started = std::time::Instant::now();
         let (endpoint, result) = match call.rows.as_slice() {
             [one] => (
                 "send",
                 app.client
-                    .send_to(&mcid, &UserId::from(one.user_id.as_str()), &message)
+                    .send_to(&mcid, &UserId::from(one.row.user_id.as_str()), &message)
                     .await,
             ),
             rows => {
                 let users: Vec<UserId> = rows
                     .iter()
-                    .map(|r| UserId::from(r.user_id.as_str()))
+                    .map(|r| UserId::from(r.row.user_id.as_str()))
                     .collect();
                 // At most 100 distinct users (plan_calls): one chunk.
                 let result = match app.client.send_to_many(&mcid, &users, &message).await {
@@ -641,131 +454,145 @@ impl SendWorker {
                 ("batchsend", result)
             }
         };
+        let elapsed = started.elapsed();
         metrics::histogram!("pubbot_send_seconds", "endpoint" => endpoint)
-            .record(started.elapsed().as_secs_f64());
+            .record(elapsed.as_secs_f64());
         let replies = call.rows.len() as u64;
         let traces = || {
             call.rows
                 .iter()
-                .map(|r| r.trace_id.as_str())
+                .map(|r| r.row.trace_id.as_str())
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let users = || {
+            call.rows
+                .iter()
+                .map(|r| r.row.user_id.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let latency_ms = call
+            .rows
+            .iter()
+            .map(|r| (chrono::Utc::now() - r.row.created_at).num_milliseconds())
+            .max()
+            .unwrap_or(0);
         match result {
             Ok(()) => {
-                tracing::debug!(trace_id = %traces(), app_key, mcid = %call.mcid, endpoint, replies, "reply sent");
+                tracing::info!(trace_id = %traces(), app_key, mcid = %call.mcid, user = %users(), endpoint, replies, latency_ms, outcome = "sent", "reply sent");
                 metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "sent")
                     .increment(1);
                 metrics::counter!("pubbot_replies_sent_total").increment(replies);
                 Outcome::Sent
             }
+            Err(e) if e.is_retryable() && e.is_ambiguous() && !self.retry_ambiguous => {
+                tracing::warn!(trace_id = %traces(), app_key, endpoint, error = %e, "reply's answer lost; not retried (sender.retry_ambiguous = false)");
+                metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "ambiguous")
+                    .increment(1);
+                Outcome::Failed(format!("{e}; may have been delivered, not retried (sender.retry_ambiguous = false)"))
+            }
             Err(e) if e.is_retryable() => {
-                tracing::info!(trace_id = %traces(), app_key, endpoint, error = %e, "reply will be retried");
+                let ambiguous = e.is_ambiguous();
+                if ambiguous {
+                    // A retry of a call that may have been delivered: a
+                    // possible double reply, counted (outbox invariant 7).
+                    metrics::counter!("pubbot_outbound_ambiguous_retries_total")
+                        .increment(replies);
+                }
+                tracing::info!(trace_id = %traces(), app_key, endpoint, error = %e, ambiguous, "reply will be retried");
                 metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "retry")
                     .increment(1);
-                Outcome::Retry(e.to_string())
+                metrics::counter!("pubbot_send_retries_total").increment(replies);
+                let error = if ambiguous {
+                    format!("{e}; may have been delivered, retried (sender.retry_ambiguous)")
+                } else {
+                    e.to_string()
+                };
+                Outcome::Retry { error, ambiguous }
             }
             Err(e) => {
-                tracing::warn!(trace_id = %traces(), app_key, endpoint, error = %e, "reply failed permanently");
+                let code = e.code().map_or_else(|| "none".to_owned(), |c| c.code().to_string());
+                tracing::warn!(trace_id = %traces(), app_key, endpoint, error = %e, code, "reply failed permanently");
                 metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "failed")
                     .increment(1);
                 Outcome::Failed(e.to_string())
             }
         }
     }
-
-    fn backoff(&self, attempts: i32) -> Duration {
-        let exp = self
-            .backoff_min
-            .saturating_mul(1u32 << attempts.clamp(1, 20).saturating_sub(1));
-        let capped = exp.min(self.backoff_max);
-        // Full jitter on the upper half: between 50% and 100% of the delay.
-        capped.mul_f64(rand::rng().random_range(0.5..=1.0))
-    }
-
-    async fn settle(&self, id: i64, attempts: i32, outcome: Outcome) -> Result<(), sqlx::Error> {
-        match outcome {
-            Outcome::Sent => {}
-            Outcome::Retry(e) if attempts < self.max_attempts => {
-                let delay = self.backoff(attempts);
-                metrics::counter!("pubbot_send_retries_total").increment(1);
-                sqlx::query!(
-                    "UPDATE outbound_messages
-                        SET status = 'pending', next_attempt_at = now() + make_interval(secs => $3),
-                            last_error = $4, lease_owner = NULL, lease_until = NULL
-                      WHERE id = $1 AND lease_owner = $2",
-                    id,
-                    self.worker_id,
-                    delay.as_secs_f64(),
-                    e
-                )
-                .persistent(false)
-                .execute(&self.pool)
-                .await?;
-            }
-            Outcome::Retry(e) | Outcome::Failed(e) => {
-                sqlx::query!(
-                    "UPDATE outbound_messages SET status = 'failed', last_error = $3, lease_owner = NULL, lease_until = NULL
-                      WHERE id = $1 AND lease_owner = $2",
-                    id,
-                    self.worker_id,
-                    e
-                )
-                .persistent(false)
-                .execute(&self.pool)
-                .await?;
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::Claimed;
+    use sqlx::types::Json;
 
-    fn row(id: i64, app: &str, mcid: &str, user: &str, payload: serde_json::Value) -> Held {
+    fn row(id: i64, app: &str, mcid: &str, user: &str, payload: PlannedReply) -> Held {
         Held {
             row: Claimed {
                 id,
                 app_key: app.into(),
                 mcid: mcid.into(),
                 user_id: user.into(),
-                payload,
+                payload: Json(payload),
                 attempts: 1,
                 trace_id: format!("t{id}"),
+                inbound_id: Some(id),
+                reply_index: 0,
+                created_at: chrono::Utc::now(),
             },
             since: std::time::Instant::now(),
         }
     }
 
-    fn text(t: &str) -> serde_json::Value {
-        serde_json::json!({"type": "text", "content": t})
+    fn text(t: &str) -> PlannedReply {
+        PlannedReply::Text {
+            content: t.to_owned(),
+        }
     }
 
     fn shape(calls: &[Call]) -> Vec<Vec<i64>> {
         calls
             .iter()
-            .map(|c| c.rows.iter().map(|r| r.id).collect())
+            .map(|c| c.rows.iter().map(|r| r.row.id).collect())
+            .collect()
+    }
+
+    fn ids(rounds: &[Vec<Held>]) -> Vec<Vec<i64>> {
+        rounds
+            .iter()
+            .map(|r| r.iter().map(|h| h.row.id).collect())
             .collect()
     }
 
     #[test]
-    fn same_payload_same_account_merges_distinct_users() {
+    fn one_users_rows_go_in_successive_rounds_in_conversation_order() {
+        let mut late = row(1, "a", "shop", "u1", text("second"));
+        late.row.inbound_id = Some(20);
+        let mut early = row(2, "a", "shop", "u1", text("first"));
+        early.row.inbound_id = Some(10);
+        let rows = vec![
+            late,
+            early,
+            row(3, "a", "shop", "u2", text("x")),
+            row(4, "a", "other", "u1", text("y")), // another account: another conversation
+        ];
+        assert_eq!(ids(&rounds(rows)), vec![vec![2, 3, 4], vec![1]]);
+    }
+
+    #[test]
+    fn same_payload_same_account_merges_within_a_round() {
         let rows = vec![
             row(1, "a", "shop", "u1", text("hi")),
             row(2, "a", "shop", "u2", text("hi")),
-            row(3, "a", "shop", "u1", text("hi")), // u1 again: a second call
             row(4, "a", "shop", "u3", text("bye")), // other payload
             row(5, "a", "other", "u4", text("hi")), // other account
             row(6, "b", "shop", "u5", text("hi")), // other app
             row(7, "a", "shop", "u6", text("hi")),
         ];
         let calls = plan_calls(rows, true);
-        assert_eq!(
-            shape(&calls),
-            vec![vec![1, 2, 7], vec![3], vec![4], vec![5], vec![6]]
-        );
+        assert_eq!(shape(&calls), vec![vec![1, 2, 7], vec![4], vec![5], vec![6]]);
     }
 
     #[test]
@@ -793,15 +620,19 @@ mod tests {
 
     #[test]
     fn uploaded_media_are_sent_one_by_one_and_urls_merge() {
-        let uploaded = serde_json::json!({"type": "image", "media": {"media_id": "m1"}});
-        let by_url = serde_json::json!({"type": "image", "media": {"url": "http://x/p.png"}});
-        assert!(!batchable(&uploaded), "{uploaded}");
-        assert!(batchable(&by_url), "{by_url}");
+        let uploaded = PlannedReply::Image {
+            media: Media::MediaId("m1".into()),
+        };
+        let by_url = PlannedReply::Image {
+            media: Media::Url("http://x/p.png".into()),
+        };
+        assert!(!batchable(&uploaded));
+        assert!(batchable(&by_url));
         let rows = vec![
             row(1, "a", "shop", "u1", uploaded.clone()),
             row(2, "a", "shop", "u2", uploaded),
-            row(3, "a", "shop", "u1", by_url.clone()),
-            row(4, "a", "shop", "u2", by_url),
+            row(3, "a", "shop", "u3", by_url.clone()),
+            row(4, "a", "shop", "u4", by_url),
         ];
         assert_eq!(
             shape(&plan_calls(rows, true)),

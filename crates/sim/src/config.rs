@@ -39,8 +39,12 @@ pub struct PushConfig {
     /// connection (the document: 5 seconds).
     #[serde(with = "millis")]
     pub timeout: Duration,
-    /// Attempts in all, the first included (the document: three).
+    /// Attempts in all, the first included (the document: a first try and
+    /// three retries, R15).
     pub tries: u32,
+    /// Retry a push answered with a 5xx too. The document retries only a
+    /// push that got no answer within the timeout (R15); off by default.
+    pub retry_on_5xx: bool,
     /// Pause between a failed attempt and the next one.
     #[serde(with = "millis")]
     pub retry_delay: Duration,
@@ -53,7 +57,8 @@ impl Default for PushConfig {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(5),
-            tries: 3,
+            tries: 4,
+            retry_on_5xx: false,
             retry_delay: Duration::from_millis(500),
             document_style: true,
         }

@@ -23,9 +23,12 @@
 //!   code `1004` in the body (R1).
 //! - An oversized upload is `1002` (the limit is a parameter error); a file
 //!   that is not JPG/PNG/AMR, or an unknown `type`, is `1003`.
-//! - A push is done when the receiver answers any 2xx (an empty body
-//!   included); a timeout, a refused connection or a non-2xx answer is
-//!   retried, three tries in all by default.
+//! - A push is done when the receiver answers at all (R15): any answer,
+//!   an empty `200` or an error status, ends it; only no answer within the
+//!   timeout (5 s) or a refused connection brings a retry, three retries
+//!   after the first try. Retrying on a `5xx` too is an option
+//!   (`PushConfig::retry_on_5xx`, `--push-retry-on-5xx`), for receivers
+//!   written for other platforms.
 //!
 //! ## Use from a test
 //! ```no_run

@@ -39,9 +39,14 @@ struct ServeArgs {
     /// Push attempt timeout in milliseconds (the platform: 5000).
     #[arg(long, default_value_t = 5000)]
     push_timeout_ms: u64,
-    /// Push attempts in all (the platform: 3).
-    #[arg(long, default_value_t = 3)]
+    /// Push attempts in all, the first included (the platform: a first
+    /// try and three retries).
+    #[arg(long, default_value_t = 4)]
     push_tries: u32,
+    /// Also retry a push answered with a 5xx (the document retries only
+    /// when there is no answer within the timeout).
+    #[arg(long)]
+    push_retry_on_5xx: bool,
     /// Pause between push attempts, in milliseconds.
     #[arg(long, default_value_t = 500)]
     push_retry_delay_ms: u64,
@@ -184,6 +189,7 @@ fn sim_config(args: &ServeArgs) -> SimConfig {
             timeout: Duration::from_millis(args.push_timeout_ms),
             tries: args.push_tries,
             retry_delay: Duration::from_millis(args.push_retry_delay_ms),
+            retry_on_5xx: args.push_retry_on_5xx,
             ..PushConfig::default()
         },
         faults: Faults {

@@ -1,6 +1,7 @@
 //! Pushes: what users do, delivered to the account's `routeUrl` as signed
-//! XML with the platform's retry behaviour (no answer within the timeout:
-//! drop the connection and try again, three tries in all).
+//! XML with the platform's retry behaviour (R15: no answer within the
+//! timeout, or no connection: drop it and try again, three retries after
+//! the first try; any answer ends it).
 
 use std::sync::Arc;
 
@@ -177,7 +178,7 @@ pub enum PushState {
     Pending,
     /// Answered with a 2xx: the platform is done with it.
     Delivered,
-    /// Every try failed.
+    /// Every try failed, or the receiver answered with an error status.
     Failed,
     /// Not sent: the account's route is closed or has no URL.
     Skipped,
@@ -271,15 +272,18 @@ pub(crate) async fn deliver(inner: Arc<Inner>, id: usize, secret: String) {
                 detail: e.to_string(),
             },
         };
-        let done = record.outcome == "answered";
+        // R15: any answer ends the push; a 5xx is retried only when asked.
+        let retry_status = push.retry_on_5xx && record.status.is_some_and(|s| s >= 500);
+        let done = record.status.is_some() && !retry_status;
+        let delivered = record.outcome == "answered";
         tracing::debug!(id, attempt, outcome = %record.outcome, "push attempt");
         {
             let mut log = inner.lock_pushes();
             let r = &mut log[id];
             r.attempts.push(record);
-            if done {
+            if delivered {
                 r.state = PushState::Delivered;
-            } else if attempt == tries {
+            } else if done || attempt == tries {
                 r.state = PushState::Failed;
             }
         }

@@ -14,12 +14,18 @@
 //!   secret, and `pubbot_webhook_pushes_total{outcome="rejected",reason}`);
 //! - lenient parsing (R4, R5): [`parse`];
 //! - the dedup key (R6): [`InboundMessage::dedup_key`];
-//! - the answer: `200` with an empty body (the document's "received, do not
-//!   retry") once [`Inbox::accept`] returned, for a new push and for a
-//!   duplicate alike; `503` when the inbox fails or misses the deadline
-//!   (default 3 s, inside the platform's 5), so the platform retries;
-//!   `413` for a body over the cap (default 64 KiB); `400` for a body that
-//!   is not a push.
+//! - the answer (R15): `200` with an empty body (the document's "received,
+//!   do not retry") once [`Inbox::accept`] returned, for a new push and for
+//!   a duplicate alike. A push the inbox could not make durable — it failed,
+//!   or missed the deadline (default 3 s, inside the platform's 5) — gets
+//!   **no answer**: the request is held until
+//!   [`WebhookConfig::unanswered_hold`] (default 6 s) has passed since it
+//!   came in, past the platform's five-second timeout, so the platform
+//!   has dropped it and tries again; any status it saw in time could be
+//!   taken as final. Refusals that no retry can cure are answered at once:
+//!   `401`/`403`/`409` for the signature checks ([`Rejection`]), `413` for a
+//!   body over the cap (default 64 KiB), `400` for a body that is not a
+//!   push, `422` for a push the inbox will never take.
 //!
 //! **What it is not for:** storage, deduplication across replicas, or
 //! deciding replies. It knows no SQL; the service's [`Inbox`] does that.
@@ -96,11 +102,12 @@ pub enum Accepted {
 /// Why the inbox could not take a push.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InboxError {
-    /// Storage is down or overloaded: answered 503 so the platform retries.
+    /// Storage is down or overloaded: the push gets no answer in time, so
+    /// the platform retries (R15).
     #[error("inbox unavailable: {0}")]
     Unavailable(String),
-    /// The inbox will never take it (an unknown account, say): answered
-    /// 422, which the platform also retries, three tries in all.
+    /// The inbox will never take it (a field storage cannot hold, say):
+    /// answered 422 at once, which ends the platform's tries (R15).
     #[error("push refused: {0}")]
     Refused(String),
 }
@@ -117,8 +124,14 @@ pub trait Inbox: Send + Sync + 'static {
 pub struct WebhookConfig {
     /// Largest body read; larger is answered 413.
     pub max_body_bytes: usize,
-    /// How long the inbox may take before the answer is 503.
+    /// How long the inbox may take to make a push durable; past it the
+    /// push is not answered in time (R15).
     pub accept_deadline: Duration,
+    /// How long, from its arrival, a push that could not be made durable is
+    /// held before its connection gets a `503`: longer than the platform's
+    /// five-second timeout, so the platform has given up on this try and
+    /// retries, and never sees a status it might take as final (R15).
+    pub unanswered_hold: Duration,
 }
 
 impl Default for WebhookConfig {
@@ -126,6 +139,7 @@ impl Default for WebhookConfig {
         Self {
             max_body_bytes: 64 * 1024,
             accept_deadline: Duration::from_secs(3),
+            unanswered_hold: Duration::from_secs(6),
         }
     }
 }
@@ -221,16 +235,24 @@ impl<I: Inbox> Webhook<I> {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Ok(Err(InboxError::Unavailable(why))) => {
-                tracing::warn!(app_key, reason = %why, "inbox unavailable; the platform will retry");
-                rejected("unavailable");
-                StatusCode::SERVICE_UNAVAILABLE
+                tracing::warn!(app_key, reason = %why, "push not stored; no answer, the platform will retry");
+                self.unanswered(started, "unavailable").await
             }
             Err(_) => {
-                tracing::warn!(app_key, deadline = ?self.config.accept_deadline, "inbox missed the deadline; the platform will retry");
-                rejected("deadline");
-                StatusCode::SERVICE_UNAVAILABLE
+                tracing::warn!(app_key, deadline = ?self.config.accept_deadline, "push not stored in time; no answer, the platform will retry");
+                self.unanswered(started, "deadline").await
             }
         }
+    }
+
+    /// R15: no answer for a push that is not durable. Held until the
+    /// platform has timed out on this try; the `503` then reaches a
+    /// connection the platform has already dropped.
+    async fn unanswered(&self, started: Instant, reason: &'static str) -> StatusCode {
+        metrics::counter!("pubbot_webhook_pushes_total", "outcome" => "unanswered", "reason" => reason)
+            .increment(1);
+        tokio::time::sleep_until((started + self.config.unanswered_hold).into()).await;
+        StatusCode::SERVICE_UNAVAILABLE
     }
 
     fn refuse(&self, app_key: &str, r: &Rejection) -> StatusCode {

@@ -197,7 +197,11 @@ impl Verifier {
         if !bool::from(matched) {
             return Err(Rejection::BadSignature);
         }
-        let skew_secs = (now_secs - ts_secs).unsigned_abs();
+        // Checked: a valid signature over `rc-timestamp=-9223372036854775808`
+        // must be refused as stale, not overflow.
+        let skew_secs = now_secs
+            .checked_sub(ts_secs)
+            .map_or(u64::MAX, i64::unsigned_abs);
         if skew_secs > self.window.as_secs() {
             return Err(Rejection::Stale { skew_secs });
         }
@@ -333,6 +337,15 @@ mod tests {
         // Capacity 3: the oldest is forgotten.
         assert!(v.verify("app", &p, NOW).is_ok());
         assert_eq!(v.memory.lock().unwrap().seen.len(), 3);
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_an_overflow() {
+        let v = verifier(&["s"]);
+        for ts in [i64::MIN, i64::MIN + 1, -1, i64::MAX] {
+            let e = v.verify("app", &params("s", "1", ts), NOW).unwrap_err();
+            assert!(matches!(e, Rejection::Stale { .. }), "{ts}: {e}");
+        }
     }
 
     #[test]

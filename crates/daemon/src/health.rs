@@ -1,0 +1,249 @@
+//! Health, liveness and the admin listener: `/metrics` (Prometheus),
+//! `/healthz` (the process answers) and `/readyz` (the database answers
+//! within a deadline, the schema is current, rules are loaded, workers run,
+//! and no stage with work due has gone without progress for
+//! `workers.stall_secs`). Served on `http.admin_listen`, never on the
+//! webhook port.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::Pools;
+
+/// A stage of the pipeline whose progress is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Pushes committed (database or spool).
+    Ingest,
+    /// Pushes decided.
+    Decide,
+    /// Replies settled.
+    Send,
+}
+
+impl Stage {
+    const ALL: [Stage; 3] = [Stage::Ingest, Stage::Decide, Stage::Send];
+
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Ingest => "ingest",
+            Stage::Decide => "decide",
+            Stage::Send => "send",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::UNIX_EPOCH
+        .elapsed()
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// When each stage last made progress, and whether it has work due.
+#[derive(Debug)]
+pub struct Progress {
+    last: [AtomicI64; 3],
+    due: [AtomicBool; 3],
+    stalled: [AtomicBool; 3],
+    /// Pushes waiting to be committed (in the webhook, not yet answered).
+    pub ingest_waiting: AtomicI64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        let now = now_ms();
+        Self {
+            last: [AtomicI64::new(now), AtomicI64::new(now), AtomicI64::new(now)],
+            due: Default::default(),
+            stalled: Default::default(),
+            ingest_waiting: AtomicI64::new(0),
+        }
+    }
+}
+
+impl Progress {
+    /// The stage did some work just now.
+    pub fn advance(&self, stage: Stage) {
+        self.last[stage.index()].store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether the stage has work due (read by the checker).
+    pub fn set_due(&self, stage: Stage, due: bool) {
+        self.due[stage.index()].store(due, Ordering::Relaxed);
+    }
+
+    /// The stages that have work due and made no progress for `stall`,
+    /// with the seconds since their last progress.
+    pub fn stalled(&self, stall: Duration) -> Vec<(&'static str, i64)> {
+        let now = now_ms();
+        let limit = i64::try_from(stall.as_millis()).unwrap_or(i64::MAX);
+        Stage::ALL
+            .iter()
+            .filter_map(|s| {
+                let since = now - self.last[s.index()].load(Ordering::Relaxed);
+                let due = self.due[s.index()].load(Ordering::Relaxed)
+                    || (*s == Stage::Ingest && self.ingest_waiting.load(Ordering::Relaxed) > 0);
+                (due && since > limit).then_some((s.name(), since / 1000))
+            })
+            .collect()
+    }
+
+    /// Updates the `pubbot_stage_stalled{stage}` gauges and logs each
+    /// change once.
+    fn report(&self, stall: Duration) {
+        let stalled = self.stalled(stall);
+        for s in Stage::ALL {
+            let now = stalled.iter().find(|(n, _)| *n == s.name());
+            let was = self.stalled[s.index()].swap(now.is_some(), Ordering::Relaxed);
+            metrics::gauge!("pubbot_stage_stalled", "stage" => s.name())
+                .set(if now.is_some() { 1.0 } else { 0.0 });
+            match (was, now) {
+                (false, Some((_, secs))) => tracing::error!(
+                    stage = s.name(),
+                    seconds = secs,
+                    "stage stuck: work is due and nothing progressed"
+                ),
+                (true, None) => tracing::info!(stage = s.name(), "stage progressing again"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The process-wide Prometheus recorder. The `metrics` facade has one
+/// global recorder, so every daemon in a process (tests run several)
+/// shares it.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows only this one's");
+        }
+        metrics::gauge!("pubbot_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        handle
+    })
+}
+
+/// What `/readyz` checks.
+#[derive(Clone)]
+pub struct Readiness {
+    /// The housekeeping pool.
+    pub pool: PgPool,
+    /// Stage progress.
+    pub progress: Arc<Progress>,
+    /// How long a stage may stall.
+    pub stall: Duration,
+    /// Set once rules are loaded and workers started.
+    pub started: Arc<AtomicBool>,
+    /// Cancelled when the daemon stops.
+    pub token: CancellationToken,
+}
+
+impl Readiness {
+    /// Every reason the daemon is not ready (empty: ready).
+    pub async fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.token.is_cancelled() {
+            problems.push("shutting down".to_owned());
+        }
+        if !self.started.load(Ordering::Relaxed) {
+            problems.push("starting: rules not loaded or workers not running".to_owned());
+        }
+        let db = tokio::time::timeout(Duration::from_secs(2), crate::db::check_schema(&self.pool));
+        match db.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => problems.push(format!("database: {e}")),
+            Err(_) => problems.push("database: no answer within 2 s".to_owned()),
+        }
+        for (stage, secs) in self.progress.stalled(self.stall) {
+            problems.push(format!(
+                "stage {stage} stuck: work due, no progress for {secs} s"
+            ));
+        }
+        problems
+    }
+}
+
+async fn readyz(State(r): State<Readiness>) -> impl IntoResponse {
+    let problems = r.problems().await;
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{}\n", problems.join("\n")),
+        )
+    }
+}
+
+/// The admin router: `/metrics`, `/healthz`, `/readyz`.
+pub fn router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(|| async { prometheus().render() }))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(readiness)
+}
+
+/// Every `every`: reads whether work is due for decide and send, sets the
+/// stall gauges, and the pool gauges. Runs until `token` is cancelled.
+pub async fn watch(
+    pools: Pools,
+    progress: Arc<Progress>,
+    stall: Duration,
+    every: Duration,
+    token: CancellationToken,
+) {
+    loop {
+        let due = async {
+            let inbound: bool = sqlx::query_scalar!(
+                r#"SELECT EXISTS (SELECT 1 FROM inbound_messages WHERE status = 'pending') AS "due!""#
+            )
+            .fetch_one(&pools.housekeeping)
+            .await?;
+            let outbound = crate::outbox::any_due(&pools.housekeeping).await?;
+            Ok::<_, sqlx::Error>((inbound, outbound))
+        };
+        match due.await {
+            Ok((inbound, outbound)) => {
+                progress.set_due(Stage::Decide, inbound);
+                progress.set_due(Stage::Send, outbound);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading due work failed"),
+        }
+        progress.report(stall);
+        for (stage, pool) in pools.named() {
+            let size = f64::from(pool.size());
+            let idle = pool.num_idle() as f64;
+            metrics::gauge!("pubbot_db_pool_connections", "pool" => stage, "state" => "open")
+                .set(size);
+            metrics::gauge!("pubbot_db_pool_connections", "pool" => stage, "state" => "idle")
+                .set(idle);
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! The outbox: planned replies as rows of `outbound_messages`, the leases
+//! that say which process may send one, and how an outcome is recorded.
+//! Call planning and the send worker are in [`crate::send`]; this module
+//! owns every statement that changes a reply's status.
+//!
+//! # Invariants
+//!
+//! 1. **Planned once.** A reply is inserted in the transaction that decides
+//!    its push, unique on (push, reply index); a re-decided push plans
+//!    nothing new.
+//! 2. **Leased before the call.** A row is `sending`, with this process as
+//!    `lease_owner` and a `lease_until` in the future, before any call is
+//!    made for it; the claim (`FOR UPDATE SKIP LOCKED`) or the deciding
+//!    transaction that sets it commits first.
+//! 3. **A live process keeps its leases.** Every row this process holds
+//!    (from its lease until its outcome is recorded) is in [`Leases`]; the
+//!    [`heartbeat`] renews them every third of a lease, and a sender renews
+//!    an old lease, matching the attempt, just before calling. Recovery in
+//!    this process never takes a row it holds.
+//! 4. **Outcomes are recorded as calls return,** by a recorder with its own
+//!    connections ([`crate::db::Pools::settle`]), retried until the
+//!    database answers; the calls themselves run as their own tasks and are
+//!    never parked behind a database wait (a parked call times out, and a
+//!    timed-out reply that was delivered would be sent again).
+//! 5. **Per-user order.** A reply is sent only when every earlier push of
+//!    its user (same app and account) is decided and every earlier reply
+//!    of that user is settled (`sent`, `failed`, `expired`). The claim
+//!    enforces it for rows taken from the table; the deciding transaction
+//!    leases a reply to its own senders only when nothing earlier is open;
+//!    a sender sends one user's rows one after the other, and a reply that
+//!    did not go out holds back the user's later ones (they go back to
+//!    `pending` untried) — never other users'.
+//! 6. **Rows are locked in id order** by every statement that may wait for
+//!    a lock (renewal, settling), so two of them never deadlock; claims and
+//!    recovery skip locked rows instead of waiting.
+//! 7. **The windows for a double reply** are named and counted:
+//!    a call in flight when its process died is sent again after its lease
+//!    expires (`pubbot_outbound_recovered_total`, an upper bound: a row
+//!    leased by a process that died before calling is counted too); a call
+//!    whose answer was lost is retried only when `sender.retry_ambiguous`
+//!    is on (`pubbot_outbound_ambiguous_retries_total`). Nothing else sends
+//!    a reply twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pubbot_rules::PlannedReply;
+use sqlx::types::Json;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{Progress, Stage};
+use crate::notify::Wakeups;
+
+/// An outbound row this process holds the `sending` lease of.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Row id.
+    pub id: i64,
+    /// App.
+    pub app_key: String,
+    /// Sending account.
+    pub mcid: String,
+    /// Recipient.
+    pub user_id: String,
+    /// The planned reply.
+    pub payload: Json<PlannedReply>,
+    /// Tries so far, this one included.
+    pub attempts: i32,
+    /// Trace id of the push.
+    pub trace_id: String,
+    /// The push it answers (its place in the user's conversation).
+    pub inbound_id: Option<i64>,
+    /// Its place among the push's replies.
+    pub reply_index: i32,
+    /// When it was planned.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Claimed {
+    /// The conversation the row belongs to.
+    pub fn conversation(&self) -> (&str, &str, &str) {
+        (&self.app_key, &self.mcid, &self.user_id)
+    }
+
+    /// Its place in the conversation.
+    pub fn order(&self) -> (i64, i32) {
+        (self.inbound_id.unwrap_or(i64::MAX), self.reply_index)
+    }
+}
+
+/// A row this process holds the lease of, and since when by this process's
+/// clock (taken before the lease was, so never later than it).
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// The row.
+    pub row: Claimed,
+    /// When the lease was taken, at the latest.
+    pub since: std::time::Instant,
+}
+
+/// The rows this process holds leases on (id -> attempt), from the moment
+/// they are leased until their outcome is recorded (invariant 3).
+#[derive(Debug, Default)]
+pub struct Leases {
+    held: std::sync::Mutex<HashMap<i64, i32>>,
+}
+
+impl Leases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, i32>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Rows (id, attempts) just leased.
+    pub fn hold(&self, rows: impl IntoIterator<Item = (i64, i32)>) {
+        self.lock().extend(rows);
+    }
+
+    /// Rows no longer held (recorded).
+    pub fn release(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut held = self.lock();
+        for id in ids {
+            held.remove(&id);
+        }
+    }
+
+    /// The rows held, sorted by id (invariant 6).
+    pub fn snapshot(&self) -> (Vec<i64>, Vec<i32>) {
+        let mut rows: Vec<(i64, i32)> = self.lock().iter().map(|(i, a)| (*i, *a)).collect();
+        rows.sort_unstable();
+        rows.into_iter().unzip()
+    }
+
+    /// How many rows are held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Renews the leases of rows `ids` held at `attempts` by `worker_id`,
+/// locking them in id order (invariant 6); returns the ids still held.
+/// Matching the attempt too: a row recovered and claimed again has one
+/// more attempt than the one held here, and is not this holder's any more.
+///
+/// # Errors
+/// Database errors.
+pub async fn renew(
+    pool: &PgPool,
+    worker_id: &str,
+    lease: Duration,
+    ids: &[i64],
+    attempts: &[i32],
+) -> Result<Vec<i64>, sqlx::Error> {
+    let mut pairs: Vec<(i64, i32)> = ids.iter().copied().zip(attempts.iter().copied()).collect();
+    pairs.sort_unstable();
+    let (ids, attempts): (Vec<i64>, Vec<i32>) = pairs.into_iter().unzip();
+    sqlx::query_scalar!(
+        "WITH h AS (SELECT * FROM UNNEST($1::int8[], $2::int4[]) AS h(id, attempts)),
+              l AS (SELECT o.id FROM outbound_messages o JOIN h ON h.id = o.id
+                     WHERE o.attempts = h.attempts AND o.lease_owner = $3 AND o.status = 'sending'
+                     ORDER BY o.id FOR UPDATE OF o)
+         UPDATE outbound_messages o SET lease_until = now() + make_interval(secs => $4)
+           FROM l WHERE o.id = l.id
+         RETURNING o.id",
+        &ids,
+        &attempts,
+        worker_id,
+        lease.as_secs_f64()
+    )
+    // Planned afresh each time (see "Plans" in `crate::db`).
+    .persistent(false)
+    .fetch_all(pool)
+    .await
+}
+
+/// Renews the leases in `leases` every third of a lease (every second
+/// after a failure, so leases are renewed as soon as the database is back)
+/// until `token` is cancelled.
+pub async fn heartbeat(
+    pool: PgPool,
+    leases: Arc<Leases>,
+    worker_id: String,
+    lease: Duration,
+    token: CancellationToken,
+) {
+    let every = lease / 3;
+    let mut pause = every;
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        let (ids, attempts) = leases.snapshot();
+        if ids.is_empty() {
+            pause = every;
+            continue;
+        }
+        match renew(&pool, &worker_id, lease, &ids, &attempts).await {
+            Ok(kept) => {
+                metrics::counter!("pubbot_lease_renewals_total").increment(kept.len() as u64);
+                pause = every;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, rows = ids.len(), "renewing leases failed; trying again in a second");
+                pause = Duration::from_secs(1).min(every);
+            }
+        }
+    }
+}
+
+/// Puts rows whose lease expired back to `pending` (their process died, or
+/// lost the database for longer than a lease), except rows this process
+/// holds (invariant 3). Locks in id order and skips locked rows.
+/// Returns how many it recovered; each is counted in
+/// `pubbot_outbound_recovered_total` (invariant 7).
+///
+/// # Errors
+/// Database errors.
+pub async fn recover(pool: &PgPool, worker_id: &str, leases: &Leases) -> Result<u64, sqlx::Error> {
+    let (held, _) = leases.snapshot();
+    let n = sqlx::query_scalar!(
+        "WITH r AS (SELECT id FROM outbound_messages
+                     WHERE status = 'sending' AND lease_until < now()
+                       AND NOT (lease_owner = $1 AND id = ANY($2))
+                     ORDER BY id FOR UPDATE SKIP LOCKED)
+         UPDATE outbound_messages o
+            SET status = 'pending', lease_owner = NULL, lease_until = NULL,
+                last_error = 'interrupted mid-call by ' || coalesce(o.lease_owner, '?') || '; may have been delivered'
+           FROM r WHERE o.id = r.id
+         RETURNING o.id",
+        worker_id,
+        &held
+    )
+    .persistent(false)
+    .fetch_all(pool)
+    .await?
+    .len() as u64;
+    if n > 0 {
+        tracing::warn!(
+            rows = n,
+            "recovered replies interrupted mid-call; they may be delivered twice"
+        );
+        metrics::counter!("pubbot_outbound_recovered_total").increment(n);
+    }
+    Ok(n)
+}
+
+/// Runs [`recover`] every half lease until `token` is cancelled: once at
+/// start, which also takes back the rows a previous process with this
+/// `worker_id` left (it cannot be calling any more).
+pub async fn recovery(
+    pool: PgPool,
+    worker_id: String,
+    leases: Arc<Leases>,
+    lease: Duration,
+    wake: Arc<Wakeups>,
+    token: CancellationToken,
+) {
+    loop {
+        match recover(&pool, &worker_id, &leases).await {
+            Ok(n) if n > 0 => wake.outbound.notify_one(),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "lease recovery failed; trying again later"),
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(lease / 2) => {}
+        }
+    }
+}
+
+/// Claims up to `batch` due rows that are next in their conversation
+/// (invariant 5), leasing them to `worker_id` (invariant 2).
+///
+/// # Errors
+/// Database errors.
+pub async fn claim(
+    pool: &PgPool,
+    worker_id: &str,
+    lease: Duration,
+    batch: i64,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    sqlx::query_as!(
+        Claimed,
+        r#"UPDATE outbound_messages o
+              SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
+                  attempts = attempts + 1
+             FROM (SELECT c.id FROM outbound_messages c
+                    WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+                      AND NOT EXISTS (
+                          SELECT 1 FROM outbound_messages e
+                           WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
+                             AND e.status IN ('pending', 'sending')
+                             AND (e.inbound_id, e.reply_index) < (c.inbound_id, c.reply_index))
+                      AND NOT EXISTS (
+                          SELECT 1 FROM inbound_messages p
+                           WHERE p.app_key = c.app_key AND p.mcid = c.mcid AND p.user_id = c.user_id
+                             AND p.status = 'pending' AND p.id < c.inbound_id)
+                    ORDER BY c.next_attempt_at, c.id LIMIT $3 FOR UPDATE SKIP LOCKED) c
+            WHERE o.id = c.id
+        RETURNING o.id, o.app_key, o.mcid, o.user_id, o.payload AS "payload: Json<PlannedReply>",
+                  o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.created_at"#,
+        worker_id,
+        lease.as_secs_f64(),
+        batch
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Whether a reply is due and next in its conversation (for the liveness
+/// check: rows held back by an earlier reply's retry are not "due").
+///
+/// # Errors
+/// Database errors.
+pub async fn any_due(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (
+             SELECT 1 FROM outbound_messages c
+              WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+                AND NOT EXISTS (
+                    SELECT 1 FROM outbound_messages e
+                     WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
+                       AND e.status IN ('pending', 'sending')
+                       AND (e.inbound_id, e.reply_index) < (c.inbound_id, c.reply_index))) AS "due!""#
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// How a call went for one row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Delivered.
+    Sent,
+    /// Try again after a backoff.
+    Retry {
+        /// Why.
+        error: String,
+        /// The platform may have delivered it (invariant 7).
+        ambiguous: bool,
+    },
+    /// Given up: a permanent error, or the last try.
+    Failed(String),
+    /// Not tried: an earlier reply to the same user did not go out
+    /// (invariant 5). Back to `pending`, the attempt not counted.
+    Deferred,
+    /// Not sent: older than `sender.max_reply_age_secs`.
+    Expired,
+}
+
+/// One row's outcome, for the recorder.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    /// Row id.
+    pub id: i64,
+    /// The attempt the outcome is for.
+    pub attempts: i32,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Backoff and attempt limits the recorder applies to retries.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Tries before a reply fails.
+    pub max_attempts: i32,
+    /// First backoff.
+    pub backoff_min: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+}
+
+impl RetryPolicy {
+    fn backoff(&self, attempts: i32) -> Duration {
+        use rand::Rng;
+        let exp = self
+            .backoff_min
+            .saturating_mul(1u32 << attempts.clamp(1, 20).saturating_sub(1));
+        let capped = exp.min(self.backoff_max);
+        // Full jitter on the upper half: between 50% and 100% of the delay.
+        capped.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+/// Records outcomes in one statement, locking rows in id order (invariant
+/// 6). Idempotent: a row is changed only while this process holds it at
+/// that attempt — except that a delivered reply is marked `sent` even if
+/// recovery had put it back to `pending` meanwhile, which keeps it from
+/// being sent again.
+///
+/// # Errors
+/// Database errors.
+pub async fn settle(
+    pool: &PgPool,
+    worker_id: &str,
+    policy: &RetryPolicy,
+    settlements: &[Settlement],
+) -> Result<(), sqlx::Error> {
+    let mut rows: Vec<&Settlement> = settlements.iter().collect();
+    rows.sort_unstable_by_key(|s| s.id);
+    let n = rows.len();
+    let (mut ids, mut attempts, mut status, mut delay, mut error, mut undo) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for s in rows {
+        let (st, d, e, u): (&str, f64, Option<String>, i32) = match &s.outcome {
+            Outcome::Sent => ("sent", 0.0, None, 0),
+            Outcome::Retry { error, .. } if s.attempts < policy.max_attempts => (
+                "pending",
+                policy.backoff(s.attempts).as_secs_f64(),
+                Some(error.clone()),
+                0,
+            ),
+            Outcome::Retry { error, .. } | Outcome::Failed(error) => {
+                ("failed", 0.0, Some(error.clone()), 0)
+            }
+            Outcome::Deferred => ("pending", 0.0, None, 1),
+            Outcome::Expired => (
+                "expired",
+                0.0,
+                Some("older than sender.max_reply_age_secs; not sent".to_owned()),
+                0,
+            ),
+        };
+        ids.push(s.id);
+        attempts.push(s.attempts);
+        status.push(st.to_owned());
+        delay.push(d);
+        error.push(e);
+        undo.push(u);
+    }
+    sqlx::query!(
+        "WITH s AS (SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::text[], $6::int4[])
+                      AS s(id, attempts, status, delay, error, undo)),
+              l AS (SELECT o.id FROM outbound_messages o JOIN s ON s.id = o.id
+                     WHERE (o.lease_owner = $7 AND o.status = 'sending' AND o.attempts = s.attempts)
+                        OR (s.status = 'sent' AND o.status = 'pending')
+                     ORDER BY o.id FOR UPDATE OF o)
+         UPDATE outbound_messages o
+            SET status = s.status,
+                sent_at = CASE WHEN s.status = 'sent' THEN now() ELSE o.sent_at END,
+                next_attempt_at = CASE WHEN s.status = 'pending'
+                                       THEN now() + make_interval(secs => s.delay)
+                                       ELSE o.next_attempt_at END,
+                attempts = o.attempts - s.undo,
+                last_error = coalesce(s.error, o.last_error),
+                lease_owner = NULL, lease_until = NULL
+           FROM s, l
+          WHERE o.id = s.id AND l.id = s.id",
+        &ids,
+        &attempts,
+        &status as &[String],
+        &delay,
+        &error as &[Option<String>],
+        &undo,
+        worker_id,
+    )
+    .persistent(false)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The recorder: takes outcomes from the senders and records them, all
+/// that arrived together in one statement (invariant 4). A database that
+/// fails is retried (every 100 ms, backing off to 2 s) until it answers:
+/// the rows stay held and their leases renewed meanwhile, so nothing is
+/// recovered and sent again. It ends when every sender has dropped its
+/// handle and everything received is recorded.
+pub struct Recorder {
+    /// The settle pool.
+    pub pool: PgPool,
+    /// Lease identity.
+    pub worker_id: String,
+    /// Backoff and attempt limits.
+    pub policy: RetryPolicy,
+    /// Rows held by this process.
+    pub leases: Arc<Leases>,
+    /// Wakes senders when a settled row may unblock a later one.
+    pub wake: Arc<Wakeups>,
+    /// Progress of the send stage.
+    pub progress: Arc<Progress>,
+}
+
+impl Recorder {
+    /// Records until the channel closes.
+    pub async fn run(self, mut rx: mpsc::Receiver<Settlement>) {
+        let mut batch = Vec::with_capacity(512);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(s) => batch.push(s),
+                    Err(_) => break,
+                }
+            }
+            let mut pause = Duration::from_millis(100);
+            loop {
+                match settle(&self.pool, &self.worker_id, &self.policy, &batch).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, rows = batch.len(), "recording call outcomes failed; retrying (the rows stay leased)");
+                        metrics::counter!("pubbot_settle_retries_total").increment(1);
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            for s in &batch {
+                let kind = match &s.outcome {
+                    Outcome::Sent => "sent",
+                    Outcome::Retry { .. } => "retry",
+                    Outcome::Failed(_) => "failed",
+                    Outcome::Deferred => "deferred",
+                    Outcome::Expired => "expired",
+                };
+                metrics::counter!("pubbot_outbound_settled_total", "outcome" => kind).increment(1);
+            }
+            self.leases.release(batch.iter().map(|s| s.id));
+            self.progress.advance(Stage::Send);
+            // A settled reply may be what held back the next one of its user.
+            self.wake.outbound.notify_one();
+            batch.clear();
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! The local spool: pushes the database could not take in time, kept on
+//! disk so they can be answered (R15: an answer ends the platform's tries,
+//! so a push is answered only once it is durable somewhere) and drained
+//! into PostgreSQL when it answers again.
+//!
+//! - **Format.** Segment files `spool-{seq}.jsonl` in `ingest.spool_dir`,
+//!   one JSON object per line (the raw body hex-encoded). A writer thread
+//!   appends what arrived together and `fsync`s once for the group before
+//!   any of its pushes is answered. A line torn by a crash was never
+//!   answered; the drain skips it.
+//! - **Drain.** Every second (and at start), when the spool holds
+//!   anything, the writer closes its segment; each closed segment is
+//!   inserted with the same `ON CONFLICT DO NOTHING` as the group commit
+//!   (the R6 key: a push both spooled and stored, or held by another
+//!   replica too, is stored once) and deleted after the commit. A crash
+//!   between the two inserts it again, which changes nothing.
+//! - **Limits.** The spool is capped at `ingest.spool_max_bytes`; past it,
+//!   or when a write fails, the push gets no answer (the platform retries).
+//! - **One owner.** The directory is locked (`LOCK`): two processes on one
+//!   spool would drain each other's segments.
+//!
+//! **What is lost if the directory is lost:** the pushes in it, which the
+//! platform was told were received. Keep it on a disk that outlives the
+//! process (systemd `StateDirectory=`, a Kubernetes volume).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Why the spool could not take a push or start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// Writing or syncing failed.
+    #[error("spool {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `ingest.spool_max_bytes` reached.
+    #[error("spool is full ({bytes} of {max} bytes)")]
+    Full {
+        /// Bytes on disk.
+        bytes: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// Another process holds the directory.
+    #[error("spool {0} is locked by another process (each process needs its own spool_dir)")]
+    Locked(String),
+    /// The writer has stopped.
+    #[error("spool writer stopped")]
+    Stopped,
+}
+
+fn io(path: &Path, source: std::io::Error) -> SpoolError {
+    SpoolError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// One spooled push: the columns of `inbound_messages` it becomes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SpooledPush {
+    /// App key.
+    pub app_key: String,
+    /// Account.
+    pub mcid: String,
+    /// User.
+    pub user_id: String,
+    /// `MsgType`.
+    pub msg_type: String,
+    /// R6 key.
+    pub dedup_key: String,
+    /// `MsgId`.
+    pub msg_id: Option<String>,
+    /// `CreateTime`.
+    pub create_time: Option<i64>,
+    /// The parsed message, JSON.
+    pub message: String,
+    /// The body as received, hex.
+    pub raw_hex: String,
+    /// Trace id.
+    pub trace_id: String,
+}
+
+enum Command {
+    Append(Vec<u8>, oneshot::Sender<Result<(), SpoolError>>),
+    /// Close the open segment; answers the segments now closed.
+    Rotate(oneshot::Sender<Vec<PathBuf>>),
+}
+
+/// A handle on the spool. Cheap to clone.
+#[derive(Clone)]
+pub struct Spool {
+    tx: mpsc::Sender<Command>,
+    bytes: Arc<AtomicU64>,
+    dir: PathBuf,
+}
+
+fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let seq = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("spool-"))
+            .and_then(|n| n.strip_suffix(".jsonl"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(seq) = seq {
+            found.push((seq, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+struct Writer {
+    dir: PathBuf,
+    max: u64,
+    bytes: Arc<AtomicU64>,
+    next_seq: u64,
+    open: Option<(PathBuf, File)>,
+    _lock: File,
+}
+
+impl Writer {
+    fn append_group(&mut self, lines: &[Vec<u8>]) -> Result<(), SpoolError> {
+        let size: u64 = lines.iter().map(|l| l.len() as u64 + 1).sum();
+        let have = self.bytes.load(Ordering::Relaxed);
+        if have + size > self.max {
+            return Err(SpoolError::Full {
+                bytes: have,
+                max: self.max,
+            });
+        }
+        if self.open.is_none() {
+            let path = self.dir.join(format!("spool-{:020}.jsonl", self.next_seq));
+            self.next_seq += 1;
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io(&path, e))?;
+            // The new file's name must be durable too.
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io(&self.dir, e))?;
+            self.open = Some((path, file));
+        }
+        let Some((path, file)) = self.open.as_mut() else {
+            return Err(SpoolError::Stopped);
+        };
+        let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        for l in lines {
+            buf.extend_from_slice(l);
+            buf.push(b'\n');
+        }
+        file.write_all(&buf).map_err(|e| io(path, e))?;
+        file.sync_data().map_err(|e| io(path, e))?;
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Vec<PathBuf> {
+        self.open = None;
+        segments(&self.dir)
+            .map(|s| s.into_iter().map(|(_, p)| p).collect())
+            .unwrap_or_default()
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = Vec::new();
+            let mut rotations = Vec::new();
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append(line, done) => group.push((line, done)),
+                    Command::Rotate(done) => rotations.push(done),
+                }
+                if group.len() < 1024 {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                let lines: Vec<Vec<u8>> = group.iter().map(|(l, _)| l.clone()).collect();
+                let result = self.append_group(&lines);
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, pushes = lines.len(), "spool write failed; those pushes get no answer");
+                    // Whatever was written of a failed group is never
+                    // answered; start a fresh segment.
+                    self.open = None;
+                }
+                for (_, done) in group {
+                    let _ = done.send(match &result {
+                        Ok(()) => Ok(()),
+                        Err(SpoolError::Full { bytes, max }) => Err(SpoolError::Full {
+                            bytes: *bytes,
+                            max: *max,
+                        }),
+                        Err(e) => Err(SpoolError::Io {
+                            path: self.dir.display().to_string(),
+                            source: std::io::Error::other(e.to_string()),
+                        }),
+                    });
+                }
+            }
+            for done in rotations {
+                let _ = done.send(self.rotate());
+            }
+        }
+    }
+}
+
+impl Spool {
+    /// Opens (creating) and locks `dir`, and starts the writer thread.
+    ///
+    /// # Errors
+    /// The directory cannot be created, read or locked.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(SpoolError::Locked(dir.display().to_string()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path, e)),
+        }
+        let existing = segments(dir).map_err(|e| io(dir, e))?;
+        let mut bytes = 0;
+        for (_, p) in &existing {
+            bytes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        }
+        let bytes = Arc::new(AtomicU64::new(bytes));
+        let writer = Writer {
+            dir: dir.to_owned(),
+            max: max_bytes,
+            bytes: Arc::clone(&bytes),
+            next_seq: existing.last().map_or(1, |(s, _)| s + 1),
+            open: None,
+            _lock: lock,
+        };
+        let (tx, rx) = mpsc::channel(8192);
+        std::thread::Builder::new()
+            .name("pubbot-spool".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| io(dir, e))?;
+        Ok(Self {
+            tx,
+            bytes,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Appends one push and returns once it is on disk (fsync'd).
+    ///
+    /// # Errors
+    /// [`SpoolError`]: full, an I/O error, or the writer stopped.
+    pub async fn append(&self, push: &SpooledPush) -> Result<(), SpoolError> {
+        let line = serde_json::to_vec(push).map_err(|e| io(&self.dir, e.into()))?;
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Append(line, done))
+            .await
+            .map_err(|_| SpoolError::Stopped)?;
+        wait.await.map_err(|_| SpoolError::Stopped)?
+    }
+
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    async fn rotate(&self) -> Vec<PathBuf> {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::Rotate(done)).await.is_err() {
+            return Vec::new();
+        }
+        wait.await.unwrap_or_default()
+    }
+
+    /// Reads a closed segment; torn or unreadable lines are skipped (never
+    /// answered) and counted.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn read_segment(path: &Path) -> Result<Vec<SpooledPush>, SpoolError> {
+        let file = File::open(path).map_err(|e| io(path, e))?;
+        let mut pushes = Vec::new();
+        for line in BufReader::new(file).split(b'\n') {
+            let line = line.map_err(|e| io(path, e))?;
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<SpooledPush>(&line) {
+                Ok(p) => pushes.push(p),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "skipping a torn spool line (never answered)");
+                    metrics::counter!("pubbot_spool_pushes_total", "outcome" => "torn").increment(1);
+                }
+            }
+        }
+        Ok(pushes)
+    }
+
+    /// Drains every closed segment into PostgreSQL with `store` (which
+    /// inserts a batch, deduplicated); stops at the first failure. Returns
+    /// the pushes drained.
+    pub async fn drain_once<F, Fut>(&self, mut store: F) -> usize
+    where
+        F: FnMut(Vec<SpooledPush>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        if self.bytes() == 0 {
+            return 0;
+        }
+        let mut drained = 0;
+        for path in self.rotate().await {
+            let pushes = match Self::read_segment(&path) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading a spool segment failed; left in place");
+                    return drained;
+                }
+            };
+            let n = pushes.len();
+            let mut ok = true;
+            for chunk in pushes.chunks(256) {
+                if let Err(e) = store(chunk.to_vec()).await {
+                    tracing::warn!(error = %e, "draining the spool failed; trying again later");
+                    ok = false;
+                    break;
+                }
+            }
+            if !ok {
+                return drained;
+            }
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::error!(path = %path.display(), error = %e, "removing a drained spool segment failed");
+                return drained;
+            }
+            self.bytes.fetch_sub(size.min(self.bytes()), Ordering::Relaxed);
+            metrics::counter!("pubbot_spool_pushes_total", "outcome" => "drained")
+                .increment(n as u64);
+            drained += n;
+        }
+        if drained > 0 {
+            tracing::info!(pushes = drained, "spooled pushes stored");
+        }
+        drained
+    }
+
+    /// Drains every `every` (at once at start) until `token` is cancelled.
+    pub async fn drain<F, Fut>(self, every: Duration, token: CancellationToken, mut store: F)
+    where
+        F: FnMut(Vec<SpooledPush>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        loop {
+            self.drain_once(&mut store).await;
+            metrics::gauge!("pubbot_spool_bytes").set(self.bytes() as f64);
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(n: usize) -> SpooledPush {
+        SpooledPush {
+            app_key: "a".into(),
+            mcid: "m".into(),
+            user_id: format!("u{n}"),
+            msg_type: "text".into(),
+            dedup_key: format!("k{n}"),
+            msg_id: Some(n.to_string()),
+            create_time: None,
+            message: "{}".into(),
+            raw_hex: hex::encode([0u8, 0xFF, b'<']),
+            trace_id: "t".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn spooled_pushes_survive_a_reopen_torn_lines_are_skipped_and_the_cap_holds() {
+        let dir = std::env::temp_dir().join(format!("pubbot-spool-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let spool = Spool::open(&dir, 10_000).unwrap();
+            // One owner only.
+            assert!(matches!(
+                Spool::open(&dir, 10_000),
+                Err(SpoolError::Locked(_))
+            ));
+            for n in 0..3 {
+                spool.append(&push(n)).await.unwrap();
+            }
+            // Over the cap: refused, nothing half-written is answered.
+            let mut big = push(9);
+            big.message = "x".repeat(20_000);
+            assert!(matches!(
+                spool.append(&big).await,
+                Err(SpoolError::Full { .. })
+            ));
+            drop(spool);
+        }
+        // The writer thread ends when its handles are gone; the lock goes
+        // with it.
+        let mut reopened = None;
+        for _ in 0..100 {
+            match Spool::open(&dir, 10_000) {
+                Ok(s) => {
+                    reopened = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let spool = reopened.expect("reopened");
+        // A crash mid-line leaves a torn tail.
+        let (_, last) = segments(&dir).unwrap().pop().unwrap();
+        let mut f = OpenOptions::new().append(true).open(&last).unwrap();
+        f.write_all(b"{\"app_key\":\"a\",\"mc").unwrap();
+        drop(f);
+        assert!(spool.bytes() > 0);
+        let stored = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = Arc::clone(&stored);
+        let n = spool
+            .drain_once(move |chunk| {
+                let s2 = Arc::clone(&s2);
+                async move {
+                    s2.lock().unwrap().extend(chunk);
+                    Ok(())
+                }
+            })
+            .await;
+        assert_eq!(n, 3);
+        assert_eq!(*stored.lock().unwrap(), vec![push(0), push(1), push(2)]);
+        assert!(segments(&dir).unwrap().is_empty());
+        assert_eq!(spool.bytes(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
