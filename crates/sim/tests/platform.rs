@@ -1027,10 +1027,11 @@ async fn pushes_are_signed_xml_in_the_document_format() {
 }
 
 #[tokio::test]
-async fn a_stalled_receiver_gets_three_tries_then_the_push_fails() {
+async fn a_stalled_receiver_gets_a_try_and_three_retries_then_the_push_fails() {
+    // R15: no answer within the timeout brings a retry, three in all.
     let s = sim().await;
     let api = Api::new(&s);
-    let (url, rx) = receiver(vec!["stall", "stall", "stall"]).await;
+    let (url, rx) = receiver(vec!["stall", "stall", "stall", "stall"]).await;
     api.add_account("mc", &url).await;
     let r = api
         .control(
@@ -1046,8 +1047,8 @@ async fn a_stalled_receiver_gets_three_tries_then_the_push_fails() {
         .iter()
         .map(|a| a["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["timeout", "timeout", "timeout"]);
-    assert_eq!(rx.seen.lock().unwrap().len(), 3);
+    assert_eq!(outcomes, ["timeout", "timeout", "timeout", "timeout"]);
+    assert_eq!(rx.seen.lock().unwrap().len(), 4);
     // Each try is signed afresh.
     let nonces: std::collections::HashSet<String> = rx
         .seen
@@ -1056,12 +1057,46 @@ async fn a_stalled_receiver_gets_three_tries_then_the_push_fails() {
         .iter()
         .map(|(q, _)| param(q, "rc-nonce").to_owned())
         .collect();
-    assert_eq!(nonces.len(), 3);
+    assert_eq!(nonces.len(), 4);
 }
 
 #[tokio::test]
-async fn a_receiver_failing_twice_gets_the_push_on_the_third_try() {
+async fn any_answer_ends_a_push_even_an_error_status() {
+    // R15: "any response ends it"; only no response brings a retry.
     let s = sim().await;
+    let api = Api::new(&s);
+    let (url, rx) = receiver(vec!["500"]).await;
+    api.add_account("mc", &url).await;
+    let r = api
+        .control(
+            "/_sim/message",
+            json!({"mcid": "mc", "user": "u", "type": "text", "content": "hi", "wait": true}),
+        )
+        .await;
+    let push = &r["pushes"][0];
+    assert_eq!(push["state"], "failed");
+    assert_eq!(push["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(push["attempts"][0]["status"], 503);
+    assert_eq!(rx.seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn with_retry_on_5xx_a_receiver_failing_twice_gets_the_push_on_the_third_try() {
+    let s = RunningSim::start(SimConfig {
+        apps: vec![AppCredentials {
+            key: KEY.into(),
+            secret: SECRET.into(),
+        }],
+        push: PushConfig {
+            timeout: Duration::from_millis(300),
+            retry_delay: Duration::from_millis(20),
+            retry_on_5xx: true,
+            ..PushConfig::default()
+        },
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
     let api = Api::new(&s);
     let (url, rx) = receiver(vec!["500", "stall"]).await;
     api.add_account("mc", &url).await;
