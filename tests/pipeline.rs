@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+mod faults;
+
 use pubbot_e2e::{db_addr, eventually, webhook_url, Proxy, World, KEY, SHOP};
 use pubbot_rules::{Options, RuleFile};
 use serde_json::json;

@@ -112,7 +112,11 @@ impl World {
 
     /// Starts a daemon on a loopback port. A daemon left with the default
     /// `ingest.spool_dir` gets a fresh one of its own.
-    pub async fn daemon(&self, mut settings: Settings, pool: PgPool) -> (Running, CancellationToken) {
+    pub async fn daemon(
+        &self,
+        mut settings: Settings,
+        pool: PgPool,
+    ) -> (Running, CancellationToken) {
         if settings.ingest.spool_dir == "spool" {
             settings.ingest.spool_dir = fresh_dir("spool").display().to_string();
         }

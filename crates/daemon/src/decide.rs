@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pubbot_rules::{Context, Incoming, IncomingKind, PlannedReply};
-use sqlx::types::Json;
 use pubbot_webhook::{Event, InboundMessage, MessageBody};
+use sqlx::types::Json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 

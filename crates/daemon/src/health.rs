@@ -67,7 +67,11 @@ impl Default for Progress {
     fn default() -> Self {
         let now = now_ms();
         Self {
-            last: [AtomicI64::new(now), AtomicI64::new(now), AtomicI64::new(now)],
+            last: [
+                AtomicI64::new(now),
+                AtomicI64::new(now),
+                AtomicI64::new(now),
+            ],
             due: Default::default(),
             stalled: Default::default(),
             ingest_waiting: AtomicI64::new(0),
@@ -109,8 +113,11 @@ impl Progress {
         for s in Stage::ALL {
             let now = stalled.iter().find(|(n, _)| *n == s.name());
             let was = self.stalled[s.index()].swap(now.is_some(), Ordering::Relaxed);
-            metrics::gauge!("pubbot_stage_stalled", "stage" => s.name())
-                .set(if now.is_some() { 1.0 } else { 0.0 });
+            metrics::gauge!("pubbot_stage_stalled", "stage" => s.name()).set(if now.is_some() {
+                1.0
+            } else {
+                0.0
+            });
             match (was, now) {
                 (false, Some((_, secs))) => tracing::error!(
                     stage = s.name(),
@@ -138,7 +145,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("a metrics recorder was already installed; /metrics shows only this one's");
+            tracing::warn!(
+                "a metrics recorder was already installed; /metrics shows only this one's"
+            );
         }
         metrics::gauge!("pubbot_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         handle
@@ -245,5 +254,32 @@ pub async fn watch(
             () = token.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_is_stuck_only_with_work_due_and_no_progress() {
+        let p = Progress::default();
+        let zero = Duration::ZERO;
+        // Let the clock move past the start.
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(p.stalled(zero).is_empty(), "nothing due");
+        p.set_due(Stage::Send, true);
+        assert_eq!(p.stalled(zero).len(), 1);
+        assert_eq!(p.stalled(zero)[0].0, "send");
+        assert!(
+            p.stalled(Duration::from_secs(60)).is_empty(),
+            "not for long"
+        );
+        p.ingest_waiting.store(3, Ordering::Relaxed);
+        let names: Vec<&str> = p.stalled(zero).iter().map(|s| s.0).collect();
+        assert_eq!(names, ["ingest", "send"]);
+        p.advance(Stage::Send);
+        p.advance(Stage::Ingest);
+        assert!(p.stalled(Duration::from_secs(1)).is_empty(), "progress");
     }
 }

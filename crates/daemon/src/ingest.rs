@@ -182,16 +182,14 @@ impl PgInbox {
         match spool.append(&row.spooled()).await {
             Ok(()) => {
                 tracing::info!(trace_id = %row.trace_id, reason = why, "push spooled; stored when the database answers");
-                metrics::counter!("pubbot_spool_pushes_total", "outcome" => "spooled")
-                    .increment(1);
+                metrics::counter!("pubbot_spool_pushes_total", "outcome" => "spooled").increment(1);
                 metrics::counter!("pubbot_inbound_messages_total", "outcome" => "spooled")
                     .increment(1);
                 self.progress.advance(Stage::Ingest);
                 Ok(Accepted::New)
             }
             Err(e) => {
-                metrics::counter!("pubbot_spool_pushes_total", "outcome" => "refused")
-                    .increment(1);
+                metrics::counter!("pubbot_spool_pushes_total", "outcome" => "refused").increment(1);
                 Err(InboxError::Unavailable(format!("{why}; spool: {e}")))
             }
         }
@@ -204,7 +202,10 @@ impl PgInbox {
 /// The database error, as text.
 pub async fn store_spooled(pool: &PgPool, pushes: Vec<SpooledPush>) -> Result<(), String> {
     let rows: Vec<Row> = pushes.into_iter().map(Row::from_spooled).collect();
-    insert(pool, &rows).await.map(|_| ()).map_err(|e| e.to_string())
+    insert(pool, &rows)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 impl Inbox for PgInbox {
@@ -230,10 +231,14 @@ impl Inbox for PgInbox {
             return Err(InboxError::Refused(why));
         }
         tracing::debug!(trace_id = %trace, app_key = %push.app_key, mcid = %m.to, msg_type = m.msg_type(), "push received");
-        self.progress.ingest_waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.progress
+            .ingest_waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let spooled = row.clone();
         let outcome = tokio::time::timeout(self.spool_after, self.via_database(row)).await;
-        self.progress.ingest_waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.progress
+            .ingest_waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         match outcome {
             Ok(Ok(accepted)) => Ok(accepted),
             Ok(Err(InboxError::Refused(why))) => Err(InboxError::Refused(why)),
@@ -332,7 +337,10 @@ async fn insert(pool: &PgPool, rows: &[Row]) -> Result<Vec<(String, String)>, sq
     )
     .fetch_all(pool)
     .await?;
-    Ok(inserted.into_iter().map(|r| (r.app_key, r.dedup_key)).collect())
+    Ok(inserted
+        .into_iter()
+        .map(|r| (r.app_key, r.dedup_key))
+        .collect())
 }
 
 /// Whether an error is about a row's data (one push at fault), not the
@@ -448,5 +456,69 @@ impl Columns {
         self.message.push(r.message);
         self.raw.push(r.raw);
         self.trace_id.push(r.trace_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(user: &str, key: &str) -> Row {
+        Row {
+            app_key: "a".into(),
+            mcid: "shop".into(),
+            user_id: user.into(),
+            msg_type: "text".into(),
+            dedup_key: key.into(),
+            msg_id: Some(key.into()),
+            create_time: None,
+            message: "{}".into(),
+            raw: b"<xml/>".to_vec(),
+            trace_id: "t".into(),
+        }
+    }
+
+    #[test]
+    fn what_text_cannot_keep_is_named_before_the_batch() {
+        assert!(storable(&row("alice", "k")).is_ok());
+        let e = storable(&row("al\0ice", "k")).unwrap_err();
+        assert!(e.contains("FromUserName"), "{e}");
+        let e = storable(&row(&"x".repeat(MAX_ID_BYTES + 1), "k")).unwrap_err();
+        assert!(e.contains("at most"), "{e}");
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn a_row_postgres_refuses_is_split_out_of_its_batch(pool: PgPool) {
+        // Past the check (as a future column might be): the batch fails as
+        // a whole, is split, and only the row at fault is refused.
+        let mut waits = Vec::new();
+        let mut batch = Vec::new();
+        for i in 0..9 {
+            let user = if i == 4 {
+                "bad\0".to_owned()
+            } else {
+                format!("u{i}")
+            };
+            let (done, wait) = oneshot::channel();
+            batch.push(Pending {
+                row: row(&user, &format!("k{i}")),
+                done,
+            });
+            waits.push(wait);
+        }
+        flush(&pool, batch).await;
+        for (i, w) in waits.into_iter().enumerate() {
+            let r = w.await.unwrap();
+            if i == 4 {
+                assert!(matches!(r, Err(InboxError::Refused(_))), "{r:?}");
+            } else {
+                assert_eq!(r, Ok(Accepted::New), "push {i}");
+            }
+        }
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 8);
     }
 }

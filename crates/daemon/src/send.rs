@@ -158,7 +158,11 @@ fn rounds(mut rows: Vec<Held>) -> Vec<Vec<Held>> {
             held.row.mcid.clone(),
             held.row.user_id.clone(),
         );
-        k = if prev.as_ref() == Some(&conv) { k + 1 } else { 0 };
+        k = if prev.as_ref() == Some(&conv) {
+            k + 1
+        } else {
+            0
+        };
         prev = Some(conv);
         if out.len() <= k {
             out.push(Vec::new());
@@ -307,7 +311,10 @@ impl SendWorker {
             outcome,
         };
         if self.outcomes.send(settled).await.is_err() {
-            tracing::error!(id, "the recorder has stopped; the row is left to lease recovery");
+            tracing::error!(
+                id,
+                "the recorder has stopped; the row is left to lease recovery"
+            );
         }
     }
 
@@ -404,7 +411,11 @@ impl SendWorker {
         };
         metrics::counter!("pubbot_lease_renewals_total").increment(kept.len() as u64);
         let now = std::time::Instant::now();
-        let lost: Vec<i64> = ids.iter().copied().filter(|id| !kept.contains(id)).collect();
+        let lost: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !kept.contains(id))
+            .collect();
         call.rows.retain(|r| kept.contains(&r.row.id));
         for r in &mut call.rows {
             r.since = now;
@@ -490,15 +501,16 @@ impl SendWorker {
                 tracing::warn!(trace_id = %traces(), app_key, endpoint, error = %e, "reply's answer lost; not retried (sender.retry_ambiguous = false)");
                 metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "ambiguous")
                     .increment(1);
-                Outcome::Failed(format!("{e}; may have been delivered, not retried (sender.retry_ambiguous = false)"))
+                Outcome::Failed(format!(
+                    "{e}; may have been delivered, not retried (sender.retry_ambiguous = false)"
+                ))
             }
             Err(e) if e.is_retryable() => {
                 let ambiguous = e.is_ambiguous();
                 if ambiguous {
                     // A retry of a call that may have been delivered: a
                     // possible double reply, counted (outbox invariant 7).
-                    metrics::counter!("pubbot_outbound_ambiguous_retries_total")
-                        .increment(replies);
+                    metrics::counter!("pubbot_outbound_ambiguous_retries_total").increment(replies);
                 }
                 tracing::info!(trace_id = %traces(), app_key, endpoint, error = %e, ambiguous, "reply will be retried");
                 metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "retry")
@@ -512,7 +524,9 @@ impl SendWorker {
                 Outcome::Retry { error, ambiguous }
             }
             Err(e) => {
-                let code = e.code().map_or_else(|| "none".to_owned(), |c| c.code().to_string());
+                let code = e
+                    .code()
+                    .map_or_else(|| "none".to_owned(), |c| c.code().to_string());
                 tracing::warn!(trace_id = %traces(), app_key, endpoint, error = %e, code, "reply failed permanently");
                 metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "failed")
                     .increment(1);
@@ -588,11 +602,14 @@ mod tests {
             row(2, "a", "shop", "u2", text("hi")),
             row(4, "a", "shop", "u3", text("bye")), // other payload
             row(5, "a", "other", "u4", text("hi")), // other account
-            row(6, "b", "shop", "u5", text("hi")), // other app
+            row(6, "b", "shop", "u5", text("hi")),  // other app
             row(7, "a", "shop", "u6", text("hi")),
         ];
         let calls = plan_calls(rows, true);
-        assert_eq!(shape(&calls), vec![vec![1, 2, 7], vec![4], vec![5], vec![6]]);
+        assert_eq!(
+            shape(&calls),
+            vec![vec![1, 2, 7], vec![4], vec![5], vec![6]]
+        );
     }
 
     #[test]

@@ -314,7 +314,8 @@ impl Spool {
                 Ok(p) => pushes.push(p),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "skipping a torn spool line (never answered)");
-                    metrics::counter!("pubbot_spool_pushes_total", "outcome" => "torn").increment(1);
+                    metrics::counter!("pubbot_spool_pushes_total", "outcome" => "torn")
+                        .increment(1);
                 }
             }
         }
@@ -358,7 +359,8 @@ impl Spool {
                 tracing::error!(path = %path.display(), error = %e, "removing a drained spool segment failed");
                 return drained;
             }
-            self.bytes.fetch_sub(size.min(self.bytes()), Ordering::Relaxed);
+            self.bytes
+                .fetch_sub(size.min(self.bytes()), Ordering::Relaxed);
             metrics::counter!("pubbot_spool_pushes_total", "outcome" => "drained")
                 .increment(n as u64);
             drained += n;

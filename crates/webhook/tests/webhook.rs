@@ -608,8 +608,7 @@ async fn a_push_the_inbox_cannot_keep_gets_no_answer_and_the_platform_retries() 
         .map(|a| a["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(
-        outcomes,
-        ["timeout"; 4],
+        outcomes, ["timeout"; 4],
         "no status reached the platform; a first try and three retries"
     );
     assert_eq!(r["pushes"][0]["state"], "failed");
@@ -637,7 +636,10 @@ async fn a_push_the_inbox_cannot_keep_gets_no_answer_and_the_platform_retries() 
     assert_eq!(r["pushes"][0]["state"], "delivered");
     let statuses = Setup::statuses(&r["pushes"][0]);
     assert_eq!(statuses.last(), Some(&200));
-    assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == 0), "{statuses:?}");
+    assert!(
+        statuses[..statuses.len() - 1].iter().all(|s| *s == 0),
+        "{statuses:?}"
+    );
     assert_eq!(s.stored().len(), 1);
 
     // A slow inbox: held past the (simulated) platform timeout, not
