@@ -34,6 +34,9 @@ export PUBBOT__DATABASE__URL="$BENCH_URL"
 cat > "$WORK/bench.toml" <<TOML
 [http]
 listen = "127.0.0.1:18080"
+admin_listen = "127.0.0.1:19090"
+[ingest]
+spool_dir = "$WORK/spool"
 [[apps]]
 key = "bench-app"
 secret = "bench-secret"
@@ -47,7 +50,7 @@ $PUBBOT --config "$WORK/bench.toml" rules import config/bench-rules.toml >/dev/n
 start_pubbot() {
   RUST_LOG=warn $PUBBOT --config "$WORK/bench.toml" serve &
   PUBBOT_PID=$!
-  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && return; sleep 0.1; done
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19090/healthz >/dev/null && return; sleep 0.1; done
   echo "pubbot did not start" >&2; exit 1
 }
 stop_pubbot() { kill "$PUBBOT_PID"; wait "$PUBBOT_PID" || true; PUBBOT_PID=; }
@@ -73,7 +76,7 @@ cat > "$WORK/insert.sql" <<'SQL'
 INSERT INTO pgbench_inbound (app_key, mcid, user_id, msg_type, dedup_key, msg_id, create_time, message, raw, trace_id)
 VALUES ('bench-app', 'bench', 'load-user-' || :client_id, 'text', 'm:5:bench:' || :client_id || '-' || :n, :n::text, 1764115200000,
         '{"to":"bench","from":"load-user-1","create_time":1764115200000,"msg_id":"1","body":{"kind":"text","content":"bench 1"}}',
-        '<xml>\n <ToUserName><![CDATA[bench]]></ToUserName>\n <FromUserName><![CDATA[load-user-1]]></FromUserName>\n <CreateTime>1764115200000</CreateTime>\n <MsgType><![CDATA[text]]></MsgType>\n <Content><![CDATA[bench 1]]></Content>\n <MsgId>1764115200000001</MsgID>\n</xml>',
+        convert_to('<xml>\n <ToUserName><![CDATA[bench]]></ToUserName>\n <FromUserName><![CDATA[load-user-1]]></FromUserName>\n <CreateTime>1764115200000</CreateTime>\n <MsgType><![CDATA[text]]></MsgType>\n <Content><![CDATA[bench 1]]></Content>\n <MsgId>1764115200000001</MsgID>\n</xml>', 'UTF8'),
         '0123456789abcdef')
 ON CONFLICT DO NOTHING;
 SQL
@@ -104,6 +107,19 @@ psql "$BENCH_URL" -At -F ' ' -c "
          round(percentile_cont(0.9) WITHIN GROUP (ORDER BY ms)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1)
     FROM (SELECT extract(epoch FROM sent_at - created_at) * 1000 AS ms FROM outbound_messages) t"
 
+# Overload: about three times what the machine can take, then the drain.
+# What cannot be committed in time goes to the spool and is answered; the
+# drain time is from the last push until every acknowledged push is
+# answered. Peak RSS is the kernel's high-water mark (VmHWM).
+OVERLOAD_RATE=${OVERLOAD_RATE:-6000}
+OVERLOAD_SECS=${OVERLOAD_SECS:-60}
+echo "## overload: $OVERLOAD_RATE pushes/s for $OVERLOAD_SECS s, 1000 users, then the drain"
+psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" -c CHECKPOINT
+start_pubbot
+"${LOAD[@]}" --rate "$OVERLOAD_RATE" --duration "$OVERLOAD_SECS" --users 1000 --grace 900
+echo "pubbot memory: peak $(awk '/VmHWM/ {print $2, $3}' /proc/$PUBBOT_PID/status), after the drain $(awk '/VmRSS/ {print $2, $3}' /proc/$PUBBOT_PID/status)"
+stop_pubbot
+
 # batchsend: everybody gets the same reply, the platform allows 200 calls/s
 # and the daemon keeps to it; 1,000 pushes/s for 10 s, merging on and off.
 $PUBBOT --config "$WORK/bench.toml" rules import --replace config/bench-static-rules.toml >/dev/null
@@ -113,7 +129,7 @@ for MERGE in true false; do
   sed 's/^rate_limit_per_sec = .*/rate_limit_per_sec = 200/' "$WORK/bench.toml" > "$WORK/limited.toml"
   PUBBOT__SENDER__MERGE_BATCHSEND=$MERGE RUST_LOG=warn $PUBBOT --config "$WORK/limited.toml" serve &
   PUBBOT_PID=$!
-  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19090/healthz >/dev/null && break; sleep 0.1; done
   $SIM --listen 127.0.0.1:18090 --app bench-app:bench-secret --rate-limit 200 load \
     --route-url http://127.0.0.1:18080/webhook/bench-app --mcid bench \
     --rate 1000 --duration 10 --unique-users --grace 120

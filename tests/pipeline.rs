@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 mod faults;
+mod protocol;
 
 use pubbot_e2e::{db_addr, eventually, webhook_url, Proxy, World, KEY, SHOP};
 use pubbot_rules::{Options, RuleFile};
@@ -586,6 +587,7 @@ async fn the_load_generator_counts_every_reply_once(_: PgPoolOptions, connect: P
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut settings = w.settings();
     settings.apps[0].api_base_url = format!("http://{}", listener.local_addr().unwrap());
+    settings.apps[0].accounts = pubbot::config::Hosted::Only(vec!["bench".into()]);
     let (d, _) = w.daemon(settings, pool.clone()).await;
     let config = pubbot_sim::SimConfig {
         apps: vec![pubbot_sim::AppCredentials {

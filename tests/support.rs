@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pubbot::config::{AppSettings, Settings};
+use pubbot::config::{AppSettings, Hosted, Settings, TimestampUnit};
 use pubbot::Running;
 use pubbot_sim::{AppCredentials, PushConfig, RunningSim, SimConfig};
 use secrecy::SecretString;
@@ -91,7 +91,8 @@ impl World {
             secrets: Vec::new(),
             api_base_url: self.sim.base_url(),
             rate_limit_per_sec: 500,
-            accounts: vec![SHOP.into()],
+            accounts: Hosted::Only(vec![SHOP.into()]),
+            timestamp_unit: TimestampUnit::Seconds,
         }];
         s
     }

@@ -206,9 +206,75 @@ pub struct AppSettings {
     /// Calls per second.
     #[serde(default = "default_rate")]
     pub rate_limit_per_sec: u32,
-    /// Hosted accounts.
+    /// The accounts of this app key pubbot answers for (R16): a list, or
+    /// `"*"` for every account of the app key. A push for any other
+    /// account is stored but not answered.
     #[serde(default)]
-    pub accounts: Vec<String>,
+    pub accounts: Hosted,
+    /// The unit of `RC-Timestamp` on calls (R2): the header table says
+    /// milliseconds, the document's example seconds.
+    #[serde(default)]
+    pub timestamp_unit: TimestampUnit,
+}
+
+/// `timestamp_unit` of an app (R2).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestampUnit {
+    /// Seconds, as the document's example and PHP code send (default).
+    #[default]
+    Seconds,
+    /// Milliseconds, as the header table says.
+    Milliseconds,
+}
+
+/// Which accounts of an app key pubbot hosts (R16).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Hosted {
+    /// `accounts = "*"`: every account of the app key.
+    Every,
+    /// `accounts = ["shop", ...]`.
+    Only(Vec<String>),
+    /// Not set: refused at start.
+    #[default]
+    Unset,
+}
+
+impl Hosted {
+    /// Whether pubbot answers for `mcid`.
+    pub fn hosts(&self, mcid: &str) -> bool {
+        match self {
+            Self::Every => true,
+            Self::Only(list) => list.iter().any(|m| m == mcid),
+            Self::Unset => false,
+        }
+    }
+
+    /// The accounts listed (none for `"*"`).
+    pub fn listed(&self) -> &[String] {
+        match self {
+            Self::Only(list) => list,
+            _ => &[],
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Hosted {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            List(Vec<String>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::One(s) if s == "*" => Ok(Self::Every),
+            Raw::One(s) => Err(serde::de::Error::custom(format!(
+                "accounts is a list of accounts, or \"*\" for every account; got {s:?}"
+            ))),
+            Raw::List(l) => Ok(Self::Only(l)),
+        }
+    }
 }
 
 fn default_rate() -> u32 {
@@ -388,6 +454,15 @@ impl Settings {
             app.signing_secret()?;
             url_check(&app.api_base_url)
                 .map_err(|p| invalid(format!("apps.{}.api_base_url", app.key), p))?;
+            match &app.accounts {
+                Hosted::Unset | Hosted::Only(_) if app.accounts.listed().is_empty() => {
+                    return Err(invalid(
+                        format!("apps.{}.accounts", app.key),
+                        "list the accounts pubbot answers for, or accounts = \"*\" for every account of the app key (R16)",
+                    ));
+                }
+                _ => {}
+            }
             if app.rate_limit_per_sec == 0 {
                 return Err(invalid(
                     format!("apps.{}.rate_limit_per_sec", app.key),
@@ -514,14 +589,14 @@ mod tests {
 
         std::fs::write(
             &file,
-            "[[apps]]\nkey = \"a\"\napi_base_url = \"ftp://x\"\nsecret = \"s\"\n",
+            "[[apps]]\nkey = \"a\"\napi_base_url = \"ftp://x\"\nsecret = \"s\"\naccounts = \"*\"\n",
         )
         .unwrap();
         let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
         assert!(e.to_string().contains("apps.a.api_base_url"), "{e}");
         std::fs::write(
             &file,
-            "[[apps]]\nkey = \"a\"\napi_base_url = \"http://x\"\n",
+            "[[apps]]\nkey = \"a\"\napi_base_url = \"http://x\"\naccounts = \"*\"\n",
         )
         .unwrap();
         let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
@@ -529,6 +604,32 @@ mod tests {
             e.to_string().contains("secret or secret_file is required"),
             "{e}"
         );
+        // R16: an app must say which accounts it hosts.
+        std::fs::write(
+            &file,
+            "[[apps]]\nkey = \"a\"\napi_base_url = \"http://x\"\nsecret = \"s\"\n",
+        )
+        .unwrap();
+        let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(
+            e.to_string().contains("apps.a.accounts") && e.to_string().contains("R16"),
+            "{e}"
+        );
+        std::fs::write(
+            &file,
+            "[[apps]]\nkey = \"a\"\napi_base_url = \"http://x\"\nsecret = \"s\"\naccounts = \"*\"\ntimestamp_unit = \"milliseconds\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(&file), env(&[])).unwrap();
+        assert!(s.apps[0].accounts.hosts("anything"));
+        assert_eq!(s.apps[0].timestamp_unit, TimestampUnit::Milliseconds);
+        std::fs::write(
+            &file,
+            "[[apps]]\nkey = \"a\"\napi_base_url = \"http://x\"\nsecret = \"s\"\naccounts = \"all\"\n",
+        )
+        .unwrap();
+        let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("accounts"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

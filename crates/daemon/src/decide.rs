@@ -11,6 +11,7 @@
 //! transaction leases is handed over as one unit, so one sender sends a
 //! user's replies in order.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use sqlx::types::Json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Hosted;
 use crate::health::{Progress, Stage};
 use crate::notify::{work_loop, Wakeups};
 use crate::outbox::{Claimed, Held, Leases};
@@ -51,6 +53,10 @@ pub struct DecideWorker {
     pub poll: Duration,
     /// Progress of the decide stage.
     pub progress: Arc<Progress>,
+    /// The accounts each app hosts (R16).
+    pub hosted: Arc<HashMap<String, Hosted>>,
+    /// (app, account) pairs already logged as not hosted: logged once each.
+    pub unhosted_seen: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
 }
 
 fn kind_of(m: &InboundMessage) -> IncomingKind {
@@ -66,7 +72,10 @@ fn kind_of(m: &InboundMessage) -> IncomingKind {
         MessageBody::Event {
             event: Event::Unsubscribe,
         } => IncomingKind::Unsubscribe,
-        MessageBody::Event { .. } | MessageBody::Unknown { .. } => IncomingKind::Other,
+        // R14: an event the document does not list is an event, not a
+        // message: only a rule that names it answers.
+        MessageBody::Event { .. } => IncomingKind::Event,
+        MessageBody::Unknown { .. } => IncomingKind::Other,
     }
 }
 
@@ -136,9 +145,34 @@ impl DecideWorker {
                     continue;
                 }
             };
+            // R16: a push for an account this app does not host is kept
+            // (it may be a configuration gap) but not answered.
+            let hosts = self
+                .hosted
+                .get(&row.app_key)
+                .is_some_and(|h| h.hosts(&message.to.0));
+            if !hosts {
+                metrics::counter!("pubbot_inbound_unhosted_total", "app_key" => row.app_key.clone())
+                    .increment(1);
+                let first = self
+                    .unhosted_seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert((row.app_key.clone(), message.to.0.clone()));
+                if first {
+                    tracing::warn!(trace_id = %row.trace_id, app_key = %row.app_key, mcid = %message.to, "push for an account this app does not host: stored, not answered (R16; add it to apps.accounts, or accounts = \"*\"); logged once per account");
+                }
+                continue;
+            }
             let kind = kind_of(&message);
             let text = match &message.body {
                 MessageBody::Text { content } => content.as_str(),
+                _ => "",
+            };
+            let event = match &message.body {
+                MessageBody::Event {
+                    event: Event::Other(name),
+                } => name.as_str(),
                 _ => "",
             };
             let incoming = Incoming {
@@ -147,6 +181,7 @@ impl DecideWorker {
                 user: &message.from.0,
                 kind,
                 text,
+                event,
             };
             // Deterministic per push, so a re-decided push picks the same.
             let ctx = Context {

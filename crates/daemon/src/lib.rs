@@ -166,7 +166,7 @@ pub async fn start(
         pubbot_rules::Options::with_timezone(&settings.timezone).map_err(anyhow::Error::msg)?;
 
     for app in &settings.apps {
-        for mcid in &app.accounts {
+        for mcid in app.accounts.listed() {
             sqlx::query!(
                 "INSERT INTO accounts (app_key, mcid) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 app.key,
@@ -187,6 +187,11 @@ pub async fn start(
             app.api_base_url.clone(),
         )
         .timeout(Duration::from_millis(settings.sender.request_timeout_ms))
+        // R2: the unit is the operator's to set.
+        .timestamp_unit(match app.timestamp_unit {
+            config::TimestampUnit::Seconds => pubbot_api_client::TimestampUnit::Seconds,
+            config::TimestampUnit::Milliseconds => pubbot_api_client::TimestampUnit::Milliseconds,
+        })
         .http_client(http_client.clone())
         .build()
         .with_context(|| format!("client for app {}", app.key))?;
@@ -197,6 +202,14 @@ pub async fn start(
         secrets.insert(app.key.clone(), app.push_secrets()?);
     }
     let apps = Arc::new(apps);
+    let hosted: Arc<HashMap<String, config::Hosted>> = Arc::new(
+        settings
+            .apps
+            .iter()
+            .map(|a| (a.key.clone(), a.accounts.clone()))
+            .collect(),
+    );
+    let unhosted_seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
 
     let spool = match settings.spool_dir() {
         Some(dir) => Some(
@@ -339,6 +352,8 @@ pub async fn start(
             leases: (settings.workers.send > 0).then(|| Arc::clone(&leases)),
             poll,
             progress: Arc::clone(&progress),
+            hosted: Arc::clone(&hosted),
+            unhosted_seen: Arc::clone(&unhosted_seen),
         };
         workers.spawn(w.run(token.clone()));
     }

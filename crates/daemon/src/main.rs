@@ -99,6 +99,10 @@ enum RulesCommand {
         /// The text.
         #[arg(default_value = "")]
         text: String,
+        /// With `--kind event`: the event's name (an event the document
+        /// does not list, such as a menu click; R14).
+        #[arg(long, default_value = "")]
+        event: String,
     },
 }
 
@@ -117,6 +121,8 @@ enum Kind {
     Imgtxt,
     Subscribe,
     Unsubscribe,
+    /// An event the document does not list (R14).
+    Event,
 }
 
 async fn pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
@@ -240,6 +246,7 @@ async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Result<()> {
             user,
             kind,
             text,
+            event,
         } => {
             let set = RuleSet::compile(pubbot::rules::load(&pool).await?, &options)?;
             let kind = match kind {
@@ -250,6 +257,7 @@ async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Result<()> {
                 Kind::Imgtxt => IncomingKind::Imgtxt,
                 Kind::Subscribe => IncomingKind::Subscribe,
                 Kind::Unsubscribe => IncomingKind::Unsubscribe,
+                Kind::Event => IncomingKind::Event,
             };
             let msg = Incoming {
                 app_key: &app,
@@ -257,6 +265,7 @@ async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Result<()> {
                 user: &user,
                 kind,
                 text: &text,
+                event: &event,
             };
             let e = set.explain(
                 &msg,
@@ -326,7 +335,8 @@ async fn demo(
         secrets: Vec::new(),
         api_base_url: format!("http://{sim_listen}"),
         rate_limit_per_sec: 50,
-        accounts: vec!["shop".into()],
+        accounts: pubbot::config::Hosted::Only(vec!["shop".into()]),
+        timestamp_unit: pubbot::config::TimestampUnit::Seconds,
     }];
     let pool = pool(&settings).await?;
     pubbot::db::migrate(&pool)

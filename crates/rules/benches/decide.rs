@@ -145,6 +145,7 @@ fn msg(text: &str) -> Incoming<'_> {
         user: "alice",
         kind: IncomingKind::Text,
         text,
+        event: "",
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Incoming<'a> {
     pub kind: IncomingKind,
     /// The text of a text message (empty otherwise).
     pub text: &'a str,
+    /// The `Event` of an event (empty otherwise).
+    pub event: &'a str,
 }
 
 /// Kinds of inbound messages and events.
@@ -50,13 +52,16 @@ pub enum IncomingKind {
     Subscribe,
     /// Unfollow event.
     Unsubscribe,
-    /// A message type this version does not know.
+    /// A message type this version does not know (still a message: R4).
     Other,
+    /// An event the document does not list (R14): no "any message" rule
+    /// and no default rule answers it, only a rule `on = "event"`.
+    Event,
 }
 
 impl IncomingKind {
     fn is_event(self) -> bool {
-        matches!(self, Self::Subscribe | Self::Unsubscribe)
+        matches!(self, Self::Subscribe | Self::Unsubscribe | Self::Event)
     }
 
     fn as_str(self) -> &'static str {
@@ -69,6 +74,7 @@ impl IncomingKind {
             Self::Subscribe => "subscribe",
             Self::Unsubscribe => "unsubscribe",
             Self::Other => "other",
+            Self::Event => "event",
         }
     }
 }
@@ -809,6 +815,16 @@ impl CompiledRule {
             On::Imgtxt => msg.kind == IncomingKind::Imgtxt,
             On::Subscribe => msg.kind == IncomingKind::Subscribe,
             On::Unsubscribe => msg.kind == IncomingKind::Unsubscribe,
+            // R14: only a rule that names unlisted events answers one.
+            On::Event => {
+                msg.kind == IncomingKind::Event
+                    && self
+                        .rule
+                        .trigger
+                        .event
+                        .as_deref()
+                        .is_none_or(|e| e.eq_ignore_ascii_case(msg.event))
+            }
         };
         if !kind_ok {
             return Err(format!("on {:?}, got {}", self.on, msg.kind.as_str())
@@ -909,12 +925,15 @@ fn compile_rule(
             );
             other
         }
-        (RuleKind::Default, On::Subscribe | On::Unsubscribe) => {
+        (RuleKind::Default, On::Subscribe | On::Unsubscribe | On::Event) => {
             problems.push("a default rule answers messages, not events".into());
             rule.trigger.on
         }
         (_, on) => on,
     };
+    if rule.trigger.event.is_some() && on != On::Event {
+        problems.push("trigger.event needs on = \"event\"".into());
+    }
     let keywords = match &rule.trigger.keywords {
         None => None,
         Some(list) if list.is_empty() => {

@@ -40,7 +40,7 @@
 //! replies = [{ type = "text", text = "Thanks, we will answer soon." }]
 //! "#).unwrap();
 //! let rules = RuleSet::compile(file.rules, &Options::default()).unwrap();
-//! let msg = Incoming { app_key: "app", mcid: "shop", user: "alice", kind: IncomingKind::Text, text: "Opening HOURS?" };
+//! let msg = Incoming { app_key: "app", mcid: "shop", user: "alice", kind: IncomingKind::Text, text: "Opening HOURS?", event: "" };
 //! let ctx = Context { now: chrono::Utc::now(), random: 0 };
 //! let d = rules.decide(&msg, &ctx);
 //! assert_eq!(d.replies, [PlannedReply::Text { content: "Hi alice, we open 9:00-18:00.".into() }]);

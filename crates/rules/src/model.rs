@@ -120,9 +120,14 @@ pub enum RuleKind {
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
     /// Which messages: `any` (default), `text`, `image`, `voice`,
-    /// `location`, `imgtxt`, or the events `subscribe`, `unsubscribe`.
+    /// `location`, `imgtxt`, or the events `subscribe`, `unsubscribe`, and
+    /// `event` (an event the document does not list, R14).
     #[serde(default, skip_serializing_if = "is_default")]
     pub on: On,
+    /// With `on = "event"`: the `Event` value (a menu click's `CLICK`, say;
+    /// compared case-insensitively). Unset: every unlisted event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
     /// Text keywords; any one matching is enough. Unset: no keyword
     /// condition. Set but empty: a compile error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +161,9 @@ pub enum On {
     Subscribe,
     /// The unfollow event.
     Unsubscribe,
+    /// An event the document does not list (menu clicks, job notices):
+    /// answered only by a rule that names it this way (R14).
+    Event,
 }
 
 /// One keyword.

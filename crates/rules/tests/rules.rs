@@ -68,6 +68,7 @@ fn text(t: &str) -> Incoming<'_> {
         user: "alice",
         kind: IncomingKind::Text,
         text: t,
+        event: "",
     }
 }
 
@@ -78,6 +79,7 @@ fn of(kind: IncomingKind) -> Incoming<'static> {
         user: "alice",
         kind,
         text: "",
+        event: "",
     }
 }
 
@@ -194,6 +196,60 @@ fn message_kinds_and_events() {
             .is_empty(),
         "events get no default reply"
     );
+}
+
+#[test]
+fn unlisted_events_are_answered_only_by_a_rule_that_names_them() {
+    // R14: a menu click or a platform notice is an event, not a message.
+    let mut any = rule("any", &[], "any message");
+    any.priority = 5;
+    let mut fallback = rule("fallback", &[], "we will answer soon");
+    fallback.kind = RuleKind::Default;
+    let unknown_type = Incoming {
+        kind: IncomingKind::Other,
+        ..of(IncomingKind::Other)
+    };
+    let click = Incoming {
+        event: "CLICK",
+        ..of(IncomingKind::Event)
+    };
+    let set = compile(vec![any.clone(), fallback.clone()]);
+    assert!(
+        set.decide(&click, &ctx()).replies.is_empty(),
+        "no reply to an event"
+    );
+    assert_eq!(
+        texts(&set, &unknown_type, &ctx()),
+        ["any message"],
+        "an unknown message type is still a message (R4)"
+    );
+
+    let mut menu = rule("menu", &[], "here is the menu");
+    menu.trigger.on = On::Event;
+    menu.trigger.event = Some("click".into());
+    let mut notices = rule("notices", &[], "noted");
+    notices.trigger.on = On::Event;
+    notices.priority = -1;
+    let set = compile(vec![any, fallback, menu, notices]);
+    assert_eq!(
+        texts(&set, &click, &ctx()),
+        ["here is the menu"],
+        "named, case-insensitively"
+    );
+    let job = Incoming {
+        event: "JOB_DONE",
+        ..of(IncomingKind::Event)
+    };
+    assert_eq!(
+        texts(&set, &job, &ctx()),
+        ["noted"],
+        "on = event without a name"
+    );
+
+    let mut wrong = rule("wrong", &[], "x");
+    wrong.trigger.event = Some("CLICK".into());
+    let e = RuleSet::compile(vec![wrong], &Options::default()).unwrap_err();
+    assert!(e.to_string().contains("on = \"event\""), "{e}");
 }
 
 #[test]
@@ -688,7 +744,7 @@ proptest! {
         let set = RuleSet::compile(rules, &Options::default()).unwrap();
         let msg_text = if lower { msg_text.to_lowercase() } else { msg_text };
         let kind = [IncomingKind::Text, IncomingKind::Text, IncomingKind::Image, IncomingKind::Subscribe][kind as usize];
-        let msg = Incoming { app_key: "app", mcid: "shop", user: "u", kind, text: &msg_text };
+        let msg = Incoming { app_key: "app", mcid: "shop", user: "u", kind, text: &msg_text, event: "" };
         let ctx = Context { now: noon_shanghai(), random };
         let fast = set.decide(&msg, &ctx);
         prop_assert_eq!(&fast, &set.decide_linear(&msg, &ctx));

@@ -163,6 +163,21 @@ impl Inner {
         let secs = timestamp_secs(ts).ok_or_else(|| {
             ApiError::Unauthorized(format!("RC-Timestamp {ts:?} is not a number"))
         })?;
+        // R2: a platform that checks the unit strictly.
+        let millis = ts.trim().parse::<i64>().is_ok_and(|v| v > 100_000_000_000);
+        match (self.config.timestamp_unit, millis) {
+            (crate::config::AcceptedUnit::Seconds, true) => {
+                return Err(ApiError::Unauthorized(
+                    "RC-Timestamp must be in seconds".into(),
+                ))
+            }
+            (crate::config::AcceptedUnit::Milliseconds, false) => {
+                return Err(ApiError::Unauthorized(
+                    "RC-Timestamp must be in milliseconds".into(),
+                ))
+            }
+            _ => {}
+        }
         let skew = (now_ms / 1000 - secs).unsigned_abs();
         if skew > self.config.skew_secs {
             return Err(ApiError::Unauthorized(format!(

@@ -102,6 +102,19 @@ impl Faults {
     }
 }
 
+/// The `RC-Timestamp` units the simulator accepts on calls (R2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptedUnit {
+    /// Seconds or milliseconds (above 10^11 is milliseconds).
+    #[default]
+    Either,
+    /// Seconds only: a millisecond timestamp is refused (401).
+    Seconds,
+    /// Milliseconds only: a second timestamp is refused (401).
+    Milliseconds,
+}
+
 /// Everything the simulator needs to start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -110,6 +123,9 @@ pub struct SimConfig {
     pub apps: Vec<AppCredentials>,
     /// Accepted clock skew for `RC-Timestamp`, in seconds (R2).
     pub skew_secs: u64,
+    /// Which `RC-Timestamp` unit calls must use (R2): either (default), or
+    /// only one, as a platform that checks "strictly" might insist.
+    pub timestamp_unit: AcceptedUnit,
     /// Push delivery behaviour.
     pub push: PushConfig,
     /// Faults at start.
@@ -123,6 +139,7 @@ impl Default for SimConfig {
         Self {
             apps: Vec::new(),
             skew_secs: 300,
+            timestamp_unit: AcceptedUnit::Either,
             push: PushConfig::default(),
             faults: Faults::default(),
             call_log_capacity: 100_000,

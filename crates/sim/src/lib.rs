@@ -62,7 +62,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{AppCredentials, Faults, PushConfig, SimConfig};
+pub use config::{AcceptedUnit, AppCredentials, Faults, PushConfig, SimConfig};
 pub use control::{FollowRequest, MessageRequest, PushOptions};
 pub use error::ApiError;
 pub use push::{render_xml, Attempt, PushContent, PushRecord, PushState, UserMessage};

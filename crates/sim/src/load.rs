@@ -62,6 +62,10 @@ pub struct LoadReport {
     pub latency_ms: Percentiles,
     /// The daemon's calls per message endpoint (`/message/...`).
     pub message_calls: std::collections::BTreeMap<String, u64>,
+    /// Seconds from the last push until every push was settled and every
+    /// acknowledged one answered (or the grace ran out): how long the
+    /// backlog took to drain.
+    pub drain_secs: f64,
 }
 
 /// Latency percentiles in milliseconds.
@@ -86,8 +90,8 @@ impl std::fmt::Display for LoadReport {
         )?;
         writeln!(
             f,
-            "replied {} lost {} duplicates {}",
-            self.replied, self.lost, self.duplicates
+            "replied {} lost {} duplicates {} (drained {:.1} s after the last push)",
+            self.replied, self.lost, self.duplicates, self.drain_secs
         )?;
         write!(
             f,
@@ -238,7 +242,10 @@ pub async fn run(
         );
         let settled = report.acknowledged + report.failed == pushes;
         if (settled && report.replied >= report.acknowledged) || Instant::now() >= deadline {
-            break report;
+            break LoadReport {
+                drain_secs: (started.elapsed() - pushing).as_secs_f64(),
+                ..report
+            };
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -337,5 +344,6 @@ fn measure(
             max: latencies.last().copied().unwrap_or(0.0),
         },
         message_calls,
+        drain_secs: 0.0,
     }
 }

@@ -36,6 +36,10 @@ struct ServeArgs {
     /// Accepted RC-Timestamp skew in seconds (R2).
     #[arg(long, default_value_t = 300)]
     skew_secs: u64,
+    /// Accept only this RC-Timestamp unit on calls: either, seconds or
+    /// milliseconds (R2).
+    #[arg(long, value_enum, default_value_t = UnitArg::Either)]
+    timestamp_unit: UnitArg,
     /// Push attempt timeout in milliseconds (the platform: 5000).
     #[arg(long, default_value_t = 5000)]
     push_timeout_ms: u64,
@@ -181,10 +185,23 @@ fn rand_nonce() -> String {
     rand::random::<u32>().to_string()
 }
 
+/// `--timestamp-unit`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum UnitArg {
+    Either,
+    Seconds,
+    Milliseconds,
+}
+
 fn sim_config(args: &ServeArgs) -> SimConfig {
     SimConfig {
         apps: args.apps.clone(),
         skew_secs: args.skew_secs,
+        timestamp_unit: match args.timestamp_unit {
+            UnitArg::Either => pubbot_sim::AcceptedUnit::Either,
+            UnitArg::Seconds => pubbot_sim::AcceptedUnit::Seconds,
+            UnitArg::Milliseconds => pubbot_sim::AcceptedUnit::Milliseconds,
+        },
         push: PushConfig {
             timeout: Duration::from_millis(args.push_timeout_ms),
             tries: args.push_tries,
