@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # The demo: brings up PostgreSQL (DATABASE_URL if it answers, else a
 # throwaway cluster), then `pubbot demo`: the platform simulator, the daemon
-# and config/demo-rules.toml, with a scripted conversation. Ctrl-C stops and
-# removes everything.
+# and config/demo-rules.toml, with a scripted conversation, then a prompt to
+# talk to the bot yourself. /quit, end of input or Ctrl-C stops and removes
+# everything it started (daemon, simulator, its database, a throwaway
+# cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/pg.sh
 ensure_postgres
-export PUBBOT__DATABASE__URL="$DATABASE_URL"
-cargo run --quiet -p pubbot -- demo "$@"
+# Its own database, dropped on the way out.
+DEMO_DB="pubbot_demo_$$"
+BASE_URL="$DATABASE_URL"
+psql "$BASE_URL" -qc "CREATE DATABASE $DEMO_DB"
+drop_demo_db() { psql "$BASE_URL" -qc "DROP DATABASE IF EXISTS $DEMO_DB WITH (FORCE)" >/dev/null 2>&1 || true; }
+trap 'drop_demo_db; type stop_throwaway_pg >/dev/null 2>&1 && [ -n "${PG_TMP:-}" ] && stop_throwaway_pg' EXIT
+export PUBBOT__DATABASE__URL="${BASE_URL%/*}/$DEMO_DB"
+cargo run --quiet -p pubbot --features demo -- demo "$@"

@@ -136,6 +136,9 @@ pub enum Invalid {
         /// Duration in milliseconds.
         millis: u64,
     },
+    /// An image or voice with an empty url or `media_id`.
+    #[error("{0} is empty")]
+    EmptyMedia(&'static str),
     /// The message kind is not available on the chosen endpoint.
     #[error("{0}")]
     Unsupported(&'static str),

@@ -3,65 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
-
-        impl $name {
-            /// Wraps an id.
-            pub fn new(id: impl Into<String>) -> Self {
-                Self(id.into())
-            }
-
-            /// The id as text.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl From<&str> for $name {
-            fn from(s: &str) -> Self {
-                Self(s.to_owned())
-            }
-        }
-
-        impl From<String> for $name {
-            fn from(s: String) -> Self {
-                Self(s)
-            }
-        }
-    };
-}
-
-id_type!(
-    /// A public account id (`mcid`).
-    McId
-);
-id_type!(
-    /// A user of the app.
-    UserId
-);
-id_type!(
-    /// A menu item id (`menuId`).
-    MenuId
-);
-id_type!(
-    /// Uploaded material (`media_id`).
-    MediaId
-);
-id_type!(
-    /// The id the platform gives a mass send (`msg_id`).
-    MassMsgId
-);
+pub use pubbot_protocol::{MassMsgId, McId, MediaId, MenuId, UserId};
 
 /// An account as the platform describes it (`{"info":{...}}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

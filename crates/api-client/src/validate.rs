@@ -2,38 +2,17 @@
 //! clear error beats a round trip.
 
 use crate::error::Invalid;
-use crate::types::{Article, MediaKind, MenuAction, Message, NewMenuItem, NewsMaterial};
+use crate::types::{Article, MediaKind, MediaRef, MenuAction, Message, NewMenuItem, NewsMaterial};
 
-/// Text content, UTF-8 bytes.
-pub const TEXT_MAX_BYTES: usize = 2000;
-/// Articles per news message or material.
-pub const ARTICLES_MAX: usize = 10;
-/// Article description width (CJK 2, other 1).
-pub const DESCRIPTION_MAX_WIDTH: usize = 2000;
-/// Menu name characters.
-pub const MENU_NAME_MAX_CHARS: usize = 10;
-/// Recipients of one batch send.
-pub const BATCH_MAX_USERS: usize = 100;
-/// Users of one subscribe / unsubscribe call.
-pub const SUBSCRIBE_MAX_USERS: usize = 50;
-
-/// Width as the document counts it: a CJK character is two ("1 个汉字等于
-/// 2 个字符"); East Asian wide and full-width forms count as CJK.
-pub fn width(s: &str) -> usize {
-    s.chars()
-        .map(|c| {
-            let wide = matches!(u32::from(c),
-                0x1100..=0x115F | 0x2E80..=0x303E | 0x3041..=0x33FF | 0x3400..=0x4DBF
-                | 0x4E00..=0x9FFF | 0xA000..=0xA4CF | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF
-                | 0xFE30..=0xFE4F | 0xFF00..=0xFF60 | 0xFFE0..=0xFFE6 | 0x20000..=0x3FFFD);
-            if wide {
-                2
-            } else {
-                1
-            }
-        })
-        .sum()
-}
+pub use pubbot_protocol::limits::{
+    ARTICLES_MAX, BATCH_MAX_USERS, DESCRIPTION_MAX_WIDTH, MENU_NAME_MAX_CHARS, SUBSCRIBE_MAX_USERS,
+    TEXT_MAX_BYTES,
+};
+use pubbot_protocol::limits::{
+    IMAGE_MAX_BYTES, THUMB_MAX_BYTES, VOICE_MAX_BYTES, VOICE_MAX_MILLIS,
+};
+pub use pubbot_protocol::width;
+use pubbot_protocol::{amr_duration_millis, sniff, FileFormat};
 
 pub(crate) fn text(content: &str) -> Result<(), Invalid> {
     if content.is_empty() {
@@ -110,7 +89,20 @@ pub(crate) fn message(msg: &Message) -> Result<(), Invalid> {
     match msg {
         Message::Text(t) => text(t),
         Message::News(a) => articles(a),
-        Message::Image(_) | Message::Voice(_) | Message::MpNews(_) => Ok(()),
+        Message::Image(m) | Message::Voice(m) => media(m),
+        Message::MpNews(id) => media(&MediaRef::Uploaded(id.clone())),
+    }
+}
+
+/// An image or voice needs a non-empty url or `media_id` (the platform
+/// answers `1002` otherwise; a clear error beats a round trip).
+fn media(m: &MediaRef) -> Result<(), Invalid> {
+    match m {
+        MediaRef::Url(u) if u.trim().is_empty() => Err(Invalid::EmptyMedia("url")),
+        MediaRef::Uploaded(id) if id.as_str().trim().is_empty() => {
+            Err(Invalid::EmptyMedia("media_id"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -140,9 +132,9 @@ pub(crate) fn recipients(count: usize, max: usize) -> Result<(), Invalid> {
 /// Size, format (by magic bytes) and, for voice, duration (row 17).
 pub(crate) fn upload(kind: MediaKind, bytes: &[u8]) -> Result<(), Invalid> {
     let (max, expected, ok) = match kind {
-        MediaKind::Image => (2 * 1024 * 1024, "JPG or PNG", is_jpeg_or_png(bytes)),
-        MediaKind::Thumb => (20 * 1024, "JPG or PNG", is_jpeg_or_png(bytes)),
-        MediaKind::Voice => (60 * 1024, "AMR", bytes.starts_with(b"#!AMR\n")),
+        MediaKind::Image => (IMAGE_MAX_BYTES, "JPG or PNG", is_jpeg_or_png(bytes)),
+        MediaKind::Thumb => (THUMB_MAX_BYTES, "JPG or PNG", is_jpeg_or_png(bytes)),
+        MediaKind::Voice => (VOICE_MAX_BYTES, "AMR", sniff(bytes) == FileFormat::Amr),
     };
     if bytes.len() > max {
         return Err(Invalid::UploadTooLarge {
@@ -158,8 +150,10 @@ pub(crate) fn upload(kind: MediaKind, bytes: &[u8]) -> Result<(), Invalid> {
         });
     }
     if kind == MediaKind::Voice {
-        match amr_millis(bytes) {
-            Some(millis) if millis > 60_000 => return Err(Invalid::VoiceTooLong { millis }),
+        match amr_duration_millis(bytes) {
+            Some(millis) if millis > VOICE_MAX_MILLIS => {
+                return Err(Invalid::VoiceTooLong { millis })
+            }
             Some(_) => {}
             None => {
                 return Err(Invalid::UploadFormat {
@@ -173,25 +167,7 @@ pub(crate) fn upload(kind: MediaKind, bytes: &[u8]) -> Result<(), Invalid> {
 }
 
 fn is_jpeg_or_png(b: &[u8]) -> bool {
-    b.starts_with(&[0xFF, 0xD8, 0xFF]) || b.starts_with(b"\x89PNG\r\n\x1a\n")
-}
-
-/// AMR-NB: 20 ms a frame; the frame type in each header byte gives the
-/// frame's size (3GPP TS 26.101, table 1a).
-fn amr_millis(bytes: &[u8]) -> Option<u64> {
-    const FRAME_BYTES: [u16; 16] = [13, 14, 16, 18, 20, 21, 27, 32, 6, 1, 1, 1, 1, 1, 1, 1];
-    let body = bytes.get(6..)?;
-    let mut at = 0usize;
-    let mut frames = 0u64;
-    while at < body.len() {
-        let frame_type = (body[at] >> 3) & 0x0F;
-        if (9..15).contains(&frame_type) {
-            return None;
-        }
-        at += usize::from(FRAME_BYTES[usize::from(frame_type)]);
-        frames += 1;
-    }
-    (at == body.len()).then_some(frames * 20)
+    matches!(sniff(b), FileFormat::Jpeg | FileFormat::Png)
 }
 
 #[cfg(test)]
@@ -219,18 +195,31 @@ mod tests {
     }
 
     #[test]
+    fn empty_media_references_are_refused() {
+        assert_eq!(
+            message(&Message::Image(MediaRef::Url(" ".into()))),
+            Err(Invalid::EmptyMedia("url"))
+        );
+        assert_eq!(
+            message(&Message::Voice(MediaRef::Uploaded("".into()))),
+            Err(Invalid::EmptyMedia("media_id"))
+        );
+        assert!(message(&Message::Image(MediaRef::Url("http://x/p.png".into()))).is_ok());
+    }
+
+    #[test]
     fn amr_frames() {
         let mut v = b"#!AMR\n".to_vec();
         for _ in 0..3001 {
             v.push(0);
             v.extend_from_slice(&[0; 12]);
         }
-        assert_eq!(amr_millis(&v), Some(60_020));
+        assert_eq!(amr_duration_millis(&v), Some(60_020));
         assert_eq!(
             upload(MediaKind::Voice, &v),
             Err(Invalid::VoiceTooLong { millis: 60_020 })
         );
         v.push(0x7 << 3);
-        assert_eq!(amr_millis(&v), None);
+        assert_eq!(amr_duration_millis(&v), None);
     }
 }

@@ -40,14 +40,24 @@ pub struct Settings {
     /// Apps and their accounts.
     #[serde(default)]
     pub apps: Vec<AppSettings>,
+    /// Where `database.url` came from (for logs and `--help`): one of
+    /// `PUBBOT__DATABASE__URL`, `PUBBOT__DATABASE__URL_FILE`,
+    /// `DATABASE_URL`, `database.url_file`, `database.url`.
+    #[serde(skip)]
+    pub database_url_source: &'static str,
 }
 
 /// `[database]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// URL.
+    /// The PostgreSQL URL (`postgres://` or `postgresql://`). Also from
+    /// `url_file`, `DATABASE_URL` or `PUBBOT__DATABASE__URL`; see
+    /// [`Settings::load_from`] for which wins.
     pub url: SecretString,
+    /// A file holding the URL (a Kubernetes secret, a systemd credential).
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
     /// Connections in all, split into a fixed share per stage (ingest,
     /// decide, send, settle, housekeeping; [`crate::db::Pools`]) so that no
     /// stage can starve another. At least 10.
@@ -369,10 +379,17 @@ impl Settings {
                     .required(true),
             );
         }
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let database_url = env
+            .iter()
+            .find(|(k, _)| k == "DATABASE_URL")
+            .map(|(_, v)| v.clone());
         let vars: config::Map<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("PUBBOT__"))
             .collect();
+        let env_url = vars.contains_key("PUBBOT__DATABASE__URL");
+        let env_url_file = vars.contains_key("PUBBOT__DATABASE__URL_FILE");
         // Registered last so the environment wins.
         builder = builder.add_source(
             config::Environment::with_prefix("PUBBOT")
@@ -381,9 +398,47 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(vars)),
         );
-        let settings: Self = builder.build()?.try_deserialize()?;
+        let mut settings: Self = builder.build()?.try_deserialize()?;
+        // The database URL, first found wins: PUBBOT__DATABASE__URL,
+        // PUBBOT__DATABASE__URL_FILE, DATABASE_URL (as the ecosystem
+        // expects), database.url_file, then database.url of the files.
+        let from_file = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map(|t| SecretString::from(t.trim().to_owned()))
+                .map_err(|e| invalid("database.url_file", format!("{}: {e}", path.display())))
+        };
+        settings.database_url_source = if env_url {
+            "PUBBOT__DATABASE__URL"
+        } else if let (true, Some(path)) = (env_url_file, settings.database.url_file.clone()) {
+            settings.database.url = from_file(&path)?;
+            "PUBBOT__DATABASE__URL_FILE"
+        } else if let Some(url) = database_url.filter(|u| !u.trim().is_empty()) {
+            settings.database.url = SecretString::from(url);
+            "DATABASE_URL"
+        } else if let Some(path) = settings.database.url_file.clone() {
+            settings.database.url = from_file(&path)?;
+            "database.url_file"
+        } else {
+            "database.url"
+        };
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Where the database is, for messages: host and port, never the
+    /// password.
+    pub fn database_target(&self) -> String {
+        let url = self.database.url.expose_secret();
+        match url::Url::parse(url) {
+            Ok(u) => format!(
+                "{}:{} (database {:?}, from {})",
+                u.host_str().unwrap_or("localhost"),
+                u.port().unwrap_or(5432),
+                u.path().trim_start_matches('/'),
+                self.database_url_source
+            ),
+            Err(_) => format!("an unparsable URL (from {})", self.database_url_source),
+        }
     }
 
     /// Checks values the types cannot.
@@ -392,8 +447,16 @@ impl Settings {
     /// [`ConfigError::Invalid`] naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         pubbot_rules::Options::with_timezone(&self.timezone).map_err(|p| invalid("timezone", p))?;
-        if self.database.url.expose_secret().trim().is_empty() {
-            return Err(invalid("database.url", "must not be empty"));
+        let url = self.database.url.expose_secret().trim();
+        if url.is_empty() {
+            return Err(invalid(self.database_url_source_key(), "must not be empty"));
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            let scheme = url.split("://").next().unwrap_or("");
+            return Err(invalid(
+                self.database_url_source_key(),
+                format!("pubbot needs PostgreSQL (postgres://...), not {scheme:?}"),
+            ));
         }
         if self.database.max_connections < 10 {
             return Err(invalid(
@@ -471,6 +534,14 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    fn database_url_source_key(&self) -> &'static str {
+        if self.database_url_source.is_empty() {
+            "database.url"
+        } else {
+            self.database_url_source
+        }
     }
 
     /// The spool directory, resolved (see `ingest.spool_dir`); `None` when
@@ -561,6 +632,60 @@ mod tests {
                 && e.to_string().contains("sender.request_timeout_ms"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn database_url_precedence_and_only_postgres() {
+        let s =
+            Settings::load_from(None, env(&[("DATABASE_URL", "postgres://from-env/db")])).unwrap();
+        assert_eq!(s.database.url.expose_secret(), "postgres://from-env/db");
+        assert_eq!(s.database_url_source, "DATABASE_URL");
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("DATABASE_URL", "postgres://from-env/db"),
+                ("PUBBOT__DATABASE__URL", "postgres://ours/db"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database.url.expose_secret(), "postgres://ours/db");
+        assert_eq!(s.database_url_source, "PUBBOT__DATABASE__URL");
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.database_url_source, "database.url");
+        assert!(
+            s.database_target().starts_with("127.0.0.1:5432"),
+            "{}",
+            s.database_target()
+        );
+        let e = Settings::load_from(None, env(&[("DATABASE_URL", "mysql://x/y")])).unwrap_err();
+        assert!(
+            e.to_string().contains("DATABASE_URL") && e.to_string().contains("mysql"),
+            "{e}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("pubbot-cfg-url-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("url");
+        std::fs::write(&file, "postgres://u:pw@from-file:6543/db\n").unwrap();
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("PUBBOT__DATABASE__URL_FILE", file.to_str().unwrap()),
+                ("DATABASE_URL", "postgres://from-env/db"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.database.url.expose_secret(),
+            "postgres://u:pw@from-file:6543/db"
+        );
+        assert!(
+            !s.database_target().contains("pw"),
+            "{}",
+            s.database_target()
+        );
+        assert!(s.database_target().starts_with("from-file:6543"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

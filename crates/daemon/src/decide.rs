@@ -150,7 +150,7 @@ impl DecideWorker {
             let hosts = self
                 .hosted
                 .get(&row.app_key)
-                .is_some_and(|h| h.hosts(&message.to.0));
+                .is_some_and(|h| h.hosts(message.to.as_str()));
             if !hosts {
                 metrics::counter!("pubbot_inbound_unhosted_total", "app_key" => row.app_key.clone())
                     .increment(1);
@@ -158,7 +158,7 @@ impl DecideWorker {
                     .unhosted_seen
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert((row.app_key.clone(), message.to.0.clone()));
+                    .insert((row.app_key.clone(), message.to.to_string()));
                 if first {
                     tracing::warn!(trace_id = %row.trace_id, app_key = %row.app_key, mcid = %message.to, "push for an account this app does not host: stored, not answered (R16; add it to apps.accounts, or accounts = \"*\"); logged once per account");
                 }
@@ -177,8 +177,8 @@ impl DecideWorker {
             };
             let incoming = Incoming {
                 app_key: &row.app_key,
-                mcid: &message.to.0,
-                user: &message.from.0,
+                mcid: message.to.as_str(),
+                user: message.from.as_str(),
                 kind,
                 text,
                 event,
@@ -207,26 +207,26 @@ impl DecideWorker {
                     .reply_index
                     .push(i32::try_from(i).unwrap_or(i32::MAX));
                 planned.app_key.push(row.app_key.clone());
-                planned.mcid.push(message.to.0.clone());
-                planned.user_id.push(message.from.0.clone());
+                planned.mcid.push(message.to.to_string());
+                planned.user_id.push(message.from.to_string());
                 planned.rule_name.push(rule_name.clone());
                 planned
                     .payload
                     .push(serde_json::to_string(reply).unwrap_or_default());
                 planned.trace_id.push(row.trace_id.clone());
             }
-            tracing::debug!(trace_id = %row.trace_id, replies = decision.replies.len(), "decided");
+            tracing::debug!(trace_id = %row.trace_id, rule = %rule_name, replies = decision.replies.len(), "decided");
             match kind {
                 IncomingKind::Subscribe => follows.push((
                     row.app_key.clone(),
-                    message.to.0.clone(),
-                    message.from.0.clone(),
+                    message.to.to_string(),
+                    message.from.to_string(),
                     true,
                 )),
                 IncomingKind::Unsubscribe => follows.push((
                     row.app_key.clone(),
-                    message.to.0.clone(),
-                    message.from.0.clone(),
+                    message.to.to_string(),
+                    message.from.to_string(),
                     false,
                 )),
                 _ => {}

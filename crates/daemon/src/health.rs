@@ -131,6 +131,22 @@ impl Progress {
     }
 }
 
+/// Which stages are stuck, for a watchdog.
+#[derive(Clone, Debug)]
+pub struct Liveness {
+    /// Stage progress.
+    pub progress: Arc<Progress>,
+    /// How long a stage may stall.
+    pub stall: Duration,
+}
+
+impl Liveness {
+    /// The stuck stages, with seconds since their last progress.
+    pub fn stuck(&self) -> Vec<(&'static str, i64)> {
+        self.progress.stalled(self.stall)
+    }
+}
+
 /// The process-wide Prometheus recorder. The `metrics` facade has one
 /// global recorder, so every daemon in a process (tests run several)
 /// shares it.

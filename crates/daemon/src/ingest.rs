@@ -212,13 +212,13 @@ impl Inbox for PgInbox {
     async fn accept(&self, push: Push) -> Result<Accepted, InboxError> {
         let m = &push.message;
         let trace = trace_id();
-        let mut row = Row {
+        let row = Row {
             app_key: push.app_key.clone(),
-            mcid: m.to.0.clone(),
-            user_id: m.from.0.clone(),
+            mcid: m.to.to_string(),
+            user_id: m.from.to_string(),
             msg_type: m.msg_type().to_owned(),
             dedup_key: push.dedup_key.to_string(),
-            msg_id: m.msg_id.as_ref().map(|i| i.0.clone()),
+            msg_id: m.msg_id.as_ref().map(ToString::to_string),
             create_time: m.create_time.map(|c| c.0),
             message: serde_json::to_string(m).map_err(|e| InboxError::Refused(e.to_string()))?,
             raw: push.raw.to_vec(),
@@ -235,24 +235,32 @@ impl Inbox for PgInbox {
             .ingest_waiting
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let spooled = row.clone();
+        let started = Instant::now();
         let outcome = tokio::time::timeout(self.spool_after, self.via_database(row)).await;
         self.progress
             .ingest_waiting
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        match outcome {
+        let outcome = match outcome {
             Ok(Ok(accepted)) => Ok(accepted),
             Ok(Err(InboxError::Refused(why))) => Err(InboxError::Refused(why)),
-            Ok(Err(InboxError::Unavailable(why))) => {
-                // The trace id stays; a later commit of the same push (it may
-                // still be in a batch) and the drain are deduplicated.
-                row = spooled;
-                self.via_spool(&row, &why).await
-            }
+            // The trace id stays; a later commit of the same push (it may
+            // still be in a batch) and the drain are deduplicated.
+            Ok(Err(InboxError::Unavailable(why))) => self.via_spool(&spooled, &why).await,
             Err(_) => {
                 self.via_spool(&spooled, "database commit not done in time")
                     .await
             }
-        }
+        };
+        // One line per push (target `pubbot::push`: RUST_LOG=info,pubbot::push=warn
+        // turns it down).
+        let result = match &outcome {
+            Ok(Accepted::New) => "stored",
+            Ok(Accepted::Duplicate) => "duplicate",
+            Err(InboxError::Refused(_)) => "refused",
+            Err(InboxError::Unavailable(_)) => "not stored",
+        };
+        tracing::info!(target: "pubbot::push", trace_id = %trace, app_key = %push.app_key, mcid = %m.to, user = %m.from, msg_type = m.msg_type(), outcome = result, latency_ms = started.elapsed().as_millis() as u64, "push");
+        outcome
     }
 }
 

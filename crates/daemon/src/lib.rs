@@ -95,6 +95,7 @@ pub struct Running {
     housekeeping_token: CancellationToken,
     housekeeping: JoinSet<()>,
     deadline: Duration,
+    liveness: health::Liveness,
 }
 
 impl Running {
@@ -133,6 +134,11 @@ impl Running {
         self.recorder.abort();
         self.workers.abort_all();
         self.housekeeping.abort_all();
+    }
+
+    /// The liveness check (`/readyz`'s stuck stages), for a watchdog.
+    pub fn health(&self) -> health::Liveness {
+        self.liveness.clone()
     }
 
     /// Waits until the daemon stops (its token cancelled), then drains.
@@ -421,6 +427,10 @@ pub async fn start(
         housekeeping_token,
         housekeeping,
         deadline: Duration::from_secs(settings.shutdown_deadline_secs),
+        liveness: health::Liveness {
+            progress,
+            stall: Duration::from_secs(settings.workers.stall_secs),
+        },
     })
 }
 

@@ -1,23 +1,48 @@
 //! `pubbot`: the command line. Parses arguments and calls the library.
+//!
+//! Output: a command's result goes to stdout, logs and errors to stderr.
+//! An error is one line (`pubbot: error: ...`, each cause once), with a
+//! backtrace only under `RUST_BACKTRACE=1`. Exit codes: 0 done, 1 failed,
+//! 2 usage, 69 the database cannot be reached, 78 configuration.
 
 // glibc's allocator spent 30% of the daemon's CPU at ingest saturation
 // (malloc_consolidate, arena locks); mimalloc is a drop-in (BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[cfg(feature = "demo")]
+mod demo;
+
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use pubbot::config::Settings;
+use pubbot::config::{ConfigError, Settings};
 use pubbot_rules::{Context as RuleContext, Incoming, IncomingKind, Options, RuleFile, RuleSet};
 use tokio_util::sync::CancellationToken;
+
+/// Exit code: a command that failed.
+const EXIT_FAILED: u8 = 1;
+/// Exit code: PostgreSQL cannot be reached (sysexits EX_UNAVAILABLE).
+const EXIT_DB_UNREACHABLE: u8 = 69;
+/// Exit code: the configuration is invalid (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+const CONFIG_HELP: &str = "\
+Configuration: the built-in defaults (config/default.toml), then --config or
+PUBBOT_CONFIG, then PUBBOT__SECTION__KEY environment variables (they win).
+The database URL: PUBBOT__DATABASE__URL, else PUBBOT__DATABASE__URL_FILE,
+else DATABASE_URL, else database.url_file, else database.url; `pubbot config`
+shows which one won. Logs go to stderr (RUST_LOG, log.format).
+Exit codes: 0 done, 1 failed, 2 usage, 69 database unreachable, 78 configuration.";
 
 #[derive(Parser)]
 #[command(
     name = "pubbot",
     version,
-    about = "Host bots for Public Service accounts"
+    about = "Host bots for Public Service accounts",
+    after_help = CONFIG_HELP
 )]
 struct Cli {
     /// Configuration overlay (TOML) on top of the built-in defaults;
@@ -31,15 +56,29 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Apply the database migrations.
+    #[command(
+        after_help = "Example:\n  PUBBOT__DATABASE__URL=postgres://pubbot@db/pubbot pubbot migrate\n\nReads database.*."
+    )]
     Migrate,
-    /// Run the daemon: webhook, decide and send workers.
+    /// Run the daemon: webhook, decide and send workers, admin listener.
+    #[command(
+        after_help = "Example:\n  pubbot --config /etc/pubbot/pubbot.toml serve\n\nReads every key; see config/default.toml. SIGTERM or SIGINT stops it gracefully."
+    )]
     Serve,
+    /// Show the configuration in force (secrets left out) and where the
+    /// database URL came from.
+    #[command(after_help = "Example:\n  DATABASE_URL=postgres://localhost/pubbot pubbot config")]
+    Config,
     /// Manage the reply rules stored in the database.
     #[command(subcommand)]
     Rules(RulesCommand),
     /// Everything at once on this machine: the platform simulator, the
-    /// daemon and demo rules, against DATABASE_URL (scripts/demo.sh brings
-    /// up a throwaway PostgreSQL for it).
+    /// daemon and demo rules, a scripted conversation, then a prompt to
+    /// talk to the bot yourself.
+    #[cfg(feature = "demo")]
+    #[command(
+        after_help = "Example:\n  ./scripts/demo.sh      (brings up PostgreSQL for it)\n\nAt the prompt: text is sent as the current user; /follow, /unfollow,\n/image URL, /user NAME, /quit."
+    )]
     Demo {
         /// Simulator address.
         #[arg(long, default_value = "127.0.0.1:8090")]
@@ -47,6 +86,9 @@ enum Command {
         /// Daemon webhook address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Admin address (/metrics, /healthz, /readyz).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: std::net::SocketAddr,
         /// Rules to load.
         #[arg(long, default_value = "config/demo-rules.toml")]
         rules: PathBuf,
@@ -57,32 +99,48 @@ enum Command {
 enum RulesCommand {
     /// Validate a TOML (or .json) file and store its rules, by name; nothing
     /// is written when any rule is invalid.
+    #[command(
+        after_help = "Example:\n  pubbot rules import rules.toml --replace\n\nEvery rule is compiled first (templates, keywords, scopes); a scope naming\nan app or account this configuration does not serve is warned about."
+    )]
     Import {
         /// The file.
         file: PathBuf,
-        /// Also delete stored rules the file does not name.
+        /// Also delete stored rules the file does not name (and say which).
         #[arg(long)]
         replace: bool,
     },
-    /// Print the stored rules as TOML (or JSON).
+    /// Print the stored rules as TOML (or JSON) on stdout.
+    #[command(after_help = "Example:\n  pubbot rules export > rules.toml")]
     Export {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Toml)]
         format: Format,
     },
     /// One line per stored rule.
+    #[command(after_help = "Example:\n  pubbot rules list")]
     List,
     /// Turn a rule on.
+    #[command(after_help = "Example:\n  pubbot rules enable opening-hours")]
     Enable {
         /// Rule name.
         name: String,
     },
     /// Turn a rule off.
+    #[command(after_help = "Example:\n  pubbot rules disable opening-hours")]
     Disable {
         /// Rule name.
         name: String,
     },
+    /// Delete a rule.
+    #[command(after_help = "Example:\n  pubbot rules delete opening-hours")]
+    Delete {
+        /// Rule name.
+        name: String,
+    },
     /// Dry run: what the stored rules answer to a message, and why.
+    #[command(
+        after_help = "Examples:\n  pubbot rules test --app demo-app --account shop --user alice \"opening hours?\"\n  pubbot rules test --app demo-app --account shop --kind event --event CLICK"
+    )]
     Test {
         /// App key.
         #[arg(long, default_value = "demo-app")]
@@ -125,17 +183,96 @@ enum Kind {
     Event,
 }
 
-async fn pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
-    pubbot::db::connect(&settings.database)
-        .await
-        .context("connecting to the database (database.url)")
+fn main() -> ExitCode {
+    // Usage errors: clap prints them and exits 2.
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return fail(&anyhow::Error::new(e)),
+    };
+    pubbot::telemetry::init(settings.log.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&anyhow::Error::new(e).context("starting the runtime")),
+    };
+    match runtime.block_on(run(cli, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let settings = Settings::load(cli.config.as_deref())?;
-    pubbot::telemetry::init(settings.log.format);
+/// Prints the error as one line, each cause once, and picks the exit code.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    let mut line = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        // One line: a multi-line message (every invalid rule) is joined.
+        let text = cause
+            .to_string()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        // thiserror's `{0}` and `#[source]` together repeat a cause.
+        if !text.is_empty() && !last.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        last = text;
+    }
+    eprintln!("pubbot: error: {line}");
+    if std::env::var("RUST_BACKTRACE").is_ok_and(|v| v != "0") {
+        eprintln!("{:?}", e.backtrace());
+    }
+    ExitCode::from(exit_code(e))
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return EXIT_CONFIG;
+        }
+        if cause.downcast_ref::<DbUnreachable>().is_some() {
+            return EXIT_DB_UNREACHABLE;
+        }
+    }
+    EXIT_FAILED
+}
+
+/// PostgreSQL could not be reached: names where and what was tried.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach PostgreSQL at {target} (tried for {secs} s; check the database URL and that the server is up)")]
+struct DbUnreachable {
+    target: String,
+    secs: u64,
+    #[source]
+    source: sqlx::Error,
+}
+
+async fn pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    match pubbot::db::connect(&settings.database).await {
+        Ok(p) => Ok(p),
+        Err(source @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_))) => {
+            Err(anyhow::Error::new(DbUnreachable {
+                target: settings.database_target(),
+                secs: settings.database.acquire_timeout_secs,
+                source,
+            }))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "connecting to PostgreSQL at {}",
+            settings.database_target()
+        ))),
+    }
+}
+
+async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate => {
             let pool = pool(&settings).await?;
@@ -149,21 +286,80 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(settings.http.listen)
                 .await
                 .with_context(|| format!("binding http.listen {}", settings.http.listen))?;
+            tracing::info!(database = %settings.database_target(), "configuration loaded");
             let token = CancellationToken::new();
             let running = pubbot::start(settings, pool, listener, token.clone()).await?;
+            // systemd Type=notify: ready once listening with rules loaded.
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            let watchdog = watchdog(&running);
             shutdown_signal().await;
             tracing::info!("shutting down");
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+            if let Some(w) = watchdog {
+                w.abort();
+            }
             token.cancel();
             running.shutdown().await;
         }
+        Command::Config => show_config(&settings),
         Command::Rules(cmd) => rules(cmd, &settings).await?,
+        #[cfg(feature = "demo")]
         Command::Demo {
             sim_listen,
             listen,
+            admin_listen,
             rules,
-        } => demo(settings, sim_listen, listen, rules).await?,
+        } => demo::run(settings, sim_listen, listen, admin_listen, rules).await?,
     }
     Ok(())
+}
+
+/// Pings systemd's watchdog every half `WatchdogSec` while no stage is
+/// stuck, so systemd restarts a wedged daemon.
+fn watchdog(running: &pubbot::Running) -> Option<tokio::task::JoinHandle<()>> {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    let every = std::time::Duration::from_micros(usec / 2);
+    let health = running.health();
+    Some(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let stuck = health.stuck();
+            if stuck.is_empty() {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            } else {
+                tracing::error!(?stuck, "not pinging the watchdog: a stage is stuck");
+            }
+        }
+    }))
+}
+
+fn show_config(settings: &Settings) {
+    println!("database        {}", settings.database_target());
+    println!("webhook         {}", settings.http.listen);
+    println!("admin           {}", settings.http.admin_listen);
+    println!(
+        "spool           {}",
+        settings
+            .spool_dir()
+            .map_or_else(|| "off".to_owned(), |d| d.display().to_string())
+    );
+    println!(
+        "workers         decide {} send {} (lease {} s)",
+        settings.workers.decide, settings.workers.send, settings.workers.lease_secs
+    );
+    for app in &settings.apps {
+        let accounts = match &app.accounts {
+            pubbot::config::Hosted::Every => "every account (\"*\")".to_owned(),
+            other => other.listed().join(", "),
+        };
+        println!(
+            "app             {} -> {} ({} calls/s, {:?} timestamps), accounts: {accounts}",
+            app.key, app.api_base_url, app.rate_limit_per_sec, app.timestamp_unit
+        );
+    }
 }
 
 async fn shutdown_signal() {
@@ -204,8 +400,20 @@ async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Result<()> {
     match cmd {
         RulesCommand::Import { file, replace } => {
             let parsed = read_rule_file(&file)?;
-            let n = pubbot::rules::import(&pool, parsed, &options, replace).await?;
-            println!("imported {n} rule(s) from {}", file.display());
+            for w in pubbot::rules::scope_warnings(&parsed, settings) {
+                eprintln!("pubbot: warning: {w}");
+            }
+            let done = pubbot::rules::import(&pool, parsed, &options, replace)
+                .await
+                .with_context(|| format!("importing {}", file.display()))?;
+            println!("imported {} rule(s) from {}", done.written, file.display());
+            if !done.removed.is_empty() {
+                println!(
+                    "removed {} rule(s) the file does not name: {}",
+                    done.removed.len(),
+                    done.removed.join(", ")
+                );
+            }
         }
         RulesCommand::Export { format } => {
             let file = pubbot::rules::export(&pool).await?;
@@ -215,6 +423,10 @@ async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Result<()> {
             }
         }
         RulesCommand::List => {
+            println!(
+                "{:>5}  {:<8} {:>8}  {:<9} {:<20} NAME",
+                "ID", "STATE", "PRIORITY", "KIND", "SCOPE"
+            );
             for r in pubbot::rules::load(&pool).await? {
                 let scope = format!(
                     "{}/{}",
@@ -222,7 +434,7 @@ async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Result<()> {
                     r.mcid.as_deref().unwrap_or("*")
                 );
                 println!(
-                    "{:>5}  {:<8} {:>4}  {:<9} {:<20} {}",
+                    "{:>5}  {:<8} {:>8}  {:<9} {:<20} {}",
                     r.id,
                     if r.enabled { "enabled" } else { "disabled" },
                     r.priority,
@@ -239,6 +451,10 @@ async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Result<()> {
         RulesCommand::Disable { name } => {
             pubbot::rules::set_enabled(&pool, &name, false).await?;
             println!("disabled {name}");
+        }
+        RulesCommand::Delete { name } => {
+            pubbot::rules::delete(&pool, &name).await?;
+            println!("deleted {name}");
         }
         RulesCommand::Test {
             app,
@@ -294,140 +510,5 @@ async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
-}
-
-async fn demo(
-    mut settings: Settings,
-    sim_listen: std::net::SocketAddr,
-    listen: std::net::SocketAddr,
-    rules_file: PathBuf,
-) -> anyhow::Result<()> {
-    use secrecy::SecretString;
-
-    let key = "demo-app";
-    let secret = "demo-secret";
-    let sim = pubbot_sim::Simulator::new(pubbot_sim::SimConfig {
-        apps: vec![pubbot_sim::AppCredentials {
-            key: key.into(),
-            secret: secret.into(),
-        }],
-        ..pubbot_sim::SimConfig::default()
-    })
-    .map_err(anyhow::Error::msg)?;
-    let sim_listener = tokio::net::TcpListener::bind(sim_listen)
-        .await
-        .with_context(|| format!("binding {sim_listen}"))?;
-    let token = CancellationToken::new();
-    let stop = token.clone();
-    let sim_task = {
-        let sim = sim.clone();
-        tokio::spawn(async move {
-            sim.serve(sim_listener, async move { stop.cancelled().await })
-                .await
-        })
-    };
-
-    settings.apps = vec![pubbot::config::AppSettings {
-        key: key.into(),
-        secret: Some(SecretString::from(secret)),
-        secret_file: None,
-        secrets: Vec::new(),
-        api_base_url: format!("http://{sim_listen}"),
-        rate_limit_per_sec: 50,
-        accounts: pubbot::config::Hosted::Only(vec!["shop".into()]),
-        timestamp_unit: pubbot::config::TimestampUnit::Seconds,
-    }];
-    let pool = pool(&settings).await?;
-    pubbot::db::migrate(&pool)
-        .await
-        .context("applying migrations")?;
-    let options = Options::with_timezone(&settings.timezone).map_err(anyhow::Error::msg)?;
-    let n = pubbot::rules::import(&pool, read_rule_file(&rules_file)?, &options, false).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    let running = pubbot::start(settings.clone(), pool, listener, token.clone()).await?;
-
-    let api = pubbot_api_client::Client::builder(
-        key,
-        SecretString::from(secret),
-        format!("http://{sim_listen}"),
-    )
-    .build()?;
-    let account = pubbot_api_client::NewAccount {
-        mcid: "shop".into(),
-        profile: pubbot_api_client::AccountProfile {
-            display_name: "Demo Shop".into(),
-            portrait_url: "http://example.com/logo.png".into(),
-            ui_type: 0,
-            introduction: "pubbot demo".into(),
-        },
-        is_follow: false,
-        route_url: format!("http://{listen}/webhook/{key}"),
-    };
-    match api.add_account(&account).await {
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "creating the demo account"),
-    }
-    println!("pubbot demo: {n} rule(s) from {}", rules_file.display());
-    println!("  platform simulator  http://{sim_listen}   (app {key}, secret {secret})");
-    println!("  pubbot webhook      http://{listen}/webhook/{key}");
-    let control = format!("http://{sim_listen}/_sim");
-    let http = pubbot_api_client::HttpClient::new();
-    let script = [
-        (
-            "follow",
-            serde_json::json!({"mcid": "shop", "user": "alice", "wait": true}),
-        ),
-        (
-            "message",
-            serde_json::json!({"mcid": "shop", "user": "alice", "type": "text", "content": "What are your opening hours?", "wait": true}),
-        ),
-        (
-            "message",
-            serde_json::json!({"mcid": "shop", "user": "alice", "type": "text", "content": "ＨＥＬＬＯ", "wait": true}),
-        ),
-        (
-            "message",
-            serde_json::json!({"mcid": "shop", "user": "alice", "type": "image", "pic_url": "http://example.com/cat.jpg", "wait": true}),
-        ),
-    ];
-    for (what, body) in script {
-        println!(
-            "\nalice -> shop: {what} {}",
-            body.get("content")
-                .or(body.get("pic_url"))
-                .map(ToString::to_string)
-                .unwrap_or_default()
-        );
-        http.post(format!("{control}/{what}"))
-            .json(&body)
-            .send()
-            .await?;
-    }
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let inbox: serde_json::Value = http
-        .get(format!("{control}/inbox/alice"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    println!("\nalice's inbox on the platform:");
-    for d in inbox.as_array().into_iter().flatten() {
-        println!(
-            "  shop -> alice [{}] {}",
-            d["msgtype"].as_str().unwrap_or("?"),
-            d["payload"]
-        );
-    }
-    println!("\nTry it yourself (Ctrl-C stops):");
-    println!("  curl -s {control}/message -H 'Content-Type: application/json' \\");
-    println!("       -d '{{\"mcid\":\"shop\",\"user\":\"bob\",\"type\":\"text\",\"content\":\"hours?\",\"wait\":true}}'");
-    println!("  curl -s {control}/inbox/bob");
-    shutdown_signal().await;
-    token.cancel();
-    running.shutdown().await;
-    let _ = sim_task.await;
     Ok(())
 }

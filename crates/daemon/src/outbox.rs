@@ -313,6 +313,8 @@ pub async fn claim(
         lease.as_secs_f64(),
         batch
     )
+    // Planned afresh each time: `plan_cache_mode` (see "Plans" in
+    // `crate::db`).
     .fetch_all(pool)
     .await
 }
@@ -333,6 +335,7 @@ pub async fn any_due(pool: &PgPool) -> Result<bool, sqlx::Error> {
                        AND e.status IN ('pending', 'sending')
                        AND (e.inbound_id, e.reply_index) < (c.inbound_id, c.reply_index))) AS "due!""#
     )
+    .persistent(false)
     .fetch_one(pool)
     .await
 }

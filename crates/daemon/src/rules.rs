@@ -10,7 +10,7 @@ use sqlx::PgPool;
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
     /// The database failed.
-    #[error("database: {0}")]
+    #[error("database")]
     Db(#[from] sqlx::Error),
     /// A stored rule is not valid JSON for the model.
     #[error("rule {name:?} in the database does not parse: {error}")]
@@ -143,7 +143,7 @@ pub async fn import(
     file: RuleFile,
     options: &Options,
     replace: bool,
-) -> Result<usize, RulesError> {
+) -> Result<Imported, RulesError> {
     let mut candidate = if replace {
         Vec::new()
     } else {
@@ -153,11 +153,16 @@ pub async fn import(
     candidate.extend(file.rules.iter().cloned());
     RuleSet::compile(candidate, options)?;
     let mut tx = pool.begin().await?;
+    let mut removed = Vec::new();
     if replace {
         let names: Vec<String> = file.rules.iter().map(|r| r.name.clone()).collect();
-        sqlx::query!("DELETE FROM rules WHERE NOT (name = ANY($1))", &names)
-            .execute(&mut *tx)
-            .await?;
+        removed = sqlx::query_scalar!(
+            "DELETE FROM rules WHERE NOT (name = ANY($1)) RETURNING name",
+            &names
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        removed.sort();
     }
     for rule in &file.rules {
         let mut body = rule.clone();
@@ -177,7 +182,68 @@ pub async fn import(
         .await?;
     }
     tx.commit().await?;
-    Ok(file.rules.len())
+    Ok(Imported {
+        written: file.rules.len(),
+        removed,
+    })
+}
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    /// Rules inserted or updated.
+    pub written: usize,
+    /// Rules deleted because the file did not name them (`--replace`).
+    pub removed: Vec<String>,
+}
+
+/// Deletes a rule by name.
+///
+/// # Errors
+/// [`RulesError::NotFound`].
+pub async fn delete(pool: &PgPool, name: &str) -> Result<(), RulesError> {
+    let done = sqlx::query!("DELETE FROM rules WHERE name = $1", name)
+        .execute(pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(RulesError::NotFound(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// Rules whose scope names an app or account this configuration does not
+/// serve: they would never match (a warning at import, not an error: the
+/// file may be meant for another deployment too).
+pub fn scope_warnings(file: &RuleFile, settings: &crate::config::Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in &file.rules {
+        if let Some(app) = &r.app_key {
+            match settings.apps.iter().find(|a| &a.key == app) {
+                None => out.push(format!(
+                    "rule {:?}: app {app:?} is not configured (apps.key); it will never match",
+                    r.name
+                )),
+                Some(a) => {
+                    if let Some(mcid) = &r.mcid {
+                        if !a.accounts.hosts(mcid) {
+                            out.push(format!(
+                                "rule {:?}: account {mcid:?} is not hosted by app {app:?} (apps.accounts); it will never match",
+                                r.name
+                            ));
+                        }
+                    }
+                }
+            }
+        } else if let Some(mcid) = &r.mcid {
+            if !settings.apps.iter().any(|a| a.accounts.hosts(mcid)) {
+                out.push(format!(
+                    "rule {:?}: account {mcid:?} is not hosted by any configured app; it will never match",
+                    r.name
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Every stored rule as a file (ids left out, so it can be imported

@@ -261,14 +261,29 @@ impl SendWorker {
     /// Takes what this process's decide workers hand over until they have
     /// all stopped and the hand-off is drained (so a graceful stop leaves
     /// no leased row behind).
+    ///
+    /// Takes every unit waiting (up to a claim's worth of rows) and sends
+    /// them together, so that a backlog merges into fewer calls. Two units
+    /// never hold rows of one user (a reply is leased in its deciding
+    /// transaction only when nothing earlier of its user is open), and
+    /// rounds keep order within a unit.
     pub async fn run_handoff(self, handoff: Arc<tokio::sync::Mutex<Handoff>>) {
+        let most = usize::try_from(self.batch).unwrap_or(64).max(1);
         loop {
-            let unit = {
+            let rows = {
                 let mut rx = handoff.lock().await;
-                rx.recv().await
+                let Some(mut rows) = rx.recv().await else {
+                    return;
+                };
+                while rows.len() < most {
+                    match rx.try_recv() {
+                        Ok(more) => rows.extend(more),
+                        Err(_) => break,
+                    }
+                }
+                rows
             };
-            let Some(unit) = unit else { return };
-            self.deliver(unit).await;
+            self.deliver(rows).await;
         }
     }
 
@@ -385,7 +400,10 @@ impl SendWorker {
     /// process's held rows). `None`: no row left to send here.
     async fn keep_leases(&self, mut call: Call) -> Option<Call> {
         if let Some(app) = self.apps.get(call.app_key.as_str()) {
+            let waited = std::time::Instant::now();
             app.limiter.until_ready().await;
+            metrics::histogram!("pubbot_rate_limit_wait_seconds")
+                .record(waited.elapsed().as_secs_f64());
         }
         let oldest = call.rows.iter().map(|r| r.since).min()?;
         if oldest.elapsed() + self.call_budget < self.lease {
@@ -489,17 +507,21 @@ impl SendWorker {
             .map(|r| (chrono::Utc::now() - r.row.created_at).num_milliseconds())
             .max()
             .unwrap_or(0);
+        let code = |e: &pubbot_api_client::Error| {
+            e.code()
+                .map_or_else(|| "none".to_owned(), |c| c.code().to_string())
+        };
         match result {
             Ok(()) => {
-                tracing::info!(trace_id = %traces(), app_key, mcid = %call.mcid, user = %users(), endpoint, replies, latency_ms, outcome = "sent", "reply sent");
-                metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "sent")
+                tracing::info!(target: "pubbot::reply", trace_id = %traces(), app_key, mcid = %call.mcid, user = %users(), endpoint, replies, latency_ms, outcome = "sent", "reply sent");
+                metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "sent", "code" => "0")
                     .increment(1);
                 metrics::counter!("pubbot_replies_sent_total").increment(replies);
                 Outcome::Sent
             }
             Err(e) if e.is_retryable() && e.is_ambiguous() && !self.retry_ambiguous => {
                 tracing::warn!(trace_id = %traces(), app_key, endpoint, error = %e, "reply's answer lost; not retried (sender.retry_ambiguous = false)");
-                metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "ambiguous")
+                metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "ambiguous", "code" => code(&e))
                     .increment(1);
                 Outcome::Failed(format!(
                     "{e}; may have been delivered, not retried (sender.retry_ambiguous = false)"
@@ -513,7 +535,7 @@ impl SendWorker {
                     metrics::counter!("pubbot_outbound_ambiguous_retries_total").increment(replies);
                 }
                 tracing::info!(trace_id = %traces(), app_key, endpoint, error = %e, ambiguous, "reply will be retried");
-                metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "retry")
+                metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "retry", "code" => code(&e))
                     .increment(1);
                 metrics::counter!("pubbot_send_retries_total").increment(replies);
                 let error = if ambiguous {
@@ -524,11 +546,9 @@ impl SendWorker {
                 Outcome::Retry { error, ambiguous }
             }
             Err(e) => {
-                let code = e
-                    .code()
-                    .map_or_else(|| "none".to_owned(), |c| c.code().to_string());
+                let code = code(&e);
                 tracing::warn!(trace_id = %traces(), app_key, endpoint, error = %e, code, "reply failed permanently");
-                metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "failed")
+                metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "failed", "code" => code)
                     .increment(1);
                 Outcome::Failed(e.to_string())
             }

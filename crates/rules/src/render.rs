@@ -14,12 +14,16 @@ use regex::Captures;
 use crate::engine::{Article, CompiledReply, Context, Incoming, PlannedReply};
 use crate::model::ArticleTemplate;
 
-/// Text content limit (R9).
-pub const TEXT_MAX_BYTES: usize = 2000;
-/// Article description width limit (R9).
-pub const DESCRIPTION_MAX_WIDTH: usize = 2000;
-/// Articles per news reply (R9).
-pub const ARTICLES_MAX: usize = 10;
+pub use pubbot_protocol::limits::{ARTICLES_MAX, DESCRIPTION_MAX_WIDTH, TEXT_MAX_BYTES};
+
+/// The variables a reply template can use.
+pub const VARIABLES: [&str; 11] = [
+    "user", "account", "app_key", "text", "kind", "captures", "named", "now", "date", "time",
+    "weekday",
+];
+
+/// minijinja's own globals (functions and the loop variable).
+const GLOBALS: [&str; 5] = ["range", "dict", "namespace", "debug", "loop"];
 
 /// A text field: a literal needs no engine at all.
 pub(crate) enum Tmpl {
@@ -54,6 +58,26 @@ impl Templates {
         self.env
             .add_template_owned(name.to_owned(), source.to_owned())
             .map_err(|e| format!("template error: {e}"))?;
+        // A variable that does not exist renders as nothing (lenient), which
+        // would be a silent gap in a reply: refused when the rule compiles.
+        let tpl = self
+            .env
+            .get_template(name)
+            .map_err(|e| format!("template error: {e}"))?;
+        let mut unknown: Vec<String> = tpl
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|v| !VARIABLES.contains(&v.as_str()) && !GLOBALS.contains(&v.as_str()))
+            .collect();
+        if !unknown.is_empty() {
+            unknown.sort();
+            return Err(format!(
+                "template uses {}, which {} not defined; the variables are {}",
+                unknown.join(", "),
+                if unknown.len() == 1 { "is" } else { "are" },
+                VARIABLES.join(", ")
+            ));
+        }
         Ok(Tmpl::Template(name.to_owned()))
     }
 
@@ -165,22 +189,7 @@ impl<'a> Vars<'a> {
     }
 }
 
-/// Width as the document counts it (CJK 2, other 1).
-pub fn width(s: &str) -> usize {
-    s.chars()
-        .map(|c| {
-            let wide = matches!(u32::from(c),
-                0x1100..=0x115F | 0x2E80..=0x303E | 0x3041..=0x33FF | 0x3400..=0x4DBF
-                | 0x4E00..=0x9FFF | 0xA000..=0xA4CF | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF
-                | 0xFE30..=0xFE4F | 0xFF00..=0xFF60 | 0xFFE0..=0xFFE6 | 0x20000..=0x3FFFD);
-            if wide {
-                2
-            } else {
-                1
-            }
-        })
-        .sum()
-}
+pub use pubbot_protocol::width;
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
 pub fn truncate_bytes(s: &mut String, max: usize) -> bool {

@@ -17,6 +17,13 @@
 //! memory and dies with the process), or deciding what the protocol means:
 //! where the document is unclear, `READING.md` decides and this crate follows.
 //!
+//! **Its own implementation, on purpose.** The limits, the width count, the
+//! signature, the timestamp units and the AMR walker here are written
+//! independently of `pubbot-protocol`, the home of those facts for pubbot's
+//! own crates: the simulator plays the other side, and a bug shared by
+//! both would make them agree on something the document does not say.
+//! `tests/agrees_with_protocol.rs` runs both over one table of cases.
+//!
 //! ## Decisions this crate makes visible
 //! - Business errors answer HTTP 200 with `{"errcode":N,"errmsg":".."}`, the
 //!   `errmsg` naming the field; a signature failure answers HTTP 401 with

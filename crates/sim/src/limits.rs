@@ -73,11 +73,17 @@ pub fn sniff(bytes: &[u8]) -> FileFormat {
 /// when the frames do not parse.
 pub fn amr_duration_millis(bytes: &[u8]) -> Option<u64> {
     // Payload bytes per frame type (3GPP TS 26.101), header byte excluded.
+    // Types 9-14 are not AMR-NB frames (RFC 4867 5.3: other codecs' SID,
+    // reserved): a file holding them is not the AMR the document asks for.
     const SIZES: [usize; 16] = [12, 13, 15, 17, 19, 20, 26, 31, 5, 0, 0, 0, 0, 0, 0, 0];
     let mut rest = bytes.strip_prefix(b"#!AMR\n")?;
     let mut frames = 0u64;
     while let Some((&header, tail)) = rest.split_first() {
-        let size = SIZES[usize::from((header >> 3) & 0x0F)];
+        let frame_type = (header >> 3) & 0x0F;
+        if (9..=14).contains(&frame_type) {
+            return None;
+        }
+        let size = SIZES[usize::from(frame_type)];
         rest = tail.get(size..)?;
         frames += 1;
     }

@@ -5,40 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-macro_rules! id {
-    ($(#[$d:meta])* $name:ident) => {
-        $(#[$d])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(pub String);
-
-        impl $name {
-            /// The id as text.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
-
-id!(
-    /// The account pushed to (`ToUserName`).
-    McId
-);
-id!(
-    /// The user who acted (`FromUserName`).
-    UserId
-);
-id!(
-    /// The platform's message id (`MsgId`); events have none.
-    MsgId
-);
+pub use pubbot_protocol::{McId, MsgId, UserId};
 
 /// `CreateTime`, kept exactly as given (R5): an integer of unknown unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -212,12 +179,12 @@ impl InboundMessage {
     pub fn dedup_key(&self) -> DedupKey {
         match (&self.msg_id, &self.body) {
             (Some(id), _) => DedupKey::Message {
-                mcid: self.to.0.clone(),
-                msg_id: id.0.clone(),
+                mcid: self.to.as_str().to_owned(),
+                msg_id: id.as_str().to_owned(),
             },
             (None, body) => DedupKey::Event {
-                mcid: self.to.0.clone(),
-                from: self.from.0.clone(),
+                mcid: self.to.as_str().to_owned(),
+                from: self.from.as_str().to_owned(),
                 create_time: self.create_time.map_or(0, |c| c.0),
                 event: match body {
                     MessageBody::Event { event } => event.as_str().to_owned(),
@@ -239,8 +206,8 @@ impl InboundMessage {
             x.push_str(name);
             x.push('>');
         };
-        el("ToUserName", &self.to.0);
-        el("FromUserName", &self.from.0);
+        el("ToUserName", self.to.as_str());
+        el("FromUserName", self.from.as_str());
         if let Some(t) = self.create_time {
             el("CreateTime", &t.0.to_string());
         }
@@ -280,7 +247,7 @@ impl InboundMessage {
             }
         }
         if let Some(id) = &self.msg_id {
-            el("MsgId", &id.0);
+            el("MsgId", id.as_str());
         }
         x.push_str("</xml>");
         x

@@ -51,8 +51,8 @@ pub fn parse(body: &[u8]) -> Result<InboundMessage, ParseError> {
             .filter(|v| !v.is_empty())
             .ok_or(ParseError::Missing(name))
     };
-    let to = McId(required("ToUserName")?);
-    let from = UserId(required("FromUserName")?);
+    let to = McId::new(required("ToUserName")?);
+    let from = UserId::new(required("FromUserName")?);
     let msg_type = required("MsgType")?;
     let create_time = match get("CreateTime").filter(|v| !v.is_empty()) {
         None => None,
@@ -60,7 +60,7 @@ pub fn parse(body: &[u8]) -> Result<InboundMessage, ParseError> {
             v.parse().map_err(|_| ParseError::CreateTime(v.clone()))?,
         )),
     };
-    let msg_id = get("MsgId").filter(|v| !v.is_empty()).map(MsgId);
+    let msg_id = get("MsgId").filter(|v| !v.is_empty()).map(MsgId::new);
     let text = |name: &str| get(name).unwrap_or_default();
     let body = match msg_type.as_str() {
         "text" => MessageBody::Text {

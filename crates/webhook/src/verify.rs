@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
-use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
 /// Why a push was turned away before its body was read. Each reason has its
@@ -141,11 +140,7 @@ pub struct Verifier {
 }
 
 fn sha1_hex(secret: &str, nonce: &str, ts: &str) -> String {
-    let mut h = Sha1::new();
-    h.update(secret.as_bytes());
-    h.update(nonce.as_bytes());
-    h.update(ts.as_bytes());
-    hex::encode(h.finalize())
+    pubbot_protocol::sign(secret, nonce, ts)
 }
 
 impl Verifier {
@@ -187,7 +182,7 @@ impl Verifier {
             .parse()
             .map_err(|_| Rejection::MissingParameter("rc-timestamp"))?;
         // R2: a value above 10^11 is milliseconds.
-        let ts_secs = if ts > 100_000_000_000 { ts / 1000 } else { ts };
+        let ts_secs = pubbot_protocol::unix_secs(ts);
         let given = params.signature.trim().to_ascii_lowercase();
         let mut matched = subtle::Choice::from(0u8);
         for secret in secrets {

@@ -22,15 +22,15 @@ use serde_json::{json, Value};
 #[test]
 fn every_document_example_parses() {
     let text = parse(examples::TEXT.as_bytes()).unwrap();
-    assert_eq!(text.to, McId("toUserId".into()));
-    assert_eq!(text.from, UserId("fromUserName".into()));
+    assert_eq!(text.to, McId::new("toUserId"));
+    assert_eq!(text.from, UserId::new("fromUserName"));
     assert_eq!(text.create_time, Some(CreateTime(134_223_445_860)));
     assert_eq!(
         text.create_time.unwrap().unix_millis(),
         134_223_445_860,
         "R5: 12 digits read as ms"
     );
-    assert_eq!(text.msg_id, Some(MsgId("msgId".into())));
+    assert_eq!(text.msg_id, Some(MsgId::new("msgId")));
     assert_eq!(
         text.body,
         MessageBody::Text {
@@ -75,7 +75,7 @@ fn every_document_example_parses() {
             url: "url".into()
         }
     );
-    assert_eq!(imgtxt.msg_id, Some(MsgId("msgId".into())));
+    assert_eq!(imgtxt.msg_id, Some(MsgId::new("msgId")));
 
     let sub = parse(examples::SUBSCRIBE.as_bytes()).unwrap();
     assert_eq!(
@@ -125,7 +125,7 @@ fn lenient_where_the_platform_is_loose() {
         },
         "user text is kept as sent"
     );
-    assert_eq!(m.msg_id, Some(MsgId("7".into())));
+    assert_eq!(m.msg_id, Some(MsgId::new("7")));
     assert_eq!(m.create_time, None);
 
     let decl = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- c -->\n<xml>\r\n\t<ToUserName>m</ToUserName><FromUserName>u</FromUserName>\
@@ -231,11 +231,11 @@ fn arb_message() -> impl Strategy<Value = InboundMessage> {
             let msg_id = if matches!(body, MessageBody::Event { .. }) {
                 None
             } else {
-                id.map(MsgId)
+                id.map(MsgId::new)
             };
             InboundMessage {
-                to: McId(to),
-                from: UserId(from),
+                to: McId::new(to),
+                from: UserId::new(from),
                 create_time: t.map(CreateTime),
                 msg_id,
                 body,
