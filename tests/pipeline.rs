@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+mod broadcasts;
 mod faults;
 mod protocol;
 

@@ -37,6 +37,8 @@ pub struct Settings {
     pub rules: RuleSettings,
     /// Log output.
     pub log: LogSettings,
+    /// Broadcasts and campaigns.
+    pub broadcast: BroadcastSettings,
     /// Apps and their accounts.
     #[serde(default)]
     pub apps: Vec<AppSettings>,
@@ -175,6 +177,22 @@ pub struct SenderSettings {
 pub struct RuleSettings {
     /// Fallback reload check, s.
     pub reload_check_secs: u64,
+}
+
+/// `[broadcast]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastSettings {
+    /// Seconds a broadcast whose time passed while every replica was down
+    /// may still go out; past it, it is `missed`.
+    pub grace_secs: u64,
+    /// Milliseconds between scheduler rounds.
+    pub tick_ms: u64,
+    /// Seconds a replica holds a broadcast or campaign chunk it sends
+    /// (longer than a call).
+    pub lease_secs: u64,
+    /// Time zone of schedules that name none.
+    pub timezone: String,
 }
 
 /// `[log]`.
@@ -476,6 +494,17 @@ impl Settings {
                 "must be longer than http.accept_deadline_ms (and than the platform's 5 s timeout)",
             ));
         }
+        if self.broadcast.lease_secs * 1000 <= self.sender.request_timeout_ms + 1000 {
+            return Err(invalid(
+                "broadcast.lease_secs",
+                "must be longer than sender.request_timeout_ms plus a second",
+            ));
+        }
+        if self.broadcast.tick_ms == 0 {
+            return Err(invalid("broadcast.tick_ms", "at least 1"));
+        }
+        pubbot_rules::Options::with_timezone(&self.broadcast.timezone)
+            .map_err(|p| invalid("broadcast.timezone", p))?;
         if self.http.max_connections == 0 {
             return Err(invalid("http.max_connections", "at least 1"));
         }

@@ -16,9 +16,12 @@
 //! **Not for:** protocol details (in `pubbot-api-client` and
 //! `pubbot-webhook`) or reply logic (`pubbot-rules`).
 
+pub mod broadcast;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod decide;
+pub mod followers;
 pub mod health;
 pub mod ingest;
 pub mod listener;
@@ -163,6 +166,28 @@ pub async fn start(
     listener: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<Running> {
+    start_with_clock(
+        settings,
+        pool,
+        listener,
+        token,
+        Arc::new(clock::SystemClock),
+    )
+    .await
+}
+
+/// As [`start`], with the clock broadcasts are scheduled by (tests move
+/// it across days).
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with_clock(
+    settings: Settings,
+    pool: PgPool,
+    listener: TcpListener,
+    token: CancellationToken,
+    clock: Arc<dyn clock::Clock>,
+) -> anyhow::Result<Running> {
     health::prometheus();
     db::check_schema(&pool).await?;
     let pools = Pools::split(&pool.connect_options(), &settings.database);
@@ -296,6 +321,24 @@ pub async fn start(
             },
         ));
     }
+
+    housekeeping.spawn(
+        broadcast::Scheduler {
+            pool: pools.housekeeping.clone(),
+            apps: Arc::clone(&apps),
+            clock,
+            worker_id: worker_id.clone(),
+            grace: Duration::from_secs(settings.broadcast.grace_secs),
+            lease: Duration::from_secs(settings.broadcast.lease_secs),
+            tick: Duration::from_millis(settings.broadcast.tick_ms),
+            backoff: (
+                Duration::from_millis(settings.sender.backoff_min_ms),
+                Duration::from_millis(settings.sender.backoff_max_ms),
+            ),
+            max_attempts: settings.sender.max_attempts,
+        }
+        .run(housekeeping_token.clone()),
+    );
 
     let ingest_token = CancellationToken::new();
     let (inbox, ingest) = PgInbox::start(

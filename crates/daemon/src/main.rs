@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[cfg(feature = "demo")]
 mod demo;
+mod ops;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +73,17 @@ enum Command {
     /// Manage the reply rules stored in the database.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// The daily mass send (one a natural day, R11): schedule, one-off,
+    /// list, show, cancel, history, resolve.
+    #[command(subcommand)]
+    Broadcast(ops::BroadcastCommand),
+    /// A message to every follower (or a list of users) by batchsend.
+    #[command(subcommand)]
+    Campaign(ops::CampaignCommand),
+    /// The followers pubbot tracks: count, list, export, subscribe,
+    /// unsubscribe.
+    #[command(subcommand)]
+    Followers(ops::FollowersCommand),
     /// Everything at once on this machine: the platform simulator, the
     /// daemon and demo rules, a scripted conversation, then a prompt to
     /// talk to the bot yourself.
@@ -272,6 +284,12 @@ async fn pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
     }
 }
 
+async fn migrated_pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    let pool = pool(settings).await?;
+    pubbot::db::check_schema(&pool).await?;
+    Ok(pool)
+}
+
 async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate => {
@@ -303,6 +321,18 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Config => show_config(&settings),
         Command::Rules(cmd) => rules(cmd, &settings).await?,
+        Command::Broadcast(cmd) => {
+            let pool = migrated_pool(&settings).await?;
+            ops::broadcast_cmd(cmd, &settings, &pool).await?;
+        }
+        Command::Campaign(cmd) => {
+            let pool = migrated_pool(&settings).await?;
+            ops::campaign_cmd(cmd, &settings, &pool).await?;
+        }
+        Command::Followers(cmd) => {
+            let pool = migrated_pool(&settings).await?;
+            ops::followers_cmd(cmd, &settings, &pool).await?;
+        }
         #[cfg(feature = "demo")]
         Command::Demo {
             sim_listen,

@@ -141,6 +141,21 @@ async fn every_command_has_help_with_an_example() {
         vec!["rules", "disable"],
         vec!["rules", "delete"],
         vec!["rules", "test"],
+        vec!["broadcast", "schedule"],
+        vec!["broadcast", "once"],
+        vec!["broadcast", "list"],
+        vec!["broadcast", "show"],
+        vec!["broadcast", "cancel"],
+        vec!["broadcast", "history"],
+        vec!["broadcast", "resolve"],
+        vec!["campaign", "send"],
+        vec!["campaign", "status"],
+        vec!["campaign", "cancel"],
+        vec!["followers", "count"],
+        vec!["followers", "list"],
+        vec!["followers", "export"],
+        vec!["followers", "subscribe"],
+        vec!["followers", "unsubscribe"],
     ] {
         let mut a = args.clone();
         a.push("--help");
@@ -450,4 +465,117 @@ async fn the_demo_runs_from_a_pipe_with_metrics_json_logs_and_no_secret_in_them(
     assert!(logs
         .iter()
         .any(|l| l.contains("\"message\":\"reply sent\"") && l.contains("trace_id")));
+}
+
+#[sqlx::test(migrations = false)]
+async fn broadcast_commands_refuse_bad_input_with_one_line(
+    _: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = url(&opts, "unused");
+    let dir = std::env::temp_dir().join(format!("pubbot-cli-bc-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let overlay = dir.join("app.toml");
+    std::fs::write(
+        &overlay,
+        "[[apps]]\nkey = \"a\"\nsecret = \"s\"\napi_base_url = \"http://127.0.0.1:1\"\naccounts = [\"shop\"]\n",
+    )
+    .unwrap();
+    let env = [("PUBBOT__DATABASE__URL", db.as_str())];
+    let cfg = overlay.to_str().unwrap();
+    assert_eq!(pubbot(&["migrate"], &env).await.0, 0);
+    let run = |args: Vec<&'static str>| {
+        let mut all = vec!["--config", cfg];
+        all.extend(args);
+        let all: Vec<String> = all.into_iter().map(str::to_owned).collect();
+        async move {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            pubbot(&refs, &env).await
+        }
+    };
+    // An account the app does not host.
+    let (code, _, err) = run(vec![
+        "broadcast",
+        "schedule",
+        "--account",
+        "nope",
+        "--name",
+        "m",
+        "--at",
+        "09:00",
+        "--text",
+        "hi",
+    ])
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(error_line(&err).contains("not hosted"), "{err}");
+    // A time zone that does not exist.
+    let (code, _, err) = run(vec![
+        "broadcast",
+        "schedule",
+        "--account",
+        "shop",
+        "--name",
+        "m",
+        "--at",
+        "09:00",
+        "--timezone",
+        "Mars/Base",
+        "--text",
+        "hi",
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("Mars/Base"), "{err}");
+    // Over the limit (R9).
+    let long = "x".repeat(2001);
+    let long: &'static str = Box::leak(long.into_boxed_str());
+    let (code, _, err) = run(vec![
+        "broadcast",
+        "once",
+        "--account",
+        "shop",
+        "--now",
+        "--text",
+        long,
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("2001 bytes"), "{err}");
+    // A good one, then the day taken, named; JSON output parses.
+    let (code, out, err) = run(vec![
+        "broadcast",
+        "once",
+        "--account",
+        "shop",
+        "--at",
+        "2030-01-02 09:00",
+        "--text",
+        "hi",
+        "--json",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let b: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(b["platform_day"], "2030-01-02");
+    let (code, _, err) = run(vec![
+        "broadcast",
+        "once",
+        "--account",
+        "shop",
+        "--at",
+        "2030-01-02 10:00",
+        "--text",
+        "again",
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        error_line(&err).contains(&format!("taken by broadcast #{}", b["id"])),
+        "{err}"
+    );
+    let (code, out, _) = run(vec!["broadcast", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("day 2030-01-02"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

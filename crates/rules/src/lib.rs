@@ -46,6 +46,7 @@
 //! assert_eq!(d.replies, [PlannedReply::Text { content: "Hi alice, we open 9:00-18:00.".into() }]);
 //! ```
 
+pub mod broadcast;
 mod engine;
 mod model;
 mod render;
