@@ -637,3 +637,44 @@ async fn readiness_follows_the_database_and_metrics_are_served(
     eventually("ready again", || async { get("/readyz").await.0 == 200 }).await;
     d.shutdown().await;
 }
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_reply_that_could_not_go_out_in_time_expires_instead(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // A late answer in a chat is worse than none: past
+    // sender.max_reply_age_secs a reply is expired, counted, never sent.
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, ECHO).await;
+    let mut settings = w.settings();
+    settings.sender.max_reply_age_secs = 1;
+    let (d, _) = w.daemon(settings, pool.clone()).await;
+    w.add_account(d.addr).await;
+    // The platform fails every call (1000, retryable) for a while.
+    w.put("faults", json!({"error_rate": 1.0})).await;
+    w.say("late", "anyone there?").await;
+    eventually("expired", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'expired'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    w.put("faults", json!({"error_rate": 0.0})).await;
+    // A fresh message still gets its answer.
+    w.say("late", "hello?").await;
+    eventually("the new reply", || async {
+        w.texts("late").await == ["re: hello?"]
+    })
+    .await;
+    assert_eq!(
+        w.texts("late").await,
+        ["re: hello?"],
+        "the old one never went out"
+    );
+    d.shutdown().await;
+}

@@ -39,6 +39,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// Broadcasts and campaigns.
     pub broadcast: BroadcastSettings,
+    /// How long processed rows are kept.
+    pub retention: RetentionSettings,
     /// Apps and their accounts.
     #[serde(default)]
     pub apps: Vec<AppSettings>,
@@ -193,6 +195,18 @@ pub struct BroadcastSettings {
     pub lease_secs: u64,
     /// Time zone of schedules that name none.
     pub timezone: String,
+}
+
+/// `[retention]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Days a decided push and a settled reply are kept (0: forever).
+    pub days: u32,
+    /// Seconds between prunes.
+    pub every_secs: u64,
+    /// Rows one delete statement takes.
+    pub batch: i64,
 }
 
 /// `[log]`.

@@ -28,6 +28,7 @@ pub mod listener;
 pub mod notify;
 pub mod outbox;
 pub mod queue;
+pub mod retention;
 pub mod rules;
 pub mod send;
 pub mod spool;
@@ -339,6 +340,16 @@ pub async fn start_with_clock(
         }
         .run(housekeeping_token.clone()),
     );
+
+    if settings.retention.days > 0 {
+        housekeeping.spawn(retention::run(
+            pools.housekeeping.clone(),
+            settings.retention.days,
+            Duration::from_secs(settings.retention.every_secs.max(1)),
+            settings.retention.batch,
+            housekeeping_token.clone(),
+        ));
+    }
 
     let ingest_token = CancellationToken::new();
     let (inbox, ingest) = PgInbox::start(

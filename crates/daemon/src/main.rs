@@ -84,6 +84,22 @@ enum Command {
     /// unsubscribe.
     #[command(subcommand)]
     Followers(ops::FollowersCommand),
+    /// Delete decided pushes and settled replies older than
+    /// retention.days now (the daemon does it every retention.every_secs).
+    #[command(
+        after_help = "Examples:\n  pubbot prune --dry-run\n  pubbot prune --days 7\n\nReads retention.*; undecided pushes and unsettled replies are never deleted."
+    )]
+    Prune {
+        /// Only count what would go.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep this many days instead of retention.days.
+        #[arg(long)]
+        days: Option<u32>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Everything at once on this machine: the platform simulator, the
     /// daemon and demo rules, a scripted conversation, then a prompt to
     /// talk to the bot yourself.
@@ -320,6 +336,36 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             running.shutdown().await;
         }
         Command::Config => show_config(&settings),
+        Command::Prune {
+            dry_run,
+            days,
+            json,
+        } => {
+            let pool = migrated_pool(&settings).await?;
+            let days = days.unwrap_or(settings.retention.days);
+            if days == 0 {
+                anyhow::bail!("retention.days is 0 (keep everything): give --days N");
+            }
+            let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+            let p = if dry_run {
+                pubbot::retention::dry_run(&pool, cutoff).await?
+            } else {
+                pubbot::retention::prune(&pool, cutoff, settings.retention.batch, usize::MAX)
+                    .await?
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                let verb = if dry_run { "would delete" } else { "deleted" };
+                println!(
+                    "{verb} (older than {days} days, before {}): {} replies, {} pushes, {} campaign chunks",
+                    cutoff.format("%Y-%m-%d %H:%M UTC"),
+                    p.replies,
+                    p.pushes,
+                    p.campaign_chunks
+                );
+            }
+        }
         Command::Rules(cmd) => rules(cmd, &settings).await?,
         Command::Broadcast(cmd) => {
             let pool = migrated_pool(&settings).await?;

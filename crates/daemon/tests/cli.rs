@@ -156,6 +156,7 @@ async fn every_command_has_help_with_an_example() {
         vec!["followers", "export"],
         vec!["followers", "subscribe"],
         vec!["followers", "unsubscribe"],
+        vec!["prune"],
     ] {
         let mut a = args.clone();
         a.push("--help");
