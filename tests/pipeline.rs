@@ -5,6 +5,7 @@ use std::time::Duration;
 
 mod broadcasts;
 mod faults;
+mod operator;
 mod protocol;
 
 use pubbot_e2e::{db_addr, eventually, webhook_url, Proxy, World, KEY, SHOP};

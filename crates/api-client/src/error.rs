@@ -33,6 +33,25 @@ impl ErrorCode {
         }
     }
 
+    /// What the code means and what to do (R10), for messages.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Self::Internal => "internal error at the platform; retried with backoff",
+            Self::BadParameter => {
+                "bad parameter; fix the request (an unknown account or media_id, a limit)"
+            }
+            Self::InvalidMediaType => "invalid media type; upload JPG/PNG images and AMR voices",
+            Self::BadSignature => {
+                "bad signature; check the app key and secret (and apps.timestamp_unit, R2)"
+            }
+            Self::Restricted => {
+                "call restricted; e.g. a second mass send on the same natural day (R11)"
+            }
+            Self::RateLimited => "rate limit exceeded; slow down (apps.rate_limit_per_sec)",
+            Self::Other(_) => "a code the document does not list",
+        }
+    }
+
     /// The numeric `errcode`.
     pub fn code(self) -> i64 {
         match self {
@@ -151,7 +170,7 @@ pub enum Error {
     #[error("invalid request: {0}")]
     Invalid(#[from] Invalid),
     /// The platform answered with a non-zero `errcode`.
-    #[error("platform error {}: {message}", code.code())]
+    #[error("platform error {} ({}): {message}", code.code(), code.meaning())]
     Platform {
         /// The code (R10).
         code: ErrorCode,
@@ -159,7 +178,7 @@ pub enum Error {
         message: String,
     },
     /// HTTP 401: the signature was refused (R1). Check key, secret, clock.
-    #[error("signature refused (HTTP 401): {0}")]
+    #[error("signature refused (HTTP 401; check the app key and secret, the clock, and apps.timestamp_unit, R2): {0}")]
     Signature(String),
     /// A non-2xx answer without a platform code.
     #[error("HTTP {status}: {body}")]

@@ -94,6 +94,11 @@ pub struct HttpSettings {
     /// Where metrics (`/metrics`), `/healthz` and `/readyz` are served;
     /// never on the webhook port.
     pub admin_listen: SocketAddr,
+    /// The public base URL of the webhook (`https://bot.example.com`): the
+    /// default route URL of `pubbot account apply` is
+    /// `{public_base_url}/webhook/{app_key}`.
+    #[serde(default)]
+    pub public_base_url: Option<String>,
     /// Signature window, s.
     pub signature_window_secs: u64,
     /// Replay memory.
@@ -584,6 +589,20 @@ impl Settings {
             "database.url"
         } else {
             self.database_url_source
+        }
+    }
+
+    /// The route URL of an app's accounts: `{http.public_base_url}/webhook/{app}`.
+    ///
+    /// # Errors
+    /// When `http.public_base_url` is not set.
+    pub fn route_url(&self, app_key: &str) -> Result<String, ConfigError> {
+        match &self.http.public_base_url {
+            Some(base) => Ok(format!("{}/webhook/{app_key}", base.trim_end_matches('/'))),
+            None => Err(invalid(
+                "http.public_base_url",
+                "not set: give each account a route_url, or set the daemon's public base URL",
+            )),
         }
     }
 

@@ -84,6 +84,34 @@ enum Command {
     /// unsubscribe.
     #[command(subcommand)]
     Followers(ops::FollowersCommand),
+    /// Accounts as code: apply a file, or read one account.
+    #[command(subcommand)]
+    Account(ops::AccountCommand),
+    /// Menus as code: apply a file, show the stored menu.
+    #[command(subcommand)]
+    Menu(ops::MenuCommand),
+    /// Uploaded media by local name: upload, news, list.
+    #[command(subcommand)]
+    Media(ops::MediaCommand),
+    /// One user's pushes and pubbot's replies, in time order, with the rule,
+    /// status and latency of each reply.
+    #[command(after_help = "Example:\n  pubbot conversation alice --account shop --limit 20")]
+    Conversation {
+        /// The user.
+        user: String,
+        /// Only this account.
+        #[arg(long)]
+        account: Option<String>,
+        /// The last N pushes.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Failed replies, and sending them again.
+    #[command(subcommand)]
+    Outbound(ops::OutboundCommand),
     /// Delete decided pushes and settled replies older than
     /// retention.days now (the daemon does it every retention.every_secs).
     #[command(
@@ -375,6 +403,28 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             let pool = migrated_pool(&settings).await?;
             ops::campaign_cmd(cmd, &settings, &pool).await?;
         }
+        Command::Account(cmd) => ops::account_cmd(cmd, &settings).await?,
+        Command::Menu(cmd) => {
+            let pool = migrated_pool(&settings).await?;
+            ops::menu_cmd(cmd, &settings, &pool).await?;
+        }
+        Command::Media(cmd) => {
+            let pool = migrated_pool(&settings).await?;
+            ops::media_cmd(cmd, &settings, &pool).await?;
+        }
+        Command::Conversation {
+            user,
+            account,
+            limit,
+            json,
+        } => {
+            let pool = migrated_pool(&settings).await?;
+            ops::conversation_cmd(&user, account.as_deref(), limit, json, &pool).await?;
+        }
+        Command::Outbound(cmd) => {
+            let pool = migrated_pool(&settings).await?;
+            ops::outbound_cmd(cmd, &settings, &pool).await?;
+        }
         Command::Followers(cmd) => {
             let pool = migrated_pool(&settings).await?;
             ops::followers_cmd(cmd, &settings, &pool).await?;
@@ -540,6 +590,7 @@ async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Result<()> {
             text,
             event,
         } => {
+            let options = pubbot::rules::with_media(&pool, &options).await?;
             let set = RuleSet::compile(pubbot::rules::load(&pool).await?, &options)?;
             let kind = match kind {
                 Kind::Text => IncomingKind::Text,

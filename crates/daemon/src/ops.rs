@@ -661,3 +661,463 @@ pub async fn subscribe_cmd(
     }
     Ok(())
 }
+
+/// `pubbot account ...`
+#[derive(Subcommand, Debug)]
+pub enum AccountCommand {
+    /// Make the platform's accounts match a file: add, refresh, set the
+    /// route url and switch — the plan first, then what was done.
+    #[command(
+        after_help = "Example:\n  pubbot account apply config/examples/accounts.toml --dry-run\n\nThe route url defaults to {http.public_base_url}/webhook/{app}."
+    )]
+    Apply {
+        /// The accounts file (TOML).
+        file: PathBuf,
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The platform's view of an account.
+    #[command(after_help = "Example:\n  pubbot account info shop")]
+    Info {
+        /// The account (mcid).
+        mcid: String,
+        /// App key (default: the only configured app).
+        #[arg(long)]
+        app: Option<String>,
+    },
+}
+
+/// `pubbot menu ...`
+#[derive(Subcommand, Debug)]
+pub enum MenuCommand {
+    /// Make an account's menu match a file with the fewest calls.
+    #[command(
+        after_help = "Example:\n  pubbot menu apply --account shop config/examples/menu.toml\n\nAn invalid file changes nothing and names the item."
+    )]
+    Apply {
+        #[command(flatten)]
+        target: Target,
+        /// The menu file (TOML: [[item]] name, url, [[item.children]]).
+        file: PathBuf,
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The menu pubbot created (the platform cannot list one).
+    #[command(after_help = "Example:\n  pubbot menu show --account shop")]
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+pub enum UploadKind {
+    Image,
+    Voice,
+    Thumb,
+}
+
+/// `pubbot media ...`
+#[derive(Subcommand, Debug)]
+pub enum MediaCommand {
+    /// Upload an image, voice or thumb (format and size checked first, R9);
+    /// the same file again reuses its media_id.
+    #[command(
+        after_help = "Example:\n  pubbot media upload banner.png --type image --name welcome-banner\n\nRules then say: { type = \"image\", media = \"welcome-banner\" }."
+    )]
+    Upload {
+        /// The file.
+        file: PathBuf,
+        /// What it is.
+        #[arg(long = "type", value_enum)]
+        kind: UploadKind,
+        /// Local name (default: the file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+        /// App key (default: the only configured app).
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Upload news material ([[article]] thumb_media_id, title,
+    /// content_source_url, ...).
+    #[command(
+        after_help = "Example:\n  pubbot media news config/examples/articles.toml --name weekly"
+    )]
+    News {
+        /// The articles file (TOML).
+        file: PathBuf,
+        /// Local name.
+        #[arg(long)]
+        name: Option<String>,
+        /// App key (default: the only configured app).
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Uploaded media by local name.
+    #[command(after_help = "Example:\n  pubbot media list --json")]
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `pubbot outbound ...`
+#[derive(Subcommand, Debug)]
+pub enum OutboundCommand {
+    /// Failed replies with the platform's code and message.
+    #[command(after_help = "Example:\n  pubbot outbound failed --since 1h")]
+    Failed {
+        /// How far back (30m, 1h, 2d).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send failed replies again, once, as the rules in force answer their
+    /// push now (fix the rule first).
+    #[command(
+        after_help = "Examples:\n  pubbot outbound retry 812 813\n  pubbot outbound retry --all-failed --since 1h"
+    )]
+    Retry {
+        /// Reply ids (from `outbound failed` or `conversation`).
+        ids: Vec<i64>,
+        /// Every failed reply of the period.
+        #[arg(long)]
+        all_failed: bool,
+        /// The period of --all-failed.
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn app_of(settings: &Settings, app: &Option<String>) -> anyhow::Result<String> {
+    match (app, settings.apps.as_slice()) {
+        (Some(a), _) if settings.apps.iter().any(|x| &x.key == a) => Ok(a.clone()),
+        (Some(a), _) => bail!("app {a:?} is not configured (apps.key)"),
+        (None, [only]) => Ok(only.key.clone()),
+        (None, []) => bail!("no app is configured ([[apps]])"),
+        (None, _) => bail!("several apps are configured: say which with --app"),
+    }
+}
+
+/// `pubbot account ...`
+pub async fn account_cmd(cmd: AccountCommand, settings: &Settings) -> anyhow::Result<()> {
+    use pubbot::manage;
+    match cmd {
+        AccountCommand::Apply { file, dry_run } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let desired: manage::AccountsFile = toml::from_str(&text)
+                .with_context(|| format!("{} is not an accounts file", file.display()))?;
+            let app = app_of(settings, &desired.app)?;
+            let default_route = match settings.route_url(&app) {
+                Ok(u) => u,
+                Err(e) if desired.accounts.iter().all(|a| a.route_url.is_some()) => {
+                    let _ = e;
+                    String::new()
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let client = client(settings, &app)?;
+            let plan = manage::plan_accounts(&client, &desired.accounts, &default_route).await?;
+            println!("plan for {app}:");
+            for step in &plan {
+                println!("  {step}");
+            }
+            if dry_run {
+                return Ok(());
+            }
+            manage::apply_accounts(&client, &desired.accounts, &default_route, &plan).await?;
+            let changes = plan
+                .iter()
+                .filter(|s| {
+                    !matches!(
+                        s,
+                        manage::AccountStep::Same(_) | manage::AccountStep::Warn(..)
+                    )
+                })
+                .count();
+            println!("done: {changes} change(s)");
+        }
+        AccountCommand::Info { mcid, app } => {
+            let app = app_of(settings, &app)?;
+            let info = client(settings, &app)?
+                .account_info(&mcid.as_str().into())
+                .await
+                .with_context(|| format!("reading account {mcid}"))?;
+            print_json(&info)?;
+        }
+    }
+    Ok(())
+}
+
+/// `pubbot menu ...`
+pub async fn menu_cmd(
+    cmd: MenuCommand,
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<()> {
+    use pubbot::manage;
+    match cmd {
+        MenuCommand::Apply {
+            target,
+            file,
+            dry_run,
+        } => {
+            let (app, mcid) = target.resolve(settings)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let menu: manage::MenuFile = toml::from_str(&text)
+                .with_context(|| format!("{} is not a menu file", file.display()))?;
+            let client = client(settings, &app)?;
+            let plan = manage::apply_menu(pool, &client, &app, &mcid, &menu, dry_run).await?;
+            if plan.is_empty() {
+                println!("menu of {app}/{mcid}: no change");
+                return Ok(());
+            }
+            for d in &plan.delete {
+                println!("  - delete {d}");
+            }
+            for a in &plan.add {
+                println!("  + add {a}");
+            }
+            if plan.order {
+                println!("  ~ order");
+            }
+            println!(
+                "{} ({} deleted, {} added)",
+                if dry_run { "plan only" } else { "done" },
+                plan.delete.len(),
+                plan.add.len()
+            );
+        }
+        MenuCommand::Show { target, json } => {
+            let (app, mcid) = target.resolve(settings)?;
+            let items = manage::stored_menu(pool, &app, &mcid).await?;
+            if json {
+                return print_json(&items);
+            }
+            for top in items.iter().filter(|i| i.level == 1) {
+                println!(
+                    "{} {}{}",
+                    top.position,
+                    top.name,
+                    if top.url.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" -> {}", top.url)
+                    }
+                );
+                for c in items
+                    .iter()
+                    .filter(|i| i.parent_id.as_deref() == Some(top.menu_id.as_str()))
+                {
+                    println!(
+                        "  {} {}{}",
+                        c.position,
+                        c.name,
+                        if c.url.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" -> {}", c.url)
+                        }
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `pubbot media ...`
+pub async fn media_cmd(
+    cmd: MediaCommand,
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<()> {
+    use pubbot::manage;
+    match cmd {
+        MediaCommand::Upload {
+            file,
+            kind,
+            name,
+            app,
+        } => {
+            let app = app_of(settings, &app)?;
+            let kind = match kind {
+                UploadKind::Image => pubbot_api_client::MediaKind::Image,
+                UploadKind::Voice => pubbot_api_client::MediaKind::Voice,
+                UploadKind::Thumb => pubbot_api_client::MediaKind::Thumb,
+            };
+            let up = manage::upload(
+                pool,
+                &client(settings, &app)?,
+                &app,
+                kind,
+                &file,
+                name.as_deref(),
+            )
+            .await?;
+            println!(
+                "{} {} as {:?}: media_id {}",
+                if up.reused { "reused" } else { "uploaded" },
+                file.display(),
+                up.media.name,
+                up.media.media_id
+            );
+        }
+        MediaCommand::News { file, name, app } => {
+            let app = app_of(settings, &app)?;
+            let up =
+                manage::upload_news(pool, &client(settings, &app)?, &app, &file, name.as_deref())
+                    .await?;
+            println!(
+                "uploaded news {:?}: media_id {}",
+                up.media.name, up.media.media_id
+            );
+        }
+        MediaCommand::List { json } => {
+            let all = manage::list_media(pool).await?;
+            if json {
+                return print_json(&all);
+            }
+            println!(
+                "{:<12} {:<24} {:<6} {:>9}  MEDIA_ID",
+                "APP", "NAME", "KIND", "BYTES"
+            );
+            for m in all {
+                println!(
+                    "{:<12} {:<24} {:<6} {:>9}  {}",
+                    m.app_key, m.name, m.kind, m.bytes, m.media_id
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `pubbot conversation USER`.
+pub async fn conversation_cmd(
+    user: &str,
+    account: Option<&str>,
+    limit: i64,
+    json: bool,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<()> {
+    let all = pubbot::inspect::conversation(pool, user, account, limit).await?;
+    if json {
+        return print_json(&all);
+    }
+    if all.is_empty() {
+        println!("no pushes from {user}");
+    }
+    for e in all {
+        println!(
+            "{} {user} -> {}: {} (push #{}, trace {}{})",
+            e.received_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+            e.mcid,
+            e.summary,
+            e.id,
+            e.trace_id,
+            if e.status == "pending" {
+                ", not decided yet"
+            } else {
+                ""
+            }
+        );
+        if e.replies.is_empty() && e.status == "done" {
+            println!("    (no reply)");
+        }
+        for r in e.replies {
+            let what = r
+                .payload
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map_or_else(|| r.payload.to_string(), str::to_owned);
+            println!(
+                "    reply #{} [{}] rule {:?}: {}{}{}",
+                r.id,
+                r.status,
+                r.rule,
+                what,
+                r.latency_ms
+                    .map_or_else(String::new, |ms| format!(" ({ms} ms)")),
+                r.error.map_or_else(String::new, |e| format!(" — {e}"))
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `pubbot outbound ...`
+pub async fn outbound_cmd(
+    cmd: OutboundCommand,
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<()> {
+    use pubbot::inspect;
+    match cmd {
+        OutboundCommand::Failed { since, json } => {
+            let since =
+                chrono::Utc::now() - inspect::parse_since(&since).map_err(anyhow::Error::msg)?;
+            let all = inspect::failed(pool, since).await?;
+            if json {
+                return print_json(&all);
+            }
+            println!(
+                "{:>7}  {:<19}  {:<20} {:<16} {:<16} ERROR",
+                "ID", "PLANNED", "TO", "RULE", ""
+            );
+            for f in all {
+                println!(
+                    "{:>7}  {}  {:<20} {:<16} {}",
+                    f.id,
+                    f.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    format!("{}/{}", f.mcid, f.user_id),
+                    f.rule_name,
+                    f.last_error.unwrap_or_default()
+                );
+            }
+        }
+        OutboundCommand::Retry {
+            ids,
+            all_failed,
+            since,
+            json,
+        } => {
+            let ids = if all_failed {
+                let since = chrono::Utc::now()
+                    - inspect::parse_since(&since).map_err(anyhow::Error::msg)?;
+                inspect::failed(pool, since)
+                    .await?
+                    .into_iter()
+                    .map(|f| f.id)
+                    .collect()
+            } else if ids.is_empty() {
+                bail!("give reply ids, or --all-failed --since 1h");
+            } else {
+                ids
+            };
+            let options = pubbot_rules::Options::with_timezone(&settings.timezone)
+                .map_err(anyhow::Error::msg)?;
+            let done = inspect::retry(pool, &options, &ids).await?;
+            if json {
+                return print_json(&done);
+            }
+            for r in &done {
+                println!("reply #{}: {}", r.id, r.outcome);
+            }
+        }
+    }
+    Ok(())
+}

@@ -51,6 +51,33 @@ pub async fn load(pool: &PgPool) -> Result<Vec<Rule>, RulesError> {
         .collect()
 }
 
+/// Uploaded media by local name (name -> every (app, `media_id`)), for
+/// rules that say `media = "name"`.
+///
+/// # Errors
+/// Database errors.
+pub async fn media_names(
+    pool: &PgPool,
+) -> Result<std::collections::HashMap<String, Vec<(String, String)>>, sqlx::Error> {
+    let rows = sqlx::query!("SELECT app_key, name, media_id FROM media ORDER BY app_key")
+        .fetch_all(pool)
+        .await?;
+    let mut out: std::collections::HashMap<String, Vec<(String, String)>> =
+        std::collections::HashMap::new();
+    for r in rows {
+        out.entry(r.name).or_default().push((r.app_key, r.media_id));
+    }
+    Ok(out)
+}
+
+/// `options` with the stored media names.
+///
+/// # Errors
+/// Database errors.
+pub async fn with_media(pool: &PgPool, options: &Options) -> Result<Options, sqlx::Error> {
+    Ok(options.clone().with_media(media_names(pool).await?))
+}
+
 /// The rule set in force, swapped atomically on reload.
 pub struct RuleStore {
     current: RwLock<Arc<RuleSet>>,
@@ -89,7 +116,8 @@ impl RuleStore {
     pub async fn reload(&self, pool: &PgPool) -> Result<usize, RulesError> {
         let fp = fingerprint(pool).await?;
         let rules = load(pool).await?;
-        let set = RuleSet::compile(rules, &self.options)?;
+        let options = with_media(pool, &self.options).await?;
+        let set = RuleSet::compile(rules, &options)?;
         let n = set.len();
         *self
             .current
@@ -151,7 +179,7 @@ pub async fn import(
     };
     candidate.retain(|stored| !file.rules.iter().any(|r| r.name == stored.name));
     candidate.extend(file.rules.iter().cloned());
-    RuleSet::compile(candidate, options)?;
+    RuleSet::compile(candidate, &with_media(pool, options).await?)?;
     let mut tx = pool.begin().await?;
     let mut removed = Vec::new();
     if replace {

@@ -157,6 +157,16 @@ async fn every_command_has_help_with_an_example() {
         vec!["followers", "subscribe"],
         vec!["followers", "unsubscribe"],
         vec!["prune"],
+        vec!["account", "apply"],
+        vec!["account", "info"],
+        vec!["menu", "apply"],
+        vec!["menu", "show"],
+        vec!["media", "upload"],
+        vec!["media", "news"],
+        vec!["media", "list"],
+        vec!["conversation"],
+        vec!["outbound", "failed"],
+        vec!["outbound", "retry"],
     ] {
         let mut a = args.clone();
         a.push("--help");

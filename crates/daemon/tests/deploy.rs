@@ -250,3 +250,33 @@ fn the_dashboard_uses_documented_metrics_only() {
         }
     }
 }
+
+#[test]
+fn the_example_files_parse() {
+    let dir = root().join("config/examples");
+    let accounts: pubbot::manage::AccountsFile =
+        toml::from_str(&std::fs::read_to_string(dir.join("accounts.toml")).unwrap()).unwrap();
+    assert_eq!(accounts.accounts.len(), 2);
+    let menu: pubbot::manage::MenuFile =
+        toml::from_str(&std::fs::read_to_string(dir.join("menu.toml")).unwrap()).unwrap();
+    pubbot::manage::validate_menu(&menu).unwrap();
+    let news: pubbot::manage::NewsFile =
+        toml::from_str(&std::fs::read_to_string(dir.join("articles.toml")).unwrap()).unwrap();
+    assert_eq!(news.articles.len(), 1);
+    let rules = pubbot_rules::RuleFile::from_toml(
+        &std::fs::read_to_string(dir.join("media-rules.toml")).unwrap(),
+    )
+    .unwrap();
+    // Compiles once the medium it names is uploaded.
+    let media = std::collections::HashMap::from([(
+        "welcome-banner".to_owned(),
+        vec![("demo-app".to_owned(), "m1".to_owned())],
+    )]);
+    pubbot_rules::RuleSet::compile(
+        rules.rules,
+        &pubbot_rules::Options::default().with_media(media),
+    )
+    .unwrap();
+    let s = load_overlay(&std::fs::read_to_string(dir.join("demo-app.toml")).unwrap());
+    assert_eq!(s.apps[0].key, "demo-app");
+}

@@ -220,6 +220,10 @@ impl fmt::Display for CompileErrors {
 pub struct Options {
     /// Time zone of rules that name none (default Asia/Shanghai, R11).
     pub default_timezone: Tz,
+    /// Uploaded media by local name: name -> (app key, `media_id`) for
+    /// every app that has one by that name. A reply's `media = "name"` is
+    /// resolved here; an unknown name does not compile.
+    pub media: std::collections::HashMap<String, Vec<(String, String)>>,
 }
 
 impl Options {
@@ -229,14 +233,50 @@ impl Options {
     /// When the name is not a known time zone.
     pub fn with_timezone(tz: &str) -> Result<Self, String> {
         tz.parse::<Tz>()
-            .map(|default_timezone| Self { default_timezone })
+            .map(|default_timezone| Self {
+                default_timezone,
+                media: std::collections::HashMap::new(),
+            })
             .map_err(|_| format!("unknown time zone {tz:?}"))
+    }
+
+    /// These options, with the uploaded media by local name.
+    pub fn with_media(
+        mut self,
+        media: std::collections::HashMap<String, Vec<(String, String)>>,
+    ) -> Self {
+        self.media = media;
+        self
+    }
+
+    /// Resolves a local media name for a rule scoped to `app` (or to every
+    /// app).
+    fn resolve_media(&self, name: &str, app: Option<&str>) -> Result<String, String> {
+        let Some(all) = self.media.get(name) else {
+            return Err(format!(
+                "no uploaded medium is named {name:?} (pubbot media upload ... --name {name})"
+            ));
+        };
+        match app {
+            Some(a) => all
+                .iter()
+                .find(|(k, _)| k == a)
+                .map(|(_, id)| id.clone())
+                .ok_or_else(|| format!("medium {name:?} is not uploaded for app {a:?}")),
+            None => match all.as_slice() {
+                [(_, id)] => Ok(id.clone()),
+                _ => Err(format!(
+                    "medium {name:?} exists for several apps: scope the rule with app_key"
+                )),
+            },
+        }
     }
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
+            media: std::collections::HashMap::new(),
             default_timezone: chrono_tz::Asia::Shanghai,
         }
     }
@@ -402,15 +442,21 @@ fn parse_day(s: &str) -> Option<Weekday> {
 fn compile_media(
     url: &Option<String>,
     media_id: &Option<String>,
+    local: &Option<String>,
     what: &str,
+    resolve: impl Fn(&str) -> Result<String, String>,
 ) -> Result<Media, String> {
     match (
         url.as_deref().map(str::trim),
         media_id.as_deref().map(str::trim),
+        local.as_deref().map(str::trim),
     ) {
-        (Some(u), None) if !u.is_empty() => Ok(Media::Url(u.to_owned())),
-        (None, Some(m)) if !m.is_empty() => Ok(Media::MediaId(m.to_owned())),
-        _ => Err(format!("{what} reply needs exactly one of url or media_id")),
+        (Some(u), None, None) if !u.is_empty() => Ok(Media::Url(u.to_owned())),
+        (None, Some(m), None) if !m.is_empty() => Ok(Media::MediaId(m.to_owned())),
+        (None, None, Some(n)) if !n.is_empty() => resolve(n).map(Media::MediaId),
+        _ => Err(format!(
+            "{what} reply needs exactly one of url, media_id or media (a local name)"
+        )),
     }
 }
 
@@ -1029,12 +1075,22 @@ fn compile_rule(
             Reply::Text { text } => templates
                 .add(&format!("{key}/text"), text)
                 .map(CompiledReply::Text),
-            Reply::Image { url, media_id } => {
-                compile_media(url, media_id, "an image").map(CompiledReply::Image)
-            }
-            Reply::Voice { url, media_id } => {
-                compile_media(url, media_id, "a voice").map(CompiledReply::Voice)
-            }
+            Reply::Image {
+                url,
+                media_id,
+                media,
+            } => compile_media(url, media_id, media, "an image", |n| {
+                options.resolve_media(n, rule.app_key.as_deref())
+            })
+            .map(CompiledReply::Image),
+            Reply::Voice {
+                url,
+                media_id,
+                media,
+            } => compile_media(url, media_id, media, "a voice", |n| {
+                options.resolve_media(n, rule.app_key.as_deref())
+            })
+            .map(CompiledReply::Voice),
             Reply::News { articles } => {
                 render::compile_articles(templates, &key, articles).map(CompiledReply::News)
             }

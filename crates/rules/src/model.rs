@@ -219,7 +219,8 @@ pub enum Reply {
         /// Template of the text.
         text: String,
     },
-    /// An image, by URL or uploaded `media_id` (exactly one).
+    /// An image, by URL, uploaded `media_id`, or the local name of a
+    /// medium uploaded with `pubbot media upload` (exactly one).
     Image {
         /// URL.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,8 +228,13 @@ pub enum Reply {
         /// Uploaded material.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         media_id: Option<String>,
+        /// Local name of uploaded material, resolved to its `media_id`
+        /// when the rule set compiles.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        media: Option<String>,
     },
-    /// A voice, by URL or uploaded `media_id` (exactly one).
+    /// A voice, by URL, uploaded `media_id` or local media name (exactly
+    /// one).
     Voice {
         /// URL.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -236,6 +242,9 @@ pub enum Reply {
         /// Uploaded material.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         media_id: Option<String>,
+        /// Local name of uploaded material.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        media: Option<String>,
     },
     /// News, 1 to 10 articles.
     News {

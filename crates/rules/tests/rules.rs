@@ -413,10 +413,12 @@ fn news_image_and_voice_replies() {
         Reply::Image {
             url: Some("http://x/a.jpg".into()),
             media_id: None,
+            media: None,
         },
         Reply::Voice {
             url: None,
             media_id: Some("m1".into()),
+            media: None,
         },
         Reply::News {
             articles: vec![ArticleTemplate {
@@ -524,6 +526,7 @@ fn every_compile_error_is_reported_at_once_naming_its_rule() {
     media.replies = vec![Reply::Image {
         url: None,
         media_id: None,
+        media: None,
     }];
     let mut no_replies = rule("no-replies", &[], "x");
     no_replies.replies.clear();
@@ -566,7 +569,7 @@ fn every_compile_error_is_reported_at_once_naming_its_rule() {
     assert!(by_rule("eleven-articles")[0].contains("11 articles"));
     assert!(by_rule("bad-template")[0].contains("template error"));
     assert_eq!(by_rule("bad-hours").len(), 2, "{:?}", by_rule("bad-hours"));
-    assert!(by_rule("bad-media")[0].contains("exactly one of url or media_id"));
+    assert!(by_rule("bad-media")[0].contains("exactly one of url, media_id or media"));
     assert!(by_rule("no-replies")[0].contains("no replies"));
     assert!(by_rule("keywords-on-image")[0].contains("keywords need text"));
     assert!(by_rule("empty-pattern")[0].contains("pattern is empty"));
@@ -750,4 +753,33 @@ proptest! {
         prop_assert_eq!(&fast, &set.decide_linear(&msg, &ctx));
         prop_assert_eq!(fast, set.explain(&msg, &ctx).decision);
     }
+}
+
+#[test]
+fn local_media_names_resolve_at_compile_time() {
+    let mut banner = rule("banner", &[("welcome", MatchKind::Contains)], "");
+    banner.replies = vec![Reply::Image {
+        url: None,
+        media_id: None,
+        media: Some("welcome-banner".into()),
+    }];
+    let media = std::collections::HashMap::from([(
+        "welcome-banner".to_owned(),
+        vec![("app".to_owned(), "m-123".to_owned())],
+    )]);
+    let options = Options::default().with_media(media);
+    let set = RuleSet::compile(vec![banner.clone()], &options).unwrap();
+    let d = set.decide(&text("welcome!"), &ctx());
+    assert_eq!(
+        d.replies,
+        [PlannedReply::Image {
+            media: Media::MediaId("m-123".into())
+        }]
+    );
+    // Unknown name: a compile error naming the rule.
+    let e = RuleSet::compile(vec![banner], &Options::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("banner") && e.to_string().contains("welcome-banner"),
+        "{e}"
+    );
 }

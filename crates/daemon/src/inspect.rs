@@ -1,0 +1,303 @@
+//! What an operator looks at when a user says "the bot didn't answer": one
+//! user's conversation (pushes and replies in time order, the rule that
+//! decided each reply, its status and latency), the failed replies, and a
+//! way to send a failed reply again — once — after fixing the rule.
+
+use chrono::{DateTime, Utc};
+use pubbot_rules::{Context, Incoming, IncomingKind, Options, RuleSet};
+use pubbot_webhook::{Event, InboundMessage, MessageBody};
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// One reply in a conversation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplyLine {
+    /// Row id (for `pubbot outbound retry`).
+    pub id: i64,
+    /// The rule that decided it.
+    pub rule: String,
+    /// `pending`, `sending`, `sent`, `failed`, `expired`.
+    pub status: String,
+    /// The platform's refusal or why it is not sent.
+    pub error: Option<String>,
+    /// What it says.
+    pub payload: serde_json::Value,
+    /// From the push's arrival to the reply's delivery, milliseconds.
+    pub latency_ms: Option<i64>,
+    /// When it was sent.
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// One push and what was answered.
+#[derive(Debug, Clone, Serialize)]
+pub struct Exchange {
+    /// Push id.
+    pub id: i64,
+    /// Account.
+    pub mcid: String,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+    /// `text`, `image`, `event`...
+    pub msg_type: String,
+    /// What the user sent, in short.
+    pub summary: String,
+    /// Trace id of its log lines.
+    pub trace_id: String,
+    /// `pending` (not decided yet) or `done`.
+    pub status: String,
+    /// The replies, in order.
+    pub replies: Vec<ReplyLine>,
+}
+
+fn summary(m: &serde_json::Value) -> String {
+    match serde_json::from_value::<InboundMessage>(m.clone()) {
+        Ok(msg) => match msg.body {
+            MessageBody::Text { content } => content,
+            MessageBody::Image { pic_url } => format!("[image] {pic_url}"),
+            MessageBody::Voice { voice_url, .. } => format!("[voice] {voice_url}"),
+            MessageBody::Location { label, .. } => format!("[location] {label}"),
+            MessageBody::ImgTxt { title, .. } => format!("[imgtxt] {title}"),
+            MessageBody::Event { event } => format!("[event] {}", event.as_str()),
+            MessageBody::Unknown { msg_type, .. } => format!("[{msg_type}]"),
+        },
+        Err(_) => "?".into(),
+    }
+}
+
+/// The user's last `limit` pushes (of one account, or all) with their
+/// replies, oldest first.
+///
+/// # Errors
+/// Database errors.
+pub async fn conversation(
+    pool: &PgPool,
+    user: &str,
+    mcid: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Exchange>, sqlx::Error> {
+    let pushes = sqlx::query!(
+        "SELECT id, mcid, received_at, msg_type, message, trace_id, status FROM inbound_messages
+          WHERE user_id = $1 AND ($2::text IS NULL OR mcid = $2)
+          ORDER BY id DESC LIMIT $3",
+        user,
+        mcid,
+        limit
+    )
+    .fetch_all(pool)
+    .await?;
+    let ids: Vec<i64> = pushes.iter().map(|p| p.id).collect();
+    let replies = sqlx::query!(
+        r#"SELECT o.id, o.inbound_id AS "inbound_id!", o.rule_name, o.status, o.last_error, o.payload, o.sent_at,
+                  (extract(epoch FROM o.sent_at - i.received_at) * 1000)::int8 AS latency_ms
+             FROM outbound_messages o JOIN inbound_messages i ON i.id = o.inbound_id
+            WHERE o.inbound_id = ANY($1) ORDER BY o.inbound_id, o.reply_index"#,
+        &ids
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out: Vec<Exchange> = pushes
+        .into_iter()
+        .rev()
+        .map(|p| Exchange {
+            id: p.id,
+            mcid: p.mcid,
+            received_at: p.received_at,
+            msg_type: p.msg_type,
+            summary: summary(&p.message),
+            trace_id: p.trace_id,
+            status: p.status,
+            replies: Vec::new(),
+        })
+        .collect();
+    for r in replies {
+        if let Some(e) = out.iter_mut().find(|e| e.id == r.inbound_id) {
+            e.replies.push(ReplyLine {
+                id: r.id,
+                rule: r.rule_name,
+                status: r.status,
+                error: r.last_error,
+                payload: r.payload,
+                latency_ms: r.latency_ms,
+                sent_at: r.sent_at,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A failed reply.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedReply {
+    /// Row id.
+    pub id: i64,
+    /// When it was planned.
+    pub created_at: DateTime<Utc>,
+    /// App.
+    pub app_key: String,
+    /// Account.
+    pub mcid: String,
+    /// Recipient.
+    pub user_id: String,
+    /// The rule that decided it.
+    pub rule_name: String,
+    /// Why (the platform's code and message).
+    pub last_error: Option<String>,
+    /// What it says.
+    pub payload: serde_json::Value,
+}
+
+/// Failed replies planned since `since`.
+///
+/// # Errors
+/// Database errors.
+pub async fn failed(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<FailedReply>, sqlx::Error> {
+    sqlx::query_as!(
+        FailedReply,
+        "SELECT id, created_at, app_key, mcid, user_id, rule_name, last_error, payload
+           FROM outbound_messages WHERE status = 'failed' AND created_at >= $1 ORDER BY id",
+        since
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// What a retry did with one reply.
+#[derive(Debug, Clone, Serialize)]
+pub struct Retried {
+    /// Row id.
+    pub id: i64,
+    /// `retried`, or why not (`not failed`, `no longer answered`).
+    pub outcome: String,
+}
+
+fn kind_of(m: &InboundMessage) -> (IncomingKind, &str, &str) {
+    match &m.body {
+        MessageBody::Text { content } => (IncomingKind::Text, content.as_str(), ""),
+        MessageBody::Image { .. } => (IncomingKind::Image, "", ""),
+        MessageBody::Voice { .. } => (IncomingKind::Voice, "", ""),
+        MessageBody::Location { .. } => (IncomingKind::Location, "", ""),
+        MessageBody::ImgTxt { .. } => (IncomingKind::Imgtxt, "", ""),
+        MessageBody::Event {
+            event: Event::Subscribe,
+        } => (IncomingKind::Subscribe, "", ""),
+        MessageBody::Event {
+            event: Event::Unsubscribe,
+        } => (IncomingKind::Unsubscribe, "", ""),
+        MessageBody::Event {
+            event: Event::Other(name),
+        } => (IncomingKind::Event, "", name.as_str()),
+        MessageBody::Unknown { .. } => (IncomingKind::Other, "", ""),
+    }
+}
+
+/// Sends failed replies again, once each: the push is decided afresh by
+/// the rules in force (so a fixed rule's reply goes out), the reply at the
+/// same place replaces the failed one, and the row goes back to `pending`
+/// — only if it is still `failed`, so a second retry of the same reply
+/// does nothing.
+///
+/// # Errors
+/// Database errors, rules that do not compile.
+pub async fn retry(pool: &PgPool, options: &Options, ids: &[i64]) -> anyhow::Result<Vec<Retried>> {
+    let options = crate::rules::with_media(pool, options).await?;
+    let set = RuleSet::compile(crate::rules::load(pool).await?, &options)?;
+    let mut out = Vec::new();
+    for &id in ids {
+        let row = sqlx::query!(
+            r#"SELECT o.status, o.reply_index, o.app_key, i.message AS "message?", i.id AS "inbound_id?"
+                 FROM outbound_messages o LEFT JOIN inbound_messages i ON i.id = o.inbound_id
+                WHERE o.id = $1"#,
+            id
+        )
+        .fetch_optional(pool)
+        .await?;
+        let Some(row) = row else {
+            out.push(Retried {
+                id,
+                outcome: "no such reply".into(),
+            });
+            continue;
+        };
+        if row.status != "failed" {
+            out.push(Retried {
+                id,
+                outcome: format!("not failed ({})", row.status),
+            });
+            continue;
+        }
+        let Some(message) = row
+            .message
+            .and_then(|m| serde_json::from_value::<InboundMessage>(m).ok())
+        else {
+            out.push(Retried {
+                id,
+                outcome: "its push is gone".into(),
+            });
+            continue;
+        };
+        let (kind, text, event) = kind_of(&message);
+        let incoming = Incoming {
+            app_key: &row.app_key,
+            mcid: message.to.as_str(),
+            user: message.from.as_str(),
+            kind,
+            text,
+            event,
+        };
+        let ctx = Context {
+            now: Utc::now(),
+            random: (row.inbound_id.unwrap_or(0) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        };
+        let decision = set.decide(&incoming, &ctx);
+        let Some(reply) = usize::try_from(row.reply_index)
+            .ok()
+            .and_then(|i| decision.replies.get(i))
+        else {
+            out.push(Retried {
+                id,
+                outcome: "the rules no longer answer it; not retried".into(),
+            });
+            continue;
+        };
+        let payload = serde_json::to_value(reply)?;
+        let done = sqlx::query!(
+            "UPDATE outbound_messages
+                SET status = 'pending', payload = $2::jsonb::json, attempts = 0, next_attempt_at = now(),
+                    last_error = 'retried by the operator after: ' || coalesce(last_error, '?')
+              WHERE id = $1 AND status = 'failed'",
+            id,
+            payload
+        )
+        .execute(pool)
+        .await?
+        .rows_affected();
+        out.push(Retried {
+            id,
+            outcome: if done == 1 {
+                "retried".into()
+            } else {
+                "not failed any more".into()
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Parses `30s`, `15m`, `1h`, `2d`.
+///
+/// # Errors
+/// What it expected.
+pub fn parse_since(s: &str) -> Result<chrono::Duration, String> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: a number and s, m, h or d (like 1h)"))?;
+    match unit {
+        "s" => Ok(chrono::Duration::seconds(n)),
+        "m" => Ok(chrono::Duration::minutes(n)),
+        "h" | "" => Ok(chrono::Duration::hours(n)),
+        "d" => Ok(chrono::Duration::days(n)),
+        _ => Err(format!("{s:?}: a number and s, m, h or d (like 1h)")),
+    }
+}
