@@ -41,6 +41,10 @@ pub struct Settings {
     pub broadcast: BroadcastSettings,
     /// How long processed rows are kept.
     pub retention: RetentionSettings,
+    /// Handler bots.
+    pub handlers: HandlerSettings,
+    /// Conversation state.
+    pub state: StateSettings,
     /// Apps and their accounts.
     #[serde(default)]
     pub apps: Vec<AppSettings>,
@@ -212,6 +216,28 @@ pub struct RetentionSettings {
     pub every_secs: u64,
     /// Rows one delete statement takes.
     pub batch: i64,
+}
+
+/// `[handlers]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerSettings {
+    /// Tries of one handler call before the fallback.
+    pub max_attempts: u32,
+    /// First pause between tries, ms (doubles).
+    pub backoff_ms: u64,
+    /// Failures in a row that open a handler's breaker.
+    pub breaker_failures: u32,
+    /// Seconds an open breaker stays open.
+    pub breaker_open_secs: u64,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSettings {
+    /// Seconds a user's conversation state lives after its last change.
+    pub ttl_secs: u64,
 }
 
 /// `[log]`.

@@ -55,6 +55,8 @@ pub struct DecideWorker {
     pub progress: Arc<Progress>,
     /// The accounts each app hosts (R16).
     pub hosted: Arc<HashMap<String, Hosted>>,
+    /// How long conversation state lives after its last change.
+    pub state_ttl: Duration,
     /// (app, account) pairs already logged as not hosted: logged once each.
     pub unhosted_seen: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
 }
@@ -89,6 +91,7 @@ struct Planned {
     rule_name: Vec<String>,
     payload: Vec<String>,
     trace_id: Vec<String>,
+    handler: Vec<Option<String>>,
 }
 
 impl DecideWorker {
@@ -120,9 +123,20 @@ impl DecideWorker {
         // later than the leases of the rows handed over.
         let since = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
+        // A user's pushes are decided one at a time, in order (the state a
+        // push is decided by is the one its predecessor left), and not while
+        // a handler call of theirs is open (its answer may change that
+        // state). Other users are never held back.
         let claimed = sqlx::query!(
-            r#"SELECT id, app_key, message, trace_id FROM inbound_messages
-                WHERE status = 'pending' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"#,
+            r#"SELECT i.id, i.app_key, i.mcid, i.user_id, i.message, i.trace_id FROM inbound_messages i
+                WHERE i.status = 'pending'
+                  AND NOT EXISTS (SELECT 1 FROM inbound_messages e
+                                   WHERE e.app_key = i.app_key AND e.mcid = i.mcid AND e.user_id = i.user_id
+                                     AND e.status = 'pending' AND e.id < i.id)
+                  AND NOT EXISTS (SELECT 1 FROM outbound_messages h
+                                   WHERE h.app_key = i.app_key AND h.mcid = i.mcid AND h.user_id = i.user_id
+                                     AND h.handler IS NOT NULL AND h.status IN ('pending', 'sending'))
+                ORDER BY i.id LIMIT $1 FOR UPDATE OF i SKIP LOCKED"#,
             self.batch
         )
         .fetch_all(&mut *tx)
@@ -133,6 +147,31 @@ impl DecideWorker {
         }
         let rules = self.rules.current();
         let now = chrono::Utc::now();
+        // Conversation state of the batch's users, locked in key order.
+        let mut keys: Vec<(String, String, String)> = claimed
+            .iter()
+            .map(|r| (r.app_key.clone(), r.mcid.clone(), r.user_id.clone()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let (ka, (km, ku)): (Vec<String>, (Vec<String>, Vec<String>)) =
+            keys.into_iter().map(|(a, m, u)| (a, (m, u))).unzip();
+        let mut states: HashMap<(String, String, String), serde_json::Value> = sqlx::query!(
+            "SELECT s.app_key, s.mcid, s.user_id, s.state FROM conversation_state s
+               JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(a, m, u)
+                 ON s.app_key = k.a AND s.mcid = k.m AND s.user_id = k.u
+              WHERE s.expires_at > now()
+              ORDER BY s.app_key, s.mcid, s.user_id FOR UPDATE OF s",
+            &ka,
+            &km,
+            &ku
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| ((r.app_key, r.mcid, r.user_id), r.state))
+        .collect();
+        let mut changed_states: Vec<(String, String, String)> = Vec::new();
         let mut planned = Planned::default();
         let mut follows: Vec<(String, String, String, bool)> = Vec::new();
         let mut ids = Vec::with_capacity(claimed.len());
@@ -182,6 +221,7 @@ impl DecideWorker {
                 kind,
                 text,
                 event,
+                state: states.get(&(row.app_key.clone(), row.mcid.clone(), row.user_id.clone())),
             };
             // Deterministic per push, so a re-decided push picks the same.
             let ctx = Context {
@@ -189,6 +229,15 @@ impl DecideWorker {
                 random: (row.id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             };
             let decision = rules.decide(&incoming, &ctx);
+            let key = (row.app_key.clone(), row.mcid.clone(), row.user_id.clone());
+            let state_now = if decision.state_set.is_empty() && decision.state_clear.is_empty() {
+                states.get(&key).cloned()
+            } else {
+                let next = pubbot_rules::next_state(states.get(&key), &decision);
+                states.insert(key.clone(), next.clone());
+                changed_states.push(key);
+                Some(next)
+            };
             for m in &decision.matched {
                 metrics::counter!("pubbot_rule_matches_total", "rule" => m.rule.clone())
                     .increment(1);
@@ -202,6 +251,42 @@ impl DecideWorker {
                 .map(|m| m.rule.clone())
                 .unwrap_or_default();
             for (i, reply) in decision.replies.iter().enumerate() {
+                // A handler call carries the event it is sent.
+                let reply = match reply {
+                    pubbot_rules::PlannedReply::Handler {
+                        handler,
+                        rule,
+                        captures,
+                        named,
+                        fallback,
+                        ..
+                    } => {
+                        planned.handler.push(Some(handler.clone()));
+                        pubbot_rules::PlannedReply::Handler {
+                            handler: handler.clone(),
+                            rule: rule.clone(),
+                            captures: captures.clone(),
+                            named: named.clone(),
+                            fallback: fallback.clone(),
+                            event: serde_json::json!({
+                                "id": format!("push-{}", row.id),
+                                "app_key": row.app_key,
+                                "account": row.mcid,
+                                "user": row.user_id,
+                                "message": message,
+                                "rule": rule,
+                                "captures": captures,
+                                "named": named,
+                                "state": state_now.clone().unwrap_or_else(|| serde_json::json!({})),
+                            }),
+                        }
+                    }
+                    other => {
+                        planned.handler.push(None);
+                        other.clone()
+                    }
+                };
+                let reply = &reply;
                 planned.inbound_id.push(row.id);
                 planned
                     .reply_index
@@ -249,12 +334,12 @@ impl DecideWorker {
                 Claimed,
                 r#"INSERT INTO outbound_messages
                        (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
-                        status, lease_owner, lease_until, attempts)
+                        status, lease_owner, lease_until, attempts, handler)
                    SELECT i, r, a, m, u, n, p::json, t,
                           CASE WHEN go THEN 'sending' ELSE 'pending' END,
                           CASE WHEN go THEN $10 END,
                           CASE WHEN go THEN now() + make_interval(secs => $11) END,
-                          CASE WHEN go THEN 1 ELSE 0 END
+                          CASE WHEN go THEN 1 ELSE 0 END, h
                      FROM (SELECT x.*, $9 AND NOT EXISTS (
                                   SELECT 1 FROM outbound_messages e
                                    WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
@@ -264,11 +349,11 @@ impl DecideWorker {
                                    WHERE q.app_key = x.a AND q.mcid = x.m AND q.user_id = x.u
                                      AND q.status = 'pending' AND q.id < x.i
                                      AND q.id <> ALL($12::int8[])) AS go
-                             FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
-                                  AS x(i, r, a, m, u, n, p, t)) x
-                   ON CONFLICT (inbound_id, reply_index) DO NOTHING
+                             FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $13::text[])
+                                  AS x(i, r, a, m, u, n, p, t, h)) x
+                   ON CONFLICT (inbound_id, reply_index, sub_index) DO NOTHING
                    RETURNING id, app_key, mcid, user_id, payload AS "payload: Json<PlannedReply>", attempts, trace_id,
-                             inbound_id, reply_index, created_at"#,
+                             inbound_id, reply_index, sub_index, created_at"#,
                 &planned.inbound_id,
                 &planned.reply_index,
                 &planned.app_key,
@@ -281,9 +366,20 @@ impl DecideWorker {
                 self.worker_id,
                 self.lease.as_secs_f64(),
                 &ids,
+                &planned.handler as &[Option<String>],
             )
             .fetch_all(&mut *tx)
             .await?;
+        }
+        // The conversation state the batch changed, in the same transaction
+        // (a step is applied once: a retried push is a duplicate at ingest).
+        changed_states.sort();
+        changed_states.dedup();
+        for key in &changed_states {
+            if let Some(state) = states.get(key) {
+                crate::handlers::save_state(&mut tx, &key.0, &key.1, &key.2, state, self.state_ttl)
+                    .await?;
+            }
         }
         // In key order, so two transactions never wait on each other in
         // opposite orders.

@@ -243,6 +243,7 @@ pub async fn retry(pool: &PgPool, options: &Options, ids: &[i64]) -> anyhow::Res
             kind,
             text,
             event,
+            state: None,
         };
         let ctx = Context {
             now: Utc::now(),

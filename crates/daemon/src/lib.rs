@@ -22,6 +22,7 @@ pub mod config;
 pub mod db;
 pub mod decide;
 pub mod followers;
+pub mod handlers;
 pub mod health;
 pub mod ingest;
 pub mod inspect;
@@ -415,12 +416,26 @@ pub async fn start_with_clock(
             poll,
             progress: Arc::clone(&progress),
             hosted: Arc::clone(&hosted),
+            state_ttl: Duration::from_secs(settings.state.ttl_secs),
             unhosted_seen: Arc::clone(&unhosted_seen),
         };
         workers.spawn(w.run(token.clone()));
     }
     drop(handoff_tx);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(settings.sender.max_in_flight));
+    let handler_runner = Arc::new(handlers::HandlerRunner::new(
+        pools.settle.clone(),
+        worker_id.clone(),
+        handlers::HandlerPolicy {
+            max_attempts: settings.handlers.max_attempts,
+            backoff: Duration::from_millis(settings.handlers.backoff_ms),
+            breaker_failures: settings.handlers.breaker_failures,
+            breaker_open: Duration::from_secs(settings.handlers.breaker_open_secs),
+            state_ttl: Duration::from_secs(settings.state.ttl_secs),
+        },
+        Arc::clone(&leases),
+        Arc::clone(&wake),
+    ));
     for _ in 0..settings.workers.send {
         let w = SendWorker {
             pool: pools.send.clone(),
@@ -438,6 +453,7 @@ pub async fn start_with_clock(
             leases: Arc::clone(&leases),
             in_flight: Arc::clone(&in_flight),
             outcomes: outcomes_tx.clone(),
+            handlers: Arc::clone(&handler_runner),
         };
         workers.spawn(w.clone().run_handoff(Arc::clone(&handoff_rx)));
         workers.spawn(w.run(token.clone()));

@@ -217,6 +217,9 @@ enum RulesCommand {
         /// does not list, such as a menu click; R14).
         #[arg(long, default_value = "")]
         event: String,
+        /// The user's conversation state, as JSON (for `when.state`).
+        #[arg(long)]
+        state: Option<String>,
     },
 }
 
@@ -589,7 +592,13 @@ async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Result<()> {
             kind,
             text,
             event,
+            state,
         } => {
+            let state: Option<serde_json::Value> = state
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .context("--state is a JSON object, like '{\"step\": \"ask_size\"}'")?;
             let options = pubbot::rules::with_media(&pool, &options).await?;
             let set = RuleSet::compile(pubbot::rules::load(&pool).await?, &options)?;
             let kind = match kind {
@@ -609,6 +618,7 @@ async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Result<()> {
                 kind,
                 text: &text,
                 event: &event,
+                state: state.as_ref(),
             };
             let e = set.explain(
                 &msg,
@@ -630,7 +640,21 @@ async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Result<()> {
                 println!("no reply");
             }
             for r in &e.decision.replies {
-                println!("reply: {}", serde_json::to_string(r)?);
+                match r {
+                    pubbot_rules::PlannedReply::Handler {
+                        handler, fallback, ..
+                    } => println!(
+                        "handler: {handler} (its answer becomes the replies; fallback: {})",
+                        serde_json::to_string(fallback)?
+                    ),
+                    other => println!("reply: {}", serde_json::to_string(other)?),
+                }
+            }
+            if !e.decision.state_set.is_empty() || !e.decision.state_clear.is_empty() {
+                println!(
+                    "state: {}",
+                    pubbot_rules::next_state(state.as_ref(), &e.decision)
+                );
             }
             for p in &e.decision.problems {
                 println!("problem in {}: {}", p.rule, p.message);

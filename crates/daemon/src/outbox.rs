@@ -75,6 +75,9 @@ pub struct Claimed {
     pub inbound_id: Option<i64>,
     /// Its place among the push's replies.
     pub reply_index: i32,
+    /// Its place among a handler's replies (0: the rule's own reply, or
+    /// the handler call).
+    pub sub_index: i32,
     /// When it was planned.
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
@@ -86,8 +89,12 @@ impl Claimed {
     }
 
     /// Its place in the conversation.
-    pub fn order(&self) -> (i64, i32) {
-        (self.inbound_id.unwrap_or(i64::MAX), self.reply_index)
+    pub fn order(&self) -> (i64, i32, i32) {
+        (
+            self.inbound_id.unwrap_or(i64::MAX),
+            self.reply_index,
+            self.sub_index,
+        )
     }
 }
 
@@ -300,7 +307,7 @@ pub async fn claim(
                           SELECT 1 FROM outbound_messages e
                            WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
                              AND e.status IN ('pending', 'sending')
-                             AND (e.inbound_id, e.reply_index) < (c.inbound_id, c.reply_index))
+                             AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index))
                       AND NOT EXISTS (
                           SELECT 1 FROM inbound_messages p
                            WHERE p.app_key = c.app_key AND p.mcid = c.mcid AND p.user_id = c.user_id
@@ -308,7 +315,7 @@ pub async fn claim(
                     ORDER BY c.next_attempt_at, c.id LIMIT $3 FOR UPDATE SKIP LOCKED) c
             WHERE o.id = c.id
         RETURNING o.id, o.app_key, o.mcid, o.user_id, o.payload AS "payload: Json<PlannedReply>",
-                  o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.created_at"#,
+                  o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
         worker_id,
         lease.as_secs_f64(),
         batch
@@ -333,7 +340,7 @@ pub async fn any_due(pool: &PgPool) -> Result<bool, sqlx::Error> {
                     SELECT 1 FROM outbound_messages e
                      WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
                        AND e.status IN ('pending', 'sending')
-                       AND (e.inbound_id, e.reply_index) < (c.inbound_id, c.reply_index))) AS "due!""#
+                       AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index))) AS "due!""#
     )
     .persistent(false)
     .fetch_one(pool)

@@ -102,6 +102,9 @@ pub async fn prune(
             break;
         }
     }
+    sqlx::query!("DELETE FROM conversation_state WHERE expires_at < now()")
+        .execute(pool)
+        .await?;
     let n = sqlx::query!(
         "DELETE FROM campaign_chunks k USING campaigns c
           WHERE c.id = k.campaign_id AND c.state <> 'running' AND c.finished_at < $1",

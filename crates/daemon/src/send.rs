@@ -96,15 +96,18 @@ pub struct SendWorker {
     pub in_flight: Arc<Semaphore>,
     /// Where outcomes go (the recorder).
     pub outcomes: mpsc::Sender<Settlement>,
+    /// Calls handler bots for handler rows.
+    pub handlers: Arc<crate::handlers::HandlerRunner>,
 }
 
 /// Maps a planned reply to the client's message.
-pub fn to_message(reply: &PlannedReply) -> Message {
+pub fn to_message(reply: &PlannedReply) -> Option<Message> {
     let media = |m: &Media| match m {
         Media::Url(u) => MediaRef::Url(u.clone()),
         Media::MediaId(id) => MediaRef::Uploaded(id.as_str().into()),
     };
-    match reply {
+    Some(match reply {
+        PlannedReply::Handler { .. } => return None,
         PlannedReply::Text { content } => Message::Text(content.clone()),
         PlannedReply::Image { media: m } => Message::Image(media(m)),
         PlannedReply::Voice { media: m } => Message::Voice(media(m)),
@@ -119,7 +122,7 @@ pub fn to_message(reply: &PlannedReply) -> Message {
                 })
                 .collect(),
         ),
-    }
+    })
 }
 
 /// Rows of one hand-off: what one deciding transaction leased to this
@@ -185,6 +188,7 @@ fn batchable(reply: &PlannedReply) -> bool {
         PlannedReply::Image { media } | PlannedReply::Voice { media } => {
             matches!(media, Media::Url(_))
         }
+        PlannedReply::Handler { .. } => false,
     }
 }
 
@@ -356,10 +360,18 @@ impl SendWorker {
             self.record(h.row.id, h.row.attempts, Outcome::Expired)
                 .await;
         }
-        let Some(call) = call else {
+        let Some(mut call) = call else {
             return not_sent;
         };
         let all: Vec<(String, String, String)> = call.rows.iter().map(conv).collect();
+        if matches!(call.reply, PlannedReply::Handler { .. }) {
+            // Not a platform call: the handler answers, and its replies take
+            // this row's place; the user's later rows wait for them.
+            for held in call.rows.drain(..) {
+                self.handlers.run(held).await;
+            }
+            return all;
+        }
         let Some(call) = self.keep_leases(call).await else {
             // Rows lost to another process, or given back untried: later
             // rows of these users wait.
@@ -456,7 +468,9 @@ impl SendWorker {
         let Some(app) = self.apps.get(app_key) else {
             return Outcome::Failed(format!("app {app_key:?} is not configured"));
         };
-        let message = to_message(&call.reply);
+        let Some(message) = to_message(&call.reply) else {
+            return Outcome::Failed("a handler call is not a platform message".into());
+        };
         let mcid = McId::from(call.mcid.as_str());
         let started = std::time::Instant::now();
         let (endpoint, result) = match call.rows.as_slice() {
@@ -574,6 +588,7 @@ mod tests {
                 trace_id: format!("t{id}"),
                 inbound_id: Some(id),
                 reply_index: 0,
+                sub_index: 0,
                 created_at: chrono::Utc::now(),
             },
             since: std::time::Instant::now(),

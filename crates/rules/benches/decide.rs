@@ -54,6 +54,11 @@ fn rule(i: usize, keyword: Keyword) -> Rule {
         mode: ReplyMode::All,
         flow: Flow::Stop,
         timezone: None,
+        when: None,
+        set_state: Default::default(),
+        clear_state: Vec::new(),
+        handler: None,
+        fallback: Vec::new(),
     }
 }
 
@@ -146,6 +151,7 @@ fn msg(text: &str) -> Incoming<'_> {
         kind: IncomingKind::Text,
         text,
         event: "",
+        state: None,
     }
 }
 

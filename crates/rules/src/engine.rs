@@ -32,6 +32,8 @@ pub struct Incoming<'a> {
     pub text: &'a str,
     /// The `Event` of an event (empty otherwise).
     pub event: &'a str,
+    /// The user's conversation state (a JSON object), if any.
+    pub state: Option<&'a serde_json::Value>,
 }
 
 /// Kinds of inbound messages and events.
@@ -136,6 +138,26 @@ pub enum PlannedReply {
         /// 1 to 10 articles.
         articles: Vec<Article>,
     },
+    /// A call to a handler bot, whose answer becomes the replies (the
+    /// daemon makes the call, outside any transaction).
+    Handler {
+        /// The handler's name.
+        handler: String,
+        /// The rule that matched.
+        rule: String,
+        /// Regex captures by index (`captures[0]` the whole match).
+        #[serde(default)]
+        captures: Vec<String>,
+        /// Named captures.
+        #[serde(default)]
+        named: std::collections::BTreeMap<String, String>,
+        /// What to send if the handler fails after its last try.
+        #[serde(default)]
+        fallback: Vec<PlannedReply>,
+        /// The event sent to the handler; filled in by the daemon.
+        #[serde(default)]
+        event: serde_json::Value,
+    },
 }
 
 /// A rule that matched, and why.
@@ -164,6 +186,10 @@ pub struct Problem {
 pub struct Decision {
     /// Replies, in sending order.
     pub replies: Vec<PlannedReply>,
+    /// Conversation state keys the matched rules set.
+    pub state_set: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Keys they cleared (`"*"`: all), applied before `state_set`.
+    pub state_clear: Vec<String>,
     /// Rules that matched, in priority order.
     pub matched: Vec<Matched>,
     /// Render problems.
@@ -313,6 +339,7 @@ struct CompiledRule {
     senders: Option<HashSet<String>>,
     active: Option<Active>,
     replies: Vec<CompiledReply>,
+    fallback: Vec<CompiledReply>,
     /// Why a keyword-less rule matched.
     on_why: String,
 }
@@ -809,25 +836,100 @@ impl RuleSet {
                 rule.replies.get(pick as usize).into_iter().collect()
             }
         };
-        for reply in chosen {
-            match render::reply(&self.templates, reply, &vars) {
-                Ok((planned, notes)) => {
-                    out.problems
-                        .extend(notes.into_iter().map(|message| Problem {
-                            rule: rule.rule.name.clone(),
-                            message,
-                        }));
-                    if let Some(p) = planned {
-                        out.replies.push(p);
+        let render_all = |replies: Vec<&CompiledReply>, out: &mut Decision| {
+            let mut planned_all = Vec::new();
+            for reply in replies {
+                match render::reply(&self.templates, reply, &vars) {
+                    Ok((planned, notes)) => {
+                        out.problems
+                            .extend(notes.into_iter().map(|message| Problem {
+                                rule: rule.rule.name.clone(),
+                                message,
+                            }));
+                        planned_all.extend(planned);
                     }
+                    Err(message) => out.problems.push(Problem {
+                        rule: rule.rule.name.clone(),
+                        message,
+                    }),
                 }
-                Err(message) => out.problems.push(Problem {
-                    rule: rule.rule.name.clone(),
-                    message,
-                }),
+            }
+            planned_all
+        };
+        let planned = render_all(chosen, out);
+        out.replies.extend(planned);
+        if let Some(handler) = &rule.rule.handler {
+            let fallback = render_all(rule.fallback.iter().collect(), out);
+            let list: Vec<String> = captures
+                .as_ref()
+                .map(|c| {
+                    c.iter()
+                        .map(|m| m.map(|m| m.as_str().to_owned()).unwrap_or_default())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let named = captures
+                .as_ref()
+                .map(|c| {
+                    names
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, n)| {
+                            n.map(|n| {
+                                (
+                                    n.to_owned(),
+                                    c.get(i).map(|m| m.as_str().to_owned()).unwrap_or_default(),
+                                )
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.replies.push(PlannedReply::Handler {
+                handler: handler.clone(),
+                rule: rule.rule.name.clone(),
+                captures: list,
+                named,
+                fallback,
+                event: serde_json::Value::Null,
+            });
+        }
+        out.state_clear
+            .extend(rule.rule.clear_state.iter().cloned());
+        for k in &rule.rule.clear_state {
+            if k == "*" {
+                out.state_set.clear();
+            } else {
+                out.state_set.remove(k);
             }
         }
+        out.state_set.extend(
+            rule.rule
+                .set_state
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
     }
+}
+
+/// The conversation state after a decision: `state` with the decision's
+/// clears, then its sets, applied.
+pub fn next_state(state: Option<&serde_json::Value>, d: &Decision) -> serde_json::Value {
+    let mut map = match state {
+        Some(serde_json::Value::Object(m)) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    for k in &d.state_clear {
+        if k == "*" {
+            map.clear();
+        } else {
+            map.remove(k);
+        }
+    }
+    for (k, v) in &d.state_set {
+        map.insert(k.clone(), v.clone());
+    }
+    serde_json::Value::Object(map)
 }
 
 impl CompiledRule {
@@ -876,6 +978,18 @@ impl CompiledRule {
             return Err(format!("on {:?}, got {}", self.on, msg.kind.as_str())
                 .to_lowercase()
                 .into());
+        }
+        if let Some(when) = &self.rule.when {
+            for (key, want) in &when.state {
+                let have = msg.state.and_then(|s| s.get(key));
+                if have != Some(want) {
+                    return Err(format!(
+                        "state.{key} is {}, wants {want}",
+                        have.map_or_else(|| "unset".to_owned(), ToString::to_string)
+                    )
+                    .into());
+                }
+            }
         }
         if let Some(senders) = &self.senders {
             if !senders.contains(msg.user) {
@@ -1065,12 +1179,68 @@ fn compile_rule(
             }
         }
     });
-    if rule.replies.is_empty() {
-        problems.push("no replies".into());
+    let changes_state = !rule.set_state.is_empty() || !rule.clear_state.is_empty();
+    if rule.replies.is_empty() && rule.handler.is_none() && !changes_state {
+        problems.push("no replies (and no handler or state change)".into());
     }
-    let mut replies = Vec::with_capacity(rule.replies.len());
-    for (j, reply) in rule.replies.iter().enumerate() {
-        let key = format!("{position}/{j}");
+    if rule.handler.as_deref().is_some_and(|h| h.trim().is_empty()) {
+        problems.push("handler is empty".into());
+    }
+    if !rule.fallback.is_empty() && rule.handler.is_none() {
+        problems.push("fallback needs a handler".into());
+    }
+    let replies = compile_replies(
+        &rule.replies,
+        &format!("{position}"),
+        rule,
+        options,
+        templates,
+        &mut problems,
+        "reply",
+    );
+    let fallback = compile_replies(
+        &rule.fallback,
+        &format!("{position}/fallback"),
+        rule,
+        options,
+        templates,
+        &mut problems,
+        "fallback",
+    );
+    let senders = rule
+        .trigger
+        .senders
+        .as_ref()
+        .map(|s| s.iter().cloned().collect());
+    if problems.is_empty() {
+        Ok(CompiledRule {
+            rule: rule.clone(),
+            on,
+            tz,
+            keywords,
+            senders,
+            active,
+            replies,
+            fallback,
+            on_why: format!("on {on:?}").to_lowercase(),
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+fn compile_replies(
+    list: &[Reply],
+    prefix: &str,
+    rule: &Rule,
+    options: &Options,
+    templates: &mut render::Templates,
+    problems: &mut Vec<String>,
+    what: &str,
+) -> Vec<CompiledReply> {
+    let mut replies = Vec::with_capacity(list.len());
+    for (j, reply) in list.iter().enumerate() {
+        let key = format!("{prefix}/{j}");
         let compiled = match reply {
             Reply::Text { text } => templates
                 .add(&format!("{key}/text"), text)
@@ -1097,26 +1267,8 @@ fn compile_rule(
         };
         match compiled {
             Ok(c) => replies.push(c),
-            Err(e) => problems.push(format!("reply {}: {e}", j + 1)),
+            Err(e) => problems.push(format!("{what} {}: {e}", j + 1)),
         }
     }
-    let senders = rule
-        .trigger
-        .senders
-        .as_ref()
-        .map(|s| s.iter().cloned().collect());
-    if problems.is_empty() {
-        Ok(CompiledRule {
-            rule: rule.clone(),
-            on,
-            tz,
-            keywords,
-            senders,
-            active,
-            replies,
-            on_why: format!("on {on:?}").to_lowercase(),
-        })
-    } else {
-        Err(problems)
-    }
+    replies
 }

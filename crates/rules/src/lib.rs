@@ -40,7 +40,7 @@
 //! replies = [{ type = "text", text = "Thanks, we will answer soon." }]
 //! "#).unwrap();
 //! let rules = RuleSet::compile(file.rules, &Options::default()).unwrap();
-//! let msg = Incoming { app_key: "app", mcid: "shop", user: "alice", kind: IncomingKind::Text, text: "Opening HOURS?", event: "" };
+//! let msg = Incoming { app_key: "app", mcid: "shop", user: "alice", kind: IncomingKind::Text, text: "Opening HOURS?", event: "", state: None };
 //! let ctx = Context { now: chrono::Utc::now(), random: 0 };
 //! let d = rules.decide(&msg, &ctx);
 //! assert_eq!(d.replies, [PlannedReply::Text { content: "Hi alice, we open 9:00-18:00.".into() }]);
@@ -52,11 +52,11 @@ mod model;
 mod render;
 
 pub use engine::{
-    normalize, Article, CompileError, CompileErrors, Context, Decision, Explanation, Incoming,
-    IncomingKind, Matched, Media, Options, PlannedReply, Problem, RuleSet, Verdict,
+    next_state, normalize, Article, CompileError, CompileErrors, Context, Decision, Explanation,
+    Incoming, IncomingKind, Matched, Media, Options, PlannedReply, Problem, RuleSet, Verdict,
 };
 pub use model::{
     ActiveHours, ArticleTemplate, Flow, Keyword, MatchKind, On, Reply, ReplyMode, Rule, RuleFile,
-    RuleKind, Trigger,
+    RuleKind, Trigger, When,
 };
 pub use render::{truncate_bytes, width, ARTICLES_MAX, DESCRIPTION_MAX_WIDTH, TEXT_MAX_BYTES};

@@ -72,8 +72,28 @@ pub struct Rule {
     /// What must hold for the rule to match.
     #[serde(default, skip_serializing_if = "is_default")]
     pub trigger: Trigger,
-    /// What to send.
+    /// What to send. May be empty when the rule calls a `handler` or only
+    /// changes the conversation state.
+    #[serde(default)]
     pub replies: Vec<Reply>,
+    /// Conditions on the user's conversation state (`when.state.step =
+    /// "ask_size"`): every key must hold that value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<When>,
+    /// Keys of the conversation state to set when the rule matches.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub set_state: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Keys of the conversation state to clear (`"*"`: all of it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clear_state: Vec<String>,
+    /// A handler bot (`pubbot handler add NAME`) called over HTTP to answer,
+    /// after the rule's own replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+    /// What to send when the handler fails after its last try (or its
+    /// breaker is open); empty: nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<Reply>,
     /// `all` (each, in order) or `random_one`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub mode: ReplyMode,
@@ -84,6 +104,15 @@ pub struct Rule {
     /// set's default (Asia/Shanghai).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+}
+
+/// Conditions beyond the message itself.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    /// Conversation state keys and the values they must have.
+    #[serde(default)]
+    pub state: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 fn yes() -> bool {

@@ -17,9 +17,9 @@ use crate::model::ArticleTemplate;
 pub use pubbot_protocol::limits::{ARTICLES_MAX, DESCRIPTION_MAX_WIDTH, TEXT_MAX_BYTES};
 
 /// The variables a reply template can use.
-pub const VARIABLES: [&str; 11] = [
+pub const VARIABLES: [&str; 12] = [
     "user", "account", "app_key", "text", "kind", "captures", "named", "now", "date", "time",
-    "weekday",
+    "weekday", "state",
 ];
 
 /// minijinja's own globals (functions and the loop variable).
@@ -184,6 +184,7 @@ impl<'a> Vars<'a> {
                 date => local.format("%Y-%m-%d").to_string(),
                 time => local.format("%H:%M").to_string(),
                 weekday => local.format("%a").to_string().to_lowercase(),
+                state => self.msg.state.cloned().unwrap_or_else(|| serde_json::json!({})),
             }
         })
     }

@@ -42,6 +42,11 @@ fn rule(name: &str, keywords: &[(&str, MatchKind)], reply: &str) -> Rule {
         mode: ReplyMode::All,
         flow: Flow::Stop,
         timezone: None,
+        when: None,
+        set_state: Default::default(),
+        clear_state: Vec::new(),
+        handler: None,
+        fallback: Vec::new(),
     }
 }
 
@@ -69,6 +74,7 @@ fn text(t: &str) -> Incoming<'_> {
         kind: IncomingKind::Text,
         text: t,
         event: "",
+        state: None,
     }
 }
 
@@ -80,6 +86,7 @@ fn of(kind: IncomingKind) -> Incoming<'static> {
         kind,
         text: "",
         event: "",
+        state: None,
     }
 }
 
@@ -716,6 +723,11 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
                 },
                 flow: if cont { Flow::Continue } else { Flow::Stop },
                 timezone: None,
+                when: None,
+                set_state: Default::default(),
+                clear_state: Vec::new(),
+                handler: None,
+                fallback: Vec::new(),
             }
         })
 }
@@ -747,7 +759,7 @@ proptest! {
         let set = RuleSet::compile(rules, &Options::default()).unwrap();
         let msg_text = if lower { msg_text.to_lowercase() } else { msg_text };
         let kind = [IncomingKind::Text, IncomingKind::Text, IncomingKind::Image, IncomingKind::Subscribe][kind as usize];
-        let msg = Incoming { app_key: "app", mcid: "shop", user: "u", kind, text: &msg_text, event: "" };
+        let msg = Incoming { app_key: "app", mcid: "shop", user: "u", kind, text: &msg_text, event: "", state: None };
         let ctx = Context { now: noon_shanghai(), random };
         let fast = set.decide(&msg, &ctx);
         prop_assert_eq!(&fast, &set.decide_linear(&msg, &ctx));

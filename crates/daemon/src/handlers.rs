@@ -1,0 +1,687 @@
+//! Handler bots: rules whose answer comes from a URL the bot author runs.
+//!
+//! A rule with `handler = "NAME"` plans a *handler call* in the outbox in
+//! the place of its reply (outbox invariants hold for it: leased, in the
+//! user's order). A sender calls the handler — never inside a database
+//! transaction — with a JSON event signed the Standard Webhooks way
+//! (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64
+//! HMAC-SHA256 of id.timestamp.body>`), and records the answer in one
+//! transaction: the replies it asks for (validated like every reply, R9)
+//! take the call's place in the conversation (sub index 1, 2, ...), its
+//! state changes are applied, and the call is marked `sent`.
+//!
+//! Failures (a timeout, a 5xx, a refused connection, JSON that does not
+//! parse) are retried with backoff under the same event id (the author
+//! deduplicates by it), up to `handlers.max_attempts`; then the rule's
+//! `fallback` replies are sent instead (or nothing) and the call is marked
+//! `failed` with the reason. An answer that parses but breaks a rule (an
+//! unknown reply type, text over 2000 bytes) is not retried: fallback at
+//! once, and nothing malformed reaches the platform. A breaker per handler
+//! opens after `handlers.breaker_failures` failures in a row: while open
+//! (`handlers.breaker_open_secs`) calls are not made and the fallback is
+//! sent; then one call is let through, and a success closes it.
+//!
+//! A user's next push is decided only once their open handler call is
+//! answered (its state changes may matter), so handlers block their own
+//! user only — never others.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use pubbot_rules::{Article, Media, PlannedReply, Reply};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+
+use crate::notify::Wakeups;
+use crate::outbox::{Held, Leases};
+
+/// A handler as configured (`pubbot handler add`).
+#[derive(Debug, Clone)]
+pub struct HandlerConfig {
+    /// Name.
+    pub name: String,
+    /// Where it is called.
+    pub url: String,
+    /// Signing secret (`whsec_<base64>` or plain text).
+    pub secret: String,
+    /// One call's timeout.
+    pub timeout: Duration,
+    /// Calls in flight at once.
+    pub concurrency: usize,
+}
+
+/// Signs a call the Standard Webhooks way: `v1,` + base64 of
+/// HMAC-SHA256(`id.timestamp.body`); a `whsec_` secret's key is the base64
+/// after the prefix, any other secret is used as bytes.
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let key = match secret.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_else(|_| b64.as_bytes().to_vec()),
+        None => secret.as_bytes().to_vec(),
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// What a handler answers.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Answer {
+    /// Replies, in order: `{type = "text", text}`, `{type = "image", url |
+    /// media_id | media}`, `{type = "voice", ...}`, `{type = "news",
+    /// articles}`.
+    #[serde(default)]
+    pub replies: Vec<Reply>,
+    /// State changes.
+    #[serde(default)]
+    pub state: Option<StateChange>,
+}
+
+/// State changes a handler asks for.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateChange {
+    /// Keys to set.
+    #[serde(default)]
+    pub set: serde_json::Map<String, serde_json::Value>,
+    /// Keys to clear (`"*"`: all), before `set`.
+    #[serde(default)]
+    pub clear: Vec<String>,
+}
+
+/// Turns an answer's replies into planned replies, validated like every
+/// reply (R9); local media names are resolved with `media`.
+///
+/// # Errors
+/// The first reply that breaks a rule, named.
+pub fn validate_answer(
+    answer: &Answer,
+    media: &HashMap<String, String>,
+) -> Result<Vec<PlannedReply>, String> {
+    use pubbot_protocol::limits;
+    let mut out = Vec::new();
+    let pick = |url: &Option<String>, id: &Option<String>, name: &Option<String>, i: usize| match (
+        url, id, name,
+    ) {
+        (Some(u), None, None) if !u.trim().is_empty() => Ok(Media::Url(u.clone())),
+        (None, Some(m), None) if !m.trim().is_empty() => Ok(Media::MediaId(m.clone())),
+        (None, None, Some(n)) => media
+            .get(n)
+            .map(|m| Media::MediaId(m.clone()))
+            .ok_or_else(|| format!("reply {i}: no uploaded medium is named {n:?}")),
+        _ => Err(format!(
+            "reply {i}: give exactly one of url, media_id, media"
+        )),
+    };
+    for (i, r) in answer.replies.iter().enumerate() {
+        out.push(match r {
+            Reply::Text { text } => {
+                if text.trim().is_empty() {
+                    return Err(format!("reply {i}: text is empty"));
+                }
+                if text.len() > limits::TEXT_MAX_BYTES {
+                    return Err(format!(
+                        "reply {i}: text is {} bytes, at most {} (R9)",
+                        text.len(),
+                        limits::TEXT_MAX_BYTES
+                    ));
+                }
+                PlannedReply::Text {
+                    content: text.clone(),
+                }
+            }
+            Reply::Image {
+                url,
+                media_id,
+                media: name,
+            } => PlannedReply::Image {
+                media: pick(url, media_id, name, i)?,
+            },
+            Reply::Voice {
+                url,
+                media_id,
+                media: name,
+            } => PlannedReply::Voice {
+                media: pick(url, media_id, name, i)?,
+            },
+            Reply::News { articles } => {
+                if articles.is_empty() || articles.len() > limits::ARTICLES_MAX {
+                    return Err(format!(
+                        "reply {i}: {} articles, 1 to {} (R9)",
+                        articles.len(),
+                        limits::ARTICLES_MAX
+                    ));
+                }
+                let mut list = Vec::new();
+                for a in articles {
+                    if a.title.trim().is_empty() || a.picurl.trim().is_empty() {
+                        return Err(format!("reply {i}: an article needs title and picurl"));
+                    }
+                    if let Some(d) = &a.description {
+                        if pubbot_protocol::width(d) > limits::DESCRIPTION_MAX_WIDTH {
+                            return Err(format!(
+                                "reply {i}: a description is wider than 2000 (R9)"
+                            ));
+                        }
+                    }
+                    list.push(Article {
+                        title: a.title.clone(),
+                        description: a.description.clone(),
+                        url: a.url.clone(),
+                        picurl: a.picurl.clone(),
+                    });
+                }
+                PlannedReply::News { articles: list }
+            }
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// Knobs of handler calls.
+#[derive(Debug, Clone)]
+pub struct HandlerPolicy {
+    /// Tries of one call.
+    pub max_attempts: u32,
+    /// First pause between tries (doubles).
+    pub backoff: Duration,
+    /// Failures in a row that open a handler's breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker stays open.
+    pub breaker_open: Duration,
+    /// How long conversation state lives after its last change.
+    pub state_ttl: Duration,
+}
+
+/// How a call ended.
+#[derive(Debug)]
+pub enum CallResult {
+    /// The handler answered (validated).
+    Answered {
+        /// Its replies.
+        replies: Vec<PlannedReply>,
+        /// Its state changes.
+        state: Option<StateChange>,
+    },
+    /// No good answer: the fallback goes out, with the reason.
+    Failed(String),
+}
+
+/// When the handlers were read, and each with its concurrency limit.
+type Registry = (
+    Option<Instant>,
+    HashMap<String, (HandlerConfig, Arc<Semaphore>)>,
+);
+
+/// Calls handlers and records their answers.
+pub struct HandlerRunner {
+    /// Records answers (the settle pool).
+    pub pool: PgPool,
+    /// Lease identity.
+    pub worker_id: String,
+    /// Knobs.
+    pub policy: HandlerPolicy,
+    /// Rows held by this process.
+    pub leases: Arc<Leases>,
+    /// Wakes senders and deciders when an answer is recorded.
+    pub wake: Arc<Wakeups>,
+    http: reqwest::Client,
+    registry: Mutex<Registry>,
+    breakers: Mutex<HashMap<String, Breaker>>,
+}
+
+impl HandlerRunner {
+    /// A runner.
+    pub fn new(
+        pool: PgPool,
+        worker_id: String,
+        policy: HandlerPolicy,
+        leases: Arc<Leases>,
+        wake: Arc<Wakeups>,
+    ) -> Self {
+        Self {
+            pool,
+            worker_id,
+            policy,
+            leases,
+            wake,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .build()
+                .unwrap_or_default(),
+            registry: Mutex::new((None, HashMap::new())),
+            breakers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn handler(&self, name: &str) -> Result<(HandlerConfig, Arc<Semaphore>), String> {
+        let fresh = {
+            let r = self
+                .registry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            r.0.is_some_and(|at| at.elapsed() < Duration::from_secs(5)) && r.1.contains_key(name)
+        };
+        if !fresh {
+            let rows = list(&self.pool)
+                .await
+                .map_err(|e| format!("reading handlers: {e}"))?;
+            let mut r = self
+                .registry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut next = HashMap::new();
+            for h in rows {
+                let sem =
+                    r.1.get(&h.name)
+                        .filter(|(old, _)| old.concurrency == h.concurrency)
+                        .map_or_else(
+                            || Arc::new(Semaphore::new(h.concurrency.max(1))),
+                            |(_, s)| Arc::clone(s),
+                        );
+                next.insert(h.name.clone(), (h, sem));
+            }
+            *r = (Some(Instant::now()), next);
+        }
+        let r = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.1.get(name)
+            .cloned()
+            .ok_or_else(|| format!("no handler named {name:?} (pubbot handler add)"))
+    }
+
+    fn breaker_open(&self, name: &str) -> bool {
+        let mut b = self
+            .breakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = b.entry(name.to_owned()).or_default();
+        match e.open_until {
+            Some(t) if Instant::now() < t => true,
+            Some(_) => {
+                // Half open: one call goes through; its result decides.
+                e.open_until = None;
+                e.failures = self.policy.breaker_failures.saturating_sub(1);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn record(&self, name: &str, ok: bool) {
+        let mut b = self
+            .breakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = b.entry(name.to_owned()).or_default();
+        if ok {
+            if e.failures >= self.policy.breaker_failures {
+                tracing::info!(handler = name, "handler answering again: breaker closed");
+            }
+            *e = Breaker::default();
+        } else {
+            e.failures += 1;
+            if e.failures >= self.policy.breaker_failures && e.open_until.is_none() {
+                e.open_until = Some(Instant::now() + self.policy.breaker_open);
+                tracing::error!(
+                    handler = name,
+                    failures = e.failures,
+                    "handler keeps failing: breaker open, answering with the fallback"
+                );
+                metrics::counter!("pubbot_handler_breaker_opened_total", "handler" => name.to_owned()).increment(1);
+            }
+        }
+        metrics::gauge!("pubbot_handler_breaker_open", "handler" => name.to_owned())
+            .set(if e.open_until.is_some() { 1.0 } else { 0.0 });
+    }
+
+    async fn media_of(&self, app_key: &str) -> HashMap<String, String> {
+        sqlx::query!(
+            "SELECT name, media_id FROM media WHERE app_key = $1",
+            app_key
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map(|rows| rows.into_iter().map(|r| (r.name, r.media_id)).collect())
+        .unwrap_or_default()
+    }
+
+    /// Calls `name` with `event` (retries, breaker), and validates the
+    /// answer. `event_id` is the same for every try.
+    pub async fn call(
+        &self,
+        name: &str,
+        event_id: &str,
+        event: &serde_json::Value,
+        app_key: &str,
+    ) -> CallResult {
+        let (h, sem) = match self.handler(name).await {
+            Ok(h) => h,
+            Err(e) => return CallResult::Failed(e),
+        };
+        if self.breaker_open(name) {
+            metrics::counter!("pubbot_handler_calls_total", "handler" => name.to_owned(), "result" => "breaker_open").increment(1);
+            return CallResult::Failed(format!(
+                "handler {name:?}: breaker open after repeated failures"
+            ));
+        }
+        let Ok(_permit) = sem.acquire_owned().await else {
+            return CallResult::Failed("handler closed".into());
+        };
+        let body = serde_json::to_vec(event).unwrap_or_default();
+        let mut pause = self.policy.backoff;
+        let mut last = String::new();
+        for attempt in 1..=self.policy.max_attempts.max(1) {
+            let started = Instant::now();
+            let ts = chrono::Utc::now().timestamp();
+            let sent = self
+                .http
+                .post(&h.url)
+                .timeout(h.timeout)
+                .header("content-type", "application/json")
+                .header("webhook-id", event_id)
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", sign(&h.secret, event_id, ts, &body))
+                .body(body.clone())
+                .send()
+                .await;
+            let outcome: Result<Answer, String> = match sent {
+                Ok(resp) if resp.status().is_success() => match resp.bytes().await {
+                    Ok(b) => serde_json::from_slice::<Answer>(&b)
+                        .map_err(|e| format!("answer is not the expected JSON: {e}")),
+                    Err(e) => Err(format!("reading the answer: {e}")),
+                },
+                Ok(resp) => Err(format!("HTTP {}", resp.status().as_u16())),
+                Err(e) if e.is_timeout() => Err(format!("timed out after {:?}", h.timeout)),
+                Err(e) => Err(format!("call failed: {e}")),
+            };
+            metrics::histogram!("pubbot_handler_seconds", "handler" => name.to_owned())
+                .record(started.elapsed().as_secs_f64());
+            match outcome {
+                Ok(answer) => {
+                    self.record(name, true);
+                    let media = self.media_of(app_key).await;
+                    return match validate_answer(&answer, &media) {
+                        Ok(replies) => {
+                            metrics::counter!("pubbot_handler_calls_total", "handler" => name.to_owned(), "result" => "ok").increment(1);
+                            CallResult::Answered {
+                                replies,
+                                state: answer.state,
+                            }
+                        }
+                        Err(e) => {
+                            metrics::counter!("pubbot_handler_calls_total", "handler" => name.to_owned(), "result" => "invalid").increment(1);
+                            tracing::warn!(handler = name, event_id, error = %e, "handler answer refused; the fallback goes out");
+                            CallResult::Failed(format!("invalid answer: {e}"))
+                        }
+                    };
+                }
+                Err(e) => {
+                    metrics::counter!("pubbot_handler_calls_total", "handler" => name.to_owned(), "result" => "error").increment(1);
+                    tracing::warn!(handler = name, event_id, attempt, error = %e, "handler call failed");
+                    self.record(name, false);
+                    last = e;
+                    if attempt < self.policy.max_attempts && !self.breaker_open(name) {
+                        tokio::time::sleep(pause).await;
+                        pause *= 2;
+                    } else {
+                        break;
+                    }
+                }
+            }
+        }
+        CallResult::Failed(format!("handler {name:?} failed: {last}"))
+    }
+
+    /// Calls the handler of a held handler row and records the outcome.
+    pub async fn run(&self, held: Held) {
+        let row = &held.row;
+        let PlannedReply::Handler {
+            handler,
+            fallback,
+            event,
+            ..
+        } = &row.payload.0
+        else {
+            return;
+        };
+        let event_id = event
+            .get("id")
+            .and_then(|v| v.as_str())
+            .map_or_else(|| format!("out-{}", row.id), str::to_owned);
+        let result = self.call(handler, &event_id, event, &row.app_key).await;
+        let (replies, state, status, error) = match result {
+            CallResult::Answered { replies, state } => (replies, state, "sent", None),
+            CallResult::Failed(e) => (fallback.clone(), None, "failed", Some(e)),
+        };
+        tracing::info!(target: "pubbot::reply", trace_id = %row.trace_id, handler = %handler, user = %row.user_id, replies = replies.len(), outcome = status, error = ?error, "handler answered");
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self
+                .settle(&held, &replies, state.as_ref(), status, error.as_deref())
+                .await
+            {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording a handler's answer failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        self.leases.release([row.id]);
+        self.wake.outbound.notify_one();
+        self.wake.inbound.notify_one();
+    }
+
+    async fn settle(
+        &self,
+        held: &Held,
+        replies: &[PlannedReply],
+        state: Option<&StateChange>,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        let row = &held.row;
+        let mut tx = self.pool.begin().await?;
+        let mine = sqlx::query_scalar!(
+            "SELECT id FROM outbound_messages WHERE id = $1 AND lease_owner = $2 AND attempts = $3 AND status = 'sending' FOR UPDATE",
+            row.id,
+            self.worker_id,
+            row.attempts
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if mine.is_none() {
+            // Recovered and taken by another process meanwhile: its call
+            // decides.
+            tx.rollback().await?;
+            return Ok(());
+        }
+        for (k, reply) in replies.iter().enumerate() {
+            let payload = serde_json::to_value(reply).unwrap_or_default();
+            sqlx::query!(
+                "INSERT INTO outbound_messages (inbound_id, reply_index, sub_index, app_key, mcid, user_id, rule_name, payload, trace_id)
+                 SELECT inbound_id, reply_index, $2, app_key, mcid, user_id, rule_name, $3::jsonb::json, trace_id
+                   FROM outbound_messages WHERE id = $1
+                 ON CONFLICT (inbound_id, reply_index, sub_index) DO NOTHING",
+                row.id,
+                i32::try_from(k + 1).unwrap_or(i32::MAX),
+                payload
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(change) = state {
+            let current = sqlx::query_scalar!(
+                "SELECT state FROM conversation_state WHERE app_key = $1 AND mcid = $2 AND user_id = $3 AND expires_at > now() FOR UPDATE",
+                row.app_key,
+                row.mcid,
+                row.user_id
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            let mut map = match current {
+                Some(serde_json::Value::Object(m)) => m,
+                _ => serde_json::Map::new(),
+            };
+            for k in &change.clear {
+                if k == "*" {
+                    map.clear();
+                } else {
+                    map.remove(k);
+                }
+            }
+            map.extend(change.set.clone());
+            save_state(
+                &mut tx,
+                &row.app_key,
+                &row.mcid,
+                &row.user_id,
+                &serde_json::Value::Object(map),
+                self.policy.state_ttl,
+            )
+            .await?;
+        }
+        sqlx::query!(
+            "UPDATE outbound_messages SET status = $2, last_error = $3, sent_at = now(), lease_owner = NULL, lease_until = NULL WHERE id = $1",
+            row.id,
+            status,
+            error
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+}
+
+/// Writes a user's conversation state (with a fresh TTL).
+///
+/// # Errors
+/// Database errors.
+pub async fn save_state(
+    tx: &mut sqlx::PgConnection,
+    app_key: &str,
+    mcid: &str,
+    user_id: &str,
+    state: &serde_json::Value,
+    ttl: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO conversation_state (app_key, mcid, user_id, state, updated_at, expires_at)
+         VALUES ($1, $2, $3, $4, now(), now() + make_interval(secs => $5))
+         ON CONFLICT (app_key, mcid, user_id) DO UPDATE
+            SET state = EXCLUDED.state, updated_at = now(), expires_at = EXCLUDED.expires_at",
+        app_key,
+        mcid,
+        user_id,
+        state,
+        ttl.as_secs_f64()
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Adds or replaces a handler.
+///
+/// # Errors
+/// Database errors.
+pub async fn add(pool: &PgPool, h: &HandlerConfig) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO handlers (name, url, secret, timeout_ms, concurrency) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (name) DO UPDATE SET url = EXCLUDED.url, secret = EXCLUDED.secret,
+             timeout_ms = EXCLUDED.timeout_ms, concurrency = EXCLUDED.concurrency, updated_at = now()",
+        h.name,
+        h.url,
+        h.secret,
+        i32::try_from(h.timeout.as_millis()).unwrap_or(i32::MAX),
+        i32::try_from(h.concurrency).unwrap_or(i32::MAX)
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Every handler.
+///
+/// # Errors
+/// Database errors.
+pub async fn list(pool: &PgPool) -> Result<Vec<HandlerConfig>, sqlx::Error> {
+    Ok(sqlx::query!(
+        "SELECT name, url, secret, timeout_ms, concurrency FROM handlers ORDER BY name"
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| HandlerConfig {
+        name: r.name,
+        url: r.url,
+        secret: r.secret,
+        timeout: Duration::from_millis(u64::try_from(r.timeout_ms).unwrap_or(3000)),
+        concurrency: usize::try_from(r.concurrency).unwrap_or(1),
+    })
+    .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_follow_standard_webhooks() {
+        // The Standard Webhooks specification's example: secret
+        // whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, id msg_p5jXN8AQM9LWM0D4loKWxJek,
+        // timestamp 1614265330, body {"test": 2432232314}.
+        let sig = sign(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1_614_265_330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn answers_are_validated_like_replies() {
+        let ok: Answer = serde_json::from_str(
+            r#"{"replies": [{"type": "text", "text": "hi"}, {"type": "image", "media": "logo"}], "state": {"set": {"step": "2"}}}"#,
+        )
+        .unwrap();
+        let media = HashMap::from([("logo".to_owned(), "m1".to_owned())]);
+        assert_eq!(validate_answer(&ok, &media).unwrap().len(), 2);
+        let long: Answer = serde_json::from_value(serde_json::json!({
+            "replies": [{"type": "text", "text": "x".repeat(2001)}]
+        }))
+        .unwrap();
+        assert!(validate_answer(&long, &media)
+            .unwrap_err()
+            .contains("2001 bytes"));
+        assert!(
+            serde_json::from_str::<Answer>(r#"{"replies": [{"type": "video", "url": "x"}]}"#)
+                .is_err()
+        );
+    }
+}
