@@ -405,10 +405,12 @@ async fn a_campaign_to_1050_followers_survives_1008_and_a_killed_sender(
         }
     }
     let ok = calls.iter().filter(|c| c["errcode"] == 0).count();
-    assert_eq!(
-        ok + unknown.len(),
-        11,
-        "one accepted call per chunk (bar one in doubt)"
+    // One accepted call per chunk; a chunk in doubt may or may not have
+    // landed, and was never called again.
+    assert!(
+        ok <= 11 && ok + unknown.len() >= 11,
+        "{ok} accepted calls, {} chunks in doubt",
+        unknown.len()
     );
     b.shutdown().await;
 }
