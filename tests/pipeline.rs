@@ -5,6 +5,7 @@ use std::time::Duration;
 
 mod broadcasts;
 mod faults;
+mod handlers;
 mod operator;
 mod protocol;
 

@@ -407,10 +407,16 @@ impl HandlerRunner {
                 .body(body.clone())
                 .send()
                 .await;
-            let outcome: Result<Answer, String> = match sent {
+            // JSON that does not parse is retried; JSON of the wrong shape
+            // (an unknown reply type) is an invalid answer, not retried.
+            let outcome: Result<Result<Answer, String>, String> = match sent {
                 Ok(resp) if resp.status().is_success() => match resp.bytes().await {
-                    Ok(b) => serde_json::from_slice::<Answer>(&b)
-                        .map_err(|e| format!("answer is not the expected JSON: {e}")),
+                    Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)
+                        .map_err(|e| format!("answer is not JSON: {e}"))
+                        .map(|v| {
+                            serde_json::from_value::<Answer>(v)
+                                .map_err(|e| format!("answer is not of the expected shape: {e}"))
+                        }),
                     Err(e) => Err(format!("reading the answer: {e}")),
                 },
                 Ok(resp) => Err(format!("HTTP {}", resp.status().as_u16())),
@@ -423,13 +429,12 @@ impl HandlerRunner {
                 Ok(answer) => {
                     self.record(name, true);
                     let media = self.media_of(app_key).await;
-                    return match validate_answer(&answer, &media) {
-                        Ok(replies) => {
+                    return match answer
+                        .and_then(|a| validate_answer(&a, &media).map(|replies| (replies, a.state)))
+                    {
+                        Ok((replies, state)) => {
                             metrics::counter!("pubbot_handler_calls_total", "handler" => name.to_owned(), "result" => "ok").increment(1);
-                            CallResult::Answered {
-                                replies,
-                                state: answer.state,
-                            }
+                            CallResult::Answered { replies, state }
                         }
                         Err(e) => {
                             metrics::counter!("pubbot_handler_calls_total", "handler" => name.to_owned(), "result" => "invalid").increment(1);
