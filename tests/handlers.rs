@@ -394,3 +394,92 @@ async fn state_expires_after_its_ttl(_: PgPoolOptions, connect: PgConnectOptions
     );
     d.shutdown().await;
 }
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn the_example_handler_bot_runs_its_three_step_flow(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // examples/order-status: a Python handler and its rules, as README runs
+    // them.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let Ok(mut bot) = tokio::process::Command::new("python3")
+        .arg(format!("{root}/examples/order-status/handler.py"))
+        .arg(port.to_string())
+        .arg(SECRET)
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    else {
+        eprintln!("python3 not found: the example handler was not run");
+        return;
+    };
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(
+        &pool,
+        &std::fs::read_to_string(format!("{root}/examples/order-status/rules.toml")).unwrap(),
+    )
+    .await;
+    import(&pool, "[[rule]]\nname = \"hi\"\nkind = \"default\"\nreplies = [{ type = \"text\", text = \"hi\" }]\n").await;
+    add_handler(&pool, &format!("http://127.0.0.1:{port}/hook"), 2000).await;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (d, _) = w.daemon(settings(&w), pool.clone()).await;
+    w.add_account(d.addr).await;
+    for (text, n) in [("order status", 1), ("42", 3), ("no", 4)] {
+        w.say("olly", text).await;
+        eventually(text, || async { w.texts("olly").await.len() >= n }).await;
+    }
+    assert_eq!(
+        w.texts("olly").await,
+        [
+            "Which order number?",
+            "Order 42 is shipped, arriving Friday.",
+            "Anything else? (yes/no)",
+            "Goodbye!"
+        ]
+    );
+    d.shutdown().await;
+    let _ = bot.kill().await;
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn the_example_menu_flow_runs_on_state_alone(_: PgPoolOptions, connect: PgConnectOptions) {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(
+        &pool,
+        &std::fs::read_to_string(format!("{root}/examples/menu-flow.toml")).unwrap(),
+    )
+    .await;
+    let (d, _) = w.daemon(settings(&w), pool.clone()).await;
+    w.add_account(d.addr).await;
+    for (text, n) in [("menu", 1), ("3", 2), ("2", 3), ("2", 3)] {
+        w.say("mo", text).await;
+        eventually(text, || async { w.texts("mo").await.len() >= n }).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        w.texts("mo").await,
+        [
+            "Reply 1 for opening hours, 2 for our address.",
+            "Please reply 1 or 2 (you chose 3).",
+            "1 Harbour Road."
+        ],
+        "the last \"2\" is outside the flow: no rule answers it"
+    );
+    d.shutdown().await;
+}

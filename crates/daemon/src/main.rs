@@ -112,6 +112,9 @@ enum Command {
     /// Failed replies, and sending them again.
     #[command(subcommand)]
     Outbound(ops::OutboundCommand),
+    /// Handler bots that rules call over HTTP: add, list, test.
+    #[command(subcommand)]
+    Handler(ops::HandlerCommand),
     /// Delete decided pushes and settled replies older than
     /// retention.days now (the daemon does it every retention.every_secs).
     #[command(
@@ -423,6 +426,10 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         } => {
             let pool = migrated_pool(&settings).await?;
             ops::conversation_cmd(&user, account.as_deref(), limit, json, &pool).await?;
+        }
+        Command::Handler(cmd) => {
+            let pool = migrated_pool(&settings).await?;
+            ops::handler_cmd(cmd, &settings, &pool).await?;
         }
         Command::Outbound(cmd) => {
             let pool = migrated_pool(&settings).await?;

@@ -167,6 +167,9 @@ async fn every_command_has_help_with_an_example() {
         vec!["conversation"],
         vec!["outbound", "failed"],
         vec!["outbound", "retry"],
+        vec!["handler", "add"],
+        vec!["handler", "list"],
+        vec!["handler", "test"],
     ] {
         let mut a = args.clone();
         a.push("--help");
