@@ -47,14 +47,20 @@
 //! ```
 
 pub mod broadcast;
+mod compile;
+mod decision;
 mod engine;
+mod index;
 mod model;
 mod render;
 
-pub use engine::{
-    next_state, normalize, Article, CompileError, CompileErrors, Context, Decision, Explanation,
-    Incoming, IncomingKind, Matched, Media, Options, PlannedReply, Problem, RuleSet, Verdict,
+pub use compile::Options;
+pub use decision::{
+    next_state, Article, CompileError, CompileErrors, Context, Decision, Explanation, Incoming,
+    IncomingKind, Matched, Media, PlannedReply, Problem, Verdict,
 };
+pub use engine::RuleSet;
+pub use index::normalize;
 pub use model::{
     ActiveHours, ArticleTemplate, Flow, Keyword, MatchKind, On, Reply, ReplyMode, Rule, RuleFile,
     RuleKind, Trigger, When,

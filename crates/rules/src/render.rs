@@ -11,7 +11,7 @@ use chrono_tz::Tz;
 use minijinja::{Environment, UndefinedBehavior, Value};
 use regex::Captures;
 
-use crate::engine::{Article, CompiledReply, Context, Incoming, PlannedReply};
+use crate::decision::{Article, Context, Incoming, Media, PlannedReply};
 use crate::model::ArticleTemplate;
 
 pub use pubbot_protocol::limits::{ARTICLES_MAX, DESCRIPTION_MAX_WIDTH, TEXT_MAX_BYTES};
@@ -24,6 +24,14 @@ pub const VARIABLES: [&str; 12] = [
 
 /// minijinja's own globals (functions and the loop variable).
 const GLOBALS: [&str; 5] = ["range", "dict", "namespace", "debug", "loop"];
+
+/// A reply as compiled: templates ready to render.
+pub(crate) enum CompiledReply {
+    Text(Tmpl),
+    Image(Media),
+    Voice(Media),
+    News(Vec<ArticleTmpl>),
+}
 
 /// A text field: a literal needs no engine at all.
 pub(crate) enum Tmpl {

@@ -795,3 +795,86 @@ fn local_media_names_resolve_at_compile_time() {
         "{e}"
     );
 }
+
+#[test]
+fn state_conditions_changes_and_handler_calls() {
+    let file = RuleFile::from_toml(
+        r#"
+[[rule]]
+name = "start"
+trigger = { keywords = [{ pattern = "tea", match = "equals" }] }
+set_state = { step = "ask_size" }
+replies = [{ type = "text", text = "Which size?" }]
+
+[[rule]]
+name = "size"
+priority = 10
+when = { state = { step = "ask_size" } }
+clear_state = ["step"]
+set_state = { size = "picked" }
+replies = [{ type = "text", text = "Size {{ text }} (was {{ state.step }})" }]
+
+[[rule]]
+name = "order"
+trigger = { keywords = [{ pattern = "^order (?P<id>\\d+)$", match = "regex" }] }
+handler = "orders"
+fallback = [{ type = "text", text = "away" }]
+"#,
+    )
+    .unwrap();
+    let set = RuleSet::compile(file.rules, &Options::default()).unwrap();
+    let d = set.decide(&text("tea"), &ctx());
+    assert_eq!(
+        pubbot_rules::next_state(None, &d),
+        serde_json::json!({"step": "ask_size"})
+    );
+    let state = serde_json::json!({"step": "ask_size"});
+    let with_state = Incoming {
+        state: Some(&state),
+        ..text("large")
+    };
+    let d = set.decide(&with_state, &ctx());
+    assert_eq!(
+        texts(&set, &with_state, &ctx()),
+        ["Size large (was ask_size)"]
+    );
+    assert_eq!(
+        pubbot_rules::next_state(Some(&state), &d),
+        serde_json::json!({"size": "picked"})
+    );
+    // Without the state the size rule does not match, and explain says why.
+    let e = set.explain(&text("large"), &ctx());
+    let size = e.rules.iter().find(|v| v.rule == "size").unwrap();
+    assert!(
+        !size.matched && size.reason.contains("state.step is unset"),
+        "{}",
+        size.reason
+    );
+    // A handler rule plans a call with the captures and a rendered fallback.
+    let d = set.decide(&text("order 42"), &ctx());
+    match &d.replies[..] {
+        [PlannedReply::Handler {
+            handler,
+            named,
+            fallback,
+            ..
+        }] => {
+            assert_eq!(handler, "orders");
+            assert_eq!(named["id"], "42");
+            assert_eq!(
+                fallback,
+                &[PlannedReply::Text {
+                    content: "away".into()
+                }]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A fallback without a handler does not compile.
+    let bad = RuleFile::from_toml(
+        "[[rule]]\nname = \"x\"\nreplies = [{ type = \"text\", text = \"a\" }]\nfallback = [{ type = \"text\", text = \"b\" }]\n",
+    )
+    .unwrap();
+    let e = RuleSet::compile(bad.rules, &Options::default()).unwrap_err();
+    assert!(e.to_string().contains("fallback needs a handler"), "{e}");
+}
