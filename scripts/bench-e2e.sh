@@ -96,6 +96,9 @@ P1=$(pg_ticks); D1=$(ticks "$PUBBOT_PID"); L1=$(ticks "$LOAD_PID")
 wait "$LOAD_PID"
 cat "$WORK/load.out"
 echo "cpu, 10 s mid-run, % of one core: postgres $(( (P1 - P0) / 10 )) pubbot $(( (D1 - D0) / 10 )) load generator $(( (L1 - L0) / 10 ))"
+# CPU per message: ticks are 10 ms of CPU; 10 s at RATE messages/s.
+MSGS=$((RATE * 10))
+echo "cpu per message, µs: postgres $(( (P1 - P0) * 10000 / MSGS )) pubbot $(( (D1 - D0) * 10000 / MSGS )) load generator+simulator $(( (L1 - L0) * 10000 / MSGS )) total $(( (P1 - P0 + D1 - D0 + L1 - L0) * 10000 / MSGS ))"
 stop_pubbot
 echo "## where the time goes (ms, p50 / p90 / p99; now() is each transaction's start)"
 psql "$BENCH_URL" -At -F ' ' -c "
@@ -106,6 +109,23 @@ psql "$BENCH_URL" -At -F ' ' -c "
   SELECT 'decided -> marked sent', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
          round(percentile_cont(0.9) WITHIN GROUP (ORDER BY ms)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1)
     FROM (SELECT extract(epoch FROM sent_at - created_at) * 1000 AS ms FROM outbound_messages) t"
+
+# Capacity: the highest of STEPS (pushes/s, 20 s each) at which nothing is
+# lost and p99 push-to-reply stays under 100 ms, beside pgbench's
+# single-row tps from the baseline above.
+STEPS=${STEPS:-"1000 2000 3000 4000 5000 6000"}
+CAPACITY=0
+for STEP in $STEPS; do
+  psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" -c CHECKPOINT
+  start_pubbot
+  "${LOAD[@]}" --rate "$STEP" --duration 20 --users 1000 --grace 60 > "$WORK/step.out"
+  stop_pubbot
+  P99=$(sed -n 's/.*p99 \([0-9.]*\).*/\1/p' "$WORK/step.out" | head -1)
+  LOST=$(sed -n 's/.*lost \([0-9]*\).*/\1/p' "$WORK/step.out" | head -1)
+  echo "## step $STEP pushes/s: p99 ${P99} ms, lost ${LOST}"
+  if [ "${LOST:-1}" = 0 ] && awk "BEGIN { exit !(${P99:-1e9} < 100) }"; then CAPACITY=$STEP; else break; fi
+done
+echo "## capacity: $CAPACITY pushes/s with p99 < 100 ms and nothing lost (pgbench single-row tps above)"
 
 # Overload: about three times what the machine can take, then the drain.
 # What cannot be committed in time goes to the spool and is answered; the

@@ -301,6 +301,15 @@ pub enum TimestampUnit {
     Milliseconds,
 }
 
+impl From<TimestampUnit> for pubbot_protocol::TimestampUnit {
+    fn from(u: TimestampUnit) -> Self {
+        match u {
+            TimestampUnit::Seconds => Self::Seconds,
+            TimestampUnit::Milliseconds => Self::Milliseconds,
+        }
+    }
+}
+
 /// Which accounts of an app key pubbot hosts (R16).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Hosted {

@@ -61,6 +61,22 @@ pub struct DecideWorker {
     pub unhosted_seen: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
 }
 
+/// What the rule engine needs of a push: its kind, its text (for a text)
+/// and its event name (for an event the document does not list).
+pub(crate) fn incoming_parts(m: &InboundMessage) -> (IncomingKind, &str, &str) {
+    let text = match &m.body {
+        MessageBody::Text { content } => content.as_str(),
+        _ => "",
+    };
+    let event = match &m.body {
+        MessageBody::Event {
+            event: Event::Other(name),
+        } => name.as_str(),
+        _ => "",
+    };
+    (kind_of(m), text, event)
+}
+
 fn kind_of(m: &InboundMessage) -> IncomingKind {
     match &m.body {
         MessageBody::Text { .. } => IncomingKind::Text,
@@ -203,17 +219,7 @@ impl DecideWorker {
                 }
                 continue;
             }
-            let kind = kind_of(&message);
-            let text = match &message.body {
-                MessageBody::Text { content } => content.as_str(),
-                _ => "",
-            };
-            let event = match &message.body {
-                MessageBody::Event {
-                    event: Event::Other(name),
-                } => name.as_str(),
-                _ => "",
-            };
+            let (kind, text, event) = incoming_parts(&message);
             let incoming = Incoming {
                 app_key: &row.app_key,
                 mcid: message.to.as_str(),

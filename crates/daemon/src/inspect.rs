@@ -4,8 +4,8 @@
 //! way to send a failed reply again — once — after fixing the rule.
 
 use chrono::{DateTime, Utc};
-use pubbot_rules::{Context, Incoming, IncomingKind, Options, RuleSet};
-use pubbot_webhook::{Event, InboundMessage, MessageBody};
+use pubbot_rules::{Context, Incoming, Options, RuleSet};
+use pubbot_webhook::{InboundMessage, MessageBody};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -170,26 +170,6 @@ pub struct Retried {
     pub outcome: String,
 }
 
-fn kind_of(m: &InboundMessage) -> (IncomingKind, &str, &str) {
-    match &m.body {
-        MessageBody::Text { content } => (IncomingKind::Text, content.as_str(), ""),
-        MessageBody::Image { .. } => (IncomingKind::Image, "", ""),
-        MessageBody::Voice { .. } => (IncomingKind::Voice, "", ""),
-        MessageBody::Location { .. } => (IncomingKind::Location, "", ""),
-        MessageBody::ImgTxt { .. } => (IncomingKind::Imgtxt, "", ""),
-        MessageBody::Event {
-            event: Event::Subscribe,
-        } => (IncomingKind::Subscribe, "", ""),
-        MessageBody::Event {
-            event: Event::Unsubscribe,
-        } => (IncomingKind::Unsubscribe, "", ""),
-        MessageBody::Event {
-            event: Event::Other(name),
-        } => (IncomingKind::Event, "", name.as_str()),
-        MessageBody::Unknown { .. } => (IncomingKind::Other, "", ""),
-    }
-}
-
 /// Sends failed replies again, once each: the push is decided afresh by
 /// the rules in force (so a fixed rule's reply goes out), the reply at the
 /// same place replaces the failed one, and the row goes back to `pending`
@@ -235,7 +215,7 @@ pub async fn retry(pool: &PgPool, options: &Options, ids: &[i64]) -> anyhow::Res
             });
             continue;
         };
-        let (kind, text, event) = kind_of(&message);
+        let (kind, text, event) = crate::decide::incoming_parts(&message);
         let incoming = Incoming {
             app_key: &row.app_key,
             mcid: message.to.as_str(),

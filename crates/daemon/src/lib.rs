@@ -223,10 +223,7 @@ pub async fn start_with_clock(
         )
         .timeout(Duration::from_millis(settings.sender.request_timeout_ms))
         // R2: the unit is the operator's to set.
-        .timestamp_unit(match app.timestamp_unit {
-            config::TimestampUnit::Seconds => pubbot_api_client::TimestampUnit::Seconds,
-            config::TimestampUnit::Milliseconds => pubbot_api_client::TimestampUnit::Milliseconds,
-        })
+        .timestamp_unit(app.timestamp_unit.into())
         .http_client(http_client.clone())
         .build()
         .with_context(|| format!("client for app {}", app.key))?;

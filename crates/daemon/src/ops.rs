@@ -573,12 +573,7 @@ fn client(settings: &Settings, app_key: &str) -> anyhow::Result<pubbot_api_clien
     let secret: SecretString = app.signing_secret()?;
     Ok(
         pubbot_api_client::Client::builder(app.key.clone(), secret, app.api_base_url.clone())
-            .timestamp_unit(match app.timestamp_unit {
-                pubbot::config::TimestampUnit::Seconds => pubbot_api_client::TimestampUnit::Seconds,
-                pubbot::config::TimestampUnit::Milliseconds => {
-                    pubbot_api_client::TimestampUnit::Milliseconds
-                }
-            })
+            .timestamp_unit(app.timestamp_unit.into())
             .build()?,
     )
 }
