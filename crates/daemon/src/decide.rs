@@ -172,21 +172,26 @@ impl DecideWorker {
         keys.dedup();
         let (ka, (km, ku)): (Vec<String>, (Vec<String>, Vec<String>)) =
             keys.into_iter().map(|(a, m, u)| (a, (m, u))).unzip();
-        let mut states: HashMap<(String, String, String), serde_json::Value> = sqlx::query!(
-            "SELECT s.app_key, s.mcid, s.user_id, s.state FROM conversation_state s
+        let mut states: HashMap<(String, String, String), serde_json::Value> =
+            if !rules.uses_state() {
+                HashMap::new()
+            } else {
+                sqlx::query!(
+                    "SELECT s.app_key, s.mcid, s.user_id, s.state FROM conversation_state s
                JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(a, m, u)
                  ON s.app_key = k.a AND s.mcid = k.m AND s.user_id = k.u
               WHERE s.expires_at > now()
               ORDER BY s.app_key, s.mcid, s.user_id FOR UPDATE OF s",
-            &ka,
-            &km,
-            &ku
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| ((r.app_key, r.mcid, r.user_id), r.state))
-        .collect();
+                    &ka,
+                    &km,
+                    &ku
+                )
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|r| ((r.app_key, r.mcid, r.user_id), r.state))
+                .collect()
+            };
         let mut changed_states: Vec<(String, String, String)> = Vec::new();
         let mut planned = Planned::default();
         let mut follows: Vec<(String, String, String, bool)> = Vec::new();
@@ -332,10 +337,10 @@ impl DecideWorker {
         let direct = permit.is_some();
         let mut leased: Vec<Claimed> = Vec::new();
         if !planned.inbound_id.is_empty() {
-            // A row goes straight to this process's senders only when
-            // nothing earlier of its user is open: no unsettled reply, and no
-            // undecided earlier push outside this batch (a concurrent
-            // transaction's rows are still `pending` in this snapshot).
+            // A row goes straight to this process's senders only when no
+            // earlier reply of its user is open. (Every earlier push of the
+            // user is decided: the claim above takes a user's pushes one at a
+            // time, in order.)
             leased = sqlx::query_as!(
                 Claimed,
                 r#"INSERT INTO outbound_messages
@@ -349,13 +354,8 @@ impl DecideWorker {
                      FROM (SELECT x.*, $9 AND NOT EXISTS (
                                   SELECT 1 FROM outbound_messages e
                                    WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
-                                     AND e.status IN ('pending', 'sending'))
-                              AND NOT EXISTS (
-                                  SELECT 1 FROM inbound_messages q
-                                   WHERE q.app_key = x.a AND q.mcid = x.m AND q.user_id = x.u
-                                     AND q.status = 'pending' AND q.id < x.i
-                                     AND q.id <> ALL($12::int8[])) AS go
-                             FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $13::text[])
+                                     AND e.status IN ('pending', 'sending')) AS go
+                             FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $12::text[])
                                   AS x(i, r, a, m, u, n, p, t, h)) x
                    ON CONFLICT (inbound_id, reply_index, sub_index) DO NOTHING
                    RETURNING id, app_key, mcid, user_id, payload AS "payload: Json<PlannedReply>", attempts, trace_id,
@@ -371,7 +371,6 @@ impl DecideWorker {
                 direct,
                 self.worker_id,
                 self.lease.as_secs_f64(),
-                &ids,
                 &planned.handler as &[Option<String>],
             )
             .fetch_all(&mut *tx)
@@ -421,6 +420,10 @@ impl DecideWorker {
         .await?;
         tx.commit().await?;
         self.progress.advance(Stage::Decide);
+        // Rows planned `pending` (no hand-off, or held back behind an earlier
+        // open row of their user) wait for a claim.
+        self.wake
+            .add_pending(leased.iter().filter(|r| r.attempts == 0).count());
         if let Some(permit) = permit {
             // Only rows inserted now and leased (not planned before, not
             // held back behind an earlier open row) are handed over.

@@ -497,7 +497,7 @@ impl HandlerRunner {
             }
         }
         self.leases.release([row.id]);
-        self.wake.outbound.notify_one();
+        self.wake.add_pending(replies.len().max(1));
         self.wake.inbound.notify_one();
     }
 

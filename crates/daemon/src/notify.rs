@@ -19,9 +19,45 @@ pub struct Wakeups {
     pub outbound: Notify,
     /// Rules changed.
     pub rules: Notify,
+    /// About how many replies wait in the table to be claimed (planned
+    /// `pending`, deferred, retried, recovered, notified by another
+    /// process), less those this process claimed. A recorded outcome wakes
+    /// a sender only while it is above zero: otherwise every batch of
+    /// outcomes cost an empty claim (measured: 460 µs of planning each, a
+    /// seventh of a core at 1,000 msgs/s). It may drift; the senders' poll
+    /// covers what it misses.
+    pub pending: std::sync::atomic::AtomicI64,
 }
 
 impl Wakeups {
+    /// Replies that wait to be claimed were added.
+    pub fn add_pending(&self, n: usize) {
+        if n > 0 {
+            self.pending.fetch_add(
+                i64::try_from(n).unwrap_or(i64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            self.outbound.notify_one();
+        }
+    }
+
+    /// `n` replies were claimed.
+    pub fn claimed(&self, n: usize) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let _ = self.pending.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |p| Some((p - n).max(0)),
+        );
+    }
+
+    /// Wakes a sender if replies may wait to be claimed.
+    pub fn outbound_if_pending(&self) {
+        if self.pending.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            self.outbound.notify_one();
+        }
+    }
+
     fn all(&self) {
         self.inbound.notify_waiters();
         self.outbound.notify_waiters();
@@ -61,7 +97,7 @@ pub async fn listen(pool: PgPool, wake: Arc<Wakeups>, token: CancellationToken) 
                     // waking them all made every other one claim nothing.
                     // A worker that takes a full batch goes again at once.
                     "pubbot_inbound" => wake.inbound.notify_one(),
-                    "pubbot_outbound" => wake.outbound.notify_one(),
+                    "pubbot_outbound" => wake.add_pending(1),
                     _ => wake.rules.notify_waiters(),
                 },
                 Ok(None) => {

@@ -24,9 +24,12 @@
 //!    timed-out reply that was delivered would be sent again).
 //! 5. **Per-user order.** A reply is sent only when every earlier push of
 //!    its user (same app and account) is decided and every earlier reply
-//!    of that user is settled (`sent`, `failed`, `expired`). The claim
-//!    enforces it for rows taken from the table; the deciding transaction
-//!    leases a reply to its own senders only when nothing earlier is open;
+//!    of that user is settled (`sent`, `failed`, `expired`). Pushes are
+//!    decided one at a time per user, in order (the decide claim), so a
+//!    reply exists only once every earlier push of its user is decided; the
+//!    send claim takes a reply only when no earlier reply of its user is
+//!    open; the deciding transaction leases a reply to its own senders only
+//!    when nothing earlier is open;
 //!    a sender sends one user's rows one after the other, and a reply that
 //!    did not go out holds back the user's later ones (they go back to
 //!    `pending` untried) — never other users'.
@@ -274,7 +277,7 @@ pub async fn recovery(
 ) {
     loop {
         match recover(&pool, &worker_id, &leases).await {
-            Ok(n) if n > 0 => wake.outbound.notify_one(),
+            Ok(n) if n > 0 => wake.add_pending(usize::try_from(n).unwrap_or(usize::MAX)),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "lease recovery failed; trying again later"),
         }
@@ -308,10 +311,6 @@ pub async fn claim(
                            WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
                              AND e.status IN ('pending', 'sending')
                              AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index))
-                      AND NOT EXISTS (
-                          SELECT 1 FROM inbound_messages p
-                           WHERE p.app_key = c.app_key AND p.mcid = c.mcid AND p.user_id = c.user_id
-                             AND p.status = 'pending' AND p.id < c.inbound_id)
                     ORDER BY c.next_attempt_at, c.id LIMIT $3 FOR UPDATE SKIP LOCKED) c
             WHERE o.id = c.id
         RETURNING o.id, o.app_key, o.mcid, o.user_id, o.payload AS "payload: Json<PlannedReply>",
@@ -543,8 +542,14 @@ impl Recorder {
             }
             self.leases.release(batch.iter().map(|s| s.id));
             self.progress.advance(Stage::Send);
-            // A settled reply may be what held back the next one of its user.
-            self.wake.outbound.notify_one();
+            // Deferred and retried replies wait in the table again; a settled
+            // reply may be what held back the next one of its user.
+            let back = batch
+                .iter()
+                .filter(|s| matches!(s.outcome, Outcome::Deferred | Outcome::Retry { .. }))
+                .count();
+            self.wake.add_pending(back);
+            self.wake.outbound_if_pending();
             batch.clear();
         }
     }

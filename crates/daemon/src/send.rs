@@ -253,6 +253,7 @@ impl SendWorker {
         let since = std::time::Instant::now();
         let claimed = outbox::claim(&self.pool, &self.worker_id, self.lease, self.batch).await?;
         let n = claimed.len();
+        self.wake.claimed(n);
         if n == 0 {
             return Ok(0);
         }

@@ -34,6 +34,7 @@ pub struct RuleSet {
     /// Positions of enabled default rules.
     defaults: Vec<u32>,
     templates: Templates,
+    uses_state: bool,
 }
 
 impl fmt::Debug for RuleSet {
@@ -98,7 +99,22 @@ impl RuleSet {
         })
     }
 
+    /// Whether any rule reads or changes the conversation state (a `when`
+    /// on it, `set_state`/`clear_state`, a handler — which is sent it — or
+    /// a template that reads it): when none does, the daemon does not load
+    /// it.
+    pub fn uses_state(&self) -> bool {
+        self.uses_state
+    }
+
     fn index(rules: Vec<CompiledRule>, templates: Templates) -> Result<Self, String> {
+        let uses_state = templates.uses_state
+            || rules.iter().any(|r| {
+                r.rule.when.as_ref().is_some_and(|w| !w.state.is_empty())
+                    || !r.rule.set_state.is_empty()
+                    || !r.rule.clear_state.is_empty()
+                    || r.rule.handler.is_some()
+            });
         let mut ci = Vec::new();
         let mut cs = Vec::new();
         let mut regex_sources = Vec::new();
@@ -166,6 +182,7 @@ impl RuleSet {
             keywordless,
             defaults,
             templates,
+            uses_state,
         })
     }
 

@@ -48,6 +48,8 @@ pub(crate) struct ArticleTmpl {
 
 pub(crate) struct Templates {
     env: Environment<'static>,
+    /// Some template reads `state`.
+    pub(crate) uses_state: bool,
 }
 
 impl Templates {
@@ -56,7 +58,10 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
         // Plain text out: no HTML escaping of what users typed.
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-        Self { env }
+        Self {
+            env,
+            uses_state: false,
+        }
     }
 
     pub(crate) fn add(&mut self, name: &str, source: &str) -> Result<Tmpl, String> {
@@ -77,6 +82,9 @@ impl Templates {
             .into_iter()
             .filter(|v| !VARIABLES.contains(&v.as_str()) && !GLOBALS.contains(&v.as_str()))
             .collect();
+        if tpl.undeclared_variables(false).contains("state") {
+            self.uses_state = true;
+        }
         if !unknown.is_empty() {
             unknown.sort();
             return Err(format!(
