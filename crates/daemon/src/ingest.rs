@@ -44,11 +44,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::IngestSettings;
 
 struct Pending {
-    row: Row,
+    /// Shared with `accept`, which spools the same row if the commit fails.
+    row: Arc<Row>,
     done: oneshot::Sender<Result<Accepted, InboxError>>,
 }
 
-#[derive(Clone)]
 struct Row {
     app_key: String,
     mcid: String,
@@ -163,7 +163,7 @@ impl PgInbox {
         )
     }
 
-    async fn via_database(&self, row: Row) -> Result<Accepted, InboxError> {
+    async fn via_database(&self, row: Arc<Row>) -> Result<Accepted, InboxError> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Pending { row, done })
@@ -202,6 +202,7 @@ impl PgInbox {
 /// The database error, as text.
 pub async fn store_spooled(pool: &PgPool, pushes: Vec<SpooledPush>) -> Result<(), String> {
     let rows: Vec<Row> = pushes.into_iter().map(Row::from_spooled).collect();
+    let rows: Vec<&Row> = rows.iter().collect();
     insert(pool, &rows)
         .await
         .map(|_| ())
@@ -234,9 +235,10 @@ impl Inbox for PgInbox {
         self.progress
             .ingest_waiting
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let spooled = row.clone();
+        let row = Arc::new(row);
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.spool_after, self.via_database(row)).await;
+        let outcome =
+            tokio::time::timeout(self.spool_after, self.via_database(Arc::clone(&row))).await;
         self.progress
             .ingest_waiting
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -245,9 +247,9 @@ impl Inbox for PgInbox {
             Ok(Err(InboxError::Refused(why))) => Err(InboxError::Refused(why)),
             // The trace id stays; a later commit of the same push (it may
             // still be in a batch) and the drain are deduplicated.
-            Ok(Err(InboxError::Unavailable(why))) => self.via_spool(&spooled, &why).await,
+            Ok(Err(InboxError::Unavailable(why))) => self.via_spool(&row, &why).await,
             Err(_) => {
-                self.via_spool(&spooled, "database commit not done in time")
+                self.via_spool(&row, "database commit not done in time")
                     .await
             }
         };
@@ -318,10 +320,10 @@ async fn batcher(
 }
 
 /// Inserts rows in one statement; returns the R6 keys that were new.
-async fn insert(pool: &PgPool, rows: &[Row]) -> Result<Vec<(String, String)>, sqlx::Error> {
+async fn insert(pool: &PgPool, rows: &[&Row]) -> Result<Vec<(String, String)>, sqlx::Error> {
     let mut cols = Columns::with_capacity(rows.len());
     for r in rows {
-        cols.push(r.clone());
+        cols.push(r);
     }
     let inserted = sqlx::query!(
         r#"INSERT INTO inbound_messages
@@ -375,12 +377,14 @@ fn flush_part(
     mut batch: Vec<Pending>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
     Box::pin(async move {
-        let rows: Vec<Row> = batch.iter().map(|p| p.row.clone()).collect();
-        match insert(pool, &rows).await {
+        let rows: Vec<&Row> = batch.iter().map(|p| &*p.row).collect();
+        let inserted = insert(pool, &rows).await;
+        drop(rows);
+        match inserted {
             Ok(new) => {
                 let mut new: HashSet<(String, String)> = new.into_iter().collect();
                 for p in batch {
-                    let key = (p.row.app_key, p.row.dedup_key);
+                    let key = (p.row.app_key.clone(), p.row.dedup_key.clone());
                     // The first of several equal pushes in one batch is the new one.
                     let outcome = if new.remove(&key) {
                         metrics::counter!("pubbot_inbound_messages_total", "outcome" => "stored")
@@ -453,17 +457,19 @@ impl Columns {
         }
     }
 
-    fn push(&mut self, r: Row) {
-        self.app_key.push(r.app_key);
-        self.mcid.push(r.mcid);
-        self.user_id.push(r.user_id);
-        self.msg_type.push(r.msg_type);
-        self.dedup_key.push(r.dedup_key);
-        self.msg_id.push(r.msg_id);
+    /// Copies the row's fields into the statement's arrays (the one copy
+    /// a push's fields make on their way to PostgreSQL).
+    fn push(&mut self, r: &Row) {
+        self.app_key.push(r.app_key.clone());
+        self.mcid.push(r.mcid.clone());
+        self.user_id.push(r.user_id.clone());
+        self.msg_type.push(r.msg_type.clone());
+        self.dedup_key.push(r.dedup_key.clone());
+        self.msg_id.push(r.msg_id.clone());
         self.create_time.push(r.create_time);
-        self.message.push(r.message);
-        self.raw.push(r.raw);
-        self.trace_id.push(r.trace_id);
+        self.message.push(r.message.clone());
+        self.raw.push(r.raw.clone());
+        self.trace_id.push(r.trace_id.clone());
     }
 }
 
@@ -509,7 +515,7 @@ mod tests {
             };
             let (done, wait) = oneshot::channel();
             batch.push(Pending {
-                row: row(&user, &format!("k{i}")),
+                row: Arc::new(row(&user, &format!("k{i}"))),
                 done,
             });
             waits.push(wait);
