@@ -5,12 +5,7 @@
 //! metric exposed is listed in `deploy/README.md`), JSON logs line by line,
 //! and that no secret reaches a log line at `trace`.
 
-use std::collections::BTreeMap;
-use std::process::Stdio;
-use std::time::Duration;
-
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pubbot");
@@ -274,211 +269,221 @@ async fn rules_commands_write_only_their_output_to_stdout(
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Reads the demo's stdout until a line contains `want`; returns every line
-/// read.
-async fn until<R: tokio::io::AsyncBufRead + Unpin>(
-    lines: &mut tokio::io::Lines<R>,
-    want: &str,
-    seen: &mut Vec<String>,
-) {
-    let found = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(l) = lines.next_line().await.expect("stdout") {
-            let hit = l.contains(want);
-            seen.push(l);
-            if hit {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(
-        found,
-        "no {want:?} in the demo's output:\n{}",
-        seen.join("\n")
-    );
-}
-
-/// The value of `name` with every one of `labels` (`key="value"`).
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .find(|l| {
-            l.starts_with(name)
-                && l[name.len()..].starts_with(if labels.is_empty() { " " } else { "{" })
-                && labels.iter().all(|want| l.contains(want))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 // The demo is in the binary only with the `demo` feature (on in the
 // workspace's test build: the end-to-end crate asks for it).
 #[cfg(feature = "demo")]
-#[sqlx::test(migrations = false)]
-async fn the_demo_runs_from_a_pipe_with_metrics_json_logs_and_no_secret_in_them(
-    _: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
-    let password = "pw-never-logged-8c1f";
-    let db = url(&opts, password);
-    let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "--sim-listen",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--rules",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/demo-rules.toml"),
-        ])
-        .env("PUBBOT__DATABASE__URL", &db)
-        .env("PUBBOT__LOG__FORMAT", "json")
-        .env("RUST_LOG", "trace")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("demo");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let stderr = child.stderr.take().unwrap();
-    let logs = tokio::spawn(async move {
-        let mut all = Vec::new();
-        let mut r = BufReader::new(stderr).lines();
-        while let Ok(Some(l)) = r.next_line().await {
-            all.push(l);
-        }
-        all
-    });
-    let mut seen = Vec::new();
-    until(&mut lines, "metrics ", &mut seen).await;
-    let metrics_url = seen
-        .last()
-        .and_then(|l| l.split_whitespace().last())
-        .unwrap()
-        .to_owned();
-    until(&mut lines, "Now you", &mut seen).await;
-    // The scripted exchange: follow, hours, ＨＥＬＬＯ, a picture.
-    let script = seen.join("\n");
-    assert!(script.contains("Welcome, alice!"), "{script}");
-    assert!(script.contains("We are open 9:00-18:00"), "{script}");
-    assert!(
-        script.contains("[news] Thanks for the picture, alice"),
-        "{script}"
-    );
+mod demo {
+    use std::collections::BTreeMap;
+    use std::process::Stdio;
+    use std::time::Duration;
 
-    stdin
-        .write_all(b"/user bob\nyour hours?\nsomething else\n")
-        .await
-        .unwrap();
-    until(&mut lines, "a person will answer soon", &mut seen).await;
-    let text = reqwest::get(&metrics_url)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    stdin.write_all(b"/quit\n").await.unwrap();
-    until(&mut lines, "stopping", &mut seen).await;
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("the demo stops on /quit")
-        .unwrap();
-    assert!(status.success());
-    let out = seen.join("\n");
-    assert!(out.contains("shop -> bob: We are open"), "{out}");
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-    // The exchange's counters: 1 follow + 3 from alice + 2 from bob.
-    assert_eq!(
-        metric(
-            &text,
-            "pubbot_inbound_messages_total",
-            &["outcome=\"stored\""]
-        ),
-        6.0,
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "pubbot_rule_matches_total",
-            &["rule=\"opening-hours\""]
-        ),
-        2.0
-    );
-    assert_eq!(
-        metric(&text, "pubbot_rule_matches_total", &["rule=\"welcome\""]),
-        1.0
-    );
-    assert_eq!(
-        metric(&text, "pubbot_rule_matches_total", &["rule=\"fallback\""]),
-        1.0
-    );
-    assert_eq!(
-        metric(&text, "pubbot_replies_sent_total", &[]),
-        6.0,
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "pubbot_sends_total",
-            &["code=\"0\"", "endpoint=\"send\"", "result=\"sent\""]
-        ),
-        6.0,
-        "{text}"
-    );
-    assert_eq!(metric(&text, "pubbot_build_info", &["version="]), 1.0);
+    use super::*;
 
-    // Every metric exposed is documented (deploy/README.md), so the list
-    // cannot drift.
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/README.md"
-    ))
-    .unwrap();
-    let documented: std::collections::HashSet<&str> = doc
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| l.split('`').next())
-        .collect();
-    let exposed: BTreeMap<&str, &str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_once(' '))
-        .collect();
-    assert!(exposed.len() > 15, "{text}");
-    for name in exposed.keys() {
+    /// Reads the demo's stdout until a line contains `want`; returns every line
+    /// read.
+    async fn until<R: tokio::io::AsyncBufRead + Unpin>(
+        lines: &mut tokio::io::Lines<R>,
+        want: &str,
+        seen: &mut Vec<String>,
+    ) {
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(l) = lines.next_line().await.expect("stdout") {
+                let hit = l.contains(want);
+                seen.push(l);
+                if hit {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
         assert!(
-            documented.contains(name),
-            "{name} is exposed but not in deploy/README.md"
+            found,
+            "no {want:?} in the demo's output:\n{}",
+            seen.join("\n")
         );
     }
 
-    // Logs: JSON, one object per line, with trace ids; no secret at trace.
-    let logs = logs.await.unwrap();
-    assert!(logs.len() > 50, "trace logs: {}", logs.len());
-    for l in &logs {
-        let v: serde_json::Value =
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
-        assert!(v.get("level").is_some(), "{l}");
-        for secret in [password, "demo-secret"] {
-            assert!(!l.contains(secret), "a secret in the logs: {l}");
-        }
+    /// The value of `name` with every one of `labels` (`key="value"`).
+    fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with(name)
+                    && l[name.len()..].starts_with(if labels.is_empty() { " " } else { "{" })
+                    && labels.iter().all(|want| l.contains(want))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
-    assert!(
-        logs.iter()
-            .any(|l| l.contains("\"message\":\"push\"") && l.contains("trace_id")),
-        "one line per push with its trace id"
-    );
-    assert!(logs
-        .iter()
-        .any(|l| l.contains("\"message\":\"reply sent\"") && l.contains("trace_id")));
+
+    #[sqlx::test(migrations = false)]
+    async fn the_demo_runs_from_a_pipe_with_metrics_json_logs_and_no_secret_in_them(
+        _: PgPoolOptions,
+        opts: PgConnectOptions,
+    ) {
+        let password = "pw-never-logged-8c1f";
+        let db = url(&opts, password);
+        let mut child = Command::new(BIN)
+            .args([
+                "demo",
+                "--sim-listen",
+                "127.0.0.1:0",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--rules",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/demo-rules.toml"),
+            ])
+            .env("PUBBOT__DATABASE__URL", &db)
+            .env("PUBBOT__LOG__FORMAT", "json")
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("demo");
+        let mut stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stderr = child.stderr.take().unwrap();
+        let logs = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let mut r = BufReader::new(stderr).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                all.push(l);
+            }
+            all
+        });
+        let mut seen = Vec::new();
+        until(&mut lines, "metrics ", &mut seen).await;
+        let metrics_url = seen
+            .last()
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap()
+            .to_owned();
+        until(&mut lines, "Now you", &mut seen).await;
+        // The scripted exchange: follow, hours, ＨＥＬＬＯ, a picture.
+        let script = seen.join("\n");
+        assert!(script.contains("Welcome, alice!"), "{script}");
+        assert!(script.contains("We are open 9:00-18:00"), "{script}");
+        assert!(
+            script.contains("[news] Thanks for the picture, alice"),
+            "{script}"
+        );
+
+        stdin
+            .write_all(b"/user bob\nyour hours?\nsomething else\n")
+            .await
+            .unwrap();
+        until(&mut lines, "a person will answer soon", &mut seen).await;
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        stdin.write_all(b"/quit\n").await.unwrap();
+        until(&mut lines, "stopping", &mut seen).await;
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("the demo stops on /quit")
+            .unwrap();
+        assert!(status.success());
+        let out = seen.join("\n");
+        assert!(out.contains("shop -> bob: We are open"), "{out}");
+
+        // The exchange's counters: 1 follow + 3 from alice + 2 from bob.
+        assert_eq!(
+            metric(
+                &text,
+                "pubbot_inbound_messages_total",
+                &["outcome=\"stored\""]
+            ),
+            6.0,
+            "{text}"
+        );
+        assert_eq!(
+            metric(
+                &text,
+                "pubbot_rule_matches_total",
+                &["rule=\"opening-hours\""]
+            ),
+            2.0
+        );
+        assert_eq!(
+            metric(&text, "pubbot_rule_matches_total", &["rule=\"welcome\""]),
+            1.0
+        );
+        assert_eq!(
+            metric(&text, "pubbot_rule_matches_total", &["rule=\"fallback\""]),
+            1.0
+        );
+        assert_eq!(
+            metric(&text, "pubbot_replies_sent_total", &[]),
+            6.0,
+            "{text}"
+        );
+        assert_eq!(
+            metric(
+                &text,
+                "pubbot_sends_total",
+                &["code=\"0\"", "endpoint=\"send\"", "result=\"sent\""]
+            ),
+            6.0,
+            "{text}"
+        );
+        assert_eq!(metric(&text, "pubbot_build_info", &["version="]), 1.0);
+
+        // Every metric exposed is documented (deploy/README.md), so the list
+        // cannot drift.
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/README.md"
+        ))
+        .unwrap();
+        let documented: std::collections::HashSet<&str> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        let exposed: BTreeMap<&str, &str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        assert!(exposed.len() > 15, "{text}");
+        for name in exposed.keys() {
+            assert!(
+                documented.contains(name),
+                "{name} is exposed but not in deploy/README.md"
+            );
+        }
+
+        // Logs: JSON, one object per line, with trace ids; no secret at trace.
+        let logs = logs.await.unwrap();
+        assert!(logs.len() > 50, "trace logs: {}", logs.len());
+        for l in &logs {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            assert!(v.get("level").is_some(), "{l}");
+            for secret in [password, "demo-secret"] {
+                assert!(!l.contains(secret), "a secret in the logs: {l}");
+            }
+        }
+        assert!(
+            logs.iter()
+                .any(|l| l.contains("\"message\":\"push\"") && l.contains("trace_id")),
+            "one line per push with its trace id"
+        );
+        assert!(logs
+            .iter()
+            .any(|l| l.contains("\"message\":\"reply sent\"") && l.contains("trace_id")));
+    }
 }
 
 #[sqlx::test(migrations = false)]
