@@ -1028,31 +1028,23 @@ impl Scheduler {
         error: Option<String>,
         rendered: Option<serde_json::Value>,
     ) {
-        let mut pause = Duration::from_millis(100);
-        loop {
-            let r = sqlx::query!(
+        let (msg_id, error, rendered) = (&msg_id, &error, &rendered);
+        crate::db::until_recorded("broadcast", || {
+            sqlx::query!(
                 "UPDATE broadcasts SET state = $2, msg_id = $3, error = $4, rendered = coalesce($5, rendered),
                         finished_at = $6, lease_owner = NULL, lease_until = NULL
                   WHERE id = $1 AND lease_owner = $7 AND state IN ('sending', 'unknown')",
                 id,
                 state,
-                msg_id,
-                error,
-                rendered,
+                msg_id.as_deref(),
+                error.as_deref(),
+                rendered.as_ref(),
                 self.clock.now(),
                 self.worker_id
             )
             .execute(&self.pool)
-            .await;
-            match r {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(broadcast = id, error = %e, "recording a broadcast's outcome failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+        })
+        .await;
     }
 
     async fn send(&self, b: Claimed) {
@@ -1230,10 +1222,9 @@ impl Scheduler {
             metrics::counter!("pubbot_campaign_users_total", "result" => state)
                 .increment(c.users.len() as u64);
         }
-        let mut pause = Duration::from_millis(100);
-        loop {
+        crate::db::until_recorded("campaign chunk", || async {
             let now = self.clock.now();
-            let r = async {
+            {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query!(
                     "UPDATE campaign_chunks SET state = $3, error = $4, lease_owner = NULL, lease_until = NULL,
@@ -1262,16 +1253,8 @@ impl Scheduler {
                 .await?;
                 tx.commit().await
             }
-            .await;
-            match r {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(campaign = c.campaign_id, error = %e, "recording a chunk's outcome failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+        })
+        .await;
         tracing::info!(campaign = c.campaign_id, chunk = c.seq, users = c.users.len(), state, error = ?error, "campaign chunk");
     }
 }

@@ -126,6 +126,34 @@ impl Pools {
     }
 }
 
+/// Runs `write` until it succeeds, pausing 100 ms, doubling to 2 s, between
+/// tries; returns its value.
+///
+/// For the writes that record what has already happened outside the
+/// database (a platform call made, a handler answered): giving up would
+/// lose the record, and the rows stay leased to this worker meanwhile, so
+/// no other worker takes them while the lease holds (each write checks it
+/// still owns them). Each failure is a warning naming `what` and
+/// counts `pubbot_settle_retries_total{what}`.
+pub async fn until_recorded<T, F, Fut>(what: &'static str, mut write: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::warn!(what, error = %e, "recording an outcome failed; retrying");
+                metrics::counter!("pubbot_settle_retries_total", "what" => what).increment(1);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
 /// Applies every pending migration.
 ///
 /// # Errors

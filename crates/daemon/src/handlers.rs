@@ -482,20 +482,10 @@ impl HandlerRunner {
             CallResult::Failed(e) => (fallback.clone(), None, "failed", Some(e)),
         };
         tracing::info!(target: "pubbot::reply", trace_id = %row.trace_id, handler = %handler, user = %row.user_id, replies = replies.len(), outcome = status, error = ?error, "handler answered");
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match self
-                .settle(&held, &replies, state.as_ref(), status, error.as_deref())
-                .await
-            {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "recording a handler's answer failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+        crate::db::until_recorded("handler answer", || {
+            self.settle(&held, &replies, state.as_ref(), status, error.as_deref())
+        })
+        .await;
         self.leases.release([row.id]);
         self.wake.add_pending(replies.len().max(1));
         self.wake.inbound.notify_one();

@@ -518,18 +518,10 @@ impl Recorder {
                     Err(_) => break,
                 }
             }
-            let mut pause = Duration::from_millis(100);
-            loop {
-                match settle(&self.pool, &self.worker_id, &self.policy, &batch).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, rows = batch.len(), "recording call outcomes failed; retrying (the rows stay leased)");
-                        metrics::counter!("pubbot_settle_retries_total").increment(1);
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(2));
-                    }
-                }
-            }
+            crate::db::until_recorded("replies", || {
+                settle(&self.pool, &self.worker_id, &self.policy, &batch)
+            })
+            .await;
             for s in &batch {
                 let kind = match &s.outcome {
                     Outcome::Sent => "sent",
