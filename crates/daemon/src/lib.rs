@@ -13,6 +13,13 @@
 //! with `FOR UPDATE SKIP LOCKED`, so replicas share one database safely.
 //! Dedup (R6) and "planned once" are unique constraints.
 //!
+//! Beside the reply pipeline: a local spool that keeps pushes while the
+//! database is away (`spool`), daily broadcasts and campaigns
+//! (`broadcast`: one `sendall` a natural day, R11), handler bots over HTTP with
+//! per-user state (`handlers`), account management (`manage`,
+//! `followers`), retention (`retention`), and health and metrics
+//! (`health`, `telemetry`). Each module's `//!` says what it owns.
+//!
 //! **Not for:** protocol details (in `pubbot-api-client` and
 //! `pubbot-webhook`) or reply logic (`pubbot-rules`).
 
