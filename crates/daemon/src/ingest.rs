@@ -14,7 +14,7 @@
 //!
 //! A row PostgreSQL would refuse fails the whole multi-row `INSERT`, and
 //! with it every push in the batch. So a push is checked before it joins a
-//! batch ([`storable`]: no NUL in the columns `text` keeps, ids of a sane
+//! batch (`storable`: no NUL in the columns `text` keeps, ids of a sane
 //! length; the body is kept as bytes, whatever they are), and a batch that
 //! still fails for a row-level reason (SQLSTATE class 22, or 54000) is
 //! split in halves and retried until the one push at fault is found and
