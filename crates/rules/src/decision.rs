@@ -204,7 +204,7 @@ pub struct Verdict {
 pub struct Explanation {
     /// Each rule and its verdict.
     pub rules: Vec<Verdict>,
-    /// The decision (the same as [`RuleSet::decide`]'s).
+    /// The decision (the same as [`RuleSet::decide`](crate::RuleSet::decide)'s).
     pub decision: Decision,
 }
 
