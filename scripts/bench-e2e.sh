@@ -8,11 +8,16 @@
 # cluster. Creates and drops the database pubbot_bench.
 #
 #   ./scripts/bench-e2e.sh [RATE] [DURATION_SECS]     (default 1000 60)
+#
+# PHASES picks what runs (default all, in this order): ingest pgbench e2e
+# steps overload batchsend. E.g. PHASES="e2e" for the CPU split alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/pg.sh
 ensure_postgres
 RATE=${1:-1000}
+PHASES=${PHASES:-"ingest pgbench e2e steps overload batchsend"}
+phase() { [[ " $PHASES " == *" $1 "* ]]; }
 DURATION=${2:-60}
 ADMIN_URL=$DATABASE_URL
 BENCH_URL="${DATABASE_URL%/*}/pubbot_bench"
@@ -60,6 +65,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 pg_ticks() { local t=0; for p in $(pgrep -x postgres); do t=$((t + $(ticks "$p"))); done; echo $t; }
 
 for C in 32 128; do
+  phase ingest || break
   echo "## durable ingest at saturation ($C concurrent pushers, 20 s, decide/send workers off)"
   # Each phase starts after a checkpoint, so none pays for the WAL of the one before.
   psql "$BENCH_URL" -qc CHECKPOINT
@@ -69,6 +75,7 @@ for C in 32 128; do
   psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE"
 done
 
+if phase pgbench; then
 echo "## baseline: pgbench, 32 clients, single-row INSERT of the same row shape, 20 s"
 psql "$BENCH_URL" -qc "CREATE TABLE pgbench_inbound (LIKE inbound_messages INCLUDING ALL)"
 cat > "$WORK/insert.sql" <<'SQL'
@@ -82,7 +89,9 @@ ON CONFLICT DO NOTHING;
 SQL
 psql "$BENCH_URL" -qc CHECKPOINT
 pgbench -n -c 32 -j 2 -T 20 -f "$WORK/insert.sql" "$BENCH_URL" 2>/dev/null | grep -E "^tps|latency average"
+fi
 
+if phase e2e; then
 echo "## end to end: $RATE pushes/s for $DURATION s, 1000 users"
 psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" -c CHECKPOINT
 start_pubbot
@@ -109,6 +118,7 @@ psql "$BENCH_URL" -At -F ' ' -c "
   SELECT 'decided -> marked sent', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
          round(percentile_cont(0.9) WITHIN GROUP (ORDER BY ms)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1)
     FROM (SELECT extract(epoch FROM sent_at - created_at) * 1000 AS ms FROM outbound_messages) t"
+fi
 
 # Capacity: the highest of STEPS (pushes/s, 20 s each) at which nothing is
 # lost and p99 push-to-reply stays under 100 ms, beside pgbench's
@@ -116,6 +126,7 @@ psql "$BENCH_URL" -At -F ' ' -c "
 STEPS=${STEPS:-"1000 2000 3000 4000 5000 6000"}
 CAPACITY=0
 for STEP in $STEPS; do
+  phase steps || break
   psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" -c CHECKPOINT
   start_pubbot
   "${LOAD[@]}" --rate "$STEP" --duration 20 --users 1000 --grace 60 > "$WORK/step.out"
@@ -125,7 +136,7 @@ for STEP in $STEPS; do
   echo "## step $STEP pushes/s: p99 ${P99} ms, lost ${LOST}"
   if [ "${LOST:-1}" = 0 ] && awk "BEGIN { exit !(${P99:-1e9} < 100) }"; then CAPACITY=$STEP; else break; fi
 done
-echo "## capacity: $CAPACITY pushes/s with p99 < 100 ms and nothing lost (pgbench single-row tps above)"
+phase steps && echo "## capacity: $CAPACITY pushes/s with p99 < 100 ms and nothing lost (pgbench single-row tps above)"
 
 # Overload: about three times what the machine can take, then the drain.
 # What cannot be committed in time goes to the spool and is answered; the
@@ -133,17 +144,20 @@ echo "## capacity: $CAPACITY pushes/s with p99 < 100 ms and nothing lost (pgbenc
 # answered. Peak RSS is the kernel's high-water mark (VmHWM).
 OVERLOAD_RATE=${OVERLOAD_RATE:-6000}
 OVERLOAD_SECS=${OVERLOAD_SECS:-60}
+if phase overload; then
 echo "## overload: $OVERLOAD_RATE pushes/s for $OVERLOAD_SECS s, 1000 users, then the drain"
 psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" -c CHECKPOINT
 start_pubbot
 "${LOAD[@]}" --rate "$OVERLOAD_RATE" --duration "$OVERLOAD_SECS" --users 1000 --grace 900
 echo "pubbot memory: peak $(awk '/VmHWM/ {print $2, $3}' /proc/$PUBBOT_PID/status), after the drain $(awk '/VmRSS/ {print $2, $3}' /proc/$PUBBOT_PID/status)"
 stop_pubbot
+fi
 
 # batchsend: everybody gets the same reply, the platform allows 200 calls/s
 # and the daemon keeps to it; 1,000 pushes/s for 10 s, merging on and off.
 $PUBBOT --config "$WORK/bench.toml" rules import --replace config/bench-static-rules.toml >/dev/null
 for MERGE in true false; do
+  phase batchsend || break
   echo "## batchsend merging $MERGE: one static reply, 1000 pushes/s for 10 s, platform limit 200 calls/s"
   psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE"
   sed 's/^rate_limit_per_sec = .*/rate_limit_per_sec = 200/' "$WORK/bench.toml" > "$WORK/limited.toml"

@@ -131,6 +131,13 @@ pub struct IngestSettings {
     /// Largest size of the spool on disk, bytes; past it, pushes get no
     /// answer.
     pub spool_max_bytes: u64,
+    /// Decide a push as it is stored, in the same statement, when the
+    /// rules in force can decide it without the database (no conversation
+    /// state, no handler, not a follow event); otherwise, and when off, a
+    /// decide worker takes it (see "Decided at receipt" in
+    /// [`crate::ingest`]).
+    #[serde(default = "yes")]
+    pub decide_at_receipt: bool,
 }
 
 /// `[workers]`.
@@ -681,6 +688,10 @@ fn url_check(url: &str) -> Result<(), String> {
     } else {
         Err(format!("must start with http:// or https://, got {url:?}"))
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[cfg(test)]

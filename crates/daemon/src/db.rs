@@ -16,6 +16,16 @@
 //! with its actual parameters and table sizes — a few microseconds of
 //! planning instead of a plan that goes stale as the tables grow. (The
 //! by-id updates are also sent unnamed, `.persistent(false)`.)
+//!
+//! Custom plans are not free: planning was 60% of PostgreSQL's statement
+//! time at 1,000 messages/s (BENCHMARKS.md). The two statements that run
+//! for every message, the ingest statement and the recorder's settle,
+//! touch the tables only through index lookups by key (the R6 key, ids,
+//! a user's open rows), whose best plan is the same at any table size. Their
+//! pools ([`Pools::ingest`], [`Pools::settle`]) run with
+//! `plan_cache_mode = force_generic_plan` and `enable_seqscan = off`: each
+//! connection plans them once, and never with a sequential scan, which is
+//! the only plan an empty table could freeze.
 
 use std::time::Duration;
 
@@ -62,6 +72,16 @@ pub fn guarded(options: PgConnectOptions, idle_in_transaction: Duration) -> PgCo
     ])
 }
 
+/// Options for a pool whose statements are planned once per connection,
+/// without sequential scans (see "Plans" above). Later `-c` options win
+/// over the `force_custom_plan` of [`guarded`].
+pub fn planned_once(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([
+        ("plan_cache_mode", "force_generic_plan"),
+        ("enable_seqscan", "off"),
+    ])
+}
+
 /// One pool per stage, each with a fixed share of
 /// `database.max_connections`, so that no stage can starve another: a burst
 /// of pushes cannot take the connections that senders need to record what
@@ -99,18 +119,18 @@ impl Pools {
     /// needed.
     pub fn split(options: &PgConnectOptions, settings: &DatabaseSettings) -> Self {
         let [ingest, decide, send, settle, housekeeping] = budget(settings.max_connections);
-        let pool = |n: u32| {
+        let pool = |n: u32, options: PgConnectOptions| {
             PgPoolOptions::new()
                 .max_connections(n)
                 .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
-                .connect_lazy_with(options.clone())
+                .connect_lazy_with(options)
         };
         Self {
-            ingest: pool(ingest),
-            decide: pool(decide),
-            send: pool(send),
-            settle: pool(settle),
-            housekeeping: pool(housekeeping),
+            ingest: pool(ingest, planned_once(options.clone())),
+            decide: pool(decide, options.clone()),
+            send: pool(send, options.clone()),
+            settle: pool(settle, planned_once(options.clone())),
+            housekeeping: pool(housekeeping, options.clone()),
         }
     }
 

@@ -97,6 +97,151 @@ fn kind_of(m: &InboundMessage) -> IncomingKind {
     }
 }
 
+/// The number a push's random choices (`one_of` templates) are drawn
+/// from: a hash of its R6 key, so that every decision of one push —
+/// at receipt, by a decide worker, or re-decided by `outbound retry` —
+/// picks the same (FNV-1a, fixed across builds and processes).
+pub(crate) fn push_random(app_key: &str, dedup_key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in app_key.bytes().chain([0xff]).chain(dedup_key.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Counts a push for an account its app does not host (R16) and logs the
+/// first one of each account.
+pub(crate) fn note_unhosted(
+    seen: &std::sync::Mutex<HashSet<(String, String)>>,
+    app_key: &str,
+    mcid: &str,
+    trace_id: &str,
+) {
+    metrics::counter!("pubbot_inbound_unhosted_total", "app_key" => app_key.to_owned())
+        .increment(1);
+    let first = seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert((app_key.to_owned(), mcid.to_owned()));
+    if first {
+        tracing::warn!(trace_id, app_key, mcid, "push for an account this app does not host: stored, not answered (R16; add it to apps.accounts, or accounts = \"*\"); logged once per account");
+    }
+}
+
+/// Counts and logs what deciding one push found (matched rules, render
+/// problems), once the decision is committed.
+pub(crate) fn note_decision(trace_id: &str, matched: &[String], problems: &[(String, String)]) {
+    for rule in matched {
+        metrics::counter!("pubbot_rule_matches_total", "rule" => rule.clone()).increment(1);
+    }
+    for (rule, problem) in problems {
+        tracing::warn!(trace_id, rule = %rule, problem = %problem, "reply problem");
+    }
+}
+
+/// A push decided when it was received, before it was stored (see
+/// "Decided at receipt" in [`crate::ingest`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AtReceipt {
+    /// The account does not host it (R16): stored done, no reply.
+    pub unhosted: bool,
+    /// The first matched rule's name.
+    pub rule: String,
+    /// The replies, serialized, in sending order.
+    pub replies: Vec<String>,
+    /// Every matched rule (for `pubbot_rule_matches_total`).
+    pub matched: Vec<String>,
+    /// Render problems (rule, problem).
+    pub problems: Vec<(String, String)>,
+}
+
+/// What deciding at receipt needs.
+#[derive(Clone)]
+pub struct Receipt {
+    /// The rule set in force.
+    pub rules: Arc<RuleStore>,
+    /// The accounts each app hosts (R16).
+    pub hosted: Arc<HashMap<String, Hosted>>,
+    /// (app, account) pairs already logged as not hosted.
+    pub unhosted_seen: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
+}
+
+impl Receipt {
+    /// Decides `message` now if the rules in force need nothing from the
+    /// database for it: they read no conversation state and call no
+    /// handler (`RuleSet::uses_state` covers both), and it is not a follow
+    /// event (those change `followers` in the deciding transaction).
+    /// `None`: a decide worker decides it.
+    pub(crate) fn decide(
+        &self,
+        app_key: &str,
+        dedup_key: &str,
+        message: &InboundMessage,
+    ) -> Option<AtReceipt> {
+        let rules = self.rules.current();
+        if rules.uses_state() {
+            return None;
+        }
+        let (kind, text, event) = incoming_parts(message);
+        if matches!(kind, IncomingKind::Subscribe | IncomingKind::Unsubscribe) {
+            return None;
+        }
+        if !self
+            .hosted
+            .get(app_key)
+            .is_some_and(|h| h.hosts(message.to.as_str()))
+        {
+            return Some(AtReceipt {
+                unhosted: true,
+                ..AtReceipt::default()
+            });
+        }
+        let incoming = Incoming {
+            app_key,
+            mcid: message.to.as_str(),
+            user: message.from.as_str(),
+            kind,
+            text,
+            event,
+            state: None,
+        };
+        let ctx = Context {
+            now: chrono::Utc::now(),
+            random: push_random(app_key, dedup_key),
+        };
+        let decision = rules.decide(&incoming, &ctx);
+        if !decision.state_set.is_empty()
+            || !decision.state_clear.is_empty()
+            || decision
+                .replies
+                .iter()
+                .any(|r| matches!(r, PlannedReply::Handler { .. }))
+        {
+            return None;
+        }
+        Some(AtReceipt {
+            unhosted: false,
+            rule: decision
+                .matched
+                .first()
+                .map(|m| m.rule.clone())
+                .unwrap_or_default(),
+            replies: decision
+                .replies
+                .iter()
+                .map(|r| serde_json::to_string(r).unwrap_or_default())
+                .collect(),
+            matched: decision.matched.into_iter().map(|m| m.rule).collect(),
+            problems: decision
+                .problems
+                .into_iter()
+                .map(|p| (p.rule, p.message))
+                .collect(),
+        })
+    }
+}
+
 #[derive(Default)]
 struct Planned {
     inbound_id: Vec<i64>,
@@ -144,7 +289,7 @@ impl DecideWorker {
         // a handler call of theirs is open (its answer may change that
         // state). Other users are never held back.
         let claimed = sqlx::query!(
-            r#"SELECT i.id, i.app_key, i.mcid, i.user_id, i.message, i.trace_id FROM inbound_messages i
+            r#"SELECT i.id, i.app_key, i.mcid, i.user_id, i.dedup_key, i.message, i.trace_id FROM inbound_messages i
                 WHERE i.status = 'pending'
                   AND NOT EXISTS (SELECT 1 FROM inbound_messages e
                                    WHERE e.app_key = i.app_key AND e.mcid = i.mcid AND e.user_id = i.user_id
@@ -212,16 +357,12 @@ impl DecideWorker {
                 .get(&row.app_key)
                 .is_some_and(|h| h.hosts(message.to.as_str()));
             if !hosts {
-                metrics::counter!("pubbot_inbound_unhosted_total", "app_key" => row.app_key.clone())
-                    .increment(1);
-                let first = self
-                    .unhosted_seen
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert((row.app_key.clone(), message.to.to_string()));
-                if first {
-                    tracing::warn!(trace_id = %row.trace_id, app_key = %row.app_key, mcid = %message.to, "push for an account this app does not host: stored, not answered (R16; add it to apps.accounts, or accounts = \"*\"); logged once per account");
-                }
+                note_unhosted(
+                    &self.unhosted_seen,
+                    &row.app_key,
+                    message.to.as_str(),
+                    &row.trace_id,
+                );
                 continue;
             }
             let (kind, text, event) = incoming_parts(&message);
@@ -237,7 +378,7 @@ impl DecideWorker {
             // Deterministic per push, so a re-decided push picks the same.
             let ctx = Context {
                 now,
-                random: (row.id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                random: push_random(&row.app_key, &row.dedup_key),
             };
             let decision = rules.decide(&incoming, &ctx);
             let key = (row.app_key.clone(), row.mcid.clone(), row.user_id.clone());
@@ -427,17 +568,7 @@ impl DecideWorker {
         if let Some(permit) = permit {
             // Only rows inserted now and leased (not planned before, not
             // held back behind an earlier open row) are handed over.
-            let unit: Vec<Held> = leased
-                .into_iter()
-                .filter(|r| r.attempts > 0)
-                .map(|row| Held { row, since })
-                .collect();
-            if let Some(leases) = &self.leases {
-                leases.hold(unit.iter().map(|h| (h.row.id, h.row.attempts)));
-            }
-            if !unit.is_empty() {
-                permit.send(unit);
-            }
+            crate::outbox::hand_over(permit, self.leases.as_deref(), leased, since);
         }
         metrics::counter!("pubbot_decided_total").increment(ids.len() as u64);
         metrics::counter!("pubbot_replies_planned_total")

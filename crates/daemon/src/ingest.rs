@@ -27,12 +27,29 @@
 //! ([`crate::spool`]) and answered from there; the spool drains into the
 //! table when the database answers. Only a push that neither can take
 //! gets no answer ([`InboxError::Unavailable`]), and the platform retries.
+//!
+//! # Decided at receipt
+//!
+//! With `ingest.decide_at_receipt` (the default), a push is decided as it
+//! is received, by the rules in force, before it joins a batch — when they
+//! need nothing from the database for it: no rule reads or sets
+//! conversation state or calls a handler, and it is not a follow event.
+//! The batch's one statement then stores the push `done` and plans its
+//! replies (the outbox rows, [`crate::outbox`] invariant 1) in the same
+//! commit, leasing them to this process's senders when nothing earlier of
+//! their user is open — so such a push costs no decide claim, no update of
+//! its row and no NOTIFY. The statement stores it `pending` instead, for a
+//! decide worker, when its user has an undecided push or an open handler
+//! call in the table, or an undecided push earlier in the same batch
+//! (invariant 5: a user's pushes are decided in order).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pubbot_rules::PlannedReply;
 use pubbot_webhook::{Accepted, Inbox, InboxError, Push};
+use sqlx::types::Json;
 use sqlx::PgPool;
 
 use crate::health::{Progress, Stage};
@@ -42,6 +59,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::IngestSettings;
+use crate::decide::{AtReceipt, Receipt};
+use crate::notify::Wakeups;
+use crate::outbox::{Claimed, Held, Leases};
 
 struct Pending {
     /// Shared with `accept`, which spools the same row if the commit fails.
@@ -60,6 +80,8 @@ struct Row {
     message: String,
     raw: Vec<u8>,
     trace_id: String,
+    /// Decided at receipt (`None`: by a decide worker).
+    decided: Option<AtReceipt>,
 }
 
 impl Row {
@@ -90,6 +112,7 @@ impl Row {
             create_time: p.create_time,
             message: p.message,
             trace_id: p.trace_id,
+            decided: None,
         }
     }
 }
@@ -132,6 +155,25 @@ pub struct PgInbox {
     spool: Option<Spool>,
     spool_after: Duration,
     progress: Arc<Progress>,
+    receipt: Option<Receipt>,
+}
+
+/// Deciding at receipt: the rules, and where the replies it plans go
+/// after their commit.
+#[derive(Clone)]
+pub struct DecideAtReceipt {
+    /// The rules and the hosted accounts.
+    pub receipt: Receipt,
+    /// This process's lease identity.
+    pub worker_id: String,
+    /// Lease of rows handed to this process's senders.
+    pub lease: Duration,
+    /// This process's senders (no senders: replies are planned `pending`).
+    pub handoff: Option<mpsc::Sender<Vec<Held>>>,
+    /// The leases this process's senders hold.
+    pub leases: Option<Arc<Leases>>,
+    /// Wakes decide workers (pushes left to them) and senders.
+    pub wake: Arc<Wakeups>,
 }
 
 /// A new trace id, carried from push to reply in logs and rows.
@@ -142,22 +184,32 @@ pub fn trace_id() -> String {
 impl PgInbox {
     /// Starts the batcher; it stops when `token` is cancelled, after
     /// committing what it holds.
+    /// `at_receipt`: decide pushes as they are received (see "Decided at
+    /// receipt"); `None`: every push waits for a decide worker.
     pub fn start(
         pool: PgPool,
         settings: IngestSettings,
         spool: Option<Spool>,
         progress: Arc<Progress>,
+        at_receipt: Option<DecideAtReceipt>,
         token: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(settings.batch_max * settings.concurrent_flushes * 4);
         let spool_after = Duration::from_millis(settings.spool_after_ms);
-        let handle = tokio::spawn(batcher(pool, settings, Arc::clone(&progress), rx, token));
+        let receipt = at_receipt.as_ref().map(|a| a.receipt.clone());
+        let sink = Sink {
+            pool,
+            progress: Arc::clone(&progress),
+            at_receipt,
+        };
+        let handle = tokio::spawn(batcher(Arc::new(sink), settings, rx, token));
         (
             Self {
                 tx,
                 spool,
                 spool_after,
                 progress,
+                receipt,
             },
             handle,
         )
@@ -203,7 +255,7 @@ impl PgInbox {
 pub async fn store_spooled(pool: &PgPool, pushes: Vec<SpooledPush>) -> Result<(), String> {
     let rows: Vec<Row> = pushes.into_iter().map(Row::from_spooled).collect();
     let rows: Vec<&Row> = rows.iter().collect();
-    insert(pool, &rows)
+    insert(pool, &rows, None)
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -213,7 +265,7 @@ impl Inbox for PgInbox {
     async fn accept(&self, push: Push) -> Result<Accepted, InboxError> {
         let m = &push.message;
         let trace = trace_id();
-        let row = Row {
+        let mut row = Row {
             app_key: push.app_key.clone(),
             mcid: m.to.to_string(),
             user_id: m.from.to_string(),
@@ -224,6 +276,7 @@ impl Inbox for PgInbox {
             message: serde_json::to_string(m).map_err(|e| InboxError::Refused(e.to_string()))?,
             raw: push.raw.to_vec(),
             trace_id: trace.clone(),
+            decided: None,
         };
         if let Err(why) = storable(&row) {
             tracing::warn!(trace_id = %trace, app_key = %push.app_key, reason = %why, "push cannot be stored; refused");
@@ -232,6 +285,9 @@ impl Inbox for PgInbox {
             return Err(InboxError::Refused(why));
         }
         tracing::debug!(trace_id = %trace, app_key = %push.app_key, mcid = %m.to, msg_type = m.msg_type(), "push received");
+        if let Some(receipt) = &self.receipt {
+            row.decided = receipt.decide(&row.app_key, &row.dedup_key, m);
+        }
         self.progress
             .ingest_waiting
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -266,10 +322,16 @@ impl Inbox for PgInbox {
     }
 }
 
-async fn batcher(
+/// What a flush needs: the pool, and where pushes decided at receipt go.
+struct Sink {
     pool: PgPool,
-    settings: IngestSettings,
     progress: Arc<Progress>,
+    at_receipt: Option<DecideAtReceipt>,
+}
+
+async fn batcher(
+    sink: Arc<Sink>,
+    settings: IngestSettings,
     mut rx: mpsc::Receiver<Pending>,
     token: CancellationToken,
 ) {
@@ -305,11 +367,10 @@ async fn batcher(
                 },
             }
         }
-        let pool = pool.clone();
-        let progress = Arc::clone(&progress);
+        let sink = Arc::clone(&sink);
         tokio::spawn(async move {
-            flush(&pool, batch).await;
-            progress.advance(Stage::Ingest);
+            flush(&sink, batch).await;
+            sink.progress.advance(Stage::Ingest);
             drop(permit);
         });
     }
@@ -319,21 +380,137 @@ async fn batcher(
         .await;
 }
 
-/// Inserts rows in one statement; returns the R6 keys that were new.
-async fn insert(pool: &PgPool, rows: &[&Row]) -> Result<Vec<(String, String)>, sqlx::Error> {
+/// What one statement stored: the R6 keys that were new, and, for
+/// pushes decided at receipt, what became of them.
+#[derive(Default)]
+struct Stored {
+    /// (app, R6 key) of every push inserted.
+    new: Vec<(String, String)>,
+    /// (app, R6 key) of the pushes stored `done` (decided at receipt).
+    decided: Vec<(String, String)>,
+    /// Pushes stored `pending`, for a decide worker.
+    undecided: usize,
+    /// Replies planned and leased to this process's senders.
+    leased: Vec<Claimed>,
+    /// Replies planned `pending`, for a claim.
+    pending_replies: usize,
+}
+
+/// Which pushes of a batch may be stored decided: those decided at receipt,
+/// unless their user has an undecided push earlier in the batch (its
+/// replies must come first), and only the first of equal pushes.
+fn decidable(rows: &[&Row]) -> Vec<bool> {
+    let mut held: HashSet<(&str, &str, &str)> = HashSet::new();
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    rows.iter()
+        .map(|r| {
+            let user = (r.app_key.as_str(), r.mcid.as_str(), r.user_id.as_str());
+            if !seen.insert((r.app_key.as_str(), r.dedup_key.as_str())) {
+                return false;
+            }
+            let ok = r.decided.is_some() && !held.contains(&user);
+            if !ok {
+                held.insert(user);
+            }
+            ok
+        })
+        .collect()
+}
+
+/// Inserts rows in one statement, with the replies of those decided at
+/// receipt when `at` is given (see "Decided at receipt"); a push whose
+/// user has an undecided push or an open handler call in the table is
+/// stored `pending` instead. Replies are leased to this process's senders
+/// when `direct` and nothing earlier of their user is open.
+async fn insert(
+    pool: &PgPool,
+    rows: &[&Row],
+    at: Option<(&DecideAtReceipt, bool)>,
+) -> Result<Stored, sqlx::Error> {
     let mut cols = Columns::with_capacity(rows.len());
     for r in rows {
         cols.push(r);
     }
-    let inserted = sqlx::query!(
-        r#"INSERT INTO inbound_messages
-               (app_key, mcid, user_id, msg_type, dedup_key, msg_id, create_time, message, raw, trace_id)
-           SELECT a, m, u, t, d, i, c, j::json, r, tr
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::int8[], $8::text[], $9::bytea[], $10::text[])
-                  AS x(a, m, u, t, d, i, c, j, r, tr)
-           ON CONFLICT (app_key, dedup_key) DO NOTHING
-           RETURNING app_key, dedup_key"#,
+    let ok = if at.is_some() {
+        decidable(rows)
+    } else {
+        vec![false; rows.len()]
+    };
+    // The replies of the decidable pushes: (push's place in the batch,
+    // reply index, rule, payload).
+    let (mut place, mut index, mut rule, mut payload) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (n, (r, ok)) in rows.iter().zip(&ok).enumerate() {
+        let Some(d) = r.decided.as_ref().filter(|_| *ok) else {
+            continue;
+        };
+        for (i, p) in d.replies.iter().enumerate() {
+            place.push(i64::try_from(n + 1).unwrap_or(i64::MAX));
+            index.push(i32::try_from(i).unwrap_or(i32::MAX));
+            rule.push(d.rule.clone());
+            payload.push(p.clone());
+        }
+    }
+    let (worker_id, lease, direct) = match at {
+        Some((a, direct)) => (a.worker_id.as_str(), a.lease.as_secs_f64(), direct),
+        None => ("", 0.0, false),
+    };
+    // One statement: the pushes, then the replies of those stored `done`,
+    // in push order (outbound ids follow the order the user wrote).
+    // (`OFFSET 0` keeps each check a single probe per row: flattened, the
+    // planner would repeat it in every `CASE` that reads it.)
+    let stored = sqlx::query!(
+        r#"WITH x AS (
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                    $6::text[], $7::int8[], $8::text[], $9::bytea[], $10::text[], $11::bool[])
+                    WITH ORDINALITY AS x(a, m, u, t, d, i, c, j, r, tr, ok, n)
+           ), ins AS (
+               INSERT INTO inbound_messages
+                      (app_key, mcid, user_id, msg_type, dedup_key, msg_id, create_time, message, raw, trace_id,
+                       status, processed_at)
+               SELECT a, m, u, t, d, i, c, j::json, r, tr,
+                      CASE WHEN done THEN 'done' ELSE 'pending' END, CASE WHEN done THEN now() END
+                 FROM (SELECT x.*, x.ok
+                              AND NOT EXISTS (SELECT 1 FROM inbound_messages e
+                                               WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
+                                                 AND e.status = 'pending')
+                              AND NOT EXISTS (SELECT 1 FROM outbound_messages h
+                                               WHERE h.app_key = x.a AND h.mcid = x.m AND h.user_id = x.u
+                                                 AND h.handler IS NOT NULL AND h.status IN ('pending', 'sending')) AS done
+                         FROM x OFFSET 0) x
+                ORDER BY n
+               ON CONFLICT (app_key, dedup_key) DO NOTHING
+               RETURNING id, app_key, dedup_key, status
+           ), planned AS (
+               INSERT INTO outbound_messages
+                      (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
+                       status, lease_owner, lease_until, attempts)
+               SELECT ins.id, p.ri, x.a, x.m, x.u, p.rule, p.payload::json, x.tr,
+                      CASE WHEN go THEN 'sending' ELSE 'pending' END,
+                      CASE WHEN go THEN $16 END,
+                      CASE WHEN go THEN now() + make_interval(secs => $17) END,
+                      CASE WHEN go THEN 1 ELSE 0 END
+                 FROM ins
+                 JOIN x ON x.a = ins.app_key AND x.d = ins.dedup_key
+                 JOIN UNNEST($12::int8[], $13::int4[], $14::text[], $15::text[]) AS p(n, ri, rule, payload)
+                   ON p.n = x.n
+                 CROSS JOIN LATERAL (
+                      SELECT $18 AND NOT EXISTS (
+                             SELECT 1 FROM outbound_messages e
+                              WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
+                                AND e.status IN ('pending', 'sending')) AS go OFFSET 0) g
+                WHERE ins.status = 'done'
+                ORDER BY ins.id, p.ri
+               RETURNING id, app_key, mcid, user_id, payload, attempts, trace_id, inbound_id, reply_index,
+                         sub_index, created_at
+           )
+           SELECT ins.app_key AS "app_key!", ins.dedup_key AS "dedup_key!", ins.status AS "status!",
+                  o.id AS "reply_id?", o.inbound_id AS "inbound_id?", o.mcid AS "mcid?", o.user_id AS "user_id?",
+                  o.payload AS "payload?: Json<PlannedReply>", o.attempts AS "attempts?",
+                  o.trace_id AS "trace_id?", o.reply_index AS "reply_index?", o.sub_index AS "sub_index?",
+                  o.created_at AS "created_at?"
+             FROM ins LEFT JOIN planned o ON o.inbound_id = ins.id
+            ORDER BY o.id"#,
         &cols.app_key,
         &cols.mcid,
         &cols.user_id,
@@ -344,13 +521,55 @@ async fn insert(pool: &PgPool, rows: &[&Row]) -> Result<Vec<(String, String)>, s
         &cols.message,
         &cols.raw,
         &cols.trace_id,
+        &ok,
+        &place,
+        &index,
+        &rule,
+        &payload,
+        worker_id,
+        lease,
+        direct,
     )
     .fetch_all(pool)
     .await?;
-    Ok(inserted
-        .into_iter()
-        .map(|r| (r.app_key, r.dedup_key))
-        .collect())
+    let mut out = Stored::default();
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    for r in stored {
+        let key = (r.app_key, r.dedup_key);
+        // One row per push and planned reply (a push without a reply: one
+        // row with the reply columns NULL).
+        if !seen.contains(&key) {
+            seen.insert(key.clone());
+            out.new.push(key.clone());
+            if r.status == "done" {
+                out.decided.push(key.clone());
+            } else {
+                out.undecided += 1;
+            }
+        }
+        if let (Some(id), Some(mcid), Some(user_id), Some(payload), Some(attempts)) =
+            (r.reply_id, r.mcid, r.user_id, r.payload, r.attempts)
+        {
+            if attempts > 0 {
+                out.leased.push(Claimed {
+                    id,
+                    app_key: key.0.clone(),
+                    mcid,
+                    user_id,
+                    payload,
+                    attempts,
+                    trace_id: r.trace_id.unwrap_or_default(),
+                    inbound_id: r.inbound_id,
+                    reply_index: r.reply_index.unwrap_or_default(),
+                    sub_index: r.sub_index.unwrap_or_default(),
+                    created_at: r.created_at.unwrap_or_else(chrono::Utc::now),
+                });
+            } else {
+                out.pending_replies += 1;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Whether an error is about a row's data (one push at fault), not the
@@ -362,27 +581,66 @@ fn row_level(e: &sqlx::Error) -> bool {
         .is_some_and(|c| c.starts_with("22") || c == "54000")
 }
 
-async fn flush(pool: &PgPool, batch: Vec<Pending>) {
+async fn flush(sink: &Sink, batch: Vec<Pending>) {
     let started = Instant::now();
     let n = batch.len();
     metrics::histogram!("pubbot_ingest_batch_size").record(n as f64);
-    flush_part(pool, batch).await;
+    flush_part(sink, batch).await;
     metrics::histogram!("pubbot_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
 }
 
 /// Commits `batch`; on a row-level failure, each half on its own, until
 /// the push at fault is alone and refused.
 fn flush_part(
-    pool: &PgPool,
+    sink: &Sink,
     mut batch: Vec<Pending>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
     Box::pin(async move {
         let rows: Vec<&Row> = batch.iter().map(|p| &*p.row).collect();
-        let inserted = insert(pool, &rows).await;
+        // Replies go straight to this process's senders when the hand-off
+        // has room for one more unit (reserved before the statement, taken
+        // before it began: never later than the leases it sets).
+        let since = Instant::now();
+        let plans = rows
+            .iter()
+            .any(|r| r.decided.as_ref().is_some_and(|d| !d.replies.is_empty()));
+        let permit = match &sink.at_receipt {
+            Some(DecideAtReceipt {
+                handoff: Some(tx), ..
+            }) if plans => tx.try_reserve().ok(),
+            _ => None,
+        };
+        let at = sink.at_receipt.as_ref().map(|a| (a, permit.is_some()));
+        let inserted = insert(&sink.pool, &rows, at).await;
         drop(rows);
         match inserted {
-            Ok(new) => {
-                let mut new: HashSet<(String, String)> = new.into_iter().collect();
+            Ok(stored) => {
+                let mut new: HashSet<(String, String)> = stored.new.iter().cloned().collect();
+                let decided: HashSet<&(String, String)> = stored.decided.iter().collect();
+                let mut planned = 0usize;
+                for p in &batch {
+                    let key = (p.row.app_key.clone(), p.row.dedup_key.clone());
+                    if decided.contains(&key) {
+                        if let Some(d) = &p.row.decided {
+                            planned += d.replies.len();
+                            if d.unhosted {
+                                crate::decide::note_unhosted(
+                                    &sink
+                                        .at_receipt
+                                        .as_ref()
+                                        .expect("decided")
+                                        .receipt
+                                        .unhosted_seen,
+                                    &p.row.app_key,
+                                    &p.row.mcid,
+                                    &p.row.trace_id,
+                                );
+                            }
+                            crate::decide::note_decision(&p.row.trace_id, &d.matched, &d.problems);
+                            tracing::debug!(trace_id = %p.row.trace_id, rule = %d.rule, replies = d.replies.len(), "decided at receipt");
+                        }
+                    }
+                }
                 for p in batch {
                     let key = (p.row.app_key.clone(), p.row.dedup_key.clone());
                     // The first of several equal pushes in one batch is the new one.
@@ -397,12 +655,35 @@ fn flush_part(
                     };
                     let _ = p.done.send(Ok(outcome));
                 }
+                if let Some(at) = &sink.at_receipt {
+                    if !stored.decided.is_empty() {
+                        sink.progress.advance(Stage::Decide);
+                        metrics::counter!("pubbot_decided_total")
+                            .increment(stored.decided.len() as u64);
+                        metrics::counter!("pubbot_decided_at_receipt_total")
+                            .increment(stored.decided.len() as u64);
+                        metrics::counter!("pubbot_replies_planned_total").increment(planned as u64);
+                    }
+                    if stored.undecided > 0 {
+                        at.wake.inbound.notify_one();
+                    }
+                    at.wake.add_pending(stored.pending_replies);
+                    if let Some(permit) = permit {
+                        crate::outbox::hand_over(
+                            permit,
+                            at.leases.as_deref(),
+                            stored.leased,
+                            since,
+                        );
+                    }
+                }
             }
             Err(e) if row_level(&e) && batch.len() > 1 => {
+                drop(permit);
                 tracing::warn!(error = %e, pushes = batch.len(), "a push in the batch cannot be stored; committing the rest without it");
                 let second = batch.split_off(batch.len() / 2);
-                flush_part(pool, batch).await;
-                flush_part(pool, second).await;
+                flush_part(sink, batch).await;
+                flush_part(sink, second).await;
             }
             Err(e) if row_level(&e) => {
                 for p in batch {
@@ -489,6 +770,7 @@ mod tests {
             message: "{}".into(),
             raw: b"<xml/>".to_vec(),
             trace_id: "t".into(),
+            decided: None,
         }
     }
 
@@ -520,7 +802,12 @@ mod tests {
             });
             waits.push(wait);
         }
-        flush(&pool, batch).await;
+        let sink = Sink {
+            pool: pool.clone(),
+            progress: Arc::default(),
+            at_receipt: None,
+        };
+        flush(&sink, batch).await;
         for (i, w) in waits.into_iter().enumerate() {
             let r = w.await.unwrap();
             if i == 4 {

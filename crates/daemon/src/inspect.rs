@@ -184,7 +184,7 @@ pub async fn retry(pool: &PgPool, options: &Options, ids: &[i64]) -> anyhow::Res
     let mut out = Vec::new();
     for &id in ids {
         let row = sqlx::query!(
-            r#"SELECT o.status, o.reply_index, o.app_key, i.message AS "message?", i.id AS "inbound_id?"
+            r#"SELECT o.status, o.reply_index, o.app_key, i.message AS "message?", i.dedup_key AS "dedup_key?"
                  FROM outbound_messages o LEFT JOIN inbound_messages i ON i.id = o.inbound_id
                 WHERE o.id = $1"#,
             id
@@ -227,7 +227,10 @@ pub async fn retry(pool: &PgPool, options: &Options, ids: &[i64]) -> anyhow::Res
         };
         let ctx = Context {
             now: Utc::now(),
-            random: (row.inbound_id.unwrap_or(0) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            random: crate::decide::push_random(
+                &row.app_key,
+                row.dedup_key.as_deref().unwrap_or(""),
+            ),
         };
         let decision = set.decide(&incoming, &ctx);
         let Some(reply) = usize::try_from(row.reply_index)

@@ -358,22 +358,39 @@ pub async fn start_with_clock(
         ));
     }
 
+    let poll = Duration::from_millis(settings.workers.poll_ms);
+    // The fast path from deciding (at receipt, or by a decide worker) to
+    // send inside this process (see decide.rs): whole units, bounded; off
+    // when this process sends nothing.
+    let (handoff_tx, handoff_rx) = tokio::sync::mpsc::channel(64);
+    let handoff_tx = (settings.workers.send > 0).then_some(handoff_tx);
+    let handoff_rx = Arc::new(tokio::sync::Mutex::new(handoff_rx));
+
     let ingest_token = CancellationToken::new();
+    let at_receipt = settings
+        .ingest
+        .decide_at_receipt
+        .then(|| ingest::DecideAtReceipt {
+            receipt: decide::Receipt {
+                rules: Arc::clone(&store),
+                hosted: Arc::clone(&hosted),
+                unhosted_seen: Arc::clone(&unhosted_seen),
+            },
+            worker_id: worker_id.clone(),
+            lease: settings.lease(),
+            handoff: handoff_tx.clone(),
+            leases: (settings.workers.send > 0).then(|| Arc::clone(&leases)),
+            wake: Arc::clone(&wake),
+        });
     let (inbox, ingest) = PgInbox::start(
         pools.ingest.clone(),
         settings.ingest.clone(),
         spool,
         Arc::clone(&progress),
+        at_receipt,
         ingest_token.clone(),
     );
 
-    let poll = Duration::from_millis(settings.workers.poll_ms);
-    // The fast path from decide to send inside this process (see
-    // decide.rs): whole units, bounded; off when this process sends
-    // nothing.
-    let (handoff_tx, handoff_rx) = tokio::sync::mpsc::channel(64);
-    let handoff_tx = (settings.workers.send > 0).then_some(handoff_tx);
-    let handoff_rx = Arc::new(tokio::sync::Mutex::new(handoff_rx));
     let (outcomes_tx, outcomes_rx) = tokio::sync::mpsc::channel(4096);
     let recorder = tokio::spawn(
         Recorder {

@@ -156,6 +156,31 @@ impl Leases {
     }
 }
 
+/// Hands rows a transaction leased to this process's senders (the fast
+/// path of deciding, at receipt or by a decide worker): the rows it
+/// inserted leased (`attempts > 0`; those planned `pending` wait for a
+/// claim), held in `leases` (invariant 3) and sent as one unit, so that one
+/// sender sends a user's rows in order (invariant 5). `since` was taken
+/// before the transaction began.
+pub fn hand_over(
+    permit: mpsc::Permit<'_, Vec<Held>>,
+    leases: Option<&Leases>,
+    rows: impl IntoIterator<Item = Claimed>,
+    since: std::time::Instant,
+) {
+    let unit: Vec<Held> = rows
+        .into_iter()
+        .filter(|r| r.attempts > 0)
+        .map(|row| Held { row, since })
+        .collect();
+    if let Some(leases) = leases {
+        leases.hold(unit.iter().map(|h| (h.row.id, h.row.attempts)));
+    }
+    if !unit.is_empty() {
+        permit.send(unit);
+    }
+}
+
 /// Renews the leases of rows `ids` held at `attempts` by `worker_id`,
 /// locking them in id order (invariant 6); returns the ids still held.
 /// Matching the attempt too: a row recovered and claimed again has one
@@ -479,7 +504,8 @@ pub async fn settle(
         &undo,
         worker_id,
     )
-    .persistent(false)
+    // Planned once per connection: the settle pool's generic plans
+    // (see "Plans" in `crate::db`).
     .execute(pool)
     .await?;
     Ok(())
