@@ -742,3 +742,85 @@ async fn a_failed_batchsend_retries_every_reply_in_it_and_each_arrives_once(
     }
     b.shutdown().await;
 }
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn pushes_the_rules_decide_alone_are_decided_at_receipt_the_rest_by_workers_in_order(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // A daemon with no decide worker: only what is decided at receipt is
+    // answered.
+    let (w, pool) = world(connect).await;
+    let mut receiving = w.settings();
+    receiving.workers.decide = 0;
+    let (a, _) = w.daemon(receiving, pool.clone()).await;
+    w.add_account(a.addr).await;
+    let users: Vec<String> = (0..10).map(|i| format!("quick{i}")).collect();
+    for u in &users {
+        w.say(u, "hours?").await;
+    }
+    eventually("every text answered without a decide worker", || async {
+        all_answered(&w, &users).await
+    })
+    .await;
+    for u in &users {
+        assert_eq!(w.texts(u).await, ["9-18"], "{u}");
+    }
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM inbound_messages WHERE status = 'done' AND processed_at IS NOT NULL"
+        )
+        .await,
+        10,
+        "stored decided, in the statement that stored them"
+    );
+
+    // A follow event needs the database (followers): it waits for a decide
+    // worker, and so does every later push of its user (outbox invariant
+    // 5), while other users are still answered at once.
+    w.control(
+        "follow",
+        json!({"mcid": SHOP, "user": "newbie", "wait": true}),
+    )
+    .await;
+    w.say("newbie", "hours?").await;
+    w.say("quick0", "hours again").await;
+    eventually("quick0 answered again", || async {
+        w.inbox("quick0").await.len() == 2
+    })
+    .await;
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM inbound_messages WHERE user_id = 'newbie' AND status = 'pending'"
+        )
+        .await,
+        2,
+        "the follow and the text after it wait for a decide worker"
+    );
+    assert!(w.inbox("newbie").await.is_empty());
+
+    // A daemon with decide workers takes them, in the order written.
+    let (b, _) = w.daemon(w.settings(), w.pool(None).await).await;
+    eventually("newbie answered", || async {
+        w.inbox("newbie").await.len() == 2
+    })
+    .await;
+    assert_eq!(w.texts("newbie").await, ["welcome newbie", "9-18"]);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM followers WHERE user_id = 'newbie'"
+        )
+        .await,
+        1
+    );
+    // Each reply once.
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM outbound_messages").await,
+        13
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -187,6 +187,10 @@ pub struct SenderSettings {
     pub max_reply_age_secs: u64,
     /// Platform calls one process has in flight at once.
     pub max_in_flight: usize,
+    /// Microseconds the recorder waits, after the first outcome, for more
+    /// to record in the same statement (0: records what has arrived).
+    #[serde(default)]
+    pub settle_micros: u64,
 }
 
 /// `[rules]`.

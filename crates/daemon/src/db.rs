@@ -119,18 +119,23 @@ impl Pools {
     /// needed.
     pub fn split(options: &PgConnectOptions, settings: &DatabaseSettings) -> Self {
         let [ingest, decide, send, settle, housekeeping] = budget(settings.max_connections);
-        let pool = |n: u32, options: PgConnectOptions| {
+        let pool = |n: u32, options: PgConnectOptions, hot: bool| {
             PgPoolOptions::new()
                 .max_connections(n)
                 .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+                // The per-message pools skip the ping before each statement
+                // (a round trip and a query for every push and outcome): a
+                // broken connection fails the statement itself, which ingest
+                // answers with the spool and the recorder retries.
+                .test_before_acquire(!hot)
                 .connect_lazy_with(options)
         };
         Self {
-            ingest: pool(ingest, planned_once(options.clone())),
-            decide: pool(decide, options.clone()),
-            send: pool(send, options.clone()),
-            settle: pool(settle, planned_once(options.clone())),
-            housekeeping: pool(housekeeping, options.clone()),
+            ingest: pool(ingest, planned_once(options.clone()), true),
+            decide: pool(decide, options.clone(), false),
+            send: pool(send, options.clone(), false),
+            settle: pool(settle, planned_once(options.clone()), true),
+            housekeeping: pool(housekeeping, options.clone(), false),
         }
     }
 

@@ -66,6 +66,9 @@ use crate::outbox::{Claimed, Held, Leases};
 struct Pending {
     /// Shared with `accept`, which spools the same row if the commit fails.
     row: Arc<Row>,
+    /// When it joined the queue (a batch waits for company at most
+    /// `ingest.flush_micros` from its first push's arrival).
+    at: Instant,
     done: oneshot::Sender<Result<Accepted, InboxError>>,
 }
 
@@ -218,7 +221,11 @@ impl PgInbox {
     async fn via_database(&self, row: Arc<Row>) -> Result<Accepted, InboxError> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Pending { row, done })
+            .send(Pending {
+                row,
+                done,
+                at: Instant::now(),
+            })
             .await
             .map_err(|_| InboxError::Unavailable("ingest is shutting down".into()))?;
         wait.await
@@ -355,8 +362,10 @@ async fn batcher(
         let Ok(permit) = Arc::clone(&flushes).acquire_owned().await else {
             break;
         };
+        // At most `wait` after the first push arrived: under load it has
+        // waited for the previous commit already, and the batch goes at once.
+        let deadline = tokio::time::Instant::from_std(first.at + wait);
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + wait;
         while batch.len() < settings.batch_max {
             match rx.try_recv() {
                 Ok(p) => batch.push(p),
@@ -783,6 +792,27 @@ mod tests {
         assert!(e.contains("at most"), "{e}");
     }
 
+    #[test]
+    fn a_push_behind_an_undecided_one_of_its_user_in_the_batch_is_not_stored_decided() {
+        let decided = |user: &str, key: &str| Row {
+            decided: Some(AtReceipt::default()),
+            ..row(user, key)
+        };
+        let rows = [
+            decided("alice", "k1"),
+            // A follow event: left to a decide worker ...
+            row("bob", "k2"),
+            // ... and so is every later push of bob's in the batch.
+            decided("bob", "k3"),
+            // The second of two equal pushes is a duplicate.
+            decided("alice", "k1"),
+            decided("carol", "k4"),
+            decided("alice", "k5"),
+        ];
+        let rows: Vec<&Row> = rows.iter().collect();
+        assert_eq!(decidable(&rows), [true, false, false, false, true, true]);
+    }
+
     #[sqlx::test(migrator = "crate::db::MIGRATOR")]
     async fn a_row_postgres_refuses_is_split_out_of_its_batch(pool: PgPool) {
         // Past the check (as a future column might be): the batch fails as
@@ -799,6 +829,7 @@ mod tests {
             batch.push(Pending {
                 row: Arc::new(row(&user, &format!("k{i}"))),
                 done,
+                at: Instant::now(),
             });
             waits.push(wait);
         }

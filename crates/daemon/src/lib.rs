@@ -404,6 +404,7 @@ pub async fn start_with_clock(
             leases: Arc::clone(&leases),
             wake: Arc::clone(&wake),
             progress: Arc::clone(&progress),
+            linger: Duration::from_micros(settings.sender.settle_micros),
         }
         .run(outcomes_rx),
     );

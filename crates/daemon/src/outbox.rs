@@ -401,6 +401,9 @@ pub struct Settlement {
     pub attempts: i32,
     /// What happened.
     pub outcome: Outcome,
+    /// When the outcome was known (the recorder waits for company at most
+    /// `sender.settle_micros` from here).
+    pub at: std::time::Instant,
 }
 
 /// Backoff and attempt limits the recorder applies to retries.
@@ -530,6 +533,9 @@ pub struct Recorder {
     pub wake: Arc<Wakeups>,
     /// Progress of the send stage.
     pub progress: Arc<Progress>,
+    /// How long to wait, after the first outcome, for more to record with
+    /// it (`sender.settle_micros`).
+    pub linger: Duration,
 }
 
 impl Recorder {
@@ -537,11 +543,18 @@ impl Recorder {
     pub async fn run(self, mut rx: mpsc::Receiver<Settlement>) {
         let mut batch = Vec::with_capacity(512);
         while let Some(first) = rx.recv().await {
+            // At most `linger` after the first outcome was known: one that
+            // waited while the previous batch was recorded goes at once.
+            let deadline = tokio::time::Instant::from_std(first.at + self.linger);
             batch.push(first);
             while batch.len() < 512 {
                 match rx.try_recv() {
                     Ok(s) => batch.push(s),
-                    Err(_) => break,
+                    Err(_) if self.linger.is_zero() => break,
+                    Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(s)) => batch.push(s),
+                        Ok(None) | Err(_) => break,
+                    },
                 }
             }
             crate::db::until_recorded("replies", || {

@@ -329,6 +329,7 @@ impl SendWorker {
             id,
             attempts,
             outcome,
+            at: std::time::Instant::now(),
         };
         if self.outcomes.send(settled).await.is_err() {
             tracing::error!(

@@ -23,6 +23,12 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
+    /// Threads of the simulator's runtime. 1 (the default) runs everything
+    /// on one thread, which costs the least CPU per push and call up to a
+    /// few thousand a second; more take more pushes a second at a higher
+    /// cost each (BENCHMARKS.md).
+    #[arg(long, global = true, default_value_t = 1, env = "PUBBOT_SIM_THREADS")]
+    threads: usize,
 }
 
 #[derive(clap::Args, Clone)]
@@ -118,8 +124,7 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -127,6 +132,20 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    let runtime = if cli.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.serve).await,
         Command::Load {
