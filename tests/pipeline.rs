@@ -824,3 +824,61 @@ async fn pushes_the_rules_decide_alone_are_decided_at_receipt_the_rest_by_worker
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn replies_held_back_behind_an_earlier_one_go_as_soon_as_it_is_recorded(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // No poll to fall back on within the test: a reply planned behind an
+    // earlier open reply of its user must be claimed when that one's
+    // outcome is recorded (by user, `outbox::claim_next`).
+    let (w, pool) = world(connect).await;
+    let mut settings = w.settings();
+    settings.workers.poll_ms = 600_000;
+    let (d, _) = w.daemon(settings, pool.clone()).await;
+    w.add_account(d.addr).await;
+    // Each call takes a while, so a user's later replies are planned while
+    // the first is in flight.
+    w.put("faults", json!({"latency_ms": 150})).await;
+    let users: Vec<String> = (0..3).map(|i| format!("chatty{i}")).collect();
+    for n in 0..5 {
+        for u in &users {
+            w.control(
+                "message",
+                json!({"mcid": SHOP, "user": u, "type": "text", "content": format!("hours {n}")}),
+            )
+            .await;
+        }
+    }
+    eventually("every reply", || async {
+        let mut all = true;
+        for u in &users {
+            all &= w.inbox(u).await.len() == 5;
+        }
+        all
+    })
+    .await;
+    for u in &users {
+        assert_eq!(w.texts(u).await, ["9-18"; 5], "{u}");
+    }
+    all_sent(&pool, 15).await;
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE attempts = 1"
+        )
+        .await,
+        15,
+        "each sent once, at the first try"
+    );
+    // The later replies of each user waited as rows, in the order written.
+    let held: i64 = count(
+        &pool,
+        "SELECT count(*) FROM outbound_messages o JOIN inbound_messages i ON i.id = o.inbound_id
+          WHERE o.sent_at > i.received_at + interval '140 milliseconds'",
+    )
+    .await;
+    assert!(held >= 3, "some replies were held back: {held}");
+    d.shutdown().await;
+}

@@ -1,4 +1,6 @@
-//! Decide: workers claim stored pushes, run the rule set, and — in the same
+//! Decide: pushes the rules can decide without the database are decided
+//! at receipt ([`Receipt`], stored decided by [`crate::ingest`]); workers
+//! claim every other stored push, run the rule set, and — in the same
 //! transaction that claims the push and marks it done — plan the replies as
 //! outbound rows (a transactional outbox: a reply is never planned twice,
 //! nor lost; [`crate::outbox`] invariant 1).
@@ -563,8 +565,15 @@ impl DecideWorker {
         self.progress.advance(Stage::Decide);
         // Rows planned `pending` (no hand-off, or held back behind an earlier
         // open row of their user) wait for a claim.
+        // Claimable now (no room in the hand-off) unless held back behind
+        // an earlier open reply of their user; then they go when that one
+        // is recorded.
+        let pending = leased.iter().filter(|r| r.attempts == 0);
+        if !direct {
+            self.wake.add_pending(pending.clone().count());
+        }
         self.wake
-            .add_pending(leased.iter().filter(|r| r.attempts == 0).count());
+            .behind(pending.map(|r| (r.app_key.clone(), r.mcid.clone(), r.user_id.clone())));
         if let Some(permit) = permit {
             // Only rows inserted now and leased (not planned before, not
             // held back behind an earlier open row) are handed over.

@@ -2,8 +2,9 @@
 //!
 //! Each push waits in a channel; when one of `ingest.concurrent_flushes`
 //! flush slots is free (one by default), a batcher takes everything that
-//! has arrived meanwhile (up to `ingest.batch_max`; optionally waiting
-//! `ingest.flush_micros` for more) and commits it in one
+//! has arrived meanwhile (up to `ingest.batch_max`; waiting up to
+//! `ingest.flush_micros` from the first push's arrival for more, while
+//! they keep coming) and commits it in one
 //! `INSERT ... ON CONFLICT DO NOTHING`, so throughput is not capped by one
 //! commit per request: the longer a commit takes, the larger the next
 //! batch. A push is acknowledged only
@@ -362,18 +363,25 @@ async fn batcher(
         let Ok(permit) = Arc::clone(&flushes).acquire_owned().await else {
             break;
         };
-        // At most `wait` after the first push arrived: under load it has
-        // waited for the previous commit already, and the batch goes at once.
+        // At most `wait` after the first push arrived (under load it has
+        // waited for the previous commit already, and the batch goes at
+        // once), and no longer than a quarter of it without a new push:
+        // when pushes stop coming (every sender waits for this batch, as in
+        // a closed loop), waiting longer only delays them.
         let deadline = tokio::time::Instant::from_std(first.at + wait);
+        let gap = wait / 4;
         let mut batch = vec![first];
         while batch.len() < settings.batch_max {
             match rx.try_recv() {
                 Ok(p) => batch.push(p),
                 Err(_) if wait.is_zero() => break,
-                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(p)) => batch.push(p),
-                    Ok(None) | Err(_) => break,
-                },
+                Err(_) => {
+                    let until = deadline.min(tokio::time::Instant::now() + gap);
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(p)) => batch.push(p),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
             }
         }
         let sink = Arc::clone(&sink);
@@ -401,8 +409,9 @@ struct Stored {
     undecided: usize,
     /// Replies planned and leased to this process's senders.
     leased: Vec<Claimed>,
-    /// Replies planned `pending`, for a claim.
-    pending_replies: usize,
+    /// Users of replies planned `pending`, for a claim (one entry per
+    /// reply).
+    pending_replies: Vec<crate::notify::Conversation>,
 }
 
 /// Which pushes of a batch may be stored decided: those decided at receipt,
@@ -574,7 +583,7 @@ async fn insert(
                     created_at: r.created_at.unwrap_or_else(chrono::Utc::now),
                 });
             } else {
-                out.pending_replies += 1;
+                out.pending_replies.push((key.0.clone(), mcid, user_id));
             }
         }
     }
@@ -619,7 +628,8 @@ fn flush_part(
             }) if plans => tx.try_reserve().ok(),
             _ => None,
         };
-        let at = sink.at_receipt.as_ref().map(|a| (a, permit.is_some()));
+        let direct = permit.is_some();
+        let at = sink.at_receipt.as_ref().map(|a| (a, direct));
         let inserted = insert(&sink.pool, &rows, at).await;
         drop(rows);
         match inserted {
@@ -676,7 +686,14 @@ fn flush_part(
                     if stored.undecided > 0 {
                         at.wake.inbound.notify_one();
                     }
-                    at.wake.add_pending(stored.pending_replies);
+                    // Replies planned `pending`: not handed over (no room),
+                    // and so claimable now unless held back behind an
+                    // earlier open reply of their user — then they go when
+                    // that one is recorded.
+                    if !direct {
+                        at.wake.add_pending(stored.pending_replies.len());
+                    }
+                    at.wake.behind(stored.pending_replies);
                     if let Some(permit) = permit {
                         crate::outbox::hand_over(
                             permit,

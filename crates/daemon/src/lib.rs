@@ -9,6 +9,10 @@
 //!   -> send workers (pubbot-api-client, rate-limited, retried) -> platform API
 //! ```
 //!
+//! A push the rules can decide without the database skips the decide
+//! workers: it is decided on receipt and stored `done` with its outbound
+//! rows in the group commit itself (`ingest`, "Decided at receipt").
+//!
 //! Every arrow is a table row or a typed value; every claim is a lease taken
 //! with `FOR UPDATE SKIP LOCKED`, so replicas share one database safely.
 //! Dedup (R6) and "planned once" are unique constraints.

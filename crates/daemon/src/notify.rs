@@ -2,6 +2,7 @@
 //! wakes the tasks waiting on them. Notifications are lost while the
 //! connection is down (a database restart), so every waiter also polls.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,38 @@ pub struct Wakeups {
     /// seventh of a core at 1,000 msgs/s). It may drift; the senders' poll
     /// covers what it misses.
     pub pending: std::sync::atomic::AtomicI64,
+    /// Users with a reply planned `pending` only because an earlier reply
+    /// of theirs was open (outbox invariant 5): when this process records
+    /// an outcome for one of them, their next reply is claimed by user
+    /// ([`crate::outbox::claim_next`]) instead of by scanning the queue.
+    behind: std::sync::Mutex<HashSet<Conversation>>,
+    /// Users whose next reply may now be claimable (taken from `behind`
+    /// when an outcome of theirs was recorded).
+    successors: std::sync::Mutex<Vec<Conversation>>,
+    /// Users with an outcome recorded in the last moments (two generations
+    /// of [`RECENT`]): a reply planned behind a reply whose outcome was
+    /// recorded while it was being planned is a successor at once.
+    recent: std::sync::Mutex<Recent>,
 }
+
+/// Users recorded lately, in two generations.
+#[derive(Default)]
+struct Recent {
+    since: Option<std::time::Instant>,
+    now: HashSet<Conversation>,
+    before: HashSet<Conversation>,
+}
+
+/// How long a generation of `Wakeups::recent` lasts.
+const RECENT: Duration = Duration::from_millis(250);
+
+/// (app, account, user): one conversation.
+pub type Conversation = (String, String, String);
+
+/// Most users remembered in `behind`: past it the set is dropped, and the
+/// senders' poll takes what it would have (a reply whose earlier one was
+/// recorded by another replica is taken that way too).
+const BEHIND_MAX: usize = 100_000;
 
 impl Wakeups {
     /// Replies that wait to be claimed were added.
@@ -41,14 +73,121 @@ impl Wakeups {
         }
     }
 
-    /// `n` replies were claimed.
-    pub fn claimed(&self, n: usize) {
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
+    /// How many replies are counted as waiting (read before a claim, for
+    /// [`Wakeups::claimed`]).
+    pub fn waiting(&self) -> i64 {
+        self.pending.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A claim of up to `asked` rows took `n`; `before` were counted as
+    /// waiting when it began. One that took fewer found nothing more it
+    /// could take then (rows held back behind an earlier open reply, or
+    /// not due yet): those `before` are forgotten, so that recorded
+    /// outcomes stop waking futile scans of the queue (held back rows come
+    /// by [`Wakeups::behind`], the rest by the poll); rows counted while it
+    /// ran stay counted.
+    pub fn claimed(&self, n: usize, asked: usize, before: i64) {
+        let n = if n < asked {
+            before.max(i64::try_from(n).unwrap_or(i64::MAX))
+        } else {
+            i64::try_from(n).unwrap_or(i64::MAX)
+        };
         let _ = self.pending.fetch_update(
             std::sync::atomic::Ordering::Relaxed,
             std::sync::atomic::Ordering::Relaxed,
             |p| Some((p - n).max(0)),
         );
+    }
+
+    /// Replies of these users were planned `pending`, perhaps behind an
+    /// earlier open reply of theirs.
+    pub fn behind(&self, users: impl IntoIterator<Item = Conversation>) {
+        let users: Vec<Conversation> = users.into_iter().collect();
+        if users.is_empty() {
+            return;
+        }
+        // The earlier reply may have been recorded while these were being
+        // planned: then they are next already.
+        let ready: Vec<Conversation> = {
+            let recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            users
+                .iter()
+                .filter(|u| recent.now.contains(*u) || recent.before.contains(*u))
+                .cloned()
+                .collect()
+        };
+        self.still_behind(users);
+        self.successor(ready);
+    }
+
+    /// These users may still have replies held back (a claim by user found
+    /// none of theirs next, or took one and more may follow): remembered
+    /// until their next outcome is recorded.
+    pub fn still_behind(&self, users: Vec<Conversation>) {
+        let mut set = self
+            .behind
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.extend(users);
+        if set.len() > BEHIND_MAX {
+            set.clear();
+        }
+    }
+
+    fn successor(&self, users: Vec<Conversation>) {
+        if !users.is_empty() {
+            self.successors
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(users);
+            self.outbound.notify_one();
+        }
+    }
+
+    /// Outcomes of these users' replies were recorded: those with a reply
+    /// held back behind one become successors to claim, and a sender is
+    /// woken for them.
+    pub fn recorded<'a>(&self, users: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) {
+        let users: Vec<Conversation> = users
+            .into_iter()
+            .map(|(a, m, u)| (a.to_owned(), m.to_owned(), u.to_owned()))
+            .collect();
+        if users.is_empty() {
+            return;
+        }
+        let next: Vec<Conversation> = {
+            let mut set = self
+                .behind
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            users.iter().filter_map(|u| set.take(u)).collect()
+        };
+        {
+            let mut recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            if recent.since.is_none_or(|t| now.duration_since(t) > RECENT) {
+                recent.before = std::mem::take(&mut recent.now);
+                recent.since = Some(now);
+            }
+            recent.now.extend(users);
+        }
+        self.successor(next);
+    }
+
+    /// The users whose next reply may be claimable, taken.
+    pub fn take_successors(&self) -> Vec<Conversation> {
+        std::mem::take(
+            &mut *self
+                .successors
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Wakes a sender if replies may wait to be claimed.
@@ -155,5 +294,54 @@ pub async fn work_loop<F, Fut>(
             () = tokio::time::sleep(poll) => {}
             () = token.cancelled() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(u: &str) -> Conversation {
+        ("app".into(), "shop".into(), u.into())
+    }
+
+    #[test]
+    fn a_reply_held_back_is_a_successor_once_the_one_before_is_recorded() {
+        let w = Wakeups::default();
+        w.behind([user("ann")]);
+        assert!(w.take_successors().is_empty());
+        // Another user's outcome lets nobody go.
+        w.recorded([("app", "shop", "bob")]);
+        assert!(w.take_successors().is_empty());
+        w.recorded([("app", "shop", "ann")]);
+        assert_eq!(w.take_successors(), [user("ann")]);
+        // Taken: a second outcome of ann's finds nothing held back.
+        w.recorded([("app", "shop", "ann")]);
+        assert!(w.take_successors().is_empty());
+    }
+
+    #[test]
+    fn a_reply_planned_while_the_one_before_was_recorded_is_a_successor_at_once() {
+        let w = Wakeups::default();
+        w.recorded([("app", "shop", "cat")]);
+        w.behind([user("cat")]);
+        assert_eq!(w.take_successors(), [user("cat")]);
+        // A sender keeping a user remembered does not loop back at once.
+        w.still_behind(vec![user("cat")]);
+        assert!(w.take_successors().is_empty());
+    }
+
+    #[test]
+    fn a_claim_that_took_less_than_asked_forgets_what_was_counted_before_it() {
+        let w = Wakeups::default();
+        w.add_pending(5);
+        let before = w.waiting();
+        // Counted while the claim ran.
+        w.add_pending(2);
+        w.claimed(1, 64, before);
+        assert_eq!(w.waiting(), 2);
+        // A full claim counts off what it took.
+        w.claimed(2, 2, w.waiting());
+        assert_eq!(w.waiting(), 0);
     }
 }

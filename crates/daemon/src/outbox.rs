@@ -6,8 +6,9 @@
 //! # Invariants
 //!
 //! 1. **Planned once.** A reply is inserted in the transaction that decides
-//!    its push, unique on (push, reply index); a re-decided push plans
-//!    nothing new.
+//!    its push (a decide worker's, or the ingest statement that stores a
+//!    push decided at receipt), unique on (push, reply index); a
+//!    re-decided push plans nothing new.
 //! 2. **Leased before the call.** A row is `sending`, with this process as
 //!    `lease_owner` and a `lease_until` in the future, before any call is
 //!    made for it; the claim (`FOR UPDATE SKIP LOCKED`) or the deciding
@@ -25,7 +26,9 @@
 //! 5. **Per-user order.** A reply is sent only when every earlier push of
 //!    its user (same app and account) is decided and every earlier reply
 //!    of that user is settled (`sent`, `failed`, `expired`). Pushes are
-//!    decided one at a time per user, in order (the decide claim), so a
+//!    decided one at a time per user, in order (the decide claim; a push
+//!    is stored decided at receipt only when no earlier push of its user
+//!    is undecided, in the table or earlier in its batch), so a
 //!    reply exists only once every earlier push of its user is decided; the
 //!    send claim takes a reply only when no earlier reply of its user is
 //!    open; the deciding transaction leases a reply to its own senders only
@@ -350,6 +353,59 @@ pub async fn claim(
     .await
 }
 
+/// Claims the next reply of each of `users` whose turn it is (invariant 5),
+/// leasing it to `worker_id` (invariant 2): the same claim as [`claim`],
+/// looked up by user through the index of open rows instead of scanning
+/// every pending row — what a sender does when an outcome was recorded
+/// for a user with a reply held back behind it.
+///
+/// # Errors
+/// Database errors.
+pub async fn claim_next(
+    pool: &PgPool,
+    worker_id: &str,
+    lease: Duration,
+    users: &[crate::notify::Conversation],
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let mut users = users.to_vec();
+    users.sort();
+    users.dedup();
+    let mut apps = Vec::with_capacity(users.len());
+    let mut mcids = Vec::with_capacity(users.len());
+    let mut ids = Vec::with_capacity(users.len());
+    for (a, m, u) in users {
+        apps.push(a);
+        mcids.push(m);
+        ids.push(u);
+    }
+    sqlx::query_as!(
+        Claimed,
+        r#"UPDATE outbound_messages o
+              SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
+                  attempts = attempts + 1
+             FROM (SELECT c.id FROM outbound_messages c
+                     JOIN UNNEST($3::text[], $4::text[], $5::text[]) AS u(a, m, s)
+                       ON c.app_key = u.a AND c.mcid = u.m AND c.user_id = u.s
+                    WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+                      AND NOT EXISTS (
+                          SELECT 1 FROM outbound_messages e
+                           WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
+                             AND e.status IN ('pending', 'sending')
+                             AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index))
+                    ORDER BY c.id FOR UPDATE OF c SKIP LOCKED) c
+            WHERE o.id = c.id
+        RETURNING o.id, o.app_key, o.mcid, o.user_id, o.payload AS "payload: Json<PlannedReply>",
+                  o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
+        worker_id,
+        lease.as_secs_f64(),
+        &apps,
+        &mcids,
+        &ids,
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Whether a reply is due and next in its conversation (for the liveness
 /// check: rows held back by an earlier reply's retry are not "due").
 ///
@@ -404,6 +460,9 @@ pub struct Settlement {
     /// When the outcome was known (the recorder waits for company at most
     /// `sender.settle_micros` from here).
     pub at: std::time::Instant,
+    /// The row's conversation (a reply held back behind this one may be
+    /// next).
+    pub conversation: crate::notify::Conversation,
 }
 
 /// Backoff and attempt limits the recorder applies to retries.
@@ -580,6 +639,22 @@ impl Recorder {
                 .filter(|s| matches!(s.outcome, Outcome::Deferred | Outcome::Retry { .. }))
                 .count();
             self.wake.add_pending(back);
+            // A reply that is no longer open lets the next one of its user
+            // go: claimed by user, not by scanning the queue.
+            self.wake.recorded(
+                batch
+                    .iter()
+                    .filter(|s| {
+                        matches!(
+                            s.outcome,
+                            Outcome::Sent | Outcome::Failed(_) | Outcome::Expired
+                        )
+                    })
+                    .map(|s| {
+                        let (a, m, u) = &s.conversation;
+                        (a.as_str(), m.as_str(), u.as_str())
+                    }),
+            );
             self.wake.outbound_if_pending();
             batch.clear();
         }

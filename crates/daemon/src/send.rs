@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::notify::{work_loop, Wakeups};
-use crate::outbox::{self, Held, Leases, Outcome, Settlement};
+use crate::outbox::{self, Claimed, Held, Leases, Outcome, Settlement};
 
 /// The client and rate limit of one app.
 pub struct AppClient {
@@ -251,9 +251,36 @@ impl SendWorker {
     /// Database errors of the claim.
     pub async fn once(&self) -> Result<usize, sqlx::Error> {
         let since = std::time::Instant::now();
+        // First the replies whose earlier one was just recorded here: by
+        // user, through the index (cheap whatever the queue holds).
+        let next = self.wake.take_successors();
+        if !next.is_empty() {
+            let claimed =
+                match outbox::claim_next(&self.pool, &self.worker_id, self.lease, &next).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Not lost: the users wait for the next outcome or poll.
+                        self.wake.still_behind(next);
+                        return Err(e);
+                    }
+                };
+            // Every user stays remembered: those claimed may have more held
+            // back behind these, and those not claimed are still behind an
+            // open reply (one sent in the same unit as the one recorded).
+            self.wake.still_behind(next);
+            if !claimed.is_empty() {
+                let n = claimed.len();
+                self.leases.hold(claimed.iter().map(|r| (r.id, r.attempts)));
+                self.deliver(claimed.into_iter().map(|row| Held { row, since }).collect())
+                    .await;
+                return Ok(n);
+            }
+        }
+        let before = self.wake.waiting();
         let claimed = outbox::claim(&self.pool, &self.worker_id, self.lease, self.batch).await?;
         let n = claimed.len();
-        self.wake.claimed(n);
+        self.wake
+            .claimed(n, usize::try_from(self.batch).unwrap_or(usize::MAX), before);
         if n == 0 {
             return Ok(0);
         }
@@ -303,8 +330,7 @@ impl SendWorker {
                 !blocked.contains(&(a.to_owned(), m.to_owned(), u.to_owned()))
             });
             for h in wait {
-                self.record(h.row.id, h.row.attempts, Outcome::Deferred)
-                    .await;
+                self.record(&h.row, Outcome::Deferred).await;
             }
             let mut calls = tokio::task::JoinSet::new();
             for call in plan_calls(go, self.merge_batchsend) {
@@ -324,12 +350,14 @@ impl SendWorker {
         }
     }
 
-    async fn record(&self, id: i64, attempts: i32, outcome: Outcome) {
+    async fn record(&self, row: &Claimed, outcome: Outcome) {
+        let (id, attempts) = (row.id, row.attempts);
         let settled = Settlement {
             id,
             attempts,
             outcome,
             at: std::time::Instant::now(),
+            conversation: (row.app_key.clone(), row.mcid.clone(), row.user_id.clone()),
         };
         if self.outcomes.send(settled).await.is_err() {
             tracing::error!(
@@ -359,8 +387,7 @@ impl SendWorker {
         for h in expired {
             metrics::counter!("pubbot_outbound_expired_total").increment(1);
             tracing::info!(trace_id = %h.row.trace_id, "reply expired before it could be sent");
-            self.record(h.row.id, h.row.attempts, Outcome::Expired)
-                .await;
+            self.record(&h.row, Outcome::Expired).await;
         }
         let Some(mut call) = call else {
             return not_sent;
@@ -382,7 +409,7 @@ impl SendWorker {
         let outcome = self.call(&call).await;
         let kept: Vec<(String, String, String)> = call.rows.iter().map(conv).collect();
         for h in &call.rows {
-            self.record(h.row.id, h.row.attempts, outcome.clone()).await;
+            self.record(&h.row, outcome.clone()).await;
         }
         if outcome == Outcome::Sent {
             // Rows keep_leases dropped did not go out here.
@@ -435,8 +462,7 @@ impl SendWorker {
                 // are still held here; give them back untried.
                 tracing::warn!(error = %e, rows = ids.len(), "renewing leases before a call failed; the rows go back untried");
                 for h in &call.rows {
-                    self.record(h.row.id, h.row.attempts, Outcome::Deferred)
-                        .await;
+                    self.record(&h.row, Outcome::Deferred).await;
                 }
                 return None;
             }

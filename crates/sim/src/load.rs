@@ -241,7 +241,10 @@ pub async fn run(
             load.unique_users,
         );
         let settled = report.acknowledged + report.failed == pushes;
-        if (settled && report.replied >= report.acknowledged) || Instant::now() >= deadline {
+        // Done when every acknowledged push has its reply (a push whose
+        // answer was lost may be replied too, so counts alone can match
+        // early).
+        if (settled && report.lost == 0) || Instant::now() >= deadline {
             break LoadReport {
                 drain_secs: (started.elapsed() - pushing).as_secs_f64(),
                 ..report
