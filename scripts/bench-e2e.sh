@@ -71,7 +71,7 @@ pg_ticks() { local t=0; for p in $(pgrep -x postgres); do t=$((t + $(ticks "$p")
 
 for C in 32 128; do
   phase ingest || break
-  echo "## durable ingest at saturation ($C concurrent pushers, 20 s, decide/send workers off)"
+  echo "## durable ingest at saturation ($C concurrent pushers, 20 s; decided at receipt, replies planned; decide/send workers off)"
   # Each phase starts after a checkpoint, so none pays for the WAL of the one before.
   psql "$BENCH_URL" -qc CHECKPOINT
   PUBBOT__WORKERS__DECIDE=0 PUBBOT__WORKERS__SEND=0 start_pubbot
@@ -100,6 +100,9 @@ if phase e2e; then
 echo "## end to end: $RATE pushes/s for $DURATION s, 1000 users (simulator on one thread)"
 psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" -c CHECKPOINT
 start_pubbot
+# With pg_stat_statements preloaded on the server, the statements of this
+# run are printed after it (where PostgreSQL's time goes).
+psql "$BENCH_URL" -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null 2>&1 || true
 "${LOAD[@]}" --threads 1 --rate "$RATE" --duration "$DURATION" --users 1000 --grace 30 > "$WORK/load.out" &
 LOAD_PID=$!
 # CPU split over the middle half of the run (this VM's speed drifts; a long
@@ -116,6 +119,10 @@ echo "cpu, $WINDOW s mid-run, % of one core: postgres $(( (P1 - P0) / WINDOW )) 
 MSGS=$((RATE * WINDOW))
 echo "cpu per message, µs: postgres $(( (P1 - P0) * 10000 / MSGS )) pubbot $(( (D1 - D0) * 10000 / MSGS )) load generator+simulator $(( (L1 - L0) * 10000 / MSGS )) total $(( (P1 - P0 + D1 - D0 + L1 - L0) * 10000 / MSGS ))"
 stop_pubbot
+psql "$BENCH_URL" -c "SELECT calls, round(total_exec_time) AS exec_ms, round(total_plan_time) AS plan_ms, rows,
+                             left(regexp_replace(query, '\s+', ' ', 'g'), 80) AS statement
+                        FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                       ORDER BY total_exec_time + total_plan_time DESC LIMIT 8" 2>/dev/null || true
 echo "## where the time goes (ms, p50 / p90 / p99; now() is each transaction's start)"
 psql "$BENCH_URL" -At -F ' ' -c "
   SELECT 'stored -> decided', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),

@@ -30,12 +30,27 @@
 //!    is stored decided at receipt only when no earlier push of its user
 //!    is undecided, in the table or earlier in its batch), so a
 //!    reply exists only once every earlier push of its user is decided; the
-//!    send claim takes a reply only when no earlier reply of its user is
-//!    open; the deciding transaction leases a reply to its own senders only
-//!    when nothing earlier is open;
+//!    send claims ([`claim`], and [`claim_next`] by user) take a reply only
+//!    when no earlier reply of its user is open; the deciding transaction
+//!    leases a reply to its own senders only when nothing earlier is open
+//!    (every reply one transaction leases goes to one sender as one unit);
 //!    a sender sends one user's rows one after the other, and a reply that
 //!    did not go out holds back the user's later ones (they go back to
 //!    `pending` untried) — never other users'.
+//!
+//! # How a held-back reply finds a sender
+//!
+//! A reply planned `pending` behind an open reply of its user is not
+//! claimable until that one is settled, so scanning the queue for it is
+//! wasted work (under a backlog most pending rows are such; the scans were
+//! what tipped an overloaded daemon into a collapse). Its user is
+//! remembered ([`crate::notify::Wakeups::behind`]); when this process
+//! records an outcome that closes a reply of theirs, a sender claims their
+//! next reply by user ([`claim_next`], through the index of open rows).
+//! What that misses — the earlier reply was recorded by another replica —
+//! the senders' poll (`workers.poll_ms`) and `NOTIFY` take. A claim that
+//! takes fewer rows than asked stops recorded outcomes from waking more
+//! scans until new claimable rows are counted.
 //! 6. **Rows are locked in id order** by every statement that may wait for
 //!    a lock (renewal, settling), so two of them never deadlock; claims and
 //!    recovery skip locked rows instead of waiting.
