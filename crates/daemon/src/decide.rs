@@ -65,7 +65,7 @@ pub struct DecideWorker {
 
 /// What the rule engine needs of a push: its kind, its text (for a text)
 /// and its event name (for an event the document does not list).
-pub(crate) fn incoming_parts(m: &InboundMessage) -> (IncomingKind, &str, &str) {
+fn incoming_parts(m: &InboundMessage) -> (IncomingKind, &str, &str) {
     let text = match &m.body {
         MessageBody::Text { content } => content.as_str(),
         _ => "",
@@ -77,6 +77,25 @@ pub(crate) fn incoming_parts(m: &InboundMessage) -> (IncomingKind, &str, &str) {
         _ => "",
     };
     (kind_of(m), text, event)
+}
+
+/// The rule engine's view of a push, with the conversation state it is
+/// decided by.
+pub(crate) fn incoming<'a>(
+    app_key: &'a str,
+    m: &'a InboundMessage,
+    state: Option<&'a serde_json::Value>,
+) -> Incoming<'a> {
+    let (kind, text, event) = incoming_parts(m);
+    Incoming {
+        app_key,
+        mcid: m.to.as_str(),
+        user: m.from.as_str(),
+        kind,
+        text,
+        event,
+        state,
+    }
 }
 
 fn kind_of(m: &InboundMessage) -> IncomingKind {
@@ -185,8 +204,11 @@ impl Receipt {
         if rules.uses_state() {
             return None;
         }
-        let (kind, text, event) = incoming_parts(message);
-        if matches!(kind, IncomingKind::Subscribe | IncomingKind::Unsubscribe) {
+        let incoming = incoming(app_key, message, None);
+        if matches!(
+            incoming.kind,
+            IncomingKind::Subscribe | IncomingKind::Unsubscribe
+        ) {
             return None;
         }
         if !self
@@ -199,15 +221,6 @@ impl Receipt {
                 ..AtReceipt::default()
             });
         }
-        let incoming = Incoming {
-            app_key,
-            mcid: message.to.as_str(),
-            user: message.from.as_str(),
-            kind,
-            text,
-            event,
-            state: None,
-        };
         let ctx = Context {
             now: chrono::Utc::now(),
             random: push_random(app_key, dedup_key),
@@ -367,16 +380,12 @@ impl DecideWorker {
                 );
                 continue;
             }
-            let (kind, text, event) = incoming_parts(&message);
-            let incoming = Incoming {
-                app_key: &row.app_key,
-                mcid: message.to.as_str(),
-                user: message.from.as_str(),
-                kind,
-                text,
-                event,
-                state: states.get(&(row.app_key.clone(), row.mcid.clone(), row.user_id.clone())),
-            };
+            let incoming = incoming(
+                &row.app_key,
+                &message,
+                states.get(&(row.app_key.clone(), row.mcid.clone(), row.user_id.clone())),
+            );
+            let kind = incoming.kind;
             // Deterministic per push, so a re-decided push picks the same.
             let ctx = Context {
                 now,

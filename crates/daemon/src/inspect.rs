@@ -4,7 +4,7 @@
 //! way to send a failed reply again — once — after fixing the rule.
 
 use chrono::{DateTime, Utc};
-use pubbot_rules::{Context, Incoming, Options, RuleSet};
+use pubbot_rules::{Context, Options, RuleSet};
 use pubbot_webhook::{InboundMessage, MessageBody};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -215,16 +215,7 @@ pub async fn retry(pool: &PgPool, options: &Options, ids: &[i64]) -> anyhow::Res
             });
             continue;
         };
-        let (kind, text, event) = crate::decide::incoming_parts(&message);
-        let incoming = Incoming {
-            app_key: &row.app_key,
-            mcid: message.to.as_str(),
-            user: message.from.as_str(),
-            kind,
-            text,
-            event,
-            state: None,
-        };
+        let incoming = crate::decide::incoming(&row.app_key, &message, None);
         let ctx = Context {
             now: Utc::now(),
             random: crate::decide::push_random(
