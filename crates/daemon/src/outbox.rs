@@ -57,7 +57,9 @@
 //! 7. **The windows for a double reply** are named and counted:
 //!    a call in flight when its process died is sent again after its lease
 //!    expires (`pubbot_outbound_recovered_total`, an upper bound: a row
-//!    leased by a process that died before calling is counted too); a call
+//!    leased by a process that died before calling is counted too; "in
+//!    flight" includes outcomes the recorder held, up to
+//!    `sender.settle_micros`, and had not written yet); a call
 //!    whose answer was lost is retried only when `sender.retry_ambiguous`
 //!    is on (`pubbot_outbound_ambiguous_retries_total`). Nothing else sends
 //!    a reply twice.
