@@ -156,7 +156,7 @@ phase steps && echo "## capacity: $CAPACITY pushes/s with p99 < 100 ms and nothi
 # What cannot be committed in time goes to the spool and is answered; the
 # drain time is from the last push until every acknowledged push is
 # answered. Peak RSS is the kernel's high-water mark (VmHWM).
-OVERLOAD_RATE=${OVERLOAD_RATE:-6000}
+OVERLOAD_RATE=${OVERLOAD_RATE:-9000}
 OVERLOAD_SECS=${OVERLOAD_SECS:-60}
 if phase overload; then
 echo "## overload: $OVERLOAD_RATE pushes/s for $OVERLOAD_SECS s, 1000 users, then the drain"
