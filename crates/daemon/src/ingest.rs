@@ -635,30 +635,26 @@ fn flush_part(
         match inserted {
             Ok(stored) => {
                 let mut new: HashSet<(String, String)> = stored.new.iter().cloned().collect();
-                let decided: HashSet<&(String, String)> = stored.decided.iter().collect();
+                // Counted once per push stored decided (not again for an
+                // equal push later in the batch).
+                let mut decided: HashSet<&(String, String)> = stored.decided.iter().collect();
                 let mut planned = 0usize;
                 for p in &batch {
                     let key = (p.row.app_key.clone(), p.row.dedup_key.clone());
-                    if decided.contains(&key) {
-                        if let Some(d) = &p.row.decided {
-                            planned += d.replies.len();
-                            if d.unhosted {
-                                crate::decide::note_unhosted(
-                                    &sink
-                                        .at_receipt
-                                        .as_ref()
-                                        .expect("decided")
-                                        .receipt
-                                        .unhosted_seen,
-                                    &p.row.app_key,
-                                    &p.row.mcid,
-                                    &p.row.trace_id,
-                                );
-                            }
-                            crate::decide::note_decision(&p.row.trace_id, &d.matched, &d.problems);
-                            tracing::debug!(trace_id = %p.row.trace_id, rule = %d.rule, replies = d.replies.len(), "decided at receipt");
-                        }
+                    let Some(d) = p.row.decided.as_ref().filter(|_| decided.remove(&key)) else {
+                        continue;
+                    };
+                    planned += d.replies.len();
+                    if let (true, Some(at)) = (d.unhosted, &sink.at_receipt) {
+                        crate::decide::note_unhosted(
+                            &at.receipt.unhosted_seen,
+                            &p.row.app_key,
+                            &p.row.mcid,
+                            &p.row.trace_id,
+                        );
                     }
+                    crate::decide::note_decision(&p.row.trace_id, &d.matched, &d.problems);
+                    tracing::debug!(trace_id = %p.row.trace_id, rule = %d.rule, replies = d.replies.len(), "decided at receipt");
                 }
                 for p in batch {
                     let key = (p.row.app_key.clone(), p.row.dedup_key.clone());
