@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pubbot_rules::{Context, Incoming, IncomingKind, PlannedReply};
+use pubbot_rules::{Context, Incoming, IncomingKind, Matched, PlannedReply, Problem};
 use pubbot_webhook::{Event, InboundMessage, MessageBody};
 use sqlx::types::Json;
 use sqlx::PgPool;
@@ -152,12 +152,12 @@ pub(crate) fn note_unhosted(
 
 /// Counts and logs what deciding one push found (matched rules, render
 /// problems), once the decision is committed.
-pub(crate) fn note_decision(trace_id: &str, matched: &[String], problems: &[(String, String)]) {
-    for rule in matched {
-        metrics::counter!("pubbot_rule_matches_total", "rule" => rule.clone()).increment(1);
+pub(crate) fn note_decision(trace_id: &str, matched: &[Matched], problems: &[Problem]) {
+    for m in matched {
+        metrics::counter!("pubbot_rule_matches_total", "rule" => m.rule.clone()).increment(1);
     }
-    for (rule, problem) in problems {
-        tracing::warn!(trace_id, rule = %rule, problem = %problem, "reply problem");
+    for p in problems {
+        tracing::warn!(trace_id, rule = %p.rule, problem = %p.message, "reply problem");
     }
 }
 
@@ -172,9 +172,9 @@ pub(crate) struct AtReceipt {
     /// The replies, serialized, in sending order.
     pub replies: Vec<String>,
     /// Every matched rule (for `pubbot_rule_matches_total`).
-    pub matched: Vec<String>,
-    /// Render problems (rule, problem).
-    pub problems: Vec<(String, String)>,
+    pub matched: Vec<Matched>,
+    /// Render problems.
+    pub problems: Vec<Problem>,
 }
 
 /// What deciding at receipt needs.
@@ -247,12 +247,8 @@ impl Receipt {
                 .iter()
                 .map(|r| serde_json::to_string(r).unwrap_or_default())
                 .collect(),
-            matched: decision.matched.into_iter().map(|m| m.rule).collect(),
-            problems: decision
-                .problems
-                .into_iter()
-                .map(|p| (p.rule, p.message))
-                .collect(),
+            matched: decision.matched,
+            problems: decision.problems,
         })
     }
 }
@@ -401,13 +397,7 @@ impl DecideWorker {
                 changed_states.push(key);
                 Some(next)
             };
-            for m in &decision.matched {
-                metrics::counter!("pubbot_rule_matches_total", "rule" => m.rule.clone())
-                    .increment(1);
-            }
-            for p in &decision.problems {
-                tracing::warn!(trace_id = %row.trace_id, rule = %p.rule, problem = %p.message, "reply problem");
-            }
+            note_decision(&row.trace_id, &decision.matched, &decision.problems);
             let rule_name = decision
                 .matched
                 .first()
