@@ -156,7 +156,8 @@ phase steps && echo "## capacity: $CAPACITY pushes/s with p99 < 100 ms and nothi
 # What cannot be committed in time goes to the spool and is answered; the
 # drain time is from the last push until every acknowledged push is
 # answered. Peak RSS is the kernel's high-water mark (VmHWM).
-OVERLOAD_RATE=${OVERLOAD_RATE:-9000}
+# Three times the capacity found above (18,000 when the steps did not run).
+OVERLOAD_RATE=${OVERLOAD_RATE:-$(( CAPACITY > 0 ? 3 * CAPACITY : 18000 ))}
 OVERLOAD_SECS=${OVERLOAD_SECS:-60}
 if phase overload; then
 echo "## overload: $OVERLOAD_RATE pushes/s for $OVERLOAD_SECS s, 1000 users, then the drain"
@@ -164,6 +165,8 @@ psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" -c 
 start_pubbot
 "${LOAD[@]}" --rate "$OVERLOAD_RATE" --duration "$OVERLOAD_SECS" --users 1000 --grace 900
 echo "pubbot memory: peak $(awk '/VmHWM/ {print $2, $3}' /proc/$PUBBOT_PID/status), after the drain $(awk '/VmRSS/ {print $2, $3}' /proc/$PUBBOT_PID/status)"
+# Every duplicate above is one of these (outbox invariant 7).
+echo "replies that may have gone twice, counted (ambiguous retries + recovered leases): $(curl -s http://127.0.0.1:19090/metrics | awk '/^pubbot_outbound_(ambiguous_retries|recovered)_total/ {s += $2} END {print s + 0}')"
 stop_pubbot
 fi
 

@@ -462,6 +462,7 @@ pub async fn start_with_clock(
         Arc::clone(&leases),
         Arc::clone(&wake),
     ));
+    let sweep = Arc::new(outbox::Sweep::default());
     for _ in 0..settings.workers.send {
         let w = SendWorker {
             pool: pools.send.clone(),
@@ -480,6 +481,7 @@ pub async fn start_with_clock(
             in_flight: Arc::clone(&in_flight),
             outcomes: outcomes_tx.clone(),
             handlers: Arc::clone(&handler_runner),
+            sweep: Arc::clone(&sweep),
         };
         workers.spawn(w.clone().run_handoff(Arc::clone(&handoff_rx)));
         workers.spawn(w.run(token.clone()));

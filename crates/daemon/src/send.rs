@@ -98,7 +98,13 @@ pub struct SendWorker {
     pub outcomes: mpsc::Sender<Settlement>,
     /// Calls handler bots for handler rows.
     pub handlers: Arc<crate::handlers::HandlerRunner>,
+    /// Where the general claim's sweep goes on from (shared by the
+    /// process's senders).
+    pub sweep: Arc<outbox::Sweep>,
 }
+
+/// Empty windows a sender sweeps past in one round before it waits.
+const SWEEPS_PER_ROUND: usize = 8;
 
 /// Maps a planned reply to the client's message.
 pub fn to_message(reply: &PlannedReply) -> Option<Message> {
@@ -277,16 +283,56 @@ impl SendWorker {
             }
         }
         let before = self.wake.waiting();
-        let claimed = outbox::claim(&self.pool, &self.worker_id, self.lease, self.batch).await?;
-        let n = claimed.len();
+        let mut claim = outbox::claim(
+            &self.pool,
+            &self.worker_id,
+            self.lease,
+            self.batch,
+            &self.sweep,
+        )
+        .await?;
+        // A window of conversations with nothing to take, and more to look
+        // at: sweep on (a few windows at most; the poll takes the rest).
+        for _ in 0..SWEEPS_PER_ROUND {
+            if !claim.rows.is_empty() || !claim.more {
+                break;
+            }
+            claim = outbox::claim(
+                &self.pool,
+                &self.worker_id,
+                self.lease,
+                self.batch,
+                &self.sweep,
+            )
+            .await?;
+        }
+        let n = claim.rows.len();
+        let asked = usize::try_from(self.batch).unwrap_or(usize::MAX);
+        // Only a sweep that looked at everything says nothing more waits.
         self.wake
-            .claimed(n, usize::try_from(self.batch).unwrap_or(usize::MAX), before);
+            .claimed(n, if claim.more { n } else { asked }, before);
         if n == 0 {
             return Ok(0);
         }
-        self.leases.hold(claimed.iter().map(|r| (r.id, r.attempts)));
-        self.deliver(claimed.into_iter().map(|row| Held { row, since }).collect())
-            .await;
+        // Their later replies, if any, are claimed by user once these are
+        // recorded (`Wakeups::behind`), not by sweeping again.
+        self.wake.still_behind(
+            claim
+                .rows
+                .iter()
+                .map(|r| (r.app_key.clone(), r.mcid.clone(), r.user_id.clone()))
+                .collect(),
+        );
+        self.leases
+            .hold(claim.rows.iter().map(|r| (r.id, r.attempts)));
+        self.deliver(
+            claim
+                .rows
+                .into_iter()
+                .map(|row| Held { row, since })
+                .collect(),
+        )
+        .await;
         Ok(n)
     }
 

@@ -66,6 +66,15 @@ pub struct LoadReport {
     /// acknowledged one answered (or the grace ran out): how long the
     /// backlog took to drain.
     pub drain_secs: f64,
+    /// Replies that arrived after the last push: the backlog the drain
+    /// worked off (with `drain_secs`, the drain's rate).
+    pub drained: u64,
+    /// Seconds from the moment every push was settled (its last try made)
+    /// until every acknowledged one was answered, and the replies that
+    /// arrived in them: the daemon's own drain, once the platform stopped
+    /// retrying (after an overload its retries keep the shared cores busy
+    /// long after the last push).
+    pub settled_drain: Option<(f64, u64)>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -93,6 +102,23 @@ impl std::fmt::Display for LoadReport {
             "replied {} lost {} duplicates {} (drained {:.1} s after the last push)",
             self.replied, self.lost, self.duplicates, self.drain_secs
         )?;
+        if self.drained > 0 && self.drain_secs > 0.0 {
+            #[allow(clippy::cast_precision_loss)]
+            let rate = self.drained as f64 / self.drain_secs;
+            writeln!(
+                f,
+                "drain: {} replies after the last push, {rate:.0}/s",
+                self.drained
+            )?;
+        }
+        if let Some((secs, n)) = self.settled_drain.filter(|(s, n)| *s > 0.0 && *n > 0) {
+            #[allow(clippy::cast_precision_loss)]
+            let rate = n as f64 / secs;
+            writeln!(
+                f,
+                "drain after the platform's last try: {n} replies in {secs:.1} s, {rate:.0}/s"
+            )?;
+        }
         write!(
             f,
             "push-to-reply latency ms: p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}",
@@ -135,11 +161,26 @@ pub async fn run(
     let token = CancellationToken::new();
     let stop = token.clone();
     let server = sim.clone();
-    let serving = tokio::spawn(async move {
-        server
-            .serve(listener, async move { stop.cancelled().await })
-            .await
-    });
+    // The platform's API (the daemon's replies) is served on a thread of
+    // its own: on the pushers' runtime its requests queued behind tens of
+    // thousands of push tasks once the daemon fell behind, and the
+    // daemon's calls timed out against a platform that would not be busy
+    // at all (an artifact of one process playing both parts).
+    let listener = listener.into_std()?;
+    let serving = std::thread::Builder::new().name("sim-api".into()).spawn(
+        move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener)?;
+                server
+                    .serve(listener, async move { stop.cancelled().await })
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        },
+    )?;
     let inner = Arc::clone(&sim.inner);
     {
         let form = crate::world::Form(vec![
@@ -227,9 +268,20 @@ pub async fn run(
     }
     let pushing = started.elapsed();
     let pushes = seq.load(std::sync::atomic::Ordering::Relaxed);
+    let replied_while_pushing = measure(
+        &inner,
+        &app.key,
+        &ids.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        pushes,
+        pushing,
+        load.unique_users,
+    )
+    .replied;
 
     // Wait for the pushes to settle and the replies to arrive.
     let deadline = Instant::now() + load.grace;
+    let mut settled_at: Option<(Instant, u64)> = None;
     let report = loop {
         let report = measure(
             &inner,
@@ -241,19 +293,29 @@ pub async fn run(
             load.unique_users,
         );
         let settled = report.acknowledged + report.failed == pushes;
+        if settled && settled_at.is_none() {
+            settled_at = Some((Instant::now(), report.replied));
+        }
         // Done when every acknowledged push has its reply (a push whose
         // answer was lost may be replied too, so counts alone can match
         // early).
         if (settled && report.lost == 0) || Instant::now() >= deadline {
             break LoadReport {
                 drain_secs: (started.elapsed() - pushing).as_secs_f64(),
+                drained: report.replied.saturating_sub(replied_while_pushing),
+                settled_drain: settled_at.map(|(at, replied)| {
+                    (
+                        at.elapsed().as_secs_f64(),
+                        report.replied.saturating_sub(replied),
+                    )
+                }),
                 ..report
             };
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     token.cancel();
-    let _ = serving.await;
+    let _ = tokio::task::spawn_blocking(move || serving.join()).await;
     Ok(report)
 }
 
@@ -348,5 +410,7 @@ fn measure(
         },
         message_calls,
         drain_secs: 0.0,
+        drained: 0,
+        settled_drain: None,
     }
 }
