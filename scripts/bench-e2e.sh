@@ -168,6 +168,7 @@ echo "pubbot memory: peak $(awk '/VmHWM/ {print $2, $3}' /proc/$PUBBOT_PID/statu
 # Every duplicate above is one of these (outbox invariant 7).
 echo "replies that may have gone twice, counted (ambiguous retries + recovered leases): $(curl -s http://127.0.0.1:19090/metrics | awk '/^pubbot_outbound_(ambiguous_retries|recovered)_total/ {s += $2} END {print s + 0}')"
 stop_pubbot
+psql "$BENCH_URL" -At -F ' ' -c "SELECT 'replies', status, count(*), 'tries', sum(attempts) FROM outbound_messages GROUP BY status"
 fi
 
 # batchsend: everybody gets the same reply, the platform allows 200 calls/s
@@ -186,4 +187,4 @@ for MERGE in true false; do
     --rate 1000 --duration 10 --unique-users --grace 120
   stop_pubbot
 done
-psql "$ADMIN_URL" -qc "DROP DATABASE pubbot_bench"
+[ -n "${KEEP_DB:-}" ] || psql "$ADMIN_URL" -qc "DROP DATABASE pubbot_bench"

@@ -51,6 +51,13 @@ pub struct PushConfig {
     /// Emit XML exactly as the document's examples do (`<MsgId>..</MsgID>`,
     /// R4). When false the XML is well-formed (`</MsgId>`).
     pub document_style: bool,
+    /// Tries in flight at once, over all routes: the platform's
+    /// connections. A try waits for one, and the wait counts against its
+    /// timeout. Without a bound, a daemon that falls behind made the
+    /// simulator open a connection per waiting push (tens of thousands),
+    /// and the simulator, not the daemon, collapsed (ephemeral ports and
+    /// its connection pool's queues).
+    pub connections: usize,
 }
 
 impl Default for PushConfig {
@@ -61,6 +68,7 @@ impl Default for PushConfig {
             retry_on_5xx: false,
             retry_delay: Duration::from_millis(500),
             document_style: true,
+            connections: 2048,
         }
     }
 }

@@ -83,6 +83,8 @@ pub(crate) struct Inner {
     world: Mutex<World>,
     pushes: Mutex<Vec<PushRecord>>,
     pub(crate) http: reqwest::Client,
+    /// One permit per push try in flight (`push.connections`).
+    pub(crate) push_slots: tokio::sync::Semaphore,
     msg_seq: std::sync::atomic::AtomicU64,
 }
 
@@ -228,6 +230,7 @@ impl Simulator {
             inner: Arc::new(Inner {
                 world: Mutex::new(World::new(&config)),
                 pushes: Mutex::new(Vec::new()),
+                push_slots: tokio::sync::Semaphore::new(config.push.connections.max(1)),
                 config,
                 http,
                 msg_seq: std::sync::atomic::AtomicU64::new(1),

@@ -60,6 +60,10 @@ struct ServeArgs {
     /// Pause between push attempts, in milliseconds.
     #[arg(long, default_value_t = 500)]
     push_retry_delay_ms: u64,
+    /// Push tries in flight at once (the platform's connections); a try
+    /// waits for one within its timeout.
+    #[arg(long, default_value_t = 2048)]
+    push_connections: usize,
     /// Answer 1008 above this many calls per second and app.
     #[arg(long)]
     rate_limit: Option<u32>,
@@ -226,6 +230,7 @@ fn sim_config(args: &ServeArgs) -> SimConfig {
             tries: args.push_tries,
             retry_delay: Duration::from_millis(args.push_retry_delay_ms),
             retry_on_5xx: args.push_retry_on_5xx,
+            connections: args.push_connections,
             ..PushConfig::default()
         },
         faults: Faults {

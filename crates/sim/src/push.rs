@@ -234,18 +234,23 @@ pub(crate) async fn deliver(inner: Arc<Inner>, id: usize, secret: String) {
         let target =
             format!("{url}{sep}rc-nonce={nonce}&rc-timestamp={ts}&rc-signature={signature}");
         let at_ms = chrono::Utc::now().timestamp_millis();
-        let sent = inner
-            .http
-            .post(&target)
-            .header("Content-Type", "text/xml; charset=utf-8")
-            .body(xml.clone())
-            .timeout(push.timeout)
-            .send()
-            .await;
-        let record = match sent {
-            Ok(resp) => {
-                let status = resp.status();
-                let body = resp.text().await.unwrap_or_default();
+        // The whole try, the wait for a connection included, within the
+        // timeout.
+        let try_once = async {
+            let _slot = inner.push_slots.acquire().await;
+            let resp = inner
+                .http
+                .post(&target)
+                .header("Content-Type", "text/xml; charset=utf-8")
+                .body(xml.clone())
+                .send()
+                .await?;
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            Ok::<_, reqwest::Error>((status, body))
+        };
+        let record = match tokio::time::timeout(push.timeout, try_once).await {
+            Ok(Ok((status, body))) => {
                 let detail: String = body.chars().take(256).collect();
                 let outcome = if status.is_success() {
                     "answered"
@@ -259,13 +264,19 @@ pub(crate) async fn deliver(inner: Arc<Inner>, id: usize, secret: String) {
                     detail,
                 }
             }
-            Err(e) if e.is_timeout() => Attempt {
+            Err(_) => Attempt {
+                at_ms,
+                outcome: "timeout".into(),
+                status: None,
+                detail: format!("no answer within {:?}", push.timeout),
+            },
+            Ok(Err(e)) if e.is_timeout() => Attempt {
                 at_ms,
                 outcome: "timeout".into(),
                 status: None,
                 detail: e.to_string(),
             },
-            Err(e) => Attempt {
+            Ok(Err(e)) => Attempt {
                 at_ms,
                 outcome: "connect_error".into(),
                 status: None,

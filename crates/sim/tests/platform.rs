@@ -1061,6 +1061,45 @@ async fn a_stalled_receiver_gets_a_try_and_three_retries_then_the_push_fails() {
 }
 
 #[tokio::test]
+async fn pushes_to_a_stalled_receiver_wait_for_one_of_the_platforms_connections() {
+    // push.connections = 1: five pushes at once to a receiver that never
+    // answers; the first holds the one connection until its timeout, the
+    // others time out waiting for it instead of opening connections of
+    // their own (at most one more gets in as the first lets go).
+    let s = RunningSim::start(SimConfig {
+        apps: vec![AppCredentials {
+            key: KEY.into(),
+            secret: SECRET.into(),
+        }],
+        push: PushConfig {
+            timeout: Duration::from_millis(300),
+            tries: 1,
+            connections: 1,
+            ..PushConfig::default()
+        },
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let api = Api::new(&s);
+    let (url, rx) = receiver(vec!["stall"; 5]).await;
+    api.add_account("mc", &url).await;
+    let pushes = (0..5).map(|i| {
+        api.control(
+            "/_sim/message",
+            json!({"mcid": "mc", "user": format!("u{i}"), "type": "text", "content": "hi", "wait": true}),
+        )
+    });
+    for r in futures_util::future::join_all(pushes).await {
+        let push = &r["pushes"][0];
+        assert_eq!(push["state"], "failed");
+        assert_eq!(push["attempts"][0]["outcome"], "timeout");
+    }
+    let seen = rx.seen.lock().unwrap().len();
+    assert!((1..=2).contains(&seen), "{seen} tries reached the receiver");
+}
+
+#[tokio::test]
 async fn any_answer_ends_a_push_even_an_error_status() {
     // R15: "any response ends it"; only no response brings a retry.
     let s = sim().await;
