@@ -75,6 +75,9 @@ pub struct LoadReport {
     /// retrying (after an overload its retries keep the shared cores busy
     /// long after the last push).
     pub settled_drain: Option<(f64, u64)>,
+    /// Push tries by outcome (`answered`, `timeout`, `connect_error`,
+    /// `http_error`): why pushes failed.
+    pub tries: std::collections::BTreeMap<String, u64>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -124,6 +127,12 @@ impl std::fmt::Display for LoadReport {
             "push-to-reply latency ms: p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}",
             self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max
         )?;
+        if self.tries.keys().any(|k| k != "answered") {
+            write!(f, "\npush tries:")?;
+            for (outcome, n) in &self.tries {
+                write!(f, " {outcome} {n}")?;
+            }
+        }
         if !self.message_calls.is_empty() {
             write!(f, "\napi calls:")?;
             for (path, n) in &self.message_calls {
@@ -329,10 +338,18 @@ fn measure(
 ) -> LoadReport {
     let mut start_ms = vec![None; usize::try_from(pushes).unwrap_or(0)];
     let (mut acknowledged, mut failed) = (0u64, 0u64);
+    let mut tries = std::collections::BTreeMap::<String, u64>::new();
     {
         let log = inner.lock_pushes();
         for &(n, id) in ids {
             let Some(r) = log.get(id) else { continue };
+            for a in &r.attempts {
+                if let Some(t) = tries.get_mut(&a.outcome) {
+                    *t += 1;
+                } else {
+                    tries.insert(a.outcome.clone(), 1);
+                }
+            }
             match r.state {
                 PushState::Delivered => {
                     acknowledged += 1;
@@ -412,5 +429,6 @@ fn measure(
         drain_secs: 0.0,
         drained: 0,
         settled_drain: None,
+        tries,
     }
 }
