@@ -11,6 +11,9 @@
 #
 # PHASES picks what runs (default all, in this order): ingest pgbench e2e
 # steps overload batchsend. E.g. PHASES="e2e" for the CPU split alone.
+# E2E_THREADS (default "0 1"): pubbot's workers.threads for each fixed-rate
+# run; STEPS, OVERLOAD_RATE, OVERLOAD_SECS, PUSH_CONNECTIONS, SIM_THREADS
+# as below; KEEP_DB=1 keeps the database pubbot_bench for a look after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/pg.sh
@@ -96,10 +99,13 @@ psql "$BENCH_URL" -qc CHECKPOINT
 pgbench -n -c 32 -j 2 -T 20 -f "$WORK/insert.sql" "$BENCH_URL" 2>/dev/null | grep -E "^tps|latency average"
 fi
 
-if phase e2e; then
-echo "## end to end: $RATE pushes/s for $DURATION s, 1000 users (simulator on one thread)"
+# The fixed-rate run once per E2E_THREADS value (workers.threads: 0 = one
+# per core, the default; 1 = one thread, less CPU per message).
+for THREADS in ${E2E_THREADS:-0 1}; do
+phase e2e || break
+echo "## end to end: $RATE pushes/s for $DURATION s, 1000 users (simulator on one thread; pubbot workers.threads = $THREADS)"
 psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" -c CHECKPOINT
-start_pubbot
+PUBBOT__WORKERS__THREADS=$THREADS start_pubbot
 # With pg_stat_statements preloaded on the server, the statements of this
 # run are printed after it (where PostgreSQL's time goes).
 psql "$BENCH_URL" -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null 2>&1 || true
@@ -132,7 +138,7 @@ psql "$BENCH_URL" -At -F ' ' -c "
   SELECT 'decided -> marked sent', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
          round(percentile_cont(0.9) WITHIN GROUP (ORDER BY ms)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1)
     FROM (SELECT extract(epoch FROM sent_at - created_at) * 1000 AS ms FROM outbound_messages) t"
-fi
+done
 
 # Capacity: the highest of STEPS (pushes/s, 20 s each) at which nothing is
 # lost and p99 push-to-reply stays under 100 ms, beside pgbench's

@@ -144,6 +144,9 @@ pub struct IngestSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
+    /// Threads that run every task (the runtime's workers); 0: one per
+    /// core.
+    pub threads: usize,
     /// Decide tasks.
     pub decide: usize,
     /// Send tasks.

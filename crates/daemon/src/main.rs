@@ -253,10 +253,11 @@ fn main() -> ExitCode {
         Err(e) => return fail(&anyhow::Error::new(e)),
     };
     pubbot::telemetry::init(settings.log.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if settings.workers.threads > 0 {
+        runtime.worker_threads(settings.workers.threads);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(&anyhow::Error::new(e).context("starting the runtime")),
     };
