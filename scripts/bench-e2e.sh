@@ -175,6 +175,10 @@ echo "pubbot memory: peak $(awk '/VmHWM/ {print $2, $3}' /proc/$PUBBOT_PID/statu
 echo "replies that may have gone twice, counted (ambiguous retries + recovered leases): $(curl -s http://127.0.0.1:19090/metrics | awk '/^pubbot_outbound_(ambiguous_retries|recovered)_total/ {s += $2} END {print s + 0}')"
 stop_pubbot
 psql "$BENCH_URL" -At -F ' ' -c "SELECT 'replies', status, count(*), 'tries', sum(attempts) FROM outbound_messages GROUP BY status"
+# A push answered twice: stored twice (two push ids), or sent twice (tries).
+psql "$BENCH_URL" -At -F ' ' -c "SELECT 'answered twice:', i.message->'body'->>'content', 'pushes', array_agg(DISTINCT i.id), 'tries', array_agg(o.attempts)
+                                  FROM outbound_messages o JOIN inbound_messages i ON i.id = o.inbound_id
+                                 WHERE o.status = 'sent' GROUP BY 2 HAVING count(*) > 1 LIMIT 10"
 fi
 
 # batchsend: everybody gets the same reply, the platform allows 200 calls/s
