@@ -678,3 +678,58 @@ async fn a_reply_that_could_not_go_out_in_time_expires_instead(
     );
     d.shutdown().await;
 }
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_push_whose_platform_hung_up_leaves_no_stage_stuck(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // The platform drops a try that waits too long; the push it carried
+    // stops waiting too. It used to stay counted as waiting for the
+    // database, and a daemon idle after a burst reported its ingest stuck
+    // (/readyz 503) for good.
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    let mut settings = w.settings();
+    settings.workers.stall_secs = 1;
+    let (d, _) = w.daemon(settings, pool.clone()).await;
+    let admin = d.admin_addr;
+    let get = |path: &'static str| async move {
+        let r = reqwest::get(format!("http://{admin}{path}")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    eventually("ready", || async { get("/readyz").await.0 == 200 }).await;
+    // The database is slow: the push's insert waits behind a lock.
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE inbound_messages IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    let nonce = "1";
+    let ts = now_secs().to_string();
+    let sig = pubbot_sim::signature::sign(SECRET, nonce, &ts);
+    let hung_up = impatient
+        .post(format!(
+            "http://{}/webhook/{KEY}?rc-nonce={nonce}&rc-timestamp={ts}&rc-signature={sig}",
+            d.addr
+        ))
+        .body(text_push(b"u", b"hi", 1))
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "answered before the database was back");
+    lock.rollback().await.unwrap();
+    eventually("stored all the same", || async {
+        count(&pool, "SELECT count(*) FROM inbound_messages").await == 1
+    })
+    .await;
+    eventually("ready again", || async { get("/readyz").await.0 == 200 }).await;
+    // Idle for several stall periods: still ready.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, body) = get("/readyz").await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    d.shutdown().await;
+}

@@ -725,6 +725,10 @@ mod tests {
         assert_eq!(s.database.url.expose_secret(), "postgres://x/y");
         assert_eq!(s.workers.send, 9);
         assert_eq!(s.timezone, "Asia/Shanghai");
+        assert_eq!(s.workers.threads, 0, "one thread per core by default");
+        assert_eq!(s.http.max_connections, 2048);
+        let one = Settings::load_from(None, env(&[("PUBBOT__WORKERS__THREADS", "1")])).unwrap();
+        assert_eq!(one.workers.threads, 1);
     }
 
     #[test]

@@ -296,16 +296,16 @@ impl Inbox for PgInbox {
         if let Some(receipt) = &self.receipt {
             row.decided = receipt.decide(&row.app_key, &row.dedup_key, m);
         }
-        self.progress
-            .ingest_waiting
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Counted while it waits for the database; uncounted on every way
+        // out, a dropped future included (the platform hung up, or the
+        // webhook's deadline passed): a push counted forever made an idle
+        // daemon report its ingest stuck.
+        let waiting = Waiting::new(&self.progress.ingest_waiting);
         let row = Arc::new(row);
         let started = Instant::now();
         let outcome =
             tokio::time::timeout(self.spool_after, self.via_database(Arc::clone(&row))).await;
-        self.progress
-            .ingest_waiting
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        drop(waiting);
         let outcome = match outcome {
             Ok(Ok(accepted)) => Ok(accepted),
             Ok(Err(InboxError::Refused(why))) => Err(InboxError::Refused(why)),
@@ -773,6 +773,23 @@ impl Columns {
         self.message.push(r.message.clone());
         self.raw.push(r.raw.clone());
         self.trace_id.push(r.trace_id.clone());
+    }
+}
+
+/// One push waiting for the database, counted in
+/// [`crate::health::Progress::ingest_waiting`] until dropped.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicI64);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicI64) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
