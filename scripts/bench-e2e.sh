@@ -34,8 +34,10 @@ trap 'cleanup; type stop_throwaway_pg >/dev/null 2>&1 && [ -n "${PG_TMP:-}" ] &&
 
 log "building release binaries"
 SQLX_OFFLINE=true cargo build --release --quiet -p pubbot -p pubbot-sim
-PUBBOT=target/release/pubbot
-SIM=target/release/pubbot-sim
+# PUBBOT_BIN / SIM_BIN: other builds to measure (an A/B against an older
+# commit's binaries).
+PUBBOT=${PUBBOT_BIN:-target/release/pubbot}
+SIM=${SIM_BIN:-target/release/pubbot-sim}
 
 psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS pubbot_bench" -c "CREATE DATABASE pubbot_bench"
 export PUBBOT__DATABASE__URL="$BENCH_URL"
@@ -67,7 +69,7 @@ stop_pubbot() { kill "$PUBBOT_PID"; wait "$PUBBOT_PID" || true; PUBBOT_PID=; }
 # several thousand pushes and calls a second (the saturation, capacity and
 # overload runs), so that it does not cap what pubbot is measured at.
 SIM_THREADS=${SIM_THREADS:-2}
-LOAD=($SIM --threads "$SIM_THREADS" --push-connections "${PUSH_CONNECTIONS:-2048}" --listen 127.0.0.1:18090 --app bench-app:bench-secret load --route-url http://127.0.0.1:18080/webhook/bench-app --mcid bench)
+LOAD=($SIM --threads "$SIM_THREADS" ${PUSH_CONNECTIONS:+--push-connections "$PUSH_CONNECTIONS"} --listen 127.0.0.1:18090 --app bench-app:bench-secret load --route-url http://127.0.0.1:18080/webhook/bench-app --mcid bench)
 # CPU ticks (100 per second = one core) of a process, of all postgres processes.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 pg_ticks() { local t=0; for p in $(pgrep -x postgres); do t=$((t + $(ticks "$p"))); done; echo $t; }

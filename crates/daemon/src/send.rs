@@ -283,21 +283,11 @@ impl SendWorker {
             }
         }
         let before = self.wake.waiting();
-        let mut claim = outbox::claim(
-            &self.pool,
-            &self.worker_id,
-            self.lease,
-            self.batch,
-            &self.sweep,
-        )
-        .await?;
         // A window of conversations with nothing to take, and more to look
         // at: sweep on (a few windows at most; the poll takes the rest).
-        for _ in 0..SWEEPS_PER_ROUND {
-            if !claim.rows.is_empty() || !claim.more {
-                break;
-            }
-            claim = outbox::claim(
+        let mut windows = 0;
+        let claim = loop {
+            let claim = outbox::claim(
                 &self.pool,
                 &self.worker_id,
                 self.lease,
@@ -305,7 +295,11 @@ impl SendWorker {
                 &self.sweep,
             )
             .await?;
-        }
+            windows += 1;
+            if !claim.rows.is_empty() || !claim.more || windows > SWEEPS_PER_ROUND {
+                break claim;
+            }
+        };
         let n = claim.rows.len();
         let asked = usize::try_from(self.batch).unwrap_or(usize::MAX);
         // Only a sweep that looked at everything says nothing more waits.

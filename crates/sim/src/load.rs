@@ -277,22 +277,8 @@ pub async fn run(
     }
     let pushing = started.elapsed();
     let pushes = seq.load(std::sync::atomic::Ordering::Relaxed);
-    let replied_while_pushing = measure(
-        &inner,
-        &app.key,
-        &ids.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-        pushes,
-        pushing,
-        load.unique_users,
-    )
-    .replied;
-
-    // Wait for the pushes to settle and the replies to arrive.
-    let deadline = Instant::now() + load.grace;
-    let mut settled_at: Option<(Instant, u64)> = None;
-    let report = loop {
-        let report = measure(
+    let measure_now = || {
+        measure(
             &inner,
             &app.key,
             &ids.lock()
@@ -300,7 +286,15 @@ pub async fn run(
             pushes,
             pushing,
             load.unique_users,
-        );
+        )
+    };
+    let replied_while_pushing = measure_now().replied;
+
+    // Wait for the pushes to settle and the replies to arrive.
+    let deadline = Instant::now() + load.grace;
+    let mut settled_at: Option<(Instant, u64)> = None;
+    let report = loop {
+        let report = measure_now();
         let settled = report.acknowledged + report.failed == pushes;
         if settled && settled_at.is_none() {
             settled_at = Some((Instant::now(), report.replied));
