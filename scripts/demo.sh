@@ -16,4 +16,8 @@ psql "$BASE_URL" -qc "CREATE DATABASE $DEMO_DB"
 drop_demo_db() { psql "$BASE_URL" -qc "DROP DATABASE IF EXISTS $DEMO_DB WITH (FORCE)" >/dev/null 2>&1 || true; }
 trap 'drop_demo_db; type stop_throwaway_pg >/dev/null 2>&1 && [ -n "${PG_TMP:-}" ] && stop_throwaway_pg' EXIT
 export PUBBOT__DATABASE__URL="${BASE_URL%/*}/$DEMO_DB"
+# Build against the committed query data (.sqlx): with DATABASE_URL set (as
+# ensure_postgres leaves it, to a database without our tables) sqlx's macros
+# would check every query against that database instead, and fail.
+export SQLX_OFFLINE="${SQLX_OFFLINE:-true}"
 cargo run --quiet -p pubbot --features demo -- demo "$@"
