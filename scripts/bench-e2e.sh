@@ -146,17 +146,27 @@ done
 # lost and p99 push-to-reply stays under 100 ms, beside pgbench's
 # single-row tps from the baseline above.
 STEPS=${STEPS:-"1000 2000 3000 4000 5000 6000"}
+# STEP_RUNS runs of each step (default 1); the step passes on the median
+# p99 and on nothing lost in any run. On this VM one 20 s run's p99 swings
+# by a factor of three (BENCHMARKS.md, session 5): 3 gives a figure to
+# trust, at three times the time.
+STEP_RUNS=${STEP_RUNS:-1}
 CAPACITY=0
 for STEP in $STEPS; do
   phase steps || break
-  psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" -c CHECKPOINT
-  start_pubbot
-  "${LOAD[@]}" --rate "$STEP" --duration 20 --users 1000 --grace 60 > "$WORK/step.out"
-  stop_pubbot
-  P99=$(sed -n 's/.*p99 \([0-9.]*\).*/\1/p' "$WORK/step.out" | head -1)
-  LOST=$(sed -n 's/.*lost \([0-9]*\).*/\1/p' "$WORK/step.out" | head -1)
-  echo "## step $STEP pushes/s: p99 ${P99} ms, lost ${LOST}"
-  if [ "${LOST:-1}" = 0 ] && awk "BEGIN { exit !(${P99:-1e9} < 100) }"; then CAPACITY=$STEP; else break; fi
+  P99S=() LOST=0
+  for _ in $(seq 1 "$STEP_RUNS"); do
+    psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" -c CHECKPOINT
+    start_pubbot
+    "${LOAD[@]}" --rate "$STEP" --duration 20 --users 1000 --grace 60 > "$WORK/step.out"
+    stop_pubbot
+    P99S+=("$(sed -n 's/.*p99 \([0-9.]*\).*/\1/p' "$WORK/step.out" | head -1)")
+    L=$(sed -n 's/.*lost \([0-9]*\).*/\1/p' "$WORK/step.out" | head -1)
+    LOST=$((LOST + ${L:-1}))
+  done
+  P99=$(printf '%s\n' "${P99S[@]}" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')
+  echo "## step $STEP pushes/s: p99 ${P99} ms (runs: ${P99S[*]}), lost ${LOST}"
+  if [ "$LOST" = 0 ] && awk "BEGIN { exit !(${P99:-1e9} < 100) }"; then CAPACITY=$STEP; else break; fi
 done
 phase steps && echo "## capacity: $CAPACITY pushes/s with p99 < 100 ms and nothing lost (pgbench single-row tps above)"
 
