@@ -73,6 +73,8 @@ LOAD=($SIM --threads "$SIM_THREADS" ${PUSH_CONNECTIONS:+--push-connections "$PUS
 # CPU ticks (100 per second = one core) of a process, of all postgres processes.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 pg_ticks() { local t=0; for p in $(pgrep -x postgres); do t=$((t + $(ticks "$p"))); done; echo $t; }
+# Context switches of a process, all its threads (voluntary + involuntary).
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
 
 for C in 32 128; do
   phase ingest || break
@@ -117,14 +119,15 @@ LOAD_PID=$!
 # window evens out its bursts).
 WINDOW=$((DURATION / 2))
 sleep $((DURATION / 4))
-P0=$(pg_ticks); D0=$(ticks "$PUBBOT_PID"); L0=$(ticks "$LOAD_PID")
+P0=$(pg_ticks); D0=$(ticks "$PUBBOT_PID"); L0=$(ticks "$LOAD_PID"); S0=$(switches "$PUBBOT_PID"); T0=$(switches "$LOAD_PID")
 sleep "$WINDOW"
-P1=$(pg_ticks); D1=$(ticks "$PUBBOT_PID"); L1=$(ticks "$LOAD_PID")
+P1=$(pg_ticks); D1=$(ticks "$PUBBOT_PID"); L1=$(ticks "$LOAD_PID"); S1=$(switches "$PUBBOT_PID"); T1=$(switches "$LOAD_PID")
 wait "$LOAD_PID"
 cat "$WORK/load.out"
 echo "cpu, $WINDOW s mid-run, % of one core: postgres $(( (P1 - P0) / WINDOW )) pubbot $(( (D1 - D0) / WINDOW )) load generator $(( (L1 - L0) / WINDOW ))"
 # CPU per message: ticks are 10 ms of CPU; WINDOW s at RATE messages/s.
 MSGS=$((RATE * WINDOW))
+echo "context switches per message: pubbot $(awk "BEGIN {printf \"%.1f\", ($S1 - $S0) / $MSGS}") load generator+simulator $(awk "BEGIN {printf \"%.1f\", ($T1 - $T0) / $MSGS}")"
 echo "cpu per message, µs: postgres $(( (P1 - P0) * 10000 / MSGS )) pubbot $(( (D1 - D0) * 10000 / MSGS )) load generator+simulator $(( (L1 - L0) * 10000 / MSGS )) total $(( (P1 - P0 + D1 - D0 + L1 - L0) * 10000 / MSGS ))"
 stop_pubbot
 psql "$BENCH_URL" -c "SELECT calls, round(total_exec_time) AS exec_ms, round(total_plan_time) AS plan_ms, rows,
