@@ -618,23 +618,29 @@ async fn readiness_follows_the_database_and_metrics_are_served(
     let proxy = Proxy::start(db_addr(&connect)).await;
     let (d, _) = w.daemon(w.settings(), w.pool(Some(proxy.addr)).await).await;
     let admin = d.admin_addr;
-    let get = |path: &'static str| async move {
-        let r = reqwest::get(format!("http://{admin}{path}")).await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    };
-    assert_eq!(get("/healthz").await.0, 200);
-    eventually("ready", || async { get("/readyz").await.0 == 200 }).await;
-    let (_, metrics) = get("/metrics").await;
+    assert_eq!(admin_get(admin, "/healthz").await.0, 200);
+    eventually("ready", || async {
+        admin_get(admin, "/readyz").await.0 == 200
+    })
+    .await;
+    let (_, metrics) = admin_get(admin, "/metrics").await;
     assert!(metrics.contains("pubbot_build_info{version="), "{metrics}");
     proxy.cut();
     eventually("not ready while the database is away", || async {
-        let (status, body) = get("/readyz").await;
+        let (status, body) = admin_get(admin, "/readyz").await;
         status == 503 && body.contains("database")
     })
     .await;
-    assert_eq!(get("/healthz").await.0, 200, "the process still answers");
+    assert_eq!(
+        admin_get(admin, "/healthz").await.0,
+        200,
+        "the process still answers"
+    );
     proxy.restore();
-    eventually("ready again", || async { get("/readyz").await.0 == 200 }).await;
+    eventually("ready again", || async {
+        admin_get(admin, "/readyz").await.0 == 200
+    })
+    .await;
     d.shutdown().await;
 }
 
@@ -694,11 +700,10 @@ async fn a_push_whose_platform_hung_up_leaves_no_stage_stuck(
     settings.workers.stall_secs = 1;
     let (d, _) = w.daemon(settings, pool.clone()).await;
     let admin = d.admin_addr;
-    let get = |path: &'static str| async move {
-        let r = reqwest::get(format!("http://{admin}{path}")).await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    };
-    eventually("ready", || async { get("/readyz").await.0 == 200 }).await;
+    eventually("ready", || async {
+        admin_get(admin, "/readyz").await.0 == 200
+    })
+    .await;
     // The database is slow: the push's insert waits behind a lock.
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE inbound_messages IN EXCLUSIVE MODE")
@@ -726,10 +731,19 @@ async fn a_push_whose_platform_hung_up_leaves_no_stage_stuck(
         count(&pool, "SELECT count(*) FROM inbound_messages").await == 1
     })
     .await;
-    eventually("ready again", || async { get("/readyz").await.0 == 200 }).await;
+    eventually("ready again", || async {
+        admin_get(admin, "/readyz").await.0 == 200
+    })
+    .await;
     // Idle for several stall periods: still ready.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (status, body) = get("/readyz").await;
+    let (status, body) = admin_get(admin, "/readyz").await;
     assert_eq!((status, body.as_str()), (200, "ready\n"));
     d.shutdown().await;
+}
+
+/// GET on the admin listener: status and body.
+async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("http://{admin}{path}")).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
 }

@@ -47,6 +47,20 @@ async fn sim_with(config: SimConfig) -> RunningSim {
     .unwrap()
 }
 
+/// A simulator whose pushes behave as `push` says.
+async fn sim_pushing(push: PushConfig) -> RunningSim {
+    RunningSim::start(SimConfig {
+        apps: vec![AppCredentials {
+            key: KEY.into(),
+            secret: SECRET.into(),
+        }],
+        push,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
 struct Api {
     base: String,
     http: reqwest::Client,
@@ -1066,21 +1080,13 @@ async fn pushes_to_a_stalled_receiver_wait_for_one_of_the_platforms_connections(
     // answers; the first holds the one connection until its timeout, the
     // others time out waiting for it instead of opening connections of
     // their own (at most one more gets in as the first lets go).
-    let s = RunningSim::start(SimConfig {
-        apps: vec![AppCredentials {
-            key: KEY.into(),
-            secret: SECRET.into(),
-        }],
-        push: PushConfig {
-            timeout: Duration::from_millis(300),
-            tries: 1,
-            connections: 1,
-            ..PushConfig::default()
-        },
-        ..SimConfig::default()
+    let s = sim_pushing(PushConfig {
+        timeout: Duration::from_millis(300),
+        tries: 1,
+        connections: 1,
+        ..PushConfig::default()
     })
-    .await
-    .unwrap();
+    .await;
     let api = Api::new(&s);
     let (url, rx) = receiver(vec!["stall"; 5]).await;
     api.add_account("mc", &url).await;
@@ -1121,21 +1127,13 @@ async fn any_answer_ends_a_push_even_an_error_status() {
 
 #[tokio::test]
 async fn with_retry_on_5xx_a_receiver_failing_twice_gets_the_push_on_the_third_try() {
-    let s = RunningSim::start(SimConfig {
-        apps: vec![AppCredentials {
-            key: KEY.into(),
-            secret: SECRET.into(),
-        }],
-        push: PushConfig {
-            timeout: Duration::from_millis(300),
-            retry_delay: Duration::from_millis(20),
-            retry_on_5xx: true,
-            ..PushConfig::default()
-        },
-        ..SimConfig::default()
+    let s = sim_pushing(PushConfig {
+        timeout: Duration::from_millis(300),
+        retry_delay: Duration::from_millis(20),
+        retry_on_5xx: true,
+        ..PushConfig::default()
     })
-    .await
-    .unwrap();
+    .await;
     let api = Api::new(&s);
     let (url, rx) = receiver(vec!["500", "stall"]).await;
     api.add_account("mc", &url).await;
