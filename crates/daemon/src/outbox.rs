@@ -540,25 +540,39 @@ pub async fn claim_next(
         mcids.push(m);
         ids.push(u);
     }
-    let heads = sqlx::query_scalar!(
-        r#"SELECT f.id AS "id!"
-             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(a, m, s)
-             CROSS JOIN LATERAL (
-                  SELECT h.id, h.status, h.next_attempt_at FROM outbound_messages h
-                   WHERE h.app_key = u.a AND h.mcid = u.m AND h.user_id = u.s
-                     AND h.status IN ('pending', 'sending')
-                   ORDER BY h.inbound_id, h.reply_index, h.sub_index LIMIT 1) f
-            WHERE f.status = 'pending' AND f.next_attempt_at <= now()"#,
+    // One statement: each user's first open reply (one probe each), then
+    // the same lock and re-check as `claim_ids`.
+    sqlx::query_as!(
+        Claimed,
+        r#"UPDATE outbound_messages o
+              SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
+                  attempts = attempts + 1
+             FROM (SELECT c.id
+                     FROM UNNEST($3::text[], $4::text[], $5::text[]) AS u(a, m, s)
+                     CROSS JOIN LATERAL (
+                          SELECT h.id FROM outbound_messages h
+                           WHERE h.app_key = u.a AND h.mcid = u.m AND h.user_id = u.s
+                             AND h.status IN ('pending', 'sending')
+                           ORDER BY h.inbound_id, h.reply_index, h.sub_index LIMIT 1) f
+                     JOIN outbound_messages c ON c.id = f.id
+                    WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+                      AND NOT EXISTS (
+                          SELECT 1 FROM outbound_messages e
+                           WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
+                             AND e.status IN ('pending', 'sending')
+                             AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index))
+                    ORDER BY c.id FOR UPDATE OF c SKIP LOCKED) c
+            WHERE o.id = c.id
+        RETURNING o.id, o.app_key, o.mcid, o.user_id, o.payload AS "payload: Json<PlannedReply>",
+                  o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
+        worker_id,
+        lease.as_secs_f64(),
         &apps,
         &mcids,
         &ids,
     )
     .fetch_all(pool)
-    .await?;
-    if heads.is_empty() {
-        return Ok(Vec::new());
-    }
-    claim_ids(pool, worker_id, lease, &heads).await
+    .await
 }
 
 /// Whether a reply is due and next in its conversation (for the liveness
