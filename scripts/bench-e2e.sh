@@ -101,6 +101,18 @@ ON CONFLICT DO NOTHING;
 SQL
 psql "$BENCH_URL" -qc CHECKPOINT
 pgbench -n -c 32 -j 2 -T 20 -f "$WORK/insert.sql" "$BENCH_URL" 2>/dev/null | grep -E "^tps|latency average"
+# The machine's yardstick: PostgreSQL's CPU per single-row durable insert
+# at the fixed rate of the end-to-end run. This VM's speed moves by 2-3x
+# from one day to the next (BENCHMARKS.md, session 6), so the CPU per
+# message below is also given as a multiple of this, measured in the same
+# run.
+psql "$BENCH_URL" -qc "TRUNCATE pgbench_inbound" -c CHECKPOINT
+# (Sampled mid-run: a backend's CPU leaves /proc when its client quits.)
+pgbench -n -c 8 -j 2 -R "$RATE" -T 20 -f "$WORK/insert.sql" "$BENCH_URL" >/dev/null 2>&1 &
+sleep 5; P0=$(pg_ticks); sleep 10; P1=$(pg_ticks)
+wait
+YARD=$(( (P1 - P0) * 10000 / (RATE * 10) ))
+echo "yardstick: postgres cpu per pgbench single-row insert at $RATE/s: $YARD µs"
 fi
 
 # The fixed-rate run once per E2E_THREADS value (workers.threads: 0 = one
@@ -129,6 +141,10 @@ echo "cpu, $WINDOW s mid-run, % of one core: postgres $(( (P1 - P0) / WINDOW )) 
 MSGS=$((RATE * WINDOW))
 echo "context switches per message: pubbot $(awk "BEGIN {printf \"%.1f\", ($S1 - $S0) / $MSGS}") load generator+simulator $(awk "BEGIN {printf \"%.1f\", ($T1 - $T0) / $MSGS}")"
 echo "cpu per message, µs: postgres $(( (P1 - P0) * 10000 / MSGS )) pubbot $(( (D1 - D0) * 10000 / MSGS )) load generator+simulator $(( (L1 - L0) * 10000 / MSGS )) total $(( (P1 - P0 + D1 - D0 + L1 - L0) * 10000 / MSGS ))"
+if [ -n "${YARD:-}" ] && [ "$YARD" -gt 0 ]; then
+  x() { awk "BEGIN {printf \"%.2f\", $1 * 10000 / $MSGS / $YARD}"; }
+  echo "cpu per message, x the yardstick ($YARD µs): postgres $(x $((P1 - P0))) pubbot $(x $((D1 - D0))) load generator+simulator $(x $((L1 - L0))) total $(x $((P1 - P0 + D1 - D0 + L1 - L0)))"
+fi
 stop_pubbot
 psql "$BENCH_URL" -c "SELECT calls, round(total_exec_time) AS exec_ms, round(total_plan_time) AS plan_ms, rows,
                              left(regexp_replace(query, '\s+', ' ', 'g'), 80) AS statement

@@ -1,5 +1,6 @@
 //! The client: one method per endpoint, signing, answers, retries.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,9 +107,8 @@ impl ClientBuilder {
         let base = Url::parse(&base)?;
         let http = match self.http {
             Some(h) => h,
-            None => reqwest::Client::builder()
+            None => http_builder()
                 .connect_timeout(self.connect_timeout)
-                .user_agent(concat!("pubbot-api-client/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .map_err(Error::Connect)?,
         };
@@ -121,6 +121,7 @@ impl ClientBuilder {
                 timeout: self.timeout,
                 retry: self.retry,
                 http,
+                endpoints: std::sync::Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -134,6 +135,23 @@ struct Inner {
     timeout: Duration,
     retry: Option<RetryPolicy>,
     http: reqwest::Client,
+    /// Endpoint URLs, resolved against the base once each (parsing a URL
+    /// on every call showed in the daemon's profile).
+    endpoints: std::sync::Mutex<HashMap<&'static str, Url>>,
+}
+
+/// The HTTP client a [`Client`] builds for itself, for callers that share
+/// one between apps ([`ClientBuilder::http_client`]): no redirects followed
+/// (the platform's API answers, it does not redirect; a redirect is an
+/// error to see, not a hop to take with a signed body) and no retries of
+/// reqwest's own (the only retries are this crate's, counted and
+/// configured).
+#[must_use]
+pub fn http_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(concat!("pubbot-api-client/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never())
 }
 
 /// A typed, signed client for one app. Cheap to clone (the pool is shared).
@@ -328,7 +346,7 @@ impl Client {
         payload: &Payload,
     ) -> Result<Value, Error> {
         let sig = Signature::now(self.inner.secret.expose_secret(), self.inner.unit);
-        let mut url = self.inner.base.join(path.trim_start_matches('/'))?;
+        let mut url = self.endpoint(path)?;
         if sign_in == SignIn::Query {
             url.query_pairs_mut()
                 .append_pair("RC-App-Key", &self.inner.app_key)
@@ -361,6 +379,20 @@ impl Client {
             Err(e) => tracing::debug!(status = status.as_u16(), error = %e, "refused"),
         }
         result
+    }
+
+    fn endpoint(&self, path: &'static str) -> Result<Url, Error> {
+        let mut known = self
+            .inner
+            .endpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(url) = known.get(path) {
+            return Ok(url.clone());
+        }
+        let url = self.inner.base.join(path.trim_start_matches('/'))?;
+        known.insert(path, url.clone());
+        Ok(url)
     }
 
     fn form(&self, pairs: &[(&'static str, &str)], with_app_key: bool) -> Payload {

@@ -49,7 +49,7 @@ mod sign;
 mod types;
 pub mod validate;
 
-pub use client::{ChunkOutcome, Client, ClientBuilder, RetryPolicy};
+pub use client::{http_builder, ChunkOutcome, Client, ClientBuilder, RetryPolicy};
 pub use error::{Error, ErrorCode, Invalid};
 /// The HTTP client type [`ClientBuilder::http_client`] takes (reqwest's), so
 /// callers can share one pool without depending on reqwest themselves.

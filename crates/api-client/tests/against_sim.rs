@@ -743,3 +743,41 @@ async fn retries_only_what_can_help() {
     assert_eq!(ctl.calls("/mc/menu/refresh.json").await.len(), 1);
     let _ = MenuId::from("unused");
 }
+
+/// A platform address that answers a redirect: the call fails with the
+/// status, and the signed body is not posted anywhere else.
+#[tokio::test]
+async fn a_redirect_is_an_error_not_a_hop() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!(
+        "http://{}/message/send.json",
+        elsewhere.local_addr().unwrap()
+    );
+    let redirecting = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", redirecting.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = redirecting.accept().await {
+            let mut buf = vec![0u8; 8192];
+            let _ = conn.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n"
+            );
+            let _ = conn.write_all(answer.as_bytes()).await;
+        }
+    });
+    let c = Client::builder(KEY, SecretString::from(SECRET), base)
+        .build()
+        .unwrap();
+    let e = c
+        .send(
+            &McId::from("m"),
+            &UserId::from("u"),
+            &Message::Text("x".into()),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Http { status: 307, .. }), "got {e:?}");
+    let followed = tokio::time::timeout(Duration::from_millis(300), elsewhere.accept()).await;
+    assert!(followed.is_err(), "the redirect was followed");
+}

@@ -535,7 +535,7 @@ pub async fn start_with_clock(
 }
 
 fn reqwest_client() -> anyhow::Result<pubbot_api_client::HttpClient> {
-    pubbot_api_client::HttpClient::builder()
+    pubbot_api_client::http_builder()
         .connect_timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(64)
         .build()

@@ -36,7 +36,18 @@ pub(crate) enum CompiledReply {
 /// A text field: a literal needs no engine at all.
 pub(crate) enum Tmpl {
     Literal(String),
-    Template(String),
+    /// A template by name, and the variables it reads (bits by place in
+    /// [`VARIABLES`]): only those are computed when it renders.
+    Template(String, u16),
+}
+
+/// The bits of the [`VARIABLES`] a template reads.
+fn uses(names: &std::collections::HashSet<String>) -> u16 {
+    VARIABLES
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| names.contains(**v))
+        .fold(0, |bits, (i, _)| bits | 1 << i)
 }
 
 pub(crate) struct ArticleTmpl {
@@ -77,12 +88,13 @@ impl Templates {
             .env
             .get_template(name)
             .map_err(|e| format!("template error: {e}"))?;
-        let mut unknown: Vec<String> = tpl
-            .undeclared_variables(false)
-            .into_iter()
+        let names = tpl.undeclared_variables(false);
+        let mut unknown: Vec<String> = names
+            .iter()
             .filter(|v| !VARIABLES.contains(&v.as_str()) && !GLOBALS.contains(&v.as_str()))
+            .cloned()
             .collect();
-        if tpl.undeclared_variables(false).contains("state") {
+        if names.contains("state") {
             self.uses_state = true;
         }
         if !unknown.is_empty() {
@@ -94,16 +106,16 @@ impl Templates {
                 VARIABLES.join(", ")
             ));
         }
-        Ok(Tmpl::Template(name.to_owned()))
+        Ok(Tmpl::Template(name.to_owned(), uses(&names)))
     }
 
     fn render(&self, t: &Tmpl, vars: &Vars<'_>) -> Result<String, String> {
         match t {
             Tmpl::Literal(s) => Ok(s.clone()),
-            Tmpl::Template(name) => self
+            Tmpl::Template(name, uses) => self
                 .env
                 .get_template(name)
-                .and_then(|tpl| tpl.render(vars.value()))
+                .and_then(|tpl| tpl.render(vars.value(*uses)))
                 .map_err(|e| format!("render error: {e}")),
         }
     }
@@ -145,15 +157,16 @@ pub(crate) fn compile_articles(
 
 /// Template variables: `user`, `account`, `app_key`, `text`, `kind`,
 /// `captures` (list: 0 is the whole match), `named` (map of named
-/// captures), `now` (`YYYY-MM-DD HH:MM` local), `date`, `time`, `weekday`.
-/// Built on first use: literal replies never pay for it.
+/// captures), `now` (`YYYY-MM-DD HH:MM` local), `date`, `time`, `weekday`,
+/// `state`. Computed when a template renders, and only those it reads:
+/// literal replies never pay for them, and `ack {{ captures[1] }}` does not
+/// format four dates (it showed in the daemon's profile).
 pub(crate) struct Vars<'a> {
     msg: &'a Incoming<'a>,
     ctx: &'a Context,
     tz: Tz,
     captures: Option<&'a Captures<'a>>,
     names: &'a [Option<&'a str>],
-    value: std::cell::OnceCell<Value>,
 }
 
 impl<'a> Vars<'a> {
@@ -170,13 +183,14 @@ impl<'a> Vars<'a> {
             tz,
             captures,
             names,
-            value: std::cell::OnceCell::new(),
         }
     }
 
-    fn value(&self) -> &Value {
-        self.value.get_or_init(|| {
-            let local = self.ctx.now.with_timezone(&self.tz);
+    /// The context of a template that reads the variables `uses` (bits by
+    /// place in [`VARIABLES`]).
+    fn value(&self, uses: u16) -> Value {
+        let local = self.ctx.now.with_timezone(&self.tz);
+        let captures = || {
             let mut list = Vec::new();
             let mut named = std::collections::BTreeMap::new();
             if let Some(c) = self.captures {
@@ -188,21 +202,36 @@ impl<'a> Vars<'a> {
                     list.push(text);
                 }
             }
-            minijinja::context! {
-                user => self.msg.user,
-                account => self.msg.mcid,
-                app_key => self.msg.app_key,
-                text => self.msg.text,
-                kind => self.msg.kind,
-                captures => list,
-                named => named,
-                now => local.format("%Y-%m-%d %H:%M").to_string(),
-                date => local.format("%Y-%m-%d").to_string(),
-                time => local.format("%H:%M").to_string(),
-                weekday => local.format("%a").to_string().to_lowercase(),
-                state => self.msg.state.cloned().unwrap_or_else(|| serde_json::json!({})),
+            (list, named)
+        };
+        let mut vars: Vec<(&'static str, Value)> = Vec::with_capacity(4);
+        for (i, name) in VARIABLES.iter().enumerate() {
+            if uses & (1 << i) == 0 {
+                continue;
             }
-        })
+            let v = match *name {
+                "user" => Value::from(self.msg.user),
+                "account" => Value::from(self.msg.mcid),
+                "app_key" => Value::from(self.msg.app_key),
+                "text" => Value::from(self.msg.text),
+                "kind" => Value::from_serialize(self.msg.kind),
+                "captures" => Value::from_serialize(captures().0),
+                "named" => Value::from_serialize(captures().1),
+                "now" => Value::from(local.format("%Y-%m-%d %H:%M").to_string()),
+                "date" => Value::from(local.format("%Y-%m-%d").to_string()),
+                "time" => Value::from(local.format("%H:%M").to_string()),
+                "weekday" => Value::from(local.format("%a").to_string().to_lowercase()),
+                "state" => Value::from_serialize(
+                    self.msg
+                        .state
+                        .cloned()
+                        .unwrap_or_else(|| serde_json::json!({})),
+                ),
+                _ => continue,
+            };
+            vars.push((name, v));
+        }
+        vars.into_iter().collect()
     }
 }
 

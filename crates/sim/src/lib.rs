@@ -222,8 +222,12 @@ impl Simulator {
     /// pushes cannot be built.
     pub fn new(config: SimConfig) -> Result<Self, String> {
         config.faults.validate()?;
+        // A redirect is an answer like any other (R15: it ends the push),
+        // not a hop to follow.
         let http = reqwest::Client::builder()
             .user_agent("pubbot-sim")
+            .redirect(reqwest::redirect::Policy::none())
+            .retry(reqwest::retry::never())
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Self {

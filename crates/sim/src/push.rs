@@ -223,6 +223,13 @@ pub(crate) async fn deliver(inner: Arc<Inner>, id: usize, secret: String) {
     };
     let push = inner.config.push.clone();
     let tries = push.tries.max(1);
+    // Parsed once for all tries, not once a try (a routeUrl that does not
+    // parse fails every try alike, as a connection error).
+    let parsed = reqwest::Url::parse(&url);
+    let query = parsed
+        .as_ref()
+        .ok()
+        .and_then(|u| u.query().map(str::to_owned));
     for attempt in 1..=tries {
         let nonce = rand::rng().random::<u64>().to_string();
         let ts = chrono::Utc::now().timestamp().to_string();
@@ -230,17 +237,25 @@ pub(crate) async fn deliver(inner: Arc<Inner>, id: usize, secret: String) {
         if bad {
             signature = sign("not-the-secret", &nonce, &ts);
         }
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let target =
-            format!("{url}{sep}rc-nonce={nonce}&rc-timestamp={ts}&rc-signature={signature}");
+        let signed = format!("rc-nonce={nonce}&rc-timestamp={ts}&rc-signature={signature}");
+        let target = parsed.clone().map(|mut u| {
+            match &query {
+                Some(q) => u.set_query(Some(&format!("{q}&{signed}"))),
+                None => u.set_query(Some(&signed)),
+            }
+            u
+        });
         let at_ms = chrono::Utc::now().timestamp_millis();
         // The whole try, the wait for a connection included, within the
         // timeout.
         let try_once = async {
             let _slot = inner.push_slots.acquire().await;
-            let resp = inner
-                .http
-                .post(&target)
+            let request = match &target {
+                Ok(u) => inner.http.post(u.clone()),
+                // reqwest refuses it when sent: a failed try, as always.
+                Err(_) => inner.http.post(url.as_str()),
+            };
+            let resp = request
                 .header("Content-Type", "text/xml; charset=utf-8")
                 .body(xml.clone())
                 .send()
