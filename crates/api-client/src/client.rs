@@ -146,7 +146,6 @@ struct Inner {
 /// error to see, not a hop to take with a signed body) and no retries of
 /// reqwest's own (the only retries are this crate's, counted and
 /// configured).
-#[must_use]
 pub fn http_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("pubbot-api-client/", env!("CARGO_PKG_VERSION")))
