@@ -656,19 +656,28 @@ fn flush_part(
                     crate::decide::note_decision(&p.row.trace_id, &d.matched, &d.problems);
                     tracing::debug!(trace_id = %p.row.trace_id, rule = %d.rule, replies = d.replies.len(), "decided at receipt");
                 }
+                let (mut stored_n, mut duplicates) = (0u64, 0u64);
                 for p in batch {
                     let key = (p.row.app_key.clone(), p.row.dedup_key.clone());
                     // The first of several equal pushes in one batch is the new one.
                     let outcome = if new.remove(&key) {
-                        metrics::counter!("pubbot_inbound_messages_total", "outcome" => "stored")
-                            .increment(1);
+                        stored_n += 1;
                         Accepted::New
                     } else {
-                        metrics::counter!("pubbot_inbound_messages_total", "outcome" => "duplicate")
-                            .increment(1);
+                        duplicates += 1;
                         Accepted::Duplicate
                     };
                     let _ = p.done.send(Ok(outcome));
+                }
+                // Counted once a batch, not once a push (each count is a
+                // registry lookup).
+                if stored_n > 0 {
+                    metrics::counter!("pubbot_inbound_messages_total", "outcome" => "stored")
+                        .increment(stored_n);
+                }
+                if duplicates > 0 {
+                    metrics::counter!("pubbot_inbound_messages_total", "outcome" => "duplicate")
+                        .increment(duplicates);
                 }
                 if let Some(at) = &sink.at_receipt {
                     if !stored.decided.is_empty() {

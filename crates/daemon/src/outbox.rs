@@ -782,15 +782,24 @@ impl Recorder {
                 settle(&self.pool, &self.worker_id, &self.policy, &batch)
             })
             .await;
+            // Counted once a batch by outcome (each count is a registry
+            // lookup).
+            let mut by_kind = [0u64; 5];
             for s in &batch {
-                let kind = match &s.outcome {
-                    Outcome::Sent => "sent",
-                    Outcome::Retry { .. } => "retry",
-                    Outcome::Failed(_) => "failed",
-                    Outcome::Deferred => "deferred",
-                    Outcome::Expired => "expired",
-                };
-                metrics::counter!("pubbot_outbound_settled_total", "outcome" => kind).increment(1);
+                by_kind[match &s.outcome {
+                    Outcome::Sent => 0,
+                    Outcome::Retry { .. } => 1,
+                    Outcome::Failed(_) => 2,
+                    Outcome::Deferred => 3,
+                    Outcome::Expired => 4,
+                }] += 1;
+            }
+            for (kind, n) in ["sent", "retry", "failed", "deferred", "expired"]
+                .into_iter()
+                .zip(by_kind)
+                .filter(|(_, n)| *n > 0)
+            {
+                metrics::counter!("pubbot_outbound_settled_total", "outcome" => kind).increment(n);
             }
             self.leases.release(batch.iter().map(|s| s.id));
             self.progress.advance(Stage::Send);

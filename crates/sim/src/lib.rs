@@ -86,9 +86,29 @@ pub(crate) struct Inner {
     /// One permit per push try in flight (`push.connections`).
     pub(crate) push_slots: tokio::sync::Semaphore,
     msg_seq: std::sync::atomic::AtomicU64,
+    /// routeUrls parsed (a parse a push showed in the load generator's
+    /// profile); cleared when it holds more than a few hundred.
+    route_urls: Mutex<std::collections::HashMap<String, reqwest::Url>>,
 }
 
 impl Inner {
+    /// `url` parsed, from the cache when it was seen before.
+    pub(crate) fn route_url(&self, url: &str) -> Result<reqwest::Url, String> {
+        let mut known = self
+            .route_urls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(u) = known.get(url) {
+            return Ok(u.clone());
+        }
+        let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+        if known.len() >= 256 {
+            known.clear();
+        }
+        known.insert(url.to_owned(), parsed.clone());
+        Ok(parsed)
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, World> {
         self.world.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -238,6 +258,7 @@ impl Simulator {
                 config,
                 http,
                 msg_seq: std::sync::atomic::AtomicU64::new(1),
+                route_urls: Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }

@@ -223,9 +223,9 @@ pub(crate) async fn deliver(inner: Arc<Inner>, id: usize, secret: String) {
     };
     let push = inner.config.push.clone();
     let tries = push.tries.max(1);
-    // Parsed once for all tries, not once a try (a routeUrl that does not
-    // parse fails every try alike, as a connection error).
-    let parsed = reqwest::Url::parse(&url);
+    // Parsed once for all pushes to it, not once a try (a routeUrl that
+    // does not parse fails every try alike, as a connection error).
+    let parsed = inner.route_url(&url);
     let query = parsed
         .as_ref()
         .ok()
