@@ -10,7 +10,7 @@
 #   ./scripts/bench-e2e.sh [RATE] [DURATION_SECS]     (default 1000 60)
 #
 # PHASES picks what runs (default all, in this order): ingest pgbench e2e
-# steps overload batchsend. E.g. PHASES="e2e" for the CPU split alone.
+# steps overload retention batchsend. E.g. PHASES="e2e" for the CPU split alone.
 # E2E_THREADS (default "0 1"): pubbot's workers.threads for each fixed-rate
 # run; STEPS, OVERLOAD_RATE, OVERLOAD_SECS, PUSH_CONNECTIONS, SIM_THREADS
 # as below; KEEP_DB=1 keeps the database pubbot_bench for a look after.
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 source scripts/pg.sh
 ensure_postgres
 RATE=${1:-1000}
-PHASES=${PHASES:-"ingest pgbench e2e steps overload batchsend"}
+PHASES=${PHASES:-"ingest pgbench e2e steps overload retention batchsend"}
 phase() { [[ " $PHASES " == *" $1 "* ]]; }
 DURATION=${2:-60}
 ADMIN_URL=$DATABASE_URL
@@ -32,8 +32,10 @@ cleanup() {
 }
 trap 'cleanup; type stop_throwaway_pg >/dev/null 2>&1 && [ -n "${PG_TMP:-}" ] && stop_throwaway_pg' EXIT
 
-log "building release binaries"
-SQLX_OFFLINE=true cargo build --release --quiet -p pubbot -p pubbot-sim
+if [ -z "${PUBBOT_BIN:-}" ] || [ -z "${SIM_BIN:-}" ]; then
+  log "building release binaries"
+  SQLX_OFFLINE=true cargo build --release --quiet -p pubbot -p pubbot-sim
+fi
 # PUBBOT_BIN / SIM_BIN: other builds to measure (an A/B against an older
 # commit's binaries).
 PUBBOT=${PUBBOT_BIN:-target/release/pubbot}
@@ -210,6 +212,36 @@ psql "$BENCH_URL" -At -F ' ' -c "SELECT 'replies', status, count(*), 'tries', su
 psql "$BENCH_URL" -At -F ' ' -c "SELECT 'answered twice:', i.message->'body'->>'content', 'pushes', array_agg(DISTINCT i.id), 'tries', array_agg(o.attempts)
                                   FROM outbound_messages o JOIN inbound_messages i ON i.id = o.inbound_id
                                  WHERE o.status = 'sent' GROUP BY 2 HAVING count(*) > 1 LIMIT 10"
+fi
+
+# Retention: OLD_ROWS pushes and OLD_ROWS replies older than retention.days
+# in the tables, and the daemon deleting them (at start, and on at once
+# while it finds full batches) while it takes RATE pushes/s: the delete
+# rate beside the inflow (2 rows a push), and the p99 beside the fixed-rate
+# run's above.
+OLD_ROWS=${OLD_ROWS:-200000}
+if phase retention; then
+echo "## retention: $OLD_ROWS old pushes + $OLD_ROWS old replies deleted while taking $RATE pushes/s for $DURATION s"
+psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" \
+  -c "INSERT INTO inbound_messages (app_key, mcid, user_id, msg_type, dedup_key, message, raw, trace_id, status, received_at, processed_at)
+      SELECT 'bench-app', 'bench', 'old-user-' || (i % 1000), 'text', 'old:' || i, '{\"body\":{\"kind\":\"text\",\"content\":\"old\"}}',
+             convert_to('<xml>old</xml>', 'UTF8'), 'old', 'done', now() - interval '40 days', now() - interval '40 days'
+        FROM generate_series(1, $OLD_ROWS) i" \
+  -c "INSERT INTO outbound_messages (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id, status, created_at, sent_at)
+      SELECT id, 0, app_key, mcid, user_id, 'old', '{\"type\":\"text\",\"content\":\"old\"}', 'old', 'sent', received_at, received_at
+        FROM inbound_messages" -c VACUUM -c CHECKPOINT
+old_left() { psql "$BENCH_URL" -At -c "SELECT (SELECT count(*) FROM inbound_messages WHERE trace_id = 'old') + (SELECT count(*) FROM outbound_messages WHERE trace_id = 'old')"; }
+start_pubbot
+T0=$(date +%s.%N)
+"${LOAD[@]}" --threads 1 --rate "$RATE" --duration "$DURATION" --users 1000 --grace 30 > "$WORK/load.out" &
+LOAD_PID=$!
+LEFT=$(old_left)
+while [ "$LEFT" -gt 0 ] && kill -0 "$LOAD_PID" 2>/dev/null; do sleep 1; LEFT=$(old_left); done
+T1=$(date +%s.%N)
+wait "$LOAD_PID"
+cat "$WORK/load.out"
+echo "retention: $(( 2 * OLD_ROWS - LEFT )) old rows deleted in $(awk "BEGIN {printf \"%.1f\", $T1 - $T0}") s = $(awk "BEGIN {printf \"%d\", (2 * $OLD_ROWS - $LEFT) / ($T1 - $T0)}") rows/s (inflow: $((2 * RATE)) rows/s), $LEFT left"
+stop_pubbot
 fi
 
 # batchsend: everybody gets the same reply, the platform allows 200 calls/s

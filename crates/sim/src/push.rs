@@ -246,10 +246,38 @@ pub(crate) async fn deliver(inner: Arc<Inner>, id: usize, secret: String) {
             u
         });
         let at_ms = chrono::Utc::now().timestamp_millis();
-        // The whole try, the wait for a connection included, within the
-        // timeout.
+        // A try waits at most the timeout for one of the platform's
+        // connections (and is given up, counted as a timeout, if none
+        // frees), then has the whole timeout for its answer: the 5 seconds
+        // of R15 run from the request. (With the wait counted in the
+        // answer's time, an overloaded generator dropped requests mid-flight
+        // that had a fraction of a second left, each drop closing a
+        // connection: tens of thousands of sockets in TIME_WAIT, the
+        // kernel's port search, and a generator that stopped sending while
+        // the receiver sat idle; BENCHMARKS.md, session 6.)
+        let Ok(slot) = tokio::time::timeout(push.timeout, inner.push_slots.acquire()).await else {
+            let record = Attempt {
+                at_ms,
+                outcome: "timeout".into(),
+                status: None,
+                detail: format!("no connection free within {:?}", push.timeout),
+            };
+            let last = attempt == tries;
+            {
+                let mut log = inner.lock_pushes();
+                let r = &mut log[id];
+                r.attempts.push(record);
+                if last {
+                    r.state = PushState::Failed;
+                }
+            }
+            if !last {
+                tokio::time::sleep(push.retry_delay).await;
+            }
+            continue;
+        };
         let try_once = async {
-            let _slot = inner.push_slots.acquire().await;
+            let _slot = slot;
             let request = match &target {
                 Ok(u) => inner.http.post(u.clone()),
                 // reqwest refuses it when sent: a failed try, as always.
