@@ -576,6 +576,14 @@ impl Settings {
         if self.http.max_connections == 0 {
             return Err(invalid("http.max_connections", "at least 1"));
         }
+        // A prune goes on while its batches come back full: a batch of 0
+        // rows would always be "full".
+        if self.retention.batch < 1 {
+            return Err(invalid("retention.batch", "at least 1"));
+        }
+        if self.retention.every_secs == 0 {
+            return Err(invalid("retention.every_secs", "at least 1"));
+        }
         if self.sender.max_in_flight == 0 {
             return Err(invalid("sender.max_in_flight", "at least 1"));
         }
@@ -751,6 +759,8 @@ mod tests {
                 && e.to_string().contains("sender.request_timeout_ms"),
             "{e}"
         );
+        let e = Settings::load_from(None, env(&[("PUBBOT__RETENTION__BATCH", "0")])).unwrap_err();
+        assert_eq!(e.to_string(), "configuration: retention.batch: at least 1");
     }
 
     #[test]

@@ -7,13 +7,11 @@
 //! `pubbot prune --dry-run` shows what would go.
 //!
 //! Batched deletes, not partitions: they need no partition maintenance, and
-//! the deleted space is reused after vacuum. They keep up because a round
-//! that found more than it may take (`ROUND_BATCHES` full batches of a
-//! table) goes on at once, a batch at a time, instead of waiting
-//! `every_secs`: the pace is the database's, not the timer's (with the
-//! defaults a timer-paced round took at most 333 rows a second, a third of
-//! the inflow at 1,000 msgs/s; BENCHMARKS.md, session 6, has the delete
-//! rate beside the insert rate).
+//! the deleted space is reused after vacuum. They keep up because a prune
+//! that finds full batches goes on, a batch at a time, resting as long as
+//! each took, instead of waiting `every_secs` (timer-paced, with the
+//! defaults, it took at most 333 rows a second, a third of the inflow at
+//! 1,000 msgs/s); see [`run`] and BENCHMARKS.md, session 6.
 
 use std::time::Duration;
 
@@ -60,6 +58,44 @@ pub async fn dry_run(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, sql
     })
 }
 
+/// Where each table's old rows end: the id of its first row not older
+/// than the cutoff (ids grow with time), or one past its last row. A
+/// delete looks only below it: without the bound, a prune with fewer old
+/// rows left than a batch walked the whole table (30 days of rows) looking
+/// for more, and the pushes' anti-join hashed all of `outbound_messages`
+/// for every batch (a second a batch at 200,000 rows; BENCHMARKS.md,
+/// session 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Replies: ids below this may be old.
+    pub replies: i64,
+    /// Pushes: ids below this may be old.
+    pub pushes: i64,
+}
+
+/// The [`Bounds`] for `cutoff`: a walk of each primary key from its
+/// oldest row to the first young one (the old rows themselves, which the
+/// prune is about to delete).
+///
+/// # Errors
+/// Database errors.
+pub async fn bounds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Bounds, sqlx::Error> {
+    let r = sqlx::query!(
+        r#"SELECT
+             coalesce((SELECT id FROM outbound_messages WHERE created_at >= $1 ORDER BY id LIMIT 1),
+                      (SELECT max(id) + 1 FROM outbound_messages), 0) AS "replies!",
+             coalesce((SELECT id FROM inbound_messages WHERE received_at >= $1 ORDER BY id LIMIT 1),
+                      (SELECT max(id) + 1 FROM inbound_messages), 0) AS "pushes!""#,
+        cutoff
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Bounds {
+        replies: r.replies,
+        pushes: r.pushes,
+    })
+}
+
 /// Deletes, `batch` rows at a time, what is older than `cutoff` (at most
 /// `max_batches` batches of each kind per call).
 ///
@@ -71,15 +107,32 @@ pub async fn prune(
     batch: i64,
     max_batches: usize,
 ) -> Result<Pruned, sqlx::Error> {
+    let below = bounds(pool, cutoff).await?;
+    prune_below(pool, cutoff, below, batch, max_batches).await
+}
+
+/// [`prune`] with the bounds given (kept through a catch-up: they only
+/// grow, and what a stale bound misses the next prune takes).
+///
+/// # Errors
+/// Database errors (what was deleted before stays deleted).
+pub async fn prune_below(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    below: Bounds,
+    batch: i64,
+    max_batches: usize,
+) -> Result<Pruned, sqlx::Error> {
     let mut out = Pruned::default();
     for _ in 0..max_batches {
         let n = sqlx::query!(
             "DELETE FROM outbound_messages WHERE id IN (
                 SELECT id FROM outbound_messages
-                 WHERE status IN ('sent', 'failed', 'expired') AND created_at < $1
+                 WHERE id < $3 AND status IN ('sent', 'failed', 'expired') AND created_at < $1
                  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
             cutoff,
-            batch
+            batch,
+            below.replies
         )
         .execute(pool)
         .await?
@@ -90,14 +143,18 @@ pub async fn prune(
         }
     }
     for _ in 0..max_batches {
+        // (`OFFSET 0` keeps the reply check a probe of the planned-once
+        // index per push, in id order, stopping at the batch: as an
+        // anti-join the planner hashed every reply.)
         let n = sqlx::query!(
             "DELETE FROM inbound_messages WHERE id IN (
                 SELECT i.id FROM inbound_messages i
-                 WHERE i.status = 'done' AND i.received_at < $1
-                   AND NOT EXISTS (SELECT 1 FROM outbound_messages o WHERE o.inbound_id = i.id)
+                 WHERE i.id < $3 AND i.status = 'done' AND i.received_at < $1
+                   AND NOT EXISTS (SELECT 1 FROM outbound_messages o WHERE o.inbound_id = i.id OFFSET 0)
                  ORDER BY i.id LIMIT $2 FOR UPDATE SKIP LOCKED)",
             cutoff,
-            batch
+            batch,
+            below.pushes
         )
         .execute(pool)
         .await?
@@ -122,49 +179,67 @@ pub async fn prune(
     Ok(out)
 }
 
-/// Batches of each table one round takes before it looks at the time
-/// again (and at the token).
-const ROUND_BATCHES: usize = 20;
-
-/// Prunes at start, then every `every` — at once again while a round finds
-/// more than it may take — until `token` is cancelled.
+/// Prunes at start, then every `every`, until `token` is cancelled. While
+/// it finds full batches (behind: a backlog of old rows, or an inflow
+/// above what one prune a period takes) it goes on a batch of each table
+/// at a time, resting as long as the batch took: deletes run at most half
+/// the time, which keeps up with the inflow several times over
+/// (BENCHMARKS.md, session 6) and leaves the hot path the other half.
 pub async fn run(pool: PgPool, days: u32, every: Duration, batch: i64, token: CancellationToken) {
-    let mut behind = true;
+    let mut pause = Duration::ZERO;
+    // Rows of the catch-up under way, logged when it ends.
+    let mut caught = Pruned::default();
+    let mut kept: Option<(DateTime<Utc>, Bounds)> = None;
     loop {
-        let pause = if behind {
-            // Behind: only a breath between rounds (the hot path's
-            // statements interleave with every batch anyway).
-            Duration::from_millis(10)
-        } else {
-            every
-        };
         tokio::select! {
             () = token.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
         }
-        let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
-        let most = batch.saturating_mul(i64::try_from(ROUND_BATCHES).unwrap_or(i64::MAX));
-        match prune(&pool, cutoff, batch, ROUND_BATCHES).await {
+        let started = std::time::Instant::now();
+        // Cutoff and bounds are taken when a catch-up starts and kept
+        // through it (rows that turn old meanwhile go in the next one).
+        let (cutoff, below) = match kept {
+            Some(k) => k,
+            None => {
+                let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
+                match bounds(&pool, cutoff).await {
+                    Ok(b) => (cutoff, b),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pruning failed; trying again later");
+                        pause = every;
+                        continue;
+                    }
+                }
+            }
+        };
+        match prune_below(&pool, cutoff, below, batch, 1).await {
             Ok(p) => {
-                behind = p.replies >= most || p.pushes >= most;
                 metrics::counter!("pubbot_pruned_total", "table" => "outbound_messages")
                     .increment(u64::try_from(p.replies).unwrap_or(0));
                 metrics::counter!("pubbot_pruned_total", "table" => "inbound_messages")
                     .increment(u64::try_from(p.pushes).unwrap_or(0));
-                if p != Pruned::default() {
+                caught.replies += p.replies;
+                caught.pushes += p.pushes;
+                caught.campaign_chunks += p.campaign_chunks;
+                if p.replies >= batch || p.pushes >= batch {
+                    pause = started.elapsed();
+                    kept = Some((cutoff, below));
+                    continue;
+                }
+                if caught != Pruned::default() {
                     tracing::info!(
-                        replies = p.replies,
-                        pushes = p.pushes,
-                        chunks = p.campaign_chunks,
+                        replies = caught.replies,
+                        pushes = caught.pushes,
+                        chunks = caught.campaign_chunks,
                         "pruned rows older than retention.days"
                     );
                 }
             }
-            Err(e) => {
-                behind = false;
-                tracing::warn!(error = %e, "pruning failed; trying again later");
-            }
+            Err(e) => tracing::warn!(error = %e, "pruning failed; trying again later"),
         }
+        caught = Pruned::default();
+        kept = None;
+        pause = every;
     }
 }
 
@@ -202,6 +277,19 @@ mod tests {
             campaign_chunks: 0,
         };
         assert_eq!(dry_run(&pool, cutoff).await.unwrap(), want);
+        // Old rows end at push 4 and at the third reply (ids follow time).
+        let first_young: i64 =
+            sqlx::query_scalar("SELECT id FROM outbound_messages WHERE inbound_id = 4")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            bounds(&pool, cutoff).await.unwrap(),
+            Bounds {
+                replies: first_young,
+                pushes: 4
+            }
+        );
         let count = |sql: &'static str| {
             let pool = pool.clone();
             async move {
@@ -229,11 +317,11 @@ mod tests {
         );
     }
 
-    /// More old rows than a round takes: the loop goes on at once instead
-    /// of waiting its interval (an hour here), so it keeps up with any
-    /// inflow the database can delete as fast as it inserts.
+    /// Many full batches of old rows: the loop goes on, a batch at a time,
+    /// instead of waiting its interval (an hour here), so it keeps up with
+    /// an inflow larger than one batch a period.
     #[sqlx::test(migrator = "crate::db::MIGRATOR")]
-    async fn a_round_that_finds_more_than_it_takes_goes_on_at_once(pool: PgPool) {
+    async fn a_prune_that_finds_full_batches_goes_on_without_waiting(pool: PgPool) {
         let rows = 5 * 20 * 3; // three rounds of 20 batches of 5
         sqlx::query(
             "INSERT INTO inbound_messages (id, app_key, mcid, user_id, msg_type, dedup_key, message, raw, trace_id, status, received_at)
