@@ -228,7 +228,7 @@ pub struct RetentionSettings {
     pub days: u32,
     /// Seconds between prunes.
     pub every_secs: u64,
-    /// Rows one delete statement takes.
+    /// Ids one delete statement looks at.
     pub batch: i64,
 }
 

@@ -385,8 +385,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             let p = if dry_run {
                 pubbot::retention::dry_run(&pool, cutoff).await?
             } else {
-                pubbot::retention::prune(&pool, cutoff, settings.retention.batch, usize::MAX)
-                    .await?
+                pubbot::retention::prune(&pool, cutoff, settings.retention.batch).await?
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&p)?);

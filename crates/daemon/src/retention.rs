@@ -7,11 +7,14 @@
 //! `pubbot prune --dry-run` shows what would go.
 //!
 //! Batched deletes, not partitions: they need no partition maintenance, and
-//! the deleted space is reused after vacuum. They keep up because a prune
-//! that finds full batches goes on, a batch at a time, resting as long as
-//! each took, instead of waiting `every_secs` (timer-paced, with the
-//! defaults, it took at most 333 rows a second, a third of the inflow at
-//! 1,000 msgs/s); see [`run`] and BENCHMARKS.md, session 6.
+//! the deleted space is reused after vacuum. A prune is a [`Pass`]: each
+//! table's primary key walked in windows of `retention.batch` ids up to its
+//! first young row, the old settled rows of each window deleted; [`run`]
+//! rests after each window as long as it took. On 2 cores that deletes
+//! 5,270 rows/s while the daemon takes 1,000 msgs/s (2,000 rows/s), with
+//! p99 reply latency about 100 ms meanwhile (BENCHMARKS.md, session 6).
+//! Timer-paced batches (session 5) took at most 333 rows/s; partitions are
+//! the answer past what this keeps up with.
 
 use std::time::Duration;
 
@@ -96,8 +99,125 @@ pub async fn bounds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Bounds, sqlx
     })
 }
 
-/// Deletes, `batch` rows at a time, what is older than `cutoff` (at most
-/// `max_batches` batches of each kind per call).
+/// One pass over the old rows: each table's primary key walked from its
+/// start to its [`Bounds`], a window of `batch` ids at a time (an index
+/// range scan whatever the planner thinks of the filters: with a filter
+/// and a `LIMIT` it chose a sequential scan of the table for every batch),
+/// the old settled rows of each window deleted. Replies first, then the
+/// pushes they leave without replies. Rows a window skips (locked, or not
+/// settled yet) are looked at again by the next pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Pass {
+    cutoff: DateTime<Utc>,
+    below: Bounds,
+    /// The last id of each table's windows so far.
+    after: Bounds,
+    replies_done: bool,
+    pushes_done: bool,
+}
+
+impl Pass {
+    /// A pass over what is older than `cutoff` now.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn start(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            cutoff,
+            below: bounds(pool, cutoff).await?,
+            after: Bounds {
+                replies: 0,
+                pushes: 0,
+            },
+            replies_done: false,
+            pushes_done: false,
+        })
+    }
+
+    /// Both tables walked to their bounds.
+    pub fn done(&self) -> bool {
+        self.replies_done && self.pushes_done
+    }
+
+    /// One window of the table not done yet (replies before pushes).
+    ///
+    /// # Errors
+    /// Database errors (what was deleted stays deleted; the pass can go on).
+    pub async fn step(&mut self, pool: &PgPool, batch: i64) -> Result<Pruned, sqlx::Error> {
+        let mut out = Pruned::default();
+        if !self.replies_done {
+            let r = sqlx::query!(
+                r#"WITH w AS (SELECT id FROM outbound_messages WHERE id > $2 AND id < $3
+                               ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED),
+                        d AS (DELETE FROM outbound_messages o USING w
+                               WHERE o.id = w.id AND o.status IN ('sent', 'failed', 'expired')
+                                 AND o.created_at < $1
+                              RETURNING 1)
+                   SELECT (SELECT max(id) FROM w) AS "last?", (SELECT count(*) FROM w) AS "seen!",
+                          (SELECT count(*) FROM d) AS "deleted!""#,
+                self.cutoff,
+                self.after.replies,
+                self.below.replies,
+                batch
+            )
+            .fetch_one(pool)
+            .await?;
+            out.replies = r.deleted;
+            match r.last {
+                Some(last) if r.seen >= batch => self.after.replies = last,
+                _ => self.replies_done = true,
+            }
+            return Ok(out);
+        }
+        if !self.pushes_done {
+            let r = sqlx::query!(
+                r#"WITH w AS (SELECT id FROM inbound_messages WHERE id > $2 AND id < $3
+                               ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED),
+                        d AS (DELETE FROM inbound_messages i USING w
+                               WHERE i.id = w.id AND i.status = 'done' AND i.received_at < $1
+                                 AND NOT EXISTS (SELECT 1 FROM outbound_messages o WHERE o.inbound_id = i.id)
+                              RETURNING 1)
+                   SELECT (SELECT max(id) FROM w) AS "last?", (SELECT count(*) FROM w) AS "seen!",
+                          (SELECT count(*) FROM d) AS "deleted!""#,
+                self.cutoff,
+                self.after.pushes,
+                self.below.pushes,
+                batch
+            )
+            .fetch_one(pool)
+            .await?;
+            out.pushes = r.deleted;
+            match r.last {
+                Some(last) if r.seen >= batch => self.after.pushes = last,
+                _ => self.pushes_done = true,
+            }
+        }
+        Ok(out)
+    }
+
+    /// What ends a pass: expired conversation state and finished
+    /// campaigns' chunks (small tables, one statement each).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn finish(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
+        sqlx::query!("DELETE FROM conversation_state WHERE expires_at < now()")
+            .execute(pool)
+            .await?;
+        let n = sqlx::query!(
+            "DELETE FROM campaign_chunks k USING campaigns c
+              WHERE c.id = k.campaign_id AND c.state <> 'running' AND c.finished_at < $1",
+            self.cutoff
+        )
+        .execute(pool)
+        .await?
+        .rows_affected();
+        Ok(i64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// Deletes what is older than `cutoff`: one whole [`Pass`], `batch` ids
+/// a window.
 ///
 /// # Errors
 /// Database errors (what was deleted before stays deleted).
@@ -105,126 +225,60 @@ pub async fn prune(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
     batch: i64,
-    max_batches: usize,
 ) -> Result<Pruned, sqlx::Error> {
-    let below = bounds(pool, cutoff).await?;
-    prune_below(pool, cutoff, below, batch, max_batches).await
-}
-
-/// [`prune`] with the bounds given (kept through a catch-up: they only
-/// grow, and what a stale bound misses the next prune takes).
-///
-/// # Errors
-/// Database errors (what was deleted before stays deleted).
-pub async fn prune_below(
-    pool: &PgPool,
-    cutoff: DateTime<Utc>,
-    below: Bounds,
-    batch: i64,
-    max_batches: usize,
-) -> Result<Pruned, sqlx::Error> {
+    let mut pass = Pass::start(pool, cutoff).await?;
     let mut out = Pruned::default();
-    for _ in 0..max_batches {
-        let n = sqlx::query!(
-            "DELETE FROM outbound_messages WHERE id IN (
-                SELECT id FROM outbound_messages
-                 WHERE id < $3 AND status IN ('sent', 'failed', 'expired') AND created_at < $1
-                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            cutoff,
-            batch,
-            below.replies
-        )
-        .execute(pool)
-        .await?
-        .rows_affected();
-        out.replies += i64::try_from(n).unwrap_or(0);
-        if i64::try_from(n).unwrap_or(0) < batch {
-            break;
-        }
+    while !pass.done() {
+        let p = pass.step(pool, batch).await?;
+        out.replies += p.replies;
+        out.pushes += p.pushes;
     }
-    for _ in 0..max_batches {
-        // (`OFFSET 0` keeps the reply check a probe of the planned-once
-        // index per push, in id order, stopping at the batch: as an
-        // anti-join the planner hashed every reply.)
-        let n = sqlx::query!(
-            "DELETE FROM inbound_messages WHERE id IN (
-                SELECT i.id FROM inbound_messages i
-                 WHERE i.id < $3 AND i.status = 'done' AND i.received_at < $1
-                   AND NOT EXISTS (SELECT 1 FROM outbound_messages o WHERE o.inbound_id = i.id OFFSET 0)
-                 ORDER BY i.id LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            cutoff,
-            batch,
-            below.pushes
-        )
-        .execute(pool)
-        .await?
-        .rows_affected();
-        out.pushes += i64::try_from(n).unwrap_or(0);
-        if i64::try_from(n).unwrap_or(0) < batch {
-            break;
-        }
-    }
-    sqlx::query!("DELETE FROM conversation_state WHERE expires_at < now()")
-        .execute(pool)
-        .await?;
-    let n = sqlx::query!(
-        "DELETE FROM campaign_chunks k USING campaigns c
-          WHERE c.id = k.campaign_id AND c.state <> 'running' AND c.finished_at < $1",
-        cutoff
-    )
-    .execute(pool)
-    .await?
-    .rows_affected();
-    out.campaign_chunks = i64::try_from(n).unwrap_or(0);
+    out.campaign_chunks = pass.finish(pool).await?;
     Ok(out)
 }
 
-/// Prunes at start, then every `every`, until `token` is cancelled. While
-/// it finds full batches (behind: a backlog of old rows, or an inflow
-/// above what one prune a period takes) it goes on a batch of each table
-/// at a time, resting as long as the batch took: deletes run at most half
-/// the time, which keeps up with the inflow several times over
-/// (BENCHMARKS.md, session 6) and leaves the hot path the other half.
+/// Prunes at start, then every `every`, until `token` is cancelled: a
+/// [`Pass`] a window at a time, resting after each window as long as it
+/// took, so deletes take at most half the time and the hot path the other
+/// half (BENCHMARKS.md, session 6, has the delete rate beside the inflow).
 pub async fn run(pool: PgPool, days: u32, every: Duration, batch: i64, token: CancellationToken) {
     let mut pause = Duration::ZERO;
-    // Rows of the catch-up under way, logged when it ends.
+    let mut pass: Option<Pass> = None;
+    // Rows of the pass under way, logged when it ends.
     let mut caught = Pruned::default();
-    let mut kept: Option<(DateTime<Utc>, Bounds)> = None;
     loop {
         tokio::select! {
             () = token.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
         }
         let started = std::time::Instant::now();
-        // Cutoff and bounds are taken when a catch-up starts and kept
-        // through it (rows that turn old meanwhile go in the next one).
-        let (cutoff, below) = match kept {
-            Some(k) => k,
-            None => {
-                let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
-                match bounds(&pool, cutoff).await {
-                    Ok(b) => (cutoff, b),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "pruning failed; trying again later");
-                        pause = every;
-                        continue;
-                    }
+        let step = async {
+            let mut p = match pass.take() {
+                Some(p) => p,
+                None => {
+                    let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
+                    Pass::start(&pool, cutoff).await?
                 }
-            }
+            };
+            let pruned = p.step(&pool, batch).await?;
+            Ok::<_, sqlx::Error>((p, pruned))
         };
-        match prune_below(&pool, cutoff, below, batch, 1).await {
-            Ok(p) => {
+        match step.await {
+            Ok((p, pruned)) => {
                 metrics::counter!("pubbot_pruned_total", "table" => "outbound_messages")
-                    .increment(u64::try_from(p.replies).unwrap_or(0));
+                    .increment(u64::try_from(pruned.replies).unwrap_or(0));
                 metrics::counter!("pubbot_pruned_total", "table" => "inbound_messages")
-                    .increment(u64::try_from(p.pushes).unwrap_or(0));
-                caught.replies += p.replies;
-                caught.pushes += p.pushes;
-                caught.campaign_chunks += p.campaign_chunks;
-                if p.replies >= batch || p.pushes >= batch {
+                    .increment(u64::try_from(pruned.pushes).unwrap_or(0));
+                caught.replies += pruned.replies;
+                caught.pushes += pruned.pushes;
+                if !p.done() {
+                    pass = Some(p);
                     pause = started.elapsed();
-                    kept = Some((cutoff, below));
                     continue;
+                }
+                match p.finish(&pool).await {
+                    Ok(chunks) => caught.campaign_chunks = chunks,
+                    Err(e) => tracing::warn!(error = %e, "pruning failed; trying again later"),
                 }
                 if caught != Pruned::default() {
                     tracing::info!(
@@ -238,7 +292,6 @@ pub async fn run(pool: PgPool, days: u32, every: Duration, batch: i64, token: Ca
             Err(e) => tracing::warn!(error = %e, "pruning failed; trying again later"),
         }
         caught = Pruned::default();
-        kept = None;
         pause = every;
     }
 }
@@ -304,17 +357,14 @@ mod tests {
             4,
             "dry"
         );
-        assert_eq!(prune(&pool, cutoff, 1, 10).await.unwrap(), want);
+        assert_eq!(prune(&pool, cutoff, 1).await.unwrap(), want);
         let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM inbound_messages ORDER BY id")
             .fetch_all(&pool)
             .await
             .unwrap();
         assert_eq!(left, [2, 3, 4], "open work and new rows stay");
         assert_eq!(count("SELECT count(*) FROM outbound_messages").await, 2);
-        assert_eq!(
-            prune(&pool, cutoff, 1, 10).await.unwrap(),
-            Pruned::default()
-        );
+        assert_eq!(prune(&pool, cutoff, 1).await.unwrap(), Pruned::default());
     }
 
     /// Many full batches of old rows: the loop goes on, a batch at a time,
