@@ -43,21 +43,8 @@ SIM=${SIM_BIN:-target/release/pubbot-sim}
 
 psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS pubbot_bench" -c "CREATE DATABASE pubbot_bench"
 export PUBBOT__DATABASE__URL="$BENCH_URL"
-cat > "$WORK/bench.toml" <<TOML
-[http]
-listen = "127.0.0.1:18080"
-admin_listen = "127.0.0.1:19090"
-[ingest]
-spool_dir = "$WORK/spool"
-[[apps]]
-key = "bench-app"
-secret = "bench-secret"
-api_base_url = "http://127.0.0.1:18090"
-rate_limit_per_sec = 100000
-accounts = ["bench"]
-TOML
-$PUBBOT --config "$WORK/bench.toml" migrate >/dev/null
-$PUBBOT --config "$WORK/bench.toml" rules import config/bench-rules.toml >/dev/null
+source scripts/bench-daemon.sh
+bench_daemon "$WORK/bench.toml" "$WORK/spool"
 
 start_pubbot() {
   RUST_LOG=warn $PUBBOT --config "$WORK/bench.toml" serve &

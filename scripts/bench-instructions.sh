@@ -19,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/pg.sh
+source scripts/bench-daemon.sh
 ensure_postgres
 WHICH=${1:-pubbot}
 RATE=${2:-20}
@@ -46,27 +47,11 @@ trap 'cleanup; type stop_throwaway_pg >/dev/null 2>&1 && [ -n "${PG_TMP:-}" ] &&
 run() {
   local secs=$1 pv=() sv=()
   psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS pubbot_instr" -c "CREATE DATABASE pubbot_instr" 2>/dev/null
-  cat > "$WORK/instr.toml" <<TOML
-[database]
-url = "$DB_URL"
-[http]
-listen = "127.0.0.1:18080"
-admin_listen = "127.0.0.1:19090"
-[ingest]
-spool_dir = "$WORK/spool"
-[[apps]]
-key = "bench-app"
-secret = "bench-secret"
-api_base_url = "http://127.0.0.1:18090"
-rate_limit_per_sec = 100000
-accounts = ["bench"]
-TOML
-  $PUBBOT --config "$WORK/instr.toml" migrate >/dev/null
-  $PUBBOT --config "$WORK/instr.toml" rules import config/bench-rules.toml >/dev/null
+  PUBBOT__DATABASE__URL="$DB_URL" bench_daemon "$WORK/instr.toml" "$WORK/spool"
   rm -f "$WORK/cg.out"
   [ "$WHICH" = pubbot ] && pv=(valgrind -q --tool=callgrind --callgrind-out-file="$WORK/cg.out")
   [ "$WHICH" = sim ] && sv=(valgrind -q --tool=callgrind --callgrind-out-file="$WORK/cg.out")
-  RUST_LOG=warn "${pv[@]}" $PUBBOT --config "$WORK/instr.toml" serve 2>"$WORK/pubbot.err" &
+  PUBBOT__DATABASE__URL="$DB_URL" RUST_LOG=warn "${pv[@]}" $PUBBOT --config "$WORK/instr.toml" serve 2>"$WORK/pubbot.err" &
   PUBBOT_PID=$!
   for _ in $(seq 1 300); do curl -sf http://127.0.0.1:19090/healthz >/dev/null && break; sleep 0.2; done
   "${sv[@]}" $SIM --threads 1 --listen 127.0.0.1:18090 --app bench-app:bench-secret load \
