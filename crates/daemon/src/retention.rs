@@ -62,12 +62,10 @@ pub async fn dry_run(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, sql
 }
 
 /// Where each table's old rows end: the id of its first row not older
-/// than the cutoff (ids grow with time), or one past its last row. A
-/// delete looks only below it: without the bound, a prune with fewer old
-/// rows left than a batch walked the whole table (30 days of rows) looking
-/// for more, and the pushes' anti-join hashed all of `outbound_messages`
-/// for every batch (a second a batch at 200,000 rows; BENCHMARKS.md,
-/// session 6).
+/// than the cutoff (ids grow with time), or one past its last row. A pass
+/// looks only below it: without the bound, a prune with fewer old rows
+/// left than a batch walked the whole table (30 days of rows) looking for
+/// more (BENCHMARKS.md, session 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
     /// Replies: ids below this may be old.
@@ -105,7 +103,9 @@ pub async fn bounds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Bounds, sqlx
 /// and a `LIMIT` it chose a sequential scan of the table for every batch),
 /// the old settled rows of each window deleted. Replies first, then the
 /// pushes they leave without replies. Rows a window skips (locked, or not
-/// settled yet) are looked at again by the next pass.
+/// settled yet) are looked at again by the next pass. A window locks its
+/// rows in id order, like every statement that may wait for a row lock
+/// (outbox invariant 6).
 #[derive(Debug, Clone, Copy)]
 pub struct Pass {
     cutoff: DateTime<Utc>,
@@ -163,10 +163,7 @@ impl Pass {
             .fetch_one(pool)
             .await?;
             out.replies = r.deleted;
-            match r.last {
-                Some(last) if r.seen >= batch => self.after.replies = last,
-                _ => self.replies_done = true,
-            }
+            self.replies_done = !advance(&mut self.after.replies, r.last, r.seen, batch);
             return Ok(out);
         }
         if !self.pushes_done {
@@ -187,10 +184,7 @@ impl Pass {
             .fetch_one(pool)
             .await?;
             out.pushes = r.deleted;
-            match r.last {
-                Some(last) if r.seen >= batch => self.after.pushes = last,
-                _ => self.pushes_done = true,
-            }
+            self.pushes_done = !advance(&mut self.after.pushes, r.last, r.seen, batch);
         }
         Ok(out)
     }
@@ -213,6 +207,18 @@ impl Pass {
         .await?
         .rows_affected();
         Ok(i64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// Moves a table's walk past a window that saw `seen` ids, the last
+/// `last`; false when the window was not full (the walk reached the bound).
+fn advance(after: &mut i64, last: Option<i64>, seen: i64, batch: i64) -> bool {
+    match last {
+        Some(last) if seen >= batch => {
+            *after = last;
+            true
+        }
+        _ => false,
     }
 }
 

@@ -215,6 +215,16 @@ pub struct PushRecord {
     pub state: PushState,
 }
 
+/// How one try of a push went.
+enum Tried {
+    /// No connection of the platform's freed within the timeout.
+    NoConnection,
+    /// Sent; no answer within the timeout.
+    NoAnswer,
+    /// Sent, and reqwest's result.
+    Sent(Result<(reqwest::StatusCode, String), reqwest::Error>),
+}
+
 pub(crate) async fn deliver(inner: Arc<Inner>, id: usize, secret: String) {
     let (url, xml, bad) = {
         let w = inner.lock_pushes();
@@ -255,28 +265,7 @@ pub(crate) async fn deliver(inner: Arc<Inner>, id: usize, secret: String) {
         // connection: tens of thousands of sockets in TIME_WAIT, the
         // kernel's port search, and a generator that stopped sending while
         // the receiver sat idle; BENCHMARKS.md, session 6.)
-        let Ok(slot) = tokio::time::timeout(push.timeout, inner.push_slots.acquire()).await else {
-            let record = Attempt {
-                at_ms,
-                outcome: "timeout".into(),
-                status: None,
-                detail: format!("no connection free within {:?}", push.timeout),
-            };
-            let last = attempt == tries;
-            {
-                let mut log = inner.lock_pushes();
-                let r = &mut log[id];
-                r.attempts.push(record);
-                if last {
-                    r.state = PushState::Failed;
-                }
-            }
-            if !last {
-                tokio::time::sleep(push.retry_delay).await;
-            }
-            continue;
-        };
-        let try_once = async {
+        let try_once = |slot| async {
             let _slot = slot;
             let request = match &target {
                 Ok(u) => inner.http.post(u.clone()),
@@ -292,8 +281,15 @@ pub(crate) async fn deliver(inner: Arc<Inner>, id: usize, secret: String) {
             let body = resp.text().await.unwrap_or_default();
             Ok::<_, reqwest::Error>((status, body))
         };
-        let record = match tokio::time::timeout(push.timeout, try_once).await {
-            Ok(Ok((status, body))) => {
+        let tried = match tokio::time::timeout(push.timeout, inner.push_slots.acquire()).await {
+            Err(_) => Tried::NoConnection,
+            Ok(slot) => match tokio::time::timeout(push.timeout, try_once(slot)).await {
+                Ok(answer) => Tried::Sent(answer),
+                Err(_) => Tried::NoAnswer,
+            },
+        };
+        let record = match tried {
+            Tried::Sent(Ok((status, body))) => {
                 let detail: String = body.chars().take(256).collect();
                 let outcome = if status.is_success() {
                     "answered"
@@ -307,19 +303,25 @@ pub(crate) async fn deliver(inner: Arc<Inner>, id: usize, secret: String) {
                     detail,
                 }
             }
-            Err(_) => Attempt {
+            Tried::NoConnection => Attempt {
+                at_ms,
+                outcome: "timeout".into(),
+                status: None,
+                detail: format!("no connection free within {:?}", push.timeout),
+            },
+            Tried::NoAnswer => Attempt {
                 at_ms,
                 outcome: "timeout".into(),
                 status: None,
                 detail: format!("no answer within {:?}", push.timeout),
             },
-            Ok(Err(e)) if e.is_timeout() => Attempt {
+            Tried::Sent(Err(e)) if e.is_timeout() => Attempt {
                 at_ms,
                 outcome: "timeout".into(),
                 status: None,
                 detail: e.to_string(),
             },
-            Ok(Err(e)) => Attempt {
+            Tried::Sent(Err(e)) => Attempt {
                 at_ms,
                 outcome: "connect_error".into(),
                 status: None,
