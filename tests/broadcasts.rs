@@ -1,16 +1,16 @@
 //! Broadcasts and campaigns end to end: the once-a-day guarantee across
 //! three daemons over 30 simulated platform days, refusals, a crash during
 //! the call, and a campaign to 1,050 followers through 1008s and a killed
-//! sender. Each test names the invariant of `pubbot::broadcast` it guards.
+//! sender. Each test names the invariant of `pubbot::mass` it guards.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveTime;
-use pubbot::broadcast::{self, BroadcastContent, BroadcastError};
 use pubbot::clock::{platform_day, Clock, OffsetClock};
 use pubbot::config::Settings;
+use pubbot::mass::{self, BroadcastContent, BroadcastError};
 use pubbot_e2e::{eventually, World, KEY, SECRET, SHOP};
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -94,10 +94,10 @@ async fn three_daemons_send_a_daily_broadcast_once_a_day_for_30_days(
     .await;
     let berlin = chrono_tz::Europe::Berlin;
     let at = NaiveTime::from_hms_opt(17, 30, 0).unwrap();
-    broadcast::schedule_daily(
+    mass::schedule_daily(
         &pool,
         clock.as_ref(),
-        broadcast::NewSchedule {
+        mass::NewSchedule {
             app_key: KEY,
             mcid: SHOP,
             name: "evening",
@@ -114,7 +114,7 @@ async fn three_daemons_send_a_daily_broadcast_once_a_day_for_30_days(
     let today = clock.now().with_timezone(&berlin).date_naive();
     for k in 1..=30i64 {
         let date = today + chrono::Duration::days(k);
-        let due = broadcast::local_instant(berlin, date, at).unwrap();
+        let due = mass::local_instant(berlin, date, at).unwrap();
         // Move every clock to just past the occurrence.
         let skip = (due - clock.now()).num_seconds() + 1;
         clock.advance(skip);
@@ -185,10 +185,10 @@ async fn a_taken_day_is_refused_and_a_1007_is_recorded_as_failed(
     // naming the first.
     let now = clock.now();
     let later = now + chrono::Duration::minutes(10);
-    let first = broadcast::schedule_once(&pool, KEY, SHOP, later, &text("first"))
+    let first = mass::schedule_once(&pool, KEY, SHOP, later, &text("first"))
         .await
         .unwrap();
-    let e = broadcast::schedule_once(
+    let e = mass::schedule_once(
         &pool,
         KEY,
         SHOP,
@@ -202,7 +202,7 @@ async fn a_taken_day_is_refused_and_a_1007_is_recorded_as_failed(
         "{e}"
     );
     assert!(e.to_string().contains(&format!("#{}", first.id)), "{e}");
-    broadcast::cancel(&pool, clock.as_ref(), first.id, false)
+    mass::cancel(&pool, clock.as_ref(), first.id, false)
         .await
         .unwrap();
 
@@ -214,26 +214,26 @@ async fn a_taken_day_is_refused_and_a_1007_is_recorded_as_failed(
         )
         .await
         .unwrap();
-    let b = broadcast::schedule_once(&pool, KEY, SHOP, now, &text("ours"))
+    let b = mass::schedule_once(&pool, KEY, SHOP, now, &text("ours"))
         .await
         .unwrap();
     eventually("the refusal recorded", || async {
-        broadcast::show(&pool, b.id).await.unwrap().state == "failed"
+        mass::show(&pool, b.id).await.unwrap().state == "failed"
     })
     .await;
-    let b = broadcast::show(&pool, b.id).await.unwrap();
+    let b = mass::show(&pool, b.id).await.unwrap();
     assert!(b.error.as_deref().unwrap().contains("1007"), "{b:?}");
 
     // Bad input: over the limit (R9), an unknown zone, an unknown media_id
     // (the platform's 1002).
-    let e = broadcast::schedule_once(&pool, KEY, SHOP, now, &text(&"x".repeat(2001)))
+    let e = mass::schedule_once(&pool, KEY, SHOP, now, &text(&"x".repeat(2001)))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("2001 bytes"), "{e}");
-    let e = broadcast::schedule_daily(
+    let e = mass::schedule_daily(
         &pool,
         clock.as_ref(),
-        broadcast::NewSchedule {
+        mass::NewSchedule {
             app_key: KEY,
             mcid: SHOP,
             name: "x",
@@ -250,7 +250,7 @@ async fn a_taken_day_is_refused_and_a_1007_is_recorded_as_failed(
     );
     clock.advance(86_400);
     sync_sim_clock(&w, &clock).await;
-    let m = broadcast::schedule_once(
+    let m = mass::schedule_once(
         &pool,
         KEY,
         SHOP,
@@ -262,10 +262,10 @@ async fn a_taken_day_is_refused_and_a_1007_is_recorded_as_failed(
     .await
     .unwrap();
     eventually("the 1002 recorded", || async {
-        broadcast::show(&pool, m.id).await.unwrap().state == "failed"
+        mass::show(&pool, m.id).await.unwrap().state == "failed"
     })
     .await;
-    let m = broadcast::show(&pool, m.id).await.unwrap();
+    let m = mass::show(&pool, m.id).await.unwrap();
     assert!(m.error.as_deref().unwrap().contains("1002"), "{m:?}");
     d.shutdown().await;
 }
@@ -282,7 +282,7 @@ async fn a_crash_during_the_call_leaves_unknown_and_nothing_is_sent_again(
     let a = daemon(&w, settings(&w), Arc::clone(&clock)).await;
     w.add_account(a.addr).await;
     w.put("faults", json!({"latency_ms": 3000})).await;
-    let b = broadcast::schedule_once(
+    let b = mass::schedule_once(
         &pool,
         KEY,
         SHOP,
@@ -305,17 +305,17 @@ async fn a_crash_during_the_call_leaves_unknown_and_nothing_is_sent_again(
     // Another replica recovers the row once the lease ran out.
     let other = daemon(&w, settings(&w), Arc::clone(&clock)).await;
     eventually("unknown", || async {
-        broadcast::show(&pool, b.id).await.unwrap().state == "unknown"
+        mass::show(&pool, b.id).await.unwrap().state == "unknown"
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(sendall_calls(&w).await.len() <= 1, "never a second call");
-    assert_eq!(broadcast::show(&pool, b.id).await.unwrap().state, "unknown");
+    assert_eq!(mass::show(&pool, b.id).await.unwrap().state, "unknown");
     // The operator settles it.
-    broadcast::resolve(&pool, clock.as_ref(), b.id, true)
+    mass::resolve(&pool, clock.as_ref(), b.id, true)
         .await
         .unwrap();
-    assert_eq!(broadcast::show(&pool, b.id).await.unwrap().state, "sent");
+    assert_eq!(mass::show(&pool, b.id).await.unwrap().state, "sent");
     other.shutdown().await;
 }
 
@@ -344,7 +344,7 @@ async fn a_campaign_to_1050_followers_survives_1008_and_a_killed_sender(
     w.add_account(a.addr).await;
     // The platform allows fewer calls than pubbot makes: some chunks get 1008.
     w.put("faults", json!({"rate_limit_per_sec": 4})).await;
-    let (id, chunks) = broadcast::start_campaign(
+    let (id, chunks) = mass::start_campaign(
         &pool,
         KEY,
         SHOP,
@@ -368,12 +368,12 @@ async fn a_campaign_to_1050_followers_survives_1008_and_a_killed_sender(
     a.abort();
     let b = daemon(&w, s, Arc::clone(&clock)).await;
     for _ in 0..600 {
-        if broadcast::campaign_status(&pool, id).await.unwrap().state == "done" {
+        if mass::campaign_status(&pool, id).await.unwrap().state == "done" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status = broadcast::campaign_status(&pool, id).await.unwrap();
+    let status = mass::campaign_status(&pool, id).await.unwrap();
     assert_eq!(status.state, "done", "{status:?}");
     let calls = w.calls("/message/batchsend.json").await;
     assert!(
@@ -426,21 +426,25 @@ async fn subscribe_and_unsubscribe_through_the_api_keep_the_table(
     w.add_account(d.addr).await;
     let users: Vec<String> = (0..120).map(|i| format!("s{i:03}")).collect();
     let client = api(&w);
-    let done = pubbot::followers::subscribe(&pool, &client, KEY, SHOP, &users, true)
+    let done = pubbot::account::followers::subscribe(&pool, &client, KEY, SHOP, &users, true)
         .await
         .unwrap();
     assert_eq!((done.done, done.failed.len()), (120, 0));
     assert_eq!(w.calls("/mc/subscribe.json").await.len(), 3, "chunks of 50");
     assert_eq!(
-        pubbot::followers::count(&pool, KEY, SHOP).await.unwrap(),
+        pubbot::account::followers::count(&pool, KEY, SHOP)
+            .await
+            .unwrap(),
         120
     );
     let gone = users[..20].to_vec();
-    pubbot::followers::subscribe(&pool, &client, KEY, SHOP, &gone, false)
+    pubbot::account::followers::subscribe(&pool, &client, KEY, SHOP, &gone, false)
         .await
         .unwrap();
     assert_eq!(
-        pubbot::followers::count(&pool, KEY, SHOP).await.unwrap(),
+        pubbot::account::followers::count(&pool, KEY, SHOP)
+            .await
+            .unwrap(),
         100
     );
     let accounts = w.get("accounts").await;

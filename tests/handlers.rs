@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use pubbot::handlers::{self, HandlerConfig};
+use pubbot::pipeline::handlers::{self, HandlerConfig};
 use pubbot_e2e::{eventually, webhook_url, World, SHOP};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -2,7 +2,7 @@
 //! as code (minimal calls, idempotent), media by local name, a user's
 //! conversation, and failed replies retried once after fixing the rule.
 
-use pubbot::manage::{self, AccountsFile, MenuFile};
+use pubbot::account::{self, AccountsFile, MenuFile};
 use pubbot_api_client::MediaKind;
 use pubbot_e2e::{eventually, World, KEY, SECRET, SHOP};
 use secrecy::SecretString;
@@ -71,16 +71,18 @@ async fn accounts_apply_creates_then_does_nothing_then_refreshes_one_field(
     let w = World::new(connect).await;
     let c = client(&w);
     let file = accounts_file("hello");
-    let plan = manage::plan_accounts(&c, &file.accounts, "").await.unwrap();
+    let plan = account::plan_accounts(&c, &file.accounts, "")
+        .await
+        .unwrap();
     assert_eq!(
         plan,
         [
-            manage::AccountStep::Add("shop".into()),
-            manage::AccountStep::Add("cafe".into()),
-            manage::AccountStep::SetSwitch("cafe".into(), false),
+            account::AccountStep::Add("shop".into()),
+            account::AccountStep::Add("cafe".into()),
+            account::AccountStep::SetSwitch("cafe".into(), false),
         ]
     );
-    manage::apply_accounts(&c, &file.accounts, "", &plan)
+    account::apply_accounts(&c, &file.accounts, "", &plan)
         .await
         .unwrap();
     let info = c.account_info(&"cafe".into()).await.unwrap();
@@ -88,13 +90,15 @@ async fn accounts_apply_creates_then_does_nothing_then_refreshes_one_field(
 
     // Again: nothing but the two info reads.
     let before = calls_by_path(&w).await;
-    let plan = manage::plan_accounts(&c, &file.accounts, "").await.unwrap();
-    manage::apply_accounts(&c, &file.accounts, "", &plan)
+    let plan = account::plan_accounts(&c, &file.accounts, "")
+        .await
+        .unwrap();
+    account::apply_accounts(&c, &file.accounts, "", &plan)
         .await
         .unwrap();
     assert!(
         plan.iter()
-            .all(|s| matches!(s, manage::AccountStep::Same(_))),
+            .all(|s| matches!(s, account::AccountStep::Same(_))),
         "{plan:?}"
     );
     let d = delta(&before, &calls_by_path(&w).await);
@@ -103,10 +107,10 @@ async fn accounts_apply_creates_then_does_nothing_then_refreshes_one_field(
     // One field changed: exactly one refresh.
     let changed = accounts_file("hello again");
     let before = calls_by_path(&w).await;
-    let plan = manage::plan_accounts(&c, &changed.accounts, "")
+    let plan = account::plan_accounts(&c, &changed.accounts, "")
         .await
         .unwrap();
-    manage::apply_accounts(&c, &changed.accounts, "", &plan)
+    account::apply_accounts(&c, &changed.accounts, "", &plan)
         .await
         .unwrap();
     let d = delta(&before, &calls_by_path(&w).await);
@@ -197,7 +201,7 @@ name = "Call us"
 url = "http://x/call"
 "#,
     );
-    let plan = manage::apply_menu(&pool, &c, KEY, SHOP, &first, false)
+    let plan = account::apply_menu(&pool, &c, KEY, SHOP, &first, false)
         .await
         .unwrap();
     assert_eq!(plan.add.len(), 4);
@@ -205,7 +209,7 @@ url = "http://x/call"
 
     // Again: no call at all.
     let before = calls_by_path(&w).await;
-    let plan = manage::apply_menu(&pool, &c, KEY, SHOP, &first, false)
+    let plan = account::apply_menu(&pool, &c, KEY, SHOP, &first, false)
         .await
         .unwrap();
     assert!(plan.is_empty(), "{plan:?}");
@@ -229,7 +233,7 @@ url = "http://x/hours"
 "#,
     );
     let before = calls_by_path(&w).await;
-    manage::apply_menu(&pool, &c, KEY, SHOP, &second, false)
+    account::apply_menu(&pool, &c, KEY, SHOP, &second, false)
         .await
         .unwrap();
     let d = delta(&before, &calls_by_path(&w).await);
@@ -253,7 +257,7 @@ name = "Far too long a name"
 "#,
     );
     let before = calls_by_path(&w).await;
-    let e = manage::apply_menu(&pool, &c, KEY, SHOP, &bad, false)
+    let e = account::apply_menu(&pool, &c, KEY, SHOP, &bad, false)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("Far too long a name"), "{e}");
@@ -297,7 +301,7 @@ async fn media_by_name_conversations_and_a_failed_reply_retried_once(
     // Over the limit: refused here, nothing uploaded.
     let big = dir.join("big.png");
     std::fs::write(&big, png(30 * 1024, 1)).unwrap();
-    let e = manage::upload(&pool, &c, KEY, MediaKind::Thumb, &big, None)
+    let e = account::upload(&pool, &c, KEY, MediaKind::Thumb, &big, None)
         .await
         .unwrap_err();
     assert!(format!("{e:#}").contains("30720 bytes"), "{e:#}");
@@ -306,7 +310,7 @@ async fn media_by_name_conversations_and_a_failed_reply_retried_once(
     // The same file twice: one upload.
     let banner = dir.join("banner.png");
     std::fs::write(&banner, png(1024, 2)).unwrap();
-    let a = manage::upload(
+    let a = account::upload(
         &pool,
         &c,
         KEY,
@@ -316,7 +320,7 @@ async fn media_by_name_conversations_and_a_failed_reply_retried_once(
     )
     .await
     .unwrap();
-    let b = manage::upload(
+    let b = account::upload(
         &pool,
         &c,
         KEY,
@@ -350,7 +354,7 @@ async fn media_by_name_conversations_and_a_failed_reply_retried_once(
     assert_eq!(inbox[0]["payload"]["media_id"], a.media.media_id.as_str());
 
     // The conversation, in order, with the rules named; the 1002 shows.
-    let conv = pubbot::inspect::conversation(&pool, "ann", Some(SHOP), 10)
+    let conv = pubbot::admin::inspect::conversation(&pool, "ann", Some(SHOP), 10)
         .await
         .unwrap();
     let lines: Vec<(String, String, String)> = conv
@@ -390,9 +394,10 @@ async fn media_by_name_conversations_and_a_failed_reply_retried_once(
         .contains("1002"));
 
     // Listed as failed; after fixing the rule, retried once.
-    let failed = pubbot::inspect::failed(&pool, chrono::Utc::now() - chrono::Duration::hours(1))
-        .await
-        .unwrap();
+    let failed =
+        pubbot::admin::inspect::failed(&pool, chrono::Utc::now() - chrono::Duration::hours(1))
+            .await
+            .unwrap();
     assert_eq!(failed.len(), 1);
     let id = failed[0].id;
     import(
@@ -406,11 +411,11 @@ replies = [{ type = "image", media = "welcome-banner" }]
     )
     .await;
     let options = pubbot_rules::Options::default();
-    let r = pubbot::inspect::retry(&pool, &options, &[id])
+    let r = pubbot::admin::inspect::retry(&pool, &options, &[id])
         .await
         .unwrap();
     assert_eq!(r[0].outcome, "retried");
-    let again = pubbot::inspect::retry(&pool, &options, &[id])
+    let again = pubbot::admin::inspect::retry(&pool, &options, &[id])
         .await
         .unwrap();
     assert!(again[0].outcome.starts_with("not failed"), "{again:?}");

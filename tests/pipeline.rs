@@ -39,7 +39,7 @@ replies = [{ type = "text", text = "a person will answer" }]
 "#;
 
 async fn import(pool: &PgPool, toml: &str) {
-    pubbot::rules::import(
+    pubbot::pipeline::rules::import(
         pool,
         RuleFile::from_toml(toml).unwrap(),
         &Options::default(),
@@ -508,7 +508,7 @@ async fn a_rule_change_applies_without_restart(_: PgPoolOptions, connect: PgConn
         "[[rule]]\nname = \"hours\"\nreplies = [{ type = \"text\", text = \"{{ oops\" }]\n",
     )
     .unwrap();
-    let e = pubbot::rules::import(&pool, bad, &Options::default(), false)
+    let e = pubbot::pipeline::rules::import(&pool, bad, &Options::default(), false)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("template error"), "{e}");
@@ -571,7 +571,7 @@ async fn an_invalid_rule_file_writes_nothing_and_names_every_error(pool: PgPool)
          [[rule]]\nname = \"c\"\nreplies = [{ type = \"text\", text = \"fine\" }]\n",
     )
     .unwrap();
-    let e = pubbot::rules::import(&pool, bad, &Options::default(), false)
+    let e = pubbot::pipeline::rules::import(&pool, bad, &Options::default(), false)
         .await
         .unwrap_err()
         .to_string();
@@ -659,7 +659,7 @@ async fn same_replies_held_at_once_go_out_as_one_batchsend(
     let extra = [(0, "hello again"), (1, "what are your hours")];
     let users = planned_not_sent(&w, &pool, "merge-", 5, &extra, 7).await;
     // What the queue gauges report meanwhile.
-    let d = pubbot::queue::depths(&pool).await.unwrap();
+    let d = pubbot::admin::queue::depths(&pool).await.unwrap();
     assert_eq!(
         (
             d.inbound_pending,
@@ -679,8 +679,8 @@ async fn same_replies_held_at_once_go_out_as_one_batchsend(
     let b = sender_only(&w).await;
     all_sent(&pool, 7).await;
     assert_eq!(
-        pubbot::queue::depths(&pool).await.unwrap(),
-        pubbot::queue::QueueDepths::default(),
+        pubbot::admin::queue::depths(&pool).await.unwrap(),
+        pubbot::admin::queue::QueueDepths::default(),
         "nothing waits"
     );
     let batch = w.calls("/message/batchsend.json").await;

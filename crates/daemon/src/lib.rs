@@ -4,570 +4,63 @@
 //! the CLI. It wires the pieces into one durable pipeline:
 //!
 //! ```text
-//! platform push -> webhook (pubbot-webhook) -> PgInbox (group commit) -> inbound_messages
-//!   -> decide workers (pubbot-rules) -> outbound_messages (same transaction)
-//!   -> send workers (pubbot-api-client, rate-limited, retried) -> platform API
+//! platform push -> webhook (pubbot-webhook) -> pipeline::ingest (group commit) -> inbound_messages
+//!   -> pipeline::decide (pubbot-rules) -> pipeline::outbox: outbound_messages (same transaction)
+//!   -> pipeline::send (pubbot-api-client, rate-limited, retried) -> platform API
 //! ```
 //!
 //! A push the rules can decide without the database skips the decide
 //! workers: it is decided on receipt and stored `done` with its outbound
-//! rows in the group commit itself (`ingest`, "Decided at receipt").
+//! rows in the group commit itself ([`pipeline::ingest`], "Decided at
+//! receipt").
 //!
 //! Every arrow is a table row or a typed value; every claim is a lease taken
 //! with `FOR UPDATE SKIP LOCKED`, so replicas share one database safely.
 //! Dedup (R6) and "planned once" are unique constraints.
 //!
-//! Beside the reply pipeline: a local spool that keeps pushes while the
-//! database is away (`spool`), daily broadcasts and campaigns
-//! (`broadcast`: one `sendall` a natural day, R11), handler bots over HTTP with
-//! per-user state (`handlers`), account management (`manage`,
-//! `followers`), retention (`retention`), and health and metrics
-//! (`health`, `telemetry`). Each module's `//!` says what it owns.
+//! # The rooms
 //!
-//! **Not for:** protocol details (in `pubbot-api-client` and
-//! `pubbot-webhook`) or reply logic (`pubbot-rules`).
+//! | room | what it is | tables it writes |
+//! |---|---|---|
+//! | [`app`] | wiring: builds every room from [`config::Settings`], starts and stops them | `accounts` (the hosted list, at start) |
+//! | [`pipeline`] | one message's trip: listener, ingest (+ spool), decide, outbox, send, handler bots, rules in force, wake-ups | `inbound_messages` (ingest), `outbound_messages` (outbox), `conversation_state`, `handlers`, `rules` |
+//! | [`mass`] | the one mass send a natural day (R11): schedules, the ledger, campaigns, the scheduler | `broadcasts`, `broadcast_schedules`, `campaigns`, `campaign_chunks` |
+//! | [`account`] | the account as code: profile and route, menus, media, followers | `menu_items`, `media`, `followers` |
+//! | [`admin`] | what an operator watches and keeps: health and metrics listener, queue depths, retention, conversation views | deletes old rows (retention) |
+//! | [`cli`] | the `pubbot` command: one file per command group, shared output | none (asks the rooms) |
+//! | [`config`], [`db`], [`clock`], [`telemetry`] | settings, pools and migrations, the injectable clock, logging | |
+//!
+//! # Error policy
+//!
+//! - Each room's boundary returns a typed error (`thiserror`) whose
+//!   variants a caller can act on: [`config::ConfigError`],
+//!   [`db::SchemaError`], [`mass::BroadcastError`],
+//!   [`pipeline::rules::RulesError`], [`pipeline::spool::SpoolError`],
+//!   [`account::AccountError`]; a plain database failure is
+//!   `sqlx::Error`.
+//! - `anyhow` is for the edges only: [`cli`] (each command adds
+//!   `.context(..)` and [`cli::main`] prints the chain as one line and picks
+//!   the exit code) and start-up ([`start`]: a daemon that cannot start has
+//!   nothing to recover, only a reason to print).
+//! - No `Result<_, String>`: a reason that is text for a person is wrapped
+//!   in a typed variant (`Invalid(String)`), so `?` still says which room
+//!   refused.
+//! - Workers do not return errors: a failed round is logged once where it
+//!   happens (with the trace id when there is one), counted, and tried
+//!   again; nothing is logged twice on its way up.
+//!
+//! **Not for:** protocol details (in `pubbot-protocol`, `pubbot-api-client`
+//! and `pubbot-webhook`) or reply logic (`pubbot-rules`).
 
-pub mod broadcast;
+pub mod account;
+pub mod admin;
+pub mod app;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod db;
-pub mod decide;
-pub mod followers;
-pub mod handlers;
-pub mod health;
-pub mod ingest;
-pub mod inspect;
-pub mod listener;
-pub mod manage;
-pub mod notify;
-pub mod outbox;
-pub mod queue;
-pub mod retention;
-pub mod rules;
-pub mod send;
-pub mod spool;
+pub mod mass;
+pub mod pipeline;
 pub mod telemetry;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::Duration;
-
-use anyhow::Context as _;
-use pubbot_api_client::Client;
-use pubbot_webhook::{Verifier, Webhook, WebhookConfig};
-use sqlx::PgPool;
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-
-use crate::config::Settings;
-use crate::db::Pools;
-use crate::decide::DecideWorker;
-use crate::health::{Progress, Readiness};
-use crate::ingest::PgInbox;
-use crate::notify::Wakeups;
-use crate::outbox::{Leases, Recorder, RetryPolicy};
-use crate::rules::RuleStore;
-use crate::send::{AppClient, SendWorker};
-
-/// This process's identity in leases: `worker_id` from the settings, else
-/// hostname-pid-random (replicas that shared one identity would steal each
-/// other's leases).
-pub fn worker_id(settings: &Settings) -> String {
-    settings.worker_id.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| "pubbot".into());
-        format!(
-            "{host}-{}-{:06x}",
-            std::process::id(),
-            rand::random::<u32>() & 0xFF_FFFF
-        )
-    })
-}
-
-/// A running daemon.
-pub struct Running {
-    /// Where the webhook listens.
-    pub addr: SocketAddr,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served.
-    pub admin_addr: SocketAddr,
-    /// The lease identity.
-    pub worker_id: String,
-    token: CancellationToken,
-    ingest_token: CancellationToken,
-    http: tokio::task::JoinHandle<()>,
-    ingest: tokio::task::JoinHandle<()>,
-    /// Decide workers and the hand-off senders: stop on `token`, then
-    /// drain.
-    workers: JoinSet<()>,
-    /// The recorder: ends once every sender has stopped and every outcome
-    /// is recorded.
-    recorder: tokio::task::JoinHandle<()>,
-    /// Housekeeping (heartbeat, recovery, LISTEN, rules, gauges, admin,
-    /// spool drain): stopped last, so leases are kept until outcomes are
-    /// recorded.
-    housekeeping_token: CancellationToken,
-    housekeeping: JoinSet<()>,
-    deadline: Duration,
-    liveness: health::Liveness,
-}
-
-impl Running {
-    /// Graceful stop: stop taking pushes and drain HTTP, commit what the
-    /// ingest holds, let workers finish their batch and the recorder record
-    /// every outcome; all within the configured deadline.
-    pub async fn shutdown(mut self) {
-        self.token.cancel();
-        let drained = async {
-            let _ = (&mut self.http).await;
-            self.ingest_token.cancel();
-            let _ = (&mut self.ingest).await;
-            while self.workers.join_next().await.is_some() {}
-            let _ = (&mut self.recorder).await;
-        };
-        if tokio::time::timeout(self.deadline, drained).await.is_err() {
-            tracing::warn!(deadline = ?self.deadline, "shutdown deadline passed; stopping what is left (held leases expire and are recovered)");
-            self.workers.abort_all();
-            self.http.abort();
-            self.ingest.abort();
-            self.recorder.abort();
-        }
-        self.housekeeping_token.cancel();
-        self.housekeeping.abort_all();
-        while self.housekeeping.join_next().await.is_some() {}
-    }
-
-    /// Stops everything at once, as a crash would: leases are left to
-    /// expire. For tests of recovery.
-    pub fn abort(mut self) {
-        self.token.cancel();
-        self.ingest_token.cancel();
-        self.housekeeping_token.cancel();
-        self.http.abort();
-        self.ingest.abort();
-        self.recorder.abort();
-        self.workers.abort_all();
-        self.housekeeping.abort_all();
-    }
-
-    /// The liveness check (`/readyz`'s stuck stages), for a watchdog.
-    pub fn health(&self) -> health::Liveness {
-        self.liveness.clone()
-    }
-
-    /// Waits until the daemon stops (its token cancelled), then drains.
-    pub async fn wait(self) {
-        self.token.cancelled().await;
-        self.shutdown().await;
-    }
-}
-
-/// Starts the daemon: the webhook on `listener`, the admin listener on
-/// `http.admin_listen`, workers on stage pools built from `pool`'s connect
-/// options ([`Pools`]); it runs until `token` is cancelled (then call
-/// [`Running::shutdown`]).
-///
-/// # Errors
-/// An unmigrated or newer schema, rules that do not compile, an app whose
-/// client cannot be built, a spool directory that cannot be opened, an
-/// admin address that cannot be bound.
-pub async fn start(
-    settings: Settings,
-    pool: PgPool,
-    listener: TcpListener,
-    token: CancellationToken,
-) -> anyhow::Result<Running> {
-    start_with_clock(
-        settings,
-        pool,
-        listener,
-        token,
-        Arc::new(clock::SystemClock),
-    )
-    .await
-}
-
-/// As [`start`], with the clock broadcasts are scheduled by (tests move
-/// it across days).
-///
-/// # Errors
-/// As [`start`].
-pub async fn start_with_clock(
-    settings: Settings,
-    pool: PgPool,
-    listener: TcpListener,
-    token: CancellationToken,
-    clock: Arc<dyn clock::Clock>,
-) -> anyhow::Result<Running> {
-    health::prometheus();
-    db::check_schema(&pool).await?;
-    let pools = Pools::split(&pool.connect_options(), &settings.database);
-    let worker_id = worker_id(&settings);
-    let addr = listener.local_addr()?;
-    let options =
-        pubbot_rules::Options::with_timezone(&settings.timezone).map_err(anyhow::Error::msg)?;
-
-    for app in &settings.apps {
-        for mcid in app.accounts.listed() {
-            sqlx::query!(
-                "INSERT INTO accounts (app_key, mcid) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                app.key,
-                mcid
-            )
-            .execute(&pool)
-            .await?;
-        }
-    }
-
-    let http_client = reqwest_client()?;
-    let mut apps = HashMap::new();
-    let mut secrets = HashMap::new();
-    for app in &settings.apps {
-        let client = Client::builder(
-            app.key.clone(),
-            app.signing_secret()?,
-            app.api_base_url.clone(),
-        )
-        .timeout(Duration::from_millis(settings.sender.request_timeout_ms))
-        // R2: the unit is the operator's to set.
-        .timestamp_unit(app.timestamp_unit.into())
-        .http_client(http_client.clone())
-        .build()
-        .with_context(|| format!("client for app {}", app.key))?;
-        apps.insert(
-            app.key.clone(),
-            AppClient::new(client, app.rate_limit_per_sec),
-        );
-        secrets.insert(app.key.clone(), app.push_secrets()?);
-    }
-    let apps = Arc::new(apps);
-    let hosted: Arc<HashMap<String, config::Hosted>> = Arc::new(
-        settings
-            .apps
-            .iter()
-            .map(|a| (a.key.clone(), a.accounts.clone()))
-            .collect(),
-    );
-    let unhosted_seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
-
-    let spool = match settings.spool_dir() {
-        Some(dir) => Some(
-            spool::Spool::open(&dir, settings.ingest.spool_max_bytes)
-                .with_context(|| format!("ingest.spool_dir {}", dir.display()))?,
-        ),
-        None => None,
-    };
-
-    let store = Arc::new(RuleStore::new(options));
-    let n = store.reload(&pool).await.context("loading rules")?;
-    tracing::info!(rules = n, worker_id, "rules loaded");
-
-    let progress = Arc::new(Progress::default());
-    let started = Arc::new(AtomicBool::new(false));
-    let wake = Arc::new(Wakeups::default());
-    let housekeeping_token = CancellationToken::new();
-    let mut housekeeping = JoinSet::new();
-    let mut workers = JoinSet::new();
-    let leases = Arc::new(Leases::default());
-
-    let admin = TcpListener::bind(settings.http.admin_listen)
-        .await
-        .with_context(|| format!("binding http.admin_listen {}", settings.http.admin_listen))?;
-    let admin_addr = admin.local_addr()?;
-    let readiness = Readiness {
-        pool: pools.housekeeping.clone(),
-        progress: Arc::clone(&progress),
-        stall: Duration::from_secs(settings.workers.stall_secs),
-        started: Arc::clone(&started),
-        token: token.clone(),
-    };
-    {
-        let stop = housekeeping_token.clone();
-        let router = health::router(readiness);
-        housekeeping.spawn(async move {
-            let serve = axum::serve(admin, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "admin listener stopped");
-            }
-        });
-    }
-    housekeeping.spawn(notify::listen(
-        pools.housekeeping.clone(),
-        Arc::clone(&wake),
-        housekeeping_token.clone(),
-    ));
-    housekeeping.spawn(watch_rules(
-        pools.housekeeping.clone(),
-        Arc::clone(&store),
-        Arc::clone(&wake),
-        settings.rules.reload_check_secs,
-        housekeeping_token.clone(),
-    ));
-    if settings.workers.depth_secs > 0 {
-        housekeeping.spawn(queue::report(
-            pools.housekeeping.clone(),
-            Duration::from_secs(settings.workers.depth_secs),
-            housekeeping_token.clone(),
-        ));
-    }
-    housekeeping.spawn(health::watch(
-        pools.clone(),
-        Arc::clone(&progress),
-        Duration::from_secs(settings.workers.stall_secs),
-        Duration::from_secs(settings.workers.stall_secs.clamp(1, 15)),
-        housekeeping_token.clone(),
-    ));
-    if let Some(spool) = &spool {
-        let ingest_pool = pools.ingest.clone();
-        housekeeping.spawn(spool.clone().drain(
-            Duration::from_secs(1),
-            housekeeping_token.clone(),
-            move |chunk| {
-                let pool = ingest_pool.clone();
-                async move { ingest::store_spooled(&pool, chunk).await }
-            },
-        ));
-    }
-
-    housekeeping.spawn(
-        broadcast::Scheduler {
-            pool: pools.housekeeping.clone(),
-            apps: Arc::clone(&apps),
-            clock,
-            worker_id: worker_id.clone(),
-            grace: Duration::from_secs(settings.broadcast.grace_secs),
-            lease: Duration::from_secs(settings.broadcast.lease_secs),
-            tick: Duration::from_millis(settings.broadcast.tick_ms),
-            backoff: (
-                Duration::from_millis(settings.sender.backoff_min_ms),
-                Duration::from_millis(settings.sender.backoff_max_ms),
-            ),
-            max_attempts: settings.sender.max_attempts,
-        }
-        .run(housekeeping_token.clone()),
-    );
-
-    if settings.retention.days > 0 {
-        housekeeping.spawn(retention::run(
-            pools.housekeeping.clone(),
-            settings.retention.days,
-            Duration::from_secs(settings.retention.every_secs.max(1)),
-            settings.retention.batch,
-            housekeeping_token.clone(),
-        ));
-    }
-
-    let poll = Duration::from_millis(settings.workers.poll_ms);
-    // The fast path from deciding (at receipt, or by a decide worker) to
-    // send inside this process (see decide.rs): whole units, bounded; off
-    // when this process sends nothing.
-    let (handoff_tx, handoff_rx) = tokio::sync::mpsc::channel(64);
-    let handoff_tx = (settings.workers.send > 0).then_some(handoff_tx);
-    let handoff_rx = Arc::new(tokio::sync::Mutex::new(handoff_rx));
-
-    let ingest_token = CancellationToken::new();
-    let at_receipt = settings
-        .ingest
-        .decide_at_receipt
-        .then(|| ingest::DecideAtReceipt {
-            receipt: decide::Receipt {
-                rules: Arc::clone(&store),
-                hosted: Arc::clone(&hosted),
-                unhosted_seen: Arc::clone(&unhosted_seen),
-            },
-            worker_id: worker_id.clone(),
-            lease: settings.lease(),
-            handoff: handoff_tx.clone(),
-            leases: (settings.workers.send > 0).then(|| Arc::clone(&leases)),
-            wake: Arc::clone(&wake),
-        });
-    let (inbox, ingest) = PgInbox::start(
-        pools.ingest.clone(),
-        settings.ingest.clone(),
-        spool,
-        Arc::clone(&progress),
-        at_receipt,
-        ingest_token.clone(),
-    );
-
-    let (outcomes_tx, outcomes_rx) = tokio::sync::mpsc::channel(4096);
-    let recorder = tokio::spawn(
-        Recorder {
-            pool: pools.settle.clone(),
-            worker_id: worker_id.clone(),
-            policy: RetryPolicy {
-                max_attempts: settings.sender.max_attempts,
-                backoff_min: Duration::from_millis(settings.sender.backoff_min_ms),
-                backoff_max: Duration::from_millis(settings.sender.backoff_max_ms),
-            },
-            leases: Arc::clone(&leases),
-            wake: Arc::clone(&wake),
-            progress: Arc::clone(&progress),
-            linger: Duration::from_micros(settings.sender.settle_micros),
-        }
-        .run(outcomes_rx),
-    );
-    if settings.workers.send > 0 {
-        housekeeping.spawn(outbox::heartbeat(
-            pools.housekeeping.clone(),
-            Arc::clone(&leases),
-            worker_id.clone(),
-            settings.lease(),
-            housekeeping_token.clone(),
-        ));
-        housekeeping.spawn(outbox::recovery(
-            pools.housekeeping.clone(),
-            worker_id.clone(),
-            Arc::clone(&leases),
-            settings.lease(),
-            Arc::clone(&wake),
-            housekeeping_token.clone(),
-        ));
-    }
-    for _ in 0..settings.workers.decide {
-        let w = DecideWorker {
-            pool: pools.decide.clone(),
-            rules: Arc::clone(&store),
-            wake: Arc::clone(&wake),
-            batch: settings.workers.claim_batch,
-            worker_id: worker_id.clone(),
-            lease: settings.lease(),
-            handoff: handoff_tx.clone(),
-            leases: (settings.workers.send > 0).then(|| Arc::clone(&leases)),
-            poll,
-            progress: Arc::clone(&progress),
-            hosted: Arc::clone(&hosted),
-            state_ttl: Duration::from_secs(settings.state.ttl_secs),
-            unhosted_seen: Arc::clone(&unhosted_seen),
-        };
-        workers.spawn(w.run(token.clone()));
-    }
-    drop(handoff_tx);
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(settings.sender.max_in_flight));
-    let handler_runner = Arc::new(handlers::HandlerRunner::new(
-        pools.settle.clone(),
-        worker_id.clone(),
-        handlers::HandlerPolicy {
-            max_attempts: settings.handlers.max_attempts,
-            backoff: Duration::from_millis(settings.handlers.backoff_ms),
-            breaker_failures: settings.handlers.breaker_failures,
-            breaker_open: Duration::from_secs(settings.handlers.breaker_open_secs),
-            state_ttl: Duration::from_secs(settings.state.ttl_secs),
-        },
-        Arc::clone(&leases),
-        Arc::clone(&wake),
-    ));
-    let sweep = Arc::new(outbox::Sweep::default());
-    for _ in 0..settings.workers.send {
-        let w = SendWorker {
-            pool: pools.send.clone(),
-            apps: Arc::clone(&apps),
-            wake: Arc::clone(&wake),
-            worker_id: worker_id.clone(),
-            batch: settings.workers.claim_batch,
-            lease: settings.lease(),
-            poll,
-            merge_batchsend: settings.sender.merge_batchsend,
-            retry_ambiguous: settings.sender.retry_ambiguous,
-            max_reply_age: (settings.sender.max_reply_age_secs > 0)
-                .then(|| Duration::from_secs(settings.sender.max_reply_age_secs)),
-            call_budget: settings.call_budget(),
-            leases: Arc::clone(&leases),
-            in_flight: Arc::clone(&in_flight),
-            outcomes: outcomes_tx.clone(),
-            handlers: Arc::clone(&handler_runner),
-            sweep: Arc::clone(&sweep),
-        };
-        workers.spawn(w.clone().run_handoff(Arc::clone(&handoff_rx)));
-        workers.spawn(w.run(token.clone()));
-    }
-    drop(outcomes_tx);
-
-    let verifier = Verifier::new(
-        secrets,
-        Duration::from_secs(settings.http.signature_window_secs),
-        settings.http.replay_capacity,
-    );
-    let hook = Webhook::new(
-        WebhookConfig {
-            max_body_bytes: settings.http.max_body_bytes,
-            accept_deadline: Duration::from_millis(settings.http.accept_deadline_ms),
-            unanswered_hold: Duration::from_millis(settings.http.unanswered_hold_ms),
-        },
-        verifier,
-        inbox,
-    );
-    let router = hook.router();
-    let stop = token.clone();
-    let limited = listener::Limited::new(listener, settings.http.max_connections);
-    let http = tokio::spawn(async move {
-        let serve = axum::serve(limited, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "webhook server stopped");
-        }
-    });
-    started.store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(%addr, %admin_addr, worker_id, "pubbot serving: POST /webhook/{{app_key}}; /metrics, /healthz, /readyz on the admin address");
-    Ok(Running {
-        addr,
-        admin_addr,
-        worker_id,
-        token,
-        ingest_token,
-        http,
-        ingest,
-        workers,
-        recorder,
-        housekeeping_token,
-        housekeeping,
-        deadline: Duration::from_secs(settings.shutdown_deadline_secs),
-        liveness: health::Liveness {
-            progress,
-            stall: Duration::from_secs(settings.workers.stall_secs),
-        },
-    })
-}
-
-fn reqwest_client() -> anyhow::Result<pubbot_api_client::HttpClient> {
-    pubbot_api_client::http_builder()
-        .connect_timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(64)
-        .build()
-        .context("building the HTTP client")
-}
-
-async fn watch_rules(
-    pool: PgPool,
-    store: Arc<RuleStore>,
-    wake: Arc<Wakeups>,
-    check_secs: u64,
-    token: CancellationToken,
-) {
-    let every = Duration::from_secs(check_secs.max(1));
-    while !token.is_cancelled() {
-        let notified = tokio::select! {
-            () = wake.rules.notified() => true,
-            () = tokio::time::sleep(every) => false,
-            () = token.cancelled() => return,
-        };
-        let result = if notified {
-            store.reload(&pool).await.map(|_| true)
-        } else {
-            store.reload_if_changed(&pool).await
-        };
-        match result {
-            Ok(true) => tracing::info!(rules = store.current().len(), "rules reloaded"),
-            Ok(false) => {}
-            Err(e) => {
-                metrics::counter!("pubbot_rules_reloads_total", "outcome" => "error").increment(1);
-                tracing::error!(error = %e, "rules changed but were not loaded; the previous rules stay in force");
-            }
-        }
-    }
-}
+pub use app::{start, start_with_clock, worker_id, Running};

@@ -254,13 +254,13 @@ fn the_dashboard_uses_documented_metrics_only() {
 #[test]
 fn the_example_files_parse() {
     let dir = root().join("config/examples");
-    let accounts: pubbot::manage::AccountsFile =
+    let accounts: pubbot::account::AccountsFile =
         toml::from_str(&std::fs::read_to_string(dir.join("accounts.toml")).unwrap()).unwrap();
     assert_eq!(accounts.accounts.len(), 2);
-    let menu: pubbot::manage::MenuFile =
+    let menu: pubbot::account::MenuFile =
         toml::from_str(&std::fs::read_to_string(dir.join("menu.toml")).unwrap()).unwrap();
-    pubbot::manage::validate_menu(&menu).unwrap();
-    let news: pubbot::manage::NewsFile =
+    pubbot::account::validate_menu(&menu).unwrap();
+    let news: pubbot::account::NewsFile =
         toml::from_str(&std::fs::read_to_string(dir.join("articles.toml")).unwrap()).unwrap();
     assert_eq!(news.articles.len(), 1);
     let rules = pubbot_rules::RuleFile::from_toml(

@@ -2,6 +2,8 @@
 //! `PUBBOT__...` environment variables, registered last so they win.
 //! Unknown keys and invalid values fail at start, naming the key.
 
+mod apps;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,7 +12,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// The compiled-in defaults (the same text as `config/default.toml`).
-pub const DEFAULTS: &str = include_str!("../../../config/default.toml");
+pub use apps::{AppSettings, Hosted, TimestampUnit};
+
+/// The built-in defaults.
+pub const DEFAULTS: &str = include_str!("../../../../config/default.toml");
 
 /// Everything `pubbot serve` needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -135,7 +140,7 @@ pub struct IngestSettings {
     /// rules in force can decide it without the database (no conversation
     /// state, no handler, not a follow event); otherwise, and when off, a
     /// decide worker takes it (see "Decided at receipt" in
-    /// [`crate::ingest`]).
+    /// [`crate::pipeline::ingest`]).
     #[serde(default = "yes")]
     pub decide_at_receipt: bool,
 }
@@ -273,110 +278,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// One `[[apps]]` table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppSettings {
-    /// App key.
-    pub key: String,
-    /// Secret.
-    #[serde(default)]
-    pub secret: Option<SecretString>,
-    /// File holding the secret.
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-    /// Older secrets still accepted on pushes.
-    #[serde(default)]
-    pub secrets: Vec<SecretString>,
-    /// Platform API base URL.
-    pub api_base_url: String,
-    /// Calls per second.
-    #[serde(default = "default_rate")]
-    pub rate_limit_per_sec: u32,
-    /// The accounts of this app key pubbot answers for (R16): a list, or
-    /// `"*"` for every account of the app key. A push for any other
-    /// account is stored but not answered.
-    #[serde(default)]
-    pub accounts: Hosted,
-    /// The unit of `RC-Timestamp` on calls (R2): the header table says
-    /// milliseconds, the document's example seconds.
-    #[serde(default)]
-    pub timestamp_unit: TimestampUnit,
-}
-
-/// `timestamp_unit` of an app (R2).
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum TimestampUnit {
-    /// Seconds, as the document's example and PHP code send (default).
-    #[default]
-    Seconds,
-    /// Milliseconds, as the header table says.
-    Milliseconds,
-}
-
-impl From<TimestampUnit> for pubbot_protocol::TimestampUnit {
-    fn from(u: TimestampUnit) -> Self {
-        match u {
-            TimestampUnit::Seconds => Self::Seconds,
-            TimestampUnit::Milliseconds => Self::Milliseconds,
-        }
-    }
-}
-
-/// Which accounts of an app key pubbot hosts (R16).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Hosted {
-    /// `accounts = "*"`: every account of the app key.
-    Every,
-    /// `accounts = ["shop", ...]`.
-    Only(Vec<String>),
-    /// Not set: refused at start.
-    #[default]
-    Unset,
-}
-
-impl Hosted {
-    /// Whether pubbot answers for `mcid`.
-    pub fn hosts(&self, mcid: &str) -> bool {
-        match self {
-            Self::Every => true,
-            Self::Only(list) => list.iter().any(|m| m == mcid),
-            Self::Unset => false,
-        }
-    }
-
-    /// The accounts listed (none for `"*"`).
-    pub fn listed(&self) -> &[String] {
-        match self {
-            Self::Only(list) => list,
-            _ => &[],
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Hosted {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            One(String),
-            List(Vec<String>),
-        }
-        match Raw::deserialize(d)? {
-            Raw::One(s) if s == "*" => Ok(Self::Every),
-            Raw::One(s) => Err(serde::de::Error::custom(format!(
-                "accounts is a list of accounts, or \"*\" for every account; got {s:?}"
-            ))),
-            Raw::List(l) => Ok(Self::Only(l)),
-        }
-    }
-}
-
-fn default_rate() -> u32 {
-    50
-}
-
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -397,45 +298,6 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         problem: problem.into(),
-    }
-}
-
-impl AppSettings {
-    /// The signing secret (from `secret` or `secret_file`).
-    ///
-    /// # Errors
-    /// When neither or both are set, or the file cannot be read.
-    pub fn signing_secret(&self) -> Result<SecretString, ConfigError> {
-        match (&self.secret, &self.secret_file) {
-            (Some(s), None) => Ok(s.clone()),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid(
-                        format!("apps.{}.secret_file", self.key),
-                        format!("{}: {e}", path.display()),
-                    )
-                })?;
-                Ok(SecretString::from(text.trim().to_owned()))
-            }
-            (Some(_), Some(_)) => Err(invalid(
-                format!("apps.{}", self.key),
-                "set secret or secret_file, not both",
-            )),
-            (None, None) => Err(invalid(
-                format!("apps.{}", self.key),
-                "secret or secret_file is required",
-            )),
-        }
-    }
-
-    /// Every secret accepted on pushes: the signing one first.
-    ///
-    /// # Errors
-    /// As [`Self::signing_secret`].
-    pub fn push_secrets(&self) -> Result<Vec<SecretString>, ConfigError> {
-        let mut all = vec![self.signing_secret()?];
-        all.extend(self.secrets.iter().cloned());
-        Ok(all)
     }
 }
 

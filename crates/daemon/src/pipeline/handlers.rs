@@ -37,8 +37,8 @@ use sha2::Sha256;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
-use crate::notify::Wakeups;
-use crate::outbox::{Held, Leases};
+use crate::pipeline::outbox::{Held, Leases};
+use crate::pipeline::wakeups::Wakeups;
 
 /// A handler as configured (`pubbot handler add`).
 #[derive(Debug, Clone)]

@@ -247,7 +247,7 @@ pub async fn watch(
             )
             .fetch_one(&pools.housekeeping)
             .await?;
-            let outbound = crate::outbox::any_due(&pools.housekeeping).await?;
+            let outbound = crate::pipeline::outbox::any_due(&pools.housekeeping).await?;
             Ok::<_, sqlx::Error>((inbound, outbound))
         };
         match due.await {

@@ -179,8 +179,8 @@ pub struct Retried {
 /// # Errors
 /// Database errors, rules that do not compile.
 pub async fn retry(pool: &PgPool, options: &Options, ids: &[i64]) -> anyhow::Result<Vec<Retried>> {
-    let options = crate::rules::with_media(pool, options).await?;
-    let set = RuleSet::compile(crate::rules::load(pool).await?, &options)?;
+    let options = crate::pipeline::rules::with_media(pool, options).await?;
+    let set = RuleSet::compile(crate::pipeline::rules::load(pool).await?, &options)?;
     let mut out = Vec::new();
     for &id in ids {
         let row = sqlx::query!(
@@ -215,10 +215,10 @@ pub async fn retry(pool: &PgPool, options: &Options, ids: &[i64]) -> anyhow::Res
             });
             continue;
         };
-        let incoming = crate::decide::incoming(&row.app_key, &message, None);
+        let incoming = crate::pipeline::decide::incoming(&row.app_key, &message, None);
         let ctx = Context {
             now: Utc::now(),
-            random: crate::decide::push_random(
+            random: crate::pipeline::decide::push_random(
                 &row.app_key,
                 row.dedup_key.as_deref().unwrap_or(""),
             ),

@@ -3,7 +3,7 @@
 //! transaction (handed over whole, the fast path), and due rows claimed
 //! from the table (retries, rows of other processes, a full hand-off).
 //! The rules a row's status follows are the outbox's
-//! ([`crate::outbox`], with its numbered invariants); this module plans
+//! ([`crate::pipeline::outbox`], with its numbered invariants); this module plans
 //! the calls and makes them.
 //!
 //! - **Order.** A worker sends one user's rows one after the other, in
@@ -17,7 +17,7 @@
 //!   that is up to 100 replies per unit instead of one (BENCHMARKS.md). A
 //!   batch call succeeds or fails for all its rows alike.
 //! - **A round's calls run together** in the sending task and hand their
-//!   outcome to the recorder ([`crate::outbox::Recorder`]); nothing a call waits for
+//!   outcome to the recorder ([`crate::pipeline::outbox::Recorder`]); nothing a call waits for
 //!   depends on the database answering (invariant 4).
 //! - **Failures.** Retryable ones (R10: `1000`, `1008`, HTTP 5xx, timeouts,
 //!   transport) go back to `pending` with exponential backoff and jitter,
@@ -42,8 +42,8 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::notify::{work_loop, Wakeups};
-use crate::outbox::{self, Claimed, Held, Leases, Outcome, Settlement};
+use crate::pipeline::outbox::{self, Claimed, Held, Leases, Outcome, Settlement};
+use crate::pipeline::wakeups::{work_loop, Wakeups};
 
 /// The client and rate limit of one app.
 pub struct AppClient {
@@ -100,7 +100,7 @@ pub struct SendWorker {
     /// Where outcomes go (the recorder).
     pub outcomes: mpsc::Sender<Settlement>,
     /// Calls handler bots for handler rows.
-    pub handlers: Arc<crate::handlers::HandlerRunner>,
+    pub handlers: Arc<crate::pipeline::handlers::HandlerRunner>,
     /// Where the general claim's sweep goes on from (shared by the
     /// process's senders).
     pub sweep: Arc<outbox::Sweep>,
@@ -648,7 +648,7 @@ impl SendWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::Claimed;
+    use crate::pipeline::outbox::Claimed;
     use sqlx::types::Json;
 
     fn row(id: i64, app: &str, mcid: &str, user: &str, payload: PlannedReply) -> Held {

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::Settings;
 use anyhow::Context;
-use pubbot::config::Settings;
 use pubbot_rules::Options;
 use secrecy::SecretString;
 use tokio::io::AsyncBufReadExt;
@@ -129,34 +129,34 @@ pub async fn run(
     };
 
     settings.http.admin_listen = admin_listen;
-    settings.apps = vec![pubbot::config::AppSettings {
+    settings.apps = vec![crate::config::AppSettings {
         key: KEY.into(),
         secret: Some(SecretString::from(SECRET)),
         secret_file: None,
         secrets: Vec::new(),
         api_base_url: format!("http://{sim_listen}"),
         rate_limit_per_sec: 50,
-        accounts: pubbot::config::Hosted::Only(vec![SHOP.into()]),
-        timestamp_unit: pubbot::config::TimestampUnit::Seconds,
+        accounts: crate::config::Hosted::Only(vec![SHOP.into()]),
+        timestamp_unit: crate::config::TimestampUnit::Seconds,
     }];
     let spool = std::env::temp_dir().join(format!("pubbot-demo-spool-{}", std::process::id()));
     settings.ingest.spool_dir = spool.display().to_string();
-    let pool = pubbot::db::connect(&settings.database)
+    let pool = crate::db::connect(&settings.database)
         .await
         .with_context(|| format!("connecting to PostgreSQL at {}", settings.database_target()))?;
-    pubbot::db::migrate(&pool)
+    crate::db::migrate(&pool)
         .await
         .context("applying migrations")?;
     let options = Options::with_timezone(&settings.timezone).map_err(anyhow::Error::msg)?;
-    let file = super::read_rule_file(&rules_file)?;
-    let n = pubbot::rules::import(&pool, file, &options, false)
+    let file = super::rules::read_rule_file(&rules_file)?;
+    let n = crate::pipeline::rules::import(&pool, file, &options, false)
         .await?
         .written;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let listen = listener.local_addr()?;
-    let running = pubbot::start(settings.clone(), pool, listener, token.clone()).await?;
+    let running = crate::start(settings.clone(), pool, listener, token.clone()).await?;
 
     let api = pubbot_api_client::Client::builder(
         KEY,

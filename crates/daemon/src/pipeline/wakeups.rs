@@ -31,7 +31,7 @@ pub struct Wakeups {
     /// Users with a reply planned `pending` only because an earlier reply
     /// of theirs was open (outbox invariant 5): when this process records
     /// an outcome for one of them, their next reply is claimed by user
-    /// ([`crate::outbox::claim_next`]) instead of by scanning the queue.
+    /// ([`crate::pipeline::outbox::claim_next`]) instead of by scanning the queue.
     behind: std::sync::Mutex<HashSet<Conversation>>,
     /// Users whose next reply may now be claimable (taken from `behind`
     /// when an outcome of theirs was recorded).

@@ -1,9 +1,9 @@
 //! Decide: pushes the rules can decide without the database are decided
-//! at receipt ([`Receipt`], stored decided by [`crate::ingest`]); workers
+//! at receipt ([`Receipt`], stored decided by [`crate::pipeline::ingest`]); workers
 //! claim every other stored push, run the rule set, and — in the same
 //! transaction that claims the push and marks it done — plan the replies as
 //! outbound rows (a transactional outbox: a reply is never planned twice,
-//! nor lost; [`crate::outbox`] invariant 1).
+//! nor lost; [`crate::pipeline::outbox`] invariant 1).
 //!
 //! A planned reply is leased to this process's own senders in the same
 //! transaction (the fast path: no NOTIFY, no second claim) only when
@@ -23,11 +23,11 @@ use sqlx::types::Json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::health::{Progress, Stage};
 use crate::config::Hosted;
-use crate::health::{Progress, Stage};
-use crate::notify::{work_loop, Wakeups};
-use crate::outbox::{Claimed, Held, Leases};
-use crate::rules::RuleStore;
+use crate::pipeline::outbox::{Claimed, Held, Leases};
+use crate::pipeline::rules::RuleStore;
+use crate::pipeline::wakeups::{work_loop, Wakeups};
 
 /// What a decide worker needs.
 #[derive(Clone)]
@@ -162,7 +162,7 @@ pub(crate) fn note_decision(trace_id: &str, matched: &[Matched], problems: &[Pro
 }
 
 /// A push decided when it was received, before it was stored (see
-/// "Decided at receipt" in [`crate::ingest`]).
+/// "Decided at receipt" in [`crate::pipeline::ingest`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AtReceipt {
     /// The account does not host it (R16): stored done, no reply.
@@ -524,8 +524,15 @@ impl DecideWorker {
         changed_states.dedup();
         for key in &changed_states {
             if let Some(state) = states.get(key) {
-                crate::handlers::save_state(&mut tx, &key.0, &key.1, &key.2, state, self.state_ttl)
-                    .await?;
+                crate::pipeline::handlers::save_state(
+                    &mut tx,
+                    &key.0,
+                    &key.1,
+                    &key.2,
+                    state,
+                    self.state_ttl,
+                )
+                .await?;
             }
         }
         // In key order, so two transactions never wait on each other in
@@ -576,7 +583,7 @@ impl DecideWorker {
         if let Some(permit) = permit {
             // Only rows inserted now and leased (not planned before, not
             // held back behind an earlier open row) are handed over.
-            crate::outbox::hand_over(permit, self.leases.as_deref(), leased, since);
+            crate::pipeline::outbox::hand_over(permit, self.leases.as_deref(), leased, since);
         }
         metrics::counter!("pubbot_decided_total").increment(ids.len() as u64);
         metrics::counter!("pubbot_replies_planned_total")

@@ -1,0 +1,156 @@
+//! `pubbot conversation` and `pubbot outbound`: what a user got, and
+//! failed replies sent again.
+
+use super::*;
+use crate::config::Settings;
+use anyhow::bail;
+use clap::Subcommand;
+
+/// `pubbot outbound ...`
+#[derive(Subcommand, Debug)]
+pub enum OutboundCommand {
+    /// Failed replies with the platform's code and message.
+    #[command(after_help = "Example:\n  pubbot outbound failed --since 1h")]
+    Failed {
+        /// How far back (30m, 1h, 2d).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send failed replies again, once, as the rules in force answer their
+    /// push now (fix the rule first).
+    #[command(
+        after_help = "Examples:\n  pubbot outbound retry 812 813\n  pubbot outbound retry --all-failed --since 1h"
+    )]
+    Retry {
+        /// Reply ids (from `outbound failed` or `conversation`).
+        ids: Vec<i64>,
+        /// Every failed reply of the period.
+        #[arg(long)]
+        all_failed: bool,
+        /// The period of --all-failed.
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `pubbot conversation USER`.
+pub async fn conversation_cmd(
+    user: &str,
+    account: Option<&str>,
+    limit: i64,
+    json: bool,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<()> {
+    let all = crate::admin::inspect::conversation(pool, user, account, limit).await?;
+    if json {
+        return print_json(&all);
+    }
+    if all.is_empty() {
+        println!("no pushes from {user}");
+    }
+    for e in all {
+        println!(
+            "{} {user} -> {}: {} (push #{}, trace {}{})",
+            e.received_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+            e.mcid,
+            e.summary,
+            e.id,
+            e.trace_id,
+            if e.status == "pending" {
+                ", not decided yet"
+            } else {
+                ""
+            }
+        );
+        if e.replies.is_empty() && e.status == "done" {
+            println!("    (no reply)");
+        }
+        for r in e.replies {
+            let what = r
+                .payload
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map_or_else(|| r.payload.to_string(), str::to_owned);
+            println!(
+                "    reply #{} [{}] rule {:?}: {}{}{}",
+                r.id,
+                r.status,
+                r.rule,
+                what,
+                r.latency_ms
+                    .map_or_else(String::new, |ms| format!(" ({ms} ms)")),
+                r.error.map_or_else(String::new, |e| format!(" — {e}"))
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `pubbot outbound ...`
+pub async fn outbound_cmd(
+    cmd: OutboundCommand,
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<()> {
+    use crate::admin::inspect;
+    match cmd {
+        OutboundCommand::Failed { since, json } => {
+            let since =
+                chrono::Utc::now() - inspect::parse_since(&since).map_err(anyhow::Error::msg)?;
+            let all = inspect::failed(pool, since).await?;
+            if json {
+                return print_json(&all);
+            }
+            println!(
+                "{:>7}  {:<19}  {:<20} {:<16} {:<16} ERROR",
+                "ID", "PLANNED", "TO", "RULE", ""
+            );
+            for f in all {
+                println!(
+                    "{:>7}  {}  {:<20} {:<16} {}",
+                    f.id,
+                    f.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    format!("{}/{}", f.mcid, f.user_id),
+                    f.rule_name,
+                    f.last_error.unwrap_or_default()
+                );
+            }
+        }
+        OutboundCommand::Retry {
+            ids,
+            all_failed,
+            since,
+            json,
+        } => {
+            let ids = if all_failed {
+                let since = chrono::Utc::now()
+                    - inspect::parse_since(&since).map_err(anyhow::Error::msg)?;
+                inspect::failed(pool, since)
+                    .await?
+                    .into_iter()
+                    .map(|f| f.id)
+                    .collect()
+            } else if ids.is_empty() {
+                bail!("give reply ids, or --all-failed --since 1h");
+            } else {
+                ids
+            };
+            let options = pubbot_rules::Options::with_timezone(&settings.timezone)
+                .map_err(anyhow::Error::msg)?;
+            let done = inspect::retry(pool, &options, &ids).await?;
+            if json {
+                return print_json(&done);
+            }
+            for r in &done {
+                println!("reply #{}: {}", r.id, r.outcome);
+            }
+        }
+    }
+    Ok(())
+}

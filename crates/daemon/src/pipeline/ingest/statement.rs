@@ -1,0 +1,259 @@
+//! The batch's one statement: the pushes, and the replies of those
+//! decided at receipt, in one `INSERT` (see "Decided at receipt" in
+//! [`super`]).
+
+use std::collections::HashSet;
+
+use pubbot_rules::PlannedReply;
+use sqlx::types::Json;
+use sqlx::PgPool;
+
+use super::{DecideAtReceipt, Row};
+use crate::pipeline::outbox::Claimed;
+
+/// pushes decided at receipt, what became of them.
+#[derive(Default)]
+pub(super) struct Stored {
+    /// (app, R6 key) of every push inserted.
+    pub(super) new: Vec<(String, String)>,
+    /// (app, R6 key) of the pushes stored `done` (decided at receipt).
+    pub(super) decided: Vec<(String, String)>,
+    /// Pushes stored `pending`, for a decide worker.
+    pub(super) undecided: usize,
+    /// Replies planned and leased to this process's senders.
+    pub(super) leased: Vec<Claimed>,
+    /// Users of replies planned `pending`, for a claim (one entry per
+    /// reply).
+    pub(super) pending_replies: Vec<crate::pipeline::wakeups::Conversation>,
+}
+
+/// Which pushes of a batch may be stored decided: those decided at receipt,
+/// unless their user has an undecided push earlier in the batch (its
+/// replies must come first), and only the first of equal pushes.
+pub(super) fn decidable(rows: &[&Row]) -> Vec<bool> {
+    let mut held: HashSet<(&str, &str, &str)> = HashSet::new();
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    rows.iter()
+        .map(|r| {
+            let user = (r.app_key.as_str(), r.mcid.as_str(), r.user_id.as_str());
+            if !seen.insert((r.app_key.as_str(), r.dedup_key.as_str())) {
+                return false;
+            }
+            let ok = r.decided.is_some() && !held.contains(&user);
+            if !ok {
+                held.insert(user);
+            }
+            ok
+        })
+        .collect()
+}
+
+/// Inserts rows in one statement, with the replies of those decided at
+/// receipt when `at` is given (see "Decided at receipt"); a push whose
+/// user has an undecided push or an open handler call in the table is
+/// stored `pending` instead. Replies are leased to this process's senders
+/// when `direct` and nothing earlier of their user is open.
+pub(super) async fn insert(
+    pool: &PgPool,
+    rows: &[&Row],
+    at: Option<(&DecideAtReceipt, bool)>,
+) -> Result<Stored, sqlx::Error> {
+    let mut cols = Columns::with_capacity(rows.len());
+    for r in rows {
+        cols.push(r);
+    }
+    let ok = if at.is_some() {
+        decidable(rows)
+    } else {
+        vec![false; rows.len()]
+    };
+    // The replies of the decidable pushes: (push's place in the batch,
+    // reply index, rule, payload).
+    let (mut place, mut index, mut rule, mut payload) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (n, (r, ok)) in rows.iter().zip(&ok).enumerate() {
+        let Some(d) = r.decided.as_ref().filter(|_| *ok) else {
+            continue;
+        };
+        for (i, p) in d.replies.iter().enumerate() {
+            place.push(i64::try_from(n + 1).unwrap_or(i64::MAX));
+            index.push(i32::try_from(i).unwrap_or(i32::MAX));
+            rule.push(d.rule.clone());
+            payload.push(p.clone());
+        }
+    }
+    let (worker_id, lease, direct) = match at {
+        Some((a, direct)) => (a.worker_id.as_str(), a.lease.as_secs_f64(), direct),
+        None => ("", 0.0, false),
+    };
+    // One statement: the pushes, then the replies of those stored `done`,
+    // in push order (outbound ids follow the order the user wrote).
+    // (`OFFSET 0` keeps each check a single probe per row: flattened, the
+    // planner would repeat it in every `CASE` that reads it.)
+    let stored = sqlx::query!(
+        r#"WITH x AS (
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                    $6::text[], $7::int8[], $8::text[], $9::bytea[], $10::text[], $11::bool[])
+                    WITH ORDINALITY AS x(a, m, u, t, d, i, c, j, r, tr, ok, n)
+           ), ins AS (
+               INSERT INTO inbound_messages
+                      (app_key, mcid, user_id, msg_type, dedup_key, msg_id, create_time, message, raw, trace_id,
+                       status, processed_at)
+               SELECT a, m, u, t, d, i, c, j::json, r, tr,
+                      CASE WHEN done THEN 'done' ELSE 'pending' END, CASE WHEN done THEN now() END
+                 FROM (SELECT x.*, x.ok
+                              AND NOT EXISTS (SELECT 1 FROM inbound_messages e
+                                               WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
+                                                 AND e.status = 'pending')
+                              AND NOT EXISTS (SELECT 1 FROM outbound_messages h
+                                               WHERE h.app_key = x.a AND h.mcid = x.m AND h.user_id = x.u
+                                                 AND h.handler IS NOT NULL AND h.status IN ('pending', 'sending')) AS done
+                         FROM x OFFSET 0) x
+                ORDER BY n
+               ON CONFLICT (app_key, dedup_key) DO NOTHING
+               RETURNING id, app_key, dedup_key, status
+           ), planned AS (
+               INSERT INTO outbound_messages
+                      (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
+                       status, lease_owner, lease_until, attempts)
+               SELECT ins.id, p.ri, x.a, x.m, x.u, p.rule, p.payload::json, x.tr,
+                      CASE WHEN go THEN 'sending' ELSE 'pending' END,
+                      CASE WHEN go THEN $16 END,
+                      CASE WHEN go THEN now() + make_interval(secs => $17) END,
+                      CASE WHEN go THEN 1 ELSE 0 END
+                 FROM ins
+                 JOIN x ON x.a = ins.app_key AND x.d = ins.dedup_key
+                 JOIN UNNEST($12::int8[], $13::int4[], $14::text[], $15::text[]) AS p(n, ri, rule, payload)
+                   ON p.n = x.n
+                 CROSS JOIN LATERAL (
+                      SELECT $18 AND NOT EXISTS (
+                             SELECT 1 FROM outbound_messages e
+                              WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
+                                AND e.status IN ('pending', 'sending')) AS go OFFSET 0) g
+                WHERE ins.status = 'done'
+                ORDER BY ins.id, p.ri
+               RETURNING id, app_key, mcid, user_id, payload, attempts, trace_id, inbound_id, reply_index,
+                         sub_index, created_at
+           )
+           SELECT ins.app_key AS "app_key!", ins.dedup_key AS "dedup_key!", ins.status AS "status!",
+                  o.id AS "reply_id?", o.inbound_id AS "inbound_id?", o.mcid AS "mcid?", o.user_id AS "user_id?",
+                  o.payload AS "payload?: Json<PlannedReply>", o.attempts AS "attempts?",
+                  o.trace_id AS "trace_id?", o.reply_index AS "reply_index?", o.sub_index AS "sub_index?",
+                  o.created_at AS "created_at?"
+             FROM ins LEFT JOIN planned o ON o.inbound_id = ins.id
+            ORDER BY o.id"#,
+        &cols.app_key,
+        &cols.mcid,
+        &cols.user_id,
+        &cols.msg_type,
+        &cols.dedup_key,
+        &cols.msg_id as &[Option<String>],
+        &cols.create_time as &[Option<i64>],
+        &cols.message,
+        &cols.raw,
+        &cols.trace_id,
+        &ok,
+        &place,
+        &index,
+        &rule,
+        &payload,
+        worker_id,
+        lease,
+        direct,
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out = Stored::default();
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    for r in stored {
+        let key = (r.app_key, r.dedup_key);
+        // One row per push and planned reply (a push without a reply: one
+        // row with the reply columns NULL).
+        if !seen.contains(&key) {
+            seen.insert(key.clone());
+            out.new.push(key.clone());
+            if r.status == "done" {
+                out.decided.push(key.clone());
+            } else {
+                out.undecided += 1;
+            }
+        }
+        if let (Some(id), Some(mcid), Some(user_id), Some(payload), Some(attempts)) =
+            (r.reply_id, r.mcid, r.user_id, r.payload, r.attempts)
+        {
+            if attempts > 0 {
+                out.leased.push(Claimed {
+                    id,
+                    app_key: key.0.clone(),
+                    mcid,
+                    user_id,
+                    payload,
+                    attempts,
+                    trace_id: r.trace_id.unwrap_or_default(),
+                    inbound_id: r.inbound_id,
+                    reply_index: r.reply_index.unwrap_or_default(),
+                    sub_index: r.sub_index.unwrap_or_default(),
+                    created_at: r.created_at.unwrap_or_else(chrono::Utc::now),
+                });
+            } else {
+                out.pending_replies.push((key.0.clone(), mcid, user_id));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether an error is about a row's data (one push at fault), not the
+/// database being away: class 22 (data exception: a NUL, an encoding) and
+/// 54000 (an index row too large).
+pub(super) fn row_level(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c.starts_with("22") || c == "54000")
+}
+
+#[derive(Default)]
+struct Columns {
+    app_key: Vec<String>,
+    mcid: Vec<String>,
+    user_id: Vec<String>,
+    msg_type: Vec<String>,
+    dedup_key: Vec<String>,
+    msg_id: Vec<Option<String>>,
+    create_time: Vec<Option<i64>>,
+    message: Vec<String>,
+    raw: Vec<Vec<u8>>,
+    trace_id: Vec<String>,
+}
+
+impl Columns {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            app_key: Vec::with_capacity(n),
+            mcid: Vec::with_capacity(n),
+            user_id: Vec::with_capacity(n),
+            msg_type: Vec::with_capacity(n),
+            dedup_key: Vec::with_capacity(n),
+            msg_id: Vec::with_capacity(n),
+            create_time: Vec::with_capacity(n),
+            message: Vec::with_capacity(n),
+            raw: Vec::with_capacity(n),
+            trace_id: Vec::with_capacity(n),
+        }
+    }
+
+    /// Copies the row's fields into the statement's arrays (the one copy
+    /// a push's fields make on their way to PostgreSQL).
+    fn push(&mut self, r: &Row) {
+        self.app_key.push(r.app_key.clone());
+        self.mcid.push(r.mcid.clone());
+        self.user_id.push(r.user_id.clone());
+        self.msg_type.push(r.msg_type.clone());
+        self.dedup_key.push(r.dedup_key.clone());
+        self.msg_id.push(r.msg_id.clone());
+        self.create_time.push(r.create_time);
+        self.message.push(r.message.clone());
+        self.raw.push(r.raw.clone());
+        self.trace_id.push(r.trace_id.clone());
+    }
+}

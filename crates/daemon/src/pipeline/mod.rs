@@ -1,0 +1,26 @@
+//! One message's trip, in the order it takes it:
+//!
+//! ```text
+//! listener -> ingest (spool when the database is away) -> decide -> outbox -> send
+//!                                                              \-> handlers (bots over HTTP)
+//! ```
+//!
+//! - [`listener`]: the webhook's sockets, capped.
+//! - [`ingest`]: the webhook's inbox on PostgreSQL; owns `inbound_messages`.
+//! - [`spool`]: pushes kept on disk while the database cannot take them (R15).
+//! - [`decide`]: rules over stored pushes; plans replies through the outbox.
+//! - [`outbox`]: owns `outbound_messages`: planned replies, leases, claims, outcomes.
+//! - [`send`]: calls the platform for held replies; hands outcomes to the outbox's recorder.
+//! - [`handlers`]: handler bots called over HTTP, and per-user conversation state.
+//! - [`rules`]: the rules in PostgreSQL, loaded and reloaded live.
+//! - [`wakeups`]: LISTEN/NOTIFY and in-process wake-ups between the stages.
+
+pub mod decide;
+pub mod handlers;
+pub mod ingest;
+pub mod listener;
+pub mod outbox;
+pub mod rules;
+pub mod send;
+pub mod spool;
+pub mod wakeups;

@@ -1,0 +1,345 @@
+//! The outbox: planned replies as rows of `outbound_messages`, the leases
+//! that say which process may send one, and how an outcome is recorded.
+//! Call planning and the send worker are in [`crate::pipeline::send`]; this module
+//! owns every statement that changes a reply's status.
+//!
+//! # Invariants
+//!
+//! 1. **Planned once.** A reply is inserted in the transaction that decides
+//!    its push (a decide worker's, or the ingest statement that stores a
+//!    push decided at receipt), unique on (push, reply index); a
+//!    re-decided push plans nothing new.
+//! 2. **Leased before the call.** A row is `sending`, with this process as
+//!    `lease_owner` and a `lease_until` in the future, before any call is
+//!    made for it; the claim (`FOR UPDATE SKIP LOCKED`) or the deciding
+//!    transaction that sets it commits first.
+//! 3. **A live process keeps its leases.** Every row this process holds
+//!    (from its lease until its outcome is recorded) is in [`Leases`]; the
+//!    [`heartbeat`] renews them every third of a lease, and a sender renews
+//!    an old lease, matching the attempt, just before calling. Recovery in
+//!    this process never takes a row it holds.
+//! 4. **Outcomes are recorded as calls return,** by a recorder with its own
+//!    connections ([`crate::db::Pools::settle`]), retried until the
+//!    database answers; the calls themselves run as their own tasks and are
+//!    never parked behind a database wait (a parked call times out, and a
+//!    timed-out reply that was delivered would be sent again).
+//! 5. **Per-user order.** A reply is sent only when every earlier push of
+//!    its user (same app and account) is decided and every earlier reply
+//!    of that user is settled (`sent`, `failed`, `expired`). Pushes are
+//!    decided one at a time per user, in order (the decide claim; a push
+//!    is stored decided at receipt only when no earlier push of its user
+//!    is undecided, in the table or earlier in its batch), so a
+//!    reply exists only once every earlier push of its user is decided; the
+//!    send claims ([`claim`], and [`claim_next`] by user) take a reply only
+//!    when no earlier reply of its user is open; the deciding transaction
+//!    leases a reply to its own senders only when nothing earlier is open
+//!    (every reply one transaction leases goes to one sender as one unit);
+//!    a sender sends one user's rows one after the other, and a reply that
+//!    did not go out holds back the user's later ones (they go back to
+//!    `pending` untried) — never other users'.
+//!
+//! # How a held-back reply finds a sender
+//!
+//! A reply planned `pending` behind an open reply of its user is not
+//! claimable until that one is settled, so scanning the queue for it is
+//! wasted work (under a backlog most pending rows are such; the scans were
+//! what tipped an overloaded daemon into a collapse). Its user is
+//! remembered ([`crate::pipeline::wakeups::Wakeups::behind`]); when this process
+//! records an outcome that closes a reply of theirs, a sender claims their
+//! next reply by user ([`claim_next`], through the index of open rows).
+//! What that misses — the earlier reply was recorded by another replica,
+//! or the process restarted — the general [`claim`] takes when the
+//! senders poll (`workers.poll_ms`) or are notified. It never scans
+//! waiting rows either: it sweeps the conversations with open replies
+//! (one index probe each, at most [`SWEEP_WINDOW`] a statement, going on
+//! where the last sweep stopped) and takes each one's first open reply if
+//! it is due; the users it took are remembered like the ones above, so
+//! their later replies follow by user. A sweep that looked at every
+//! conversation and took fewer rows than asked stops recorded outcomes
+//! from waking more sweeps until new claimable rows are counted.
+//! 6. **Rows are locked in id order** by every statement that may wait for
+//!    a lock (renewal, settling), so two of them never deadlock; claims and
+//!    recovery skip locked rows instead of waiting.
+//! 7. **The windows for a double reply** are named and counted:
+//!    a call in flight when its process died is sent again after its lease
+//!    expires (`pubbot_outbound_recovered_total`, an upper bound: a row
+//!    leased by a process that died before calling is counted too; "in
+//!    flight" includes outcomes the recorder held, up to
+//!    `sender.settle_micros`, and had not written yet); a call
+//!    whose answer was lost is retried only when `sender.retry_ambiguous`
+//!    is on (`pubbot_outbound_ambiguous_retries_total`). Nothing else sends
+//!    a reply twice.
+
+mod claim;
+mod record;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pubbot_rules::PlannedReply;
+use sqlx::types::Json;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::wakeups::Wakeups;
+
+pub use claim::*;
+pub use record::*;
+
+/// An outbound row this process holds the `sending` lease of.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Row id.
+    pub id: i64,
+    /// App.
+    pub app_key: String,
+    /// Sending account.
+    pub mcid: String,
+    /// Recipient.
+    pub user_id: String,
+    /// The planned reply.
+    pub payload: Json<PlannedReply>,
+    /// Tries so far, this one included.
+    pub attempts: i32,
+    /// Trace id of the push.
+    pub trace_id: String,
+    /// The push it answers (its place in the user's conversation).
+    pub inbound_id: Option<i64>,
+    /// Its place among the push's replies.
+    pub reply_index: i32,
+    /// Its place among a handler's replies (0: the rule's own reply, or
+    /// the handler call).
+    pub sub_index: i32,
+    /// When it was planned.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Claimed {
+    /// The conversation the row belongs to.
+    pub fn conversation(&self) -> (&str, &str, &str) {
+        (&self.app_key, &self.mcid, &self.user_id)
+    }
+
+    /// Its place in the conversation.
+    pub fn order(&self) -> (i64, i32, i32) {
+        (
+            self.inbound_id.unwrap_or(i64::MAX),
+            self.reply_index,
+            self.sub_index,
+        )
+    }
+}
+
+/// A row this process holds the lease of, and since when by this process's
+/// clock (taken before the lease was, so never later than it).
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// The row.
+    pub row: Claimed,
+    /// When the lease was taken, at the latest.
+    pub since: std::time::Instant,
+}
+
+/// The rows this process holds leases on (id -> attempt), from the moment
+/// they are leased until their outcome is recorded (invariant 3).
+#[derive(Debug, Default)]
+pub struct Leases {
+    held: std::sync::Mutex<HashMap<i64, i32>>,
+}
+
+impl Leases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, i32>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Rows (id, attempts) just leased.
+    pub fn hold(&self, rows: impl IntoIterator<Item = (i64, i32)>) {
+        self.lock().extend(rows);
+    }
+
+    /// Rows no longer held (recorded).
+    pub fn release(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut held = self.lock();
+        for id in ids {
+            held.remove(&id);
+        }
+    }
+
+    /// The rows held, sorted by id (invariant 6).
+    pub fn snapshot(&self) -> (Vec<i64>, Vec<i32>) {
+        let mut rows: Vec<(i64, i32)> = self.lock().iter().map(|(i, a)| (*i, *a)).collect();
+        rows.sort_unstable();
+        rows.into_iter().unzip()
+    }
+
+    /// How many rows are held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Hands rows a transaction leased to this process's senders (the fast
+/// path of deciding, at receipt or by a decide worker): the rows it
+/// inserted leased (`attempts > 0`; those planned `pending` wait for a
+/// claim), held in `leases` (invariant 3) and sent as one unit, so that one
+/// sender sends a user's rows in order (invariant 5). `since` was taken
+/// before the transaction began.
+pub fn hand_over(
+    permit: mpsc::Permit<'_, Vec<Held>>,
+    leases: Option<&Leases>,
+    rows: impl IntoIterator<Item = Claimed>,
+    since: std::time::Instant,
+) {
+    let unit: Vec<Held> = rows
+        .into_iter()
+        .filter(|r| r.attempts > 0)
+        .map(|row| Held { row, since })
+        .collect();
+    if let Some(leases) = leases {
+        leases.hold(unit.iter().map(|h| (h.row.id, h.row.attempts)));
+    }
+    if !unit.is_empty() {
+        permit.send(unit);
+    }
+}
+
+/// Renews the leases of rows `ids` held at `attempts` by `worker_id`,
+/// locking them in id order (invariant 6); returns the ids still held.
+/// Matching the attempt too: a row recovered and claimed again has one
+/// more attempt than the one held here, and is not this holder's any more.
+///
+/// # Errors
+/// Database errors.
+pub async fn renew(
+    pool: &PgPool,
+    worker_id: &str,
+    lease: Duration,
+    ids: &[i64],
+    attempts: &[i32],
+) -> Result<Vec<i64>, sqlx::Error> {
+    let mut pairs: Vec<(i64, i32)> = ids.iter().copied().zip(attempts.iter().copied()).collect();
+    pairs.sort_unstable();
+    let (ids, attempts): (Vec<i64>, Vec<i32>) = pairs.into_iter().unzip();
+    sqlx::query_scalar!(
+        "WITH h AS (SELECT * FROM UNNEST($1::int8[], $2::int4[]) AS h(id, attempts)),
+              l AS (SELECT o.id FROM outbound_messages o JOIN h ON h.id = o.id
+                     WHERE o.attempts = h.attempts AND o.lease_owner = $3 AND o.status = 'sending'
+                     ORDER BY o.id FOR UPDATE OF o)
+         UPDATE outbound_messages o SET lease_until = now() + make_interval(secs => $4)
+           FROM l WHERE o.id = l.id
+         RETURNING o.id",
+        &ids,
+        &attempts,
+        worker_id,
+        lease.as_secs_f64()
+    )
+    // Planned afresh each time (see "Plans" in `crate::db`).
+    .persistent(false)
+    .fetch_all(pool)
+    .await
+}
+
+/// Renews the leases in `leases` every third of a lease (every second
+/// after a failure, so leases are renewed as soon as the database is back)
+/// until `token` is cancelled.
+pub async fn heartbeat(
+    pool: PgPool,
+    leases: Arc<Leases>,
+    worker_id: String,
+    lease: Duration,
+    token: CancellationToken,
+) {
+    let every = lease / 3;
+    let mut pause = every;
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        let (ids, attempts) = leases.snapshot();
+        if ids.is_empty() {
+            pause = every;
+            continue;
+        }
+        match renew(&pool, &worker_id, lease, &ids, &attempts).await {
+            Ok(kept) => {
+                metrics::counter!("pubbot_lease_renewals_total").increment(kept.len() as u64);
+                pause = every;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, rows = ids.len(), "renewing leases failed; trying again in a second");
+                pause = Duration::from_secs(1).min(every);
+            }
+        }
+    }
+}
+
+/// Puts rows whose lease expired back to `pending` (their process died, or
+/// lost the database for longer than a lease), except rows this process
+/// holds (invariant 3). Locks in id order and skips locked rows.
+/// Returns how many it recovered; each is counted in
+/// `pubbot_outbound_recovered_total` (invariant 7).
+///
+/// # Errors
+/// Database errors.
+pub async fn recover(pool: &PgPool, worker_id: &str, leases: &Leases) -> Result<u64, sqlx::Error> {
+    let (held, _) = leases.snapshot();
+    let n = sqlx::query_scalar!(
+        "WITH r AS (SELECT id FROM outbound_messages
+                     WHERE status = 'sending' AND lease_until < now()
+                       AND NOT (lease_owner = $1 AND id = ANY($2))
+                     ORDER BY id FOR UPDATE SKIP LOCKED)
+         UPDATE outbound_messages o
+            SET status = 'pending', lease_owner = NULL, lease_until = NULL,
+                last_error = 'interrupted mid-call by ' || coalesce(o.lease_owner, '?') || '; may have been delivered'
+           FROM r WHERE o.id = r.id
+         RETURNING o.id",
+        worker_id,
+        &held
+    )
+    .persistent(false)
+    .fetch_all(pool)
+    .await?
+    .len() as u64;
+    if n > 0 {
+        tracing::warn!(
+            rows = n,
+            "recovered replies interrupted mid-call; they may be delivered twice"
+        );
+        metrics::counter!("pubbot_outbound_recovered_total").increment(n);
+    }
+    Ok(n)
+}
+
+/// Runs [`recover`] every half lease until `token` is cancelled: once at
+/// start, which also takes back the rows a previous process with this
+/// `worker_id` left (it cannot be calling any more).
+pub async fn recovery(
+    pool: PgPool,
+    worker_id: String,
+    leases: Arc<Leases>,
+    lease: Duration,
+    wake: Arc<Wakeups>,
+    token: CancellationToken,
+) {
+    loop {
+        match recover(&pool, &worker_id, &leases).await {
+            Ok(n) if n > 0 => wake.add_pending(usize::try_from(n).unwrap_or(usize::MAX)),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "lease recovery failed; trying again later"),
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(lease / 2) => {}
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Outcomes: how a call's result changes a reply's row (invariants 6
+//! and 7), and the recorder that writes them in batches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::admin::health::{Progress, Stage};
+use crate::pipeline::wakeups::Wakeups;
+
+/// How a call went for one row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Delivered.
+    Sent,
+    /// Try again after a backoff.
+    Retry {
+        /// Why.
+        error: String,
+        /// The platform may have delivered it (invariant 7).
+        ambiguous: bool,
+    },
+    /// Given up: a permanent error, or the last try.
+    Failed(String),
+    /// Not tried: an earlier reply to the same user did not go out
+    /// (invariant 5). Back to `pending`, the attempt not counted.
+    Deferred,
+    /// Not sent: older than `sender.max_reply_age_secs`.
+    Expired,
+}
+
+/// One row's outcome, for the recorder.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    /// Row id.
+    pub id: i64,
+    /// The attempt the outcome is for.
+    pub attempts: i32,
+    /// What happened.
+    pub outcome: Outcome,
+    /// When the outcome was known (the recorder waits for company at most
+    /// `sender.settle_micros` from here).
+    pub at: std::time::Instant,
+    /// The row's conversation (a reply held back behind this one may be
+    /// next).
+    pub conversation: crate::pipeline::wakeups::Conversation,
+}
+
+/// Backoff and attempt limits the recorder applies to retries.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Tries before a reply fails.
+    pub max_attempts: i32,
+    /// First backoff.
+    pub backoff_min: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+}
+
+impl RetryPolicy {
+    fn backoff(&self, attempts: i32) -> Duration {
+        use rand::Rng;
+        let exp = self
+            .backoff_min
+            .saturating_mul(1u32 << attempts.clamp(1, 20).saturating_sub(1));
+        let capped = exp.min(self.backoff_max);
+        // Full jitter on the upper half: between 50% and 100% of the delay.
+        capped.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+/// Records outcomes in one statement, locking rows in id order (invariant
+/// 6). Idempotent: a row is changed only while this process holds it at
+/// that attempt — except that a delivered reply is marked `sent` even if
+/// recovery had put it back to `pending` meanwhile, which keeps it from
+/// being sent again.
+///
+/// # Errors
+/// Database errors.
+pub async fn settle(
+    pool: &PgPool,
+    worker_id: &str,
+    policy: &RetryPolicy,
+    settlements: &[Settlement],
+) -> Result<(), sqlx::Error> {
+    let mut rows: Vec<&Settlement> = settlements.iter().collect();
+    rows.sort_unstable_by_key(|s| s.id);
+    let n = rows.len();
+    let (mut ids, mut attempts, mut status, mut delay, mut error, mut undo) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for s in rows {
+        let (st, d, e, u): (&str, f64, Option<String>, i32) = match &s.outcome {
+            Outcome::Sent => ("sent", 0.0, None, 0),
+            Outcome::Retry { error, .. } if s.attempts < policy.max_attempts => (
+                "pending",
+                policy.backoff(s.attempts).as_secs_f64(),
+                Some(error.clone()),
+                0,
+            ),
+            Outcome::Retry { error, .. } | Outcome::Failed(error) => {
+                ("failed", 0.0, Some(error.clone()), 0)
+            }
+            Outcome::Deferred => ("pending", 0.0, None, 1),
+            Outcome::Expired => (
+                "expired",
+                0.0,
+                Some("older than sender.max_reply_age_secs; not sent".to_owned()),
+                0,
+            ),
+        };
+        ids.push(s.id);
+        attempts.push(s.attempts);
+        status.push(st.to_owned());
+        delay.push(d);
+        error.push(e);
+        undo.push(u);
+    }
+    sqlx::query!(
+        "WITH s AS (SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::text[], $6::int4[])
+                      AS s(id, attempts, status, delay, error, undo)),
+              l AS (SELECT o.id FROM outbound_messages o JOIN s ON s.id = o.id
+                     WHERE (o.lease_owner = $7 AND o.status = 'sending' AND o.attempts = s.attempts)
+                        OR (s.status = 'sent' AND o.status = 'pending')
+                     ORDER BY o.id FOR UPDATE OF o)
+         UPDATE outbound_messages o
+            SET status = s.status,
+                sent_at = CASE WHEN s.status = 'sent' THEN now() ELSE o.sent_at END,
+                next_attempt_at = CASE WHEN s.status = 'pending'
+                                       THEN now() + make_interval(secs => s.delay)
+                                       ELSE o.next_attempt_at END,
+                attempts = o.attempts - s.undo,
+                last_error = coalesce(s.error, o.last_error),
+                lease_owner = NULL, lease_until = NULL
+           FROM s, l
+          WHERE o.id = s.id AND l.id = s.id",
+        &ids,
+        &attempts,
+        &status as &[String],
+        &delay,
+        &error as &[Option<String>],
+        &undo,
+        worker_id,
+    )
+    // Planned once per connection: the settle pool's generic plans
+    // (see "Plans" in `crate::db`).
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The recorder: takes outcomes from the senders and records them, all
+/// that arrived together in one statement (invariant 4). A database that
+/// fails is retried (every 100 ms, backing off to 2 s) until it answers:
+/// the rows stay held and their leases renewed meanwhile, so nothing is
+/// recovered and sent again. It ends when every sender has dropped its
+/// handle and everything received is recorded.
+pub struct Recorder {
+    /// The settle pool.
+    pub pool: PgPool,
+    /// Lease identity.
+    pub worker_id: String,
+    /// Backoff and attempt limits.
+    pub policy: RetryPolicy,
+    /// Rows held by this process.
+    pub leases: Arc<Leases>,
+    /// Wakes senders when a settled row may unblock a later one.
+    pub wake: Arc<Wakeups>,
+    /// Progress of the send stage.
+    pub progress: Arc<Progress>,
+    /// How long to wait, after the first outcome, for more to record with
+    /// it (`sender.settle_micros`).
+    pub linger: Duration,
+}
+
+impl Recorder {
+    /// Records until the channel closes.
+    pub async fn run(self, mut rx: mpsc::Receiver<Settlement>) {
+        let mut batch = Vec::with_capacity(512);
+        while let Some(first) = rx.recv().await {
+            // At most `linger` after the first outcome was known: one that
+            // waited while the previous batch was recorded goes at once.
+            let deadline = tokio::time::Instant::from_std(first.at + self.linger);
+            batch.push(first);
+            while batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(s) => batch.push(s),
+                    Err(_) if self.linger.is_zero() => break,
+                    Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(s)) => batch.push(s),
+                        Ok(None) | Err(_) => break,
+                    },
+                }
+            }
+            crate::db::until_recorded("replies", || {
+                settle(&self.pool, &self.worker_id, &self.policy, &batch)
+            })
+            .await;
+            // Counted once a batch by outcome (each count is a registry
+            // lookup).
+            let mut by_kind = [0u64; 5];
+            for s in &batch {
+                by_kind[match &s.outcome {
+                    Outcome::Sent => 0,
+                    Outcome::Retry { .. } => 1,
+                    Outcome::Failed(_) => 2,
+                    Outcome::Deferred => 3,
+                    Outcome::Expired => 4,
+                }] += 1;
+            }
+            for (kind, n) in ["sent", "retry", "failed", "deferred", "expired"]
+                .into_iter()
+                .zip(by_kind)
+                .filter(|(_, n)| *n > 0)
+            {
+                metrics::counter!("pubbot_outbound_settled_total", "outcome" => kind).increment(n);
+            }
+            self.leases.release(batch.iter().map(|s| s.id));
+            self.progress.advance(Stage::Send);
+            // Deferred and retried replies wait in the table again; a settled
+            // reply may be what held back the next one of its user.
+            let back = batch
+                .iter()
+                .filter(|s| matches!(s.outcome, Outcome::Deferred | Outcome::Retry { .. }))
+                .count();
+            self.wake.add_pending(back);
+            // A reply that is no longer open lets the next one of its user
+            // go: claimed by user, not by scanning the queue.
+            self.wake.recorded(
+                batch
+                    .iter()
+                    .filter(|s| {
+                        matches!(
+                            s.outcome,
+                            Outcome::Sent | Outcome::Failed(_) | Outcome::Expired
+                        )
+                    })
+                    .map(|s| {
+                        let (a, m, u) = &s.conversation;
+                        (a.as_str(), m.as_str(), u.as_str())
+                    }),
+            );
+            self.wake.outbound_if_pending();
+            batch.clear();
+        }
+    }
+}
