@@ -14,7 +14,11 @@ use pubbot_protocol::limits::{
 pub use pubbot_protocol::width;
 use pubbot_protocol::{amr_duration_millis, sniff, FileFormat};
 
-pub(crate) fn text(content: &str) -> Result<(), Invalid> {
+/// A text message: not empty, at most [`TEXT_MAX_BYTES`] bytes of UTF-8.
+///
+/// # Errors
+/// [`Invalid::EmptyText`], [`Invalid::TextTooLong`].
+pub fn text(content: &str) -> Result<(), Invalid> {
     if content.is_empty() {
         return Err(Invalid::EmptyText);
     }
@@ -37,7 +41,12 @@ fn article_count(count: usize) -> Result<(), Invalid> {
     Ok(())
 }
 
-pub(crate) fn articles(articles: &[Article]) -> Result<(), Invalid> {
+/// News articles: 1 to [`ARTICLES_MAX`], each with a title and a picture,
+/// descriptions at most [`DESCRIPTION_MAX_WIDTH`] wide.
+///
+/// # Errors
+/// The first article at fault, named.
+pub fn articles(articles: &[Article]) -> Result<(), Invalid> {
     article_count(articles.len())?;
     for (index, a) in articles.iter().enumerate() {
         if a.title.trim().is_empty() {
@@ -66,7 +75,12 @@ pub(crate) fn articles(articles: &[Article]) -> Result<(), Invalid> {
     Ok(())
 }
 
-pub(crate) fn news_material(articles: &[NewsMaterial]) -> Result<(), Invalid> {
+/// News material for upload: 1 to [`ARTICLES_MAX`] articles, each with a
+/// thumbnail and a source URL.
+///
+/// # Errors
+/// The first article at fault, named.
+pub fn news_material(articles: &[NewsMaterial]) -> Result<(), Invalid> {
     article_count(articles.len())?;
     for (index, a) in articles.iter().enumerate() {
         if a.thumb_media_id.as_str().trim().is_empty() {
@@ -85,7 +99,12 @@ pub(crate) fn news_material(articles: &[NewsMaterial]) -> Result<(), Invalid> {
     Ok(())
 }
 
-pub(crate) fn message(msg: &Message) -> Result<(), Invalid> {
+/// Any message the platform is sent (`send`, `batchsend`, `sendall`): the
+/// one check every caller makes, so a limit lives only here (R9).
+///
+/// # Errors
+/// The limit broken.
+pub fn message(msg: &Message) -> Result<(), Invalid> {
     match msg {
         Message::Text(t) => text(t),
         Message::News(a) => articles(a),
@@ -106,7 +125,12 @@ fn media(m: &MediaRef) -> Result<(), Invalid> {
     }
 }
 
-pub(crate) fn menu_item(item: &NewMenuItem) -> Result<(), Invalid> {
+/// A menu item: a name of 1 to [`MENU_NAME_MAX_CHARS`] characters, a URL
+/// when it opens one.
+///
+/// # Errors
+/// [`Invalid::MenuName`], [`Invalid::MenuUrlMissing`].
+pub fn menu_item(item: &NewMenuItem) -> Result<(), Invalid> {
     let chars = item.name.chars().count();
     if chars == 0 || chars > MENU_NAME_MAX_CHARS {
         return Err(Invalid::MenuName {
@@ -122,7 +146,12 @@ pub(crate) fn menu_item(item: &NewMenuItem) -> Result<(), Invalid> {
     Ok(())
 }
 
-pub(crate) fn recipients(count: usize, max: usize) -> Result<(), Invalid> {
+/// A recipient list of 1 to `max` users ([`BATCH_MAX_USERS`] for
+/// `batchsend`, [`SUBSCRIBE_MAX_USERS`] for the subscribe calls).
+///
+/// # Errors
+/// [`Invalid::Recipients`].
+pub fn recipients(count: usize, max: usize) -> Result<(), Invalid> {
     if count == 0 || count > max {
         return Err(Invalid::Recipients { count, max });
     }
@@ -130,7 +159,7 @@ pub(crate) fn recipients(count: usize, max: usize) -> Result<(), Invalid> {
 }
 
 /// Size, format (by magic bytes) and, for voice, duration (row 17).
-pub(crate) fn upload(kind: MediaKind, bytes: &[u8]) -> Result<(), Invalid> {
+pub fn upload(kind: MediaKind, bytes: &[u8]) -> Result<(), Invalid> {
     let (max, expected, ok) = match kind {
         MediaKind::Image => (IMAGE_MAX_BYTES, "JPG or PNG", is_jpeg_or_png(bytes)),
         MediaKind::Thumb => (THUMB_MAX_BYTES, "JPG or PNG", is_jpeg_or_png(bytes)),

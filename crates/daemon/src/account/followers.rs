@@ -8,6 +8,8 @@ use pubbot_api_client::{Client, McId, UserId};
 use serde::Serialize;
 use sqlx::PgPool;
 
+use super::AccountError;
+
 /// One follower.
 #[derive(Debug, Clone, Serialize)]
 pub struct Follower {
@@ -74,11 +76,16 @@ pub async fn subscribe(
     mcid: &str,
     users: &[String],
     follow: bool,
-) -> anyhow::Result<Changed> {
+) -> Result<Changed, AccountError> {
     let ids: Vec<UserId> = users.iter().map(|u| UserId::from(u.as_str())).collect();
     let outcomes = client
         .subscribe_many(&McId::from(mcid), &ids, follow)
-        .await?;
+        .await
+        .map_err(AccountError::platform(if follow {
+            "subscribing"
+        } else {
+            "unsubscribing"
+        }))?;
     let mut changed = Changed::default();
     let mut at = 0;
     for o in outcomes {
@@ -119,9 +126,8 @@ pub async fn subscribe(
 ///
 /// # Errors
 /// The file cannot be read, or holds no user.
-pub fn read_users(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+pub fn read_users(path: &std::path::Path) -> Result<Vec<String>, AccountError> {
+    let text = std::fs::read_to_string(path).map_err(AccountError::read(path))?;
     let users: Vec<String> = text
         .lines()
         .map(|l| l.split(',').next().unwrap_or("").trim())
@@ -129,7 +135,10 @@ pub fn read_users(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
         .map(str::to_owned)
         .collect();
     if users.is_empty() {
-        anyhow::bail!("{} holds no user ids", path.display());
+        return Err(AccountError::Invalid(format!(
+            "{} holds no user ids",
+            path.display()
+        )));
     }
     Ok(users)
 }

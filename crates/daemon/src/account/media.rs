@@ -3,11 +3,12 @@
 //! file uploaded again reuses its `media_id`, and a local name lets rules
 //! and broadcasts say `media = "welcome-banner"`.
 
-use anyhow::{bail, Context};
 use pubbot_api_client::{Client, MediaKind, NewsMaterial};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+
+use super::AccountError;
 
 /// A stored medium.
 #[derive(Debug, Clone, Serialize)]
@@ -56,8 +57,8 @@ pub async fn upload(
     kind: MediaKind,
     path: &std::path::Path,
     name: Option<&str>,
-) -> anyhow::Result<Uploaded> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+) -> Result<Uploaded, AccountError> {
+    let bytes = std::fs::read(path).map_err(AccountError::read(path))?;
     let file_name = path
         .file_name()
         .map_or_else(|| "upload".to_owned(), |n| n.to_string_lossy().into_owned());
@@ -94,7 +95,10 @@ pub async fn upload(
                 reused: true,
             });
         }
-        bail!("the name {name:?} is taken by other content ({}); choose another --name", existing.file_name);
+        return Err(AccountError::Invalid(format!(
+            "the name {name:?} is taken by other content ({}); choose another --name",
+            existing.file_name
+        )));
     }
     let earlier = sqlx::query_scalar!(
         "SELECT media_id FROM media WHERE app_key = $1 AND kind = $2 AND sha256 = $3 LIMIT 1",
@@ -110,7 +114,10 @@ pub async fn upload(
             client
                 .upload_media(kind, &file_name, bytes.clone())
                 .await
-                .with_context(|| format!("uploading {}", path.display()))?
+                .map_err(AccountError::platform(format!(
+                    "uploading {}",
+                    path.display()
+                )))?
                 .media_id
                 .as_str()
                 .to_owned(),
@@ -162,11 +169,13 @@ pub async fn upload_news(
     app_key: &str,
     path: &std::path::Path,
     name: Option<&str>,
-) -> anyhow::Result<Uploaded> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: NewsFile =
-        toml::from_str(&text).with_context(|| format!("{} is not a news file", path.display()))?;
+) -> Result<Uploaded, AccountError> {
+    let text = std::fs::read_to_string(path).map_err(AccountError::read(path))?;
+    let file: NewsFile = toml::from_str(&text).map_err(|source| AccountError::Parse {
+        path: path.to_owned(),
+        what: "news",
+        source: Box::new(source),
+    })?;
     let name = name.map_or_else(
         || {
             path.file_stem()
@@ -178,7 +187,7 @@ pub async fn upload_news(
     let uploaded = client
         .upload_news(&file.articles)
         .await
-        .context("uploading news material")?;
+        .map_err(AccountError::platform("uploading news material"))?;
     let file_name = path.display().to_string();
     let size = i64::try_from(text.len()).unwrap_or(i64::MAX);
     sqlx::query!(

@@ -7,10 +7,11 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context;
 use pubbot_api_client::{Client, McId, MenuAction, MenuId, NewMenuItem};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+
+use super::AccountError;
 
 /// `menu.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -39,39 +40,46 @@ pub struct MenuEntry {
 ///
 /// # Errors
 /// What is wrong with which item.
-pub fn validate_menu(file: &MenuFile) -> Result<(), String> {
-    let check = |e: &MenuEntry, path: &str| -> Result<(), String> {
-        let n = e.name.chars().count();
-        if n == 0 || n > pubbot_protocol::limits::MENU_NAME_MAX_CHARS {
-            return Err(format!(
-                "menu item {path:?}: name has {n} characters, 1 to {} are allowed (R9)",
-                pubbot_protocol::limits::MENU_NAME_MAX_CHARS
-            ));
-        }
-        if e.url.as_deref().is_some_and(|u| u.trim().is_empty()) {
-            return Err(format!(
+pub fn validate_menu(file: &MenuFile) -> Result<(), AccountError> {
+    let check = |e: &MenuEntry, path: &str| -> Result<(), AccountError> {
+        // The platform's own limits, as the client checks every call (R9).
+        let item = NewMenuItem {
+            name: e.name.clone(),
+            action: match &e.url {
+                Some(u) => MenuAction::OpenUrl(u.clone()),
+                None => MenuAction::None,
+            },
+            parent: None,
+        };
+        pubbot_api_client::validate::menu_item(&item).map_err(|why| match why {
+            pubbot_api_client::Invalid::MenuUrlMissing => AccountError::Invalid(format!(
                 "menu item {path:?}: url is empty (leave it out for an item that opens nothing)"
-            ));
-        }
-        Ok(())
+            )),
+            other => AccountError::Invalid(format!("menu item {path:?}: {other} (R9)")),
+        })
     };
     let mut seen = std::collections::HashSet::new();
     for top in &file.items {
         check(top, &top.name)?;
         if !seen.insert(top.name.clone()) {
-            return Err(format!("menu item {:?} is listed twice", top.name));
+            return Err(AccountError::Invalid(format!(
+                "menu item {:?} is listed twice",
+                top.name
+            )));
         }
         let mut kids = std::collections::HashSet::new();
         for c in &top.children {
             let path = format!("{}/{}", top.name, c.name);
             check(c, &path)?;
             if !c.children.is_empty() {
-                return Err(format!(
+                return Err(AccountError::Invalid(format!(
                     "menu item {path:?}: a second-level item has no children (level 1 or 2)"
-                ));
+                )));
             }
             if !kids.insert(c.name.clone()) {
-                return Err(format!("menu item {path:?} is listed twice"));
+                return Err(AccountError::Invalid(format!(
+                    "menu item {path:?} is listed twice"
+                )));
             }
         }
     }
@@ -153,8 +161,8 @@ pub async fn apply_menu(
     mcid: &str,
     file: &MenuFile,
     dry_run: bool,
-) -> anyhow::Result<MenuPlan> {
-    validate_menu(file).map_err(anyhow::Error::msg)?;
+) -> Result<MenuPlan, AccountError> {
+    validate_menu(file)?;
     let stored = stored_menu(pool, app_key, mcid).await?;
     let by_id: HashMap<&str, &StoredMenuItem> =
         stored.iter().map(|s| (s.menu_id.as_str(), s)).collect();
@@ -245,7 +253,10 @@ pub async fn apply_menu(
         client
             .delete_menu_item(&mcid_id, &MenuId::from(s.menu_id.as_str()))
             .await
-            .with_context(|| format!("deleting menu item {:?}", path_of(s)))?;
+            .map_err(AccountError::platform(format!(
+                "deleting menu item {:?}",
+                path_of(s)
+            )))?;
     }
     if !deleted.is_empty() {
         let ids: Vec<String> = deleted.iter().map(|s| s.menu_id.clone()).collect();
@@ -285,7 +296,10 @@ pub async fn apply_menu(
         let added = client
             .add_menu_item(&mcid_id, &item)
             .await
-            .with_context(|| format!("adding menu item {:?}", d.0))?;
+            .map_err(AccountError::platform(format!(
+                "adding menu item {:?}",
+                d.0
+            )))?;
         sqlx::query!(
             "INSERT INTO menu_items (app_key, mcid, menu_id, parent_id, level, name, kind, url, position)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -314,7 +328,7 @@ pub async fn apply_menu(
         client
             .order_menu(&order)
             .await
-            .context("ordering the menu")?;
+            .map_err(AccountError::platform("ordering the menu"))?;
         for d in &desired {
             if let Some(id) = ids.get(&d.0) {
                 sqlx::query!(
@@ -341,16 +355,23 @@ mod tests {
         let f: MenuFile = toml::from_str("[[item]]\nname = \"A very long name\"\n").unwrap();
         assert!(validate_menu(&f)
             .unwrap_err()
+            .to_string()
             .contains("\"A very long name\""));
         let f: MenuFile = toml::from_str(
             "[[item]]\nname = \"Top\"\n[[item.children]]\nname = \"Kid\"\nurl = \" \"\n",
         )
         .unwrap();
-        assert!(validate_menu(&f).unwrap_err().contains("Top/Kid"));
+        assert!(validate_menu(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("Top/Kid"));
         let f: MenuFile = toml::from_str(
             "[[item]]\nname = \"Top\"\n[[item.children]]\nname = \"Kid\"\n[[item.children.children]]\nname = \"Deep\"\n",
         )
         .unwrap();
-        assert!(validate_menu(&f).unwrap_err().contains("level 1 or 2"));
+        assert!(validate_menu(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("level 1 or 2"));
     }
 }

@@ -28,3 +28,62 @@ mod profile;
 pub use media::*;
 pub use menus::*;
 pub use profile::*;
+
+/// Why an account operation stopped. Each says what was being done; a
+/// platform error keeps the platform's code and message as its source.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// A file could not be read.
+    #[error("reading {}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not of the expected shape.
+    #[error("{} is not a {what} file", path.display())]
+    Parse {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What it should have been (`news`, `menu`, ...).
+        what: &'static str,
+        /// Where and why it does not parse.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// The request or file is invalid; nothing was called.
+    #[error("{0}")]
+    Invalid(String),
+    /// A platform call failed; `step` says which.
+    #[error("{step}")]
+    Platform {
+        /// What was being done.
+        step: String,
+        /// The platform's answer (code and message) or the transport error.
+        #[source]
+        source: pubbot_api_client::Error,
+    },
+    /// The database failed.
+    #[error("database")]
+    Db(#[from] sqlx::Error),
+}
+
+impl AccountError {
+    /// A platform call's failure, saying what was being done.
+    pub(crate) fn platform(
+        step: impl Into<String>,
+    ) -> impl FnOnce(pubbot_api_client::Error) -> Self {
+        let step = step.into();
+        move |source| Self::Platform { step, source }
+    }
+
+    /// A file that could not be read.
+    pub(crate) fn read(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self::Read {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}

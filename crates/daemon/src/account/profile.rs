@@ -4,9 +4,10 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context;
 use pubbot_api_client::{AccountProfile, Client, ErrorCode, McId, NewAccount};
 use serde::{Deserialize, Serialize};
+
+use super::AccountError;
 
 /// `accounts.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -94,7 +95,7 @@ pub async fn plan_accounts(
     client: &Client,
     accounts: &[DesiredAccount],
     default_route: &str,
-) -> anyhow::Result<Vec<AccountStep>> {
+) -> Result<Vec<AccountStep>, AccountError> {
     let mut plan = Vec::new();
     for a in accounts {
         let route = a
@@ -151,7 +152,12 @@ pub async fn plan_accounts(
                     plan.push(AccountStep::SetSwitch(a.mcid.clone(), false));
                 }
             }
-            Err(e) => return Err(e).with_context(|| format!("reading account {}", a.mcid)),
+            Err(e) => {
+                return Err(AccountError::platform(format!(
+                    "reading account {}",
+                    a.mcid
+                ))(e))
+            }
         }
     }
     Ok(plan)
@@ -166,7 +172,7 @@ pub async fn apply_accounts(
     accounts: &[DesiredAccount],
     default_route: &str,
     plan: &[AccountStep],
-) -> anyhow::Result<()> {
+) -> Result<(), AccountError> {
     let by_id: HashMap<&str, &DesiredAccount> =
         accounts.iter().map(|a| (a.mcid.as_str(), a)).collect();
     let profile = |a: &DesiredAccount| AccountProfile {
@@ -206,7 +212,7 @@ pub async fn apply_accounts(
                 .map(drop),
             AccountStep::Same(_) | AccountStep::Warn(..) => Ok(()),
         };
-        r.with_context(|| format!("{step}"))?;
+        r.map_err(AccountError::platform(step.to_string()))?;
     }
     Ok(())
 }

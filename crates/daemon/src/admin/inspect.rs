@@ -9,6 +9,8 @@ use pubbot_webhook::{InboundMessage, MessageBody};
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::pipeline::rules::RulesError;
+
 /// One reply in a conversation.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplyLine {
@@ -177,8 +179,12 @@ pub struct Retried {
 /// does nothing.
 ///
 /// # Errors
-/// Database errors, rules that do not compile.
-pub async fn retry(pool: &PgPool, options: &Options, ids: &[i64]) -> anyhow::Result<Vec<Retried>> {
+/// [`RulesError`]: the database, or stored rules that do not compile.
+pub async fn retry(
+    pool: &PgPool,
+    options: &Options,
+    ids: &[i64],
+) -> Result<Vec<Retried>, RulesError> {
     let options = crate::pipeline::rules::with_media(pool, options).await?;
     let set = RuleSet::compile(crate::pipeline::rules::load(pool).await?, &options)?;
     let mut out = Vec::new();
@@ -234,21 +240,10 @@ pub async fn retry(pool: &PgPool, options: &Options, ids: &[i64]) -> anyhow::Res
             });
             continue;
         };
-        let payload = serde_json::to_value(reply)?;
-        let done = sqlx::query!(
-            "UPDATE outbound_messages
-                SET status = 'pending', payload = $2::jsonb::json, attempts = 0, next_attempt_at = now(),
-                    last_error = 'retried by the operator after: ' || coalesce(last_error, '?')
-              WHERE id = $1 AND status = 'failed'",
-            id,
-            payload
-        )
-        .execute(pool)
-        .await?
-        .rows_affected();
+        let done = crate::pipeline::outbox::requeue_failed(pool, id, reply).await?;
         out.push(Retried {
             id,
-            outcome: if done == 1 {
+            outcome: if done {
                 "retried".into()
             } else {
                 "not failed any more".into()
@@ -256,23 +251,4 @@ pub async fn retry(pool: &PgPool, options: &Options, ids: &[i64]) -> anyhow::Res
         });
     }
     Ok(out)
-}
-
-/// Parses `30s`, `15m`, `1h`, `2d`.
-///
-/// # Errors
-/// What it expected.
-pub fn parse_since(s: &str) -> Result<chrono::Duration, String> {
-    let s = s.trim();
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = n
-        .parse()
-        .map_err(|_| format!("{s:?}: a number and s, m, h or d (like 1h)"))?;
-    match unit {
-        "s" => Ok(chrono::Duration::seconds(n)),
-        "m" => Ok(chrono::Duration::minutes(n)),
-        "h" | "" => Ok(chrono::Duration::hours(n)),
-        "d" => Ok(chrono::Duration::days(n)),
-        _ => Err(format!("{s:?}: a number and s, m, h or d (like 1h)")),
-    }
 }

@@ -101,8 +101,7 @@ pub async fn outbound_cmd(
     use crate::admin::inspect;
     match cmd {
         OutboundCommand::Failed { since, json } => {
-            let since =
-                chrono::Utc::now() - inspect::parse_since(&since).map_err(anyhow::Error::msg)?;
+            let since = chrono::Utc::now() - parse_since(&since)?;
             let all = inspect::failed(pool, since).await?;
             if json {
                 return print_json(&all);
@@ -129,8 +128,7 @@ pub async fn outbound_cmd(
             json,
         } => {
             let ids = if all_failed {
-                let since = chrono::Utc::now()
-                    - inspect::parse_since(&since).map_err(anyhow::Error::msg)?;
+                let since = chrono::Utc::now() - parse_since(&since)?;
                 inspect::failed(pool, since)
                     .await?
                     .into_iter()
@@ -153,4 +151,23 @@ pub async fn outbound_cmd(
         }
     }
     Ok(())
+}
+
+/// Parses `30s`, `15m`, `1h`, `2d`.
+///
+/// # Errors
+/// What it expected.
+fn parse_since(s: &str) -> anyhow::Result<chrono::Duration> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = n
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{s:?}: a number and s, m, h or d (like 1h)"))?;
+    match unit {
+        "s" => Ok(chrono::Duration::seconds(n)),
+        "m" => Ok(chrono::Duration::minutes(n)),
+        "h" | "" => Ok(chrono::Duration::hours(n)),
+        "d" => Ok(chrono::Duration::days(n)),
+        _ => anyhow::bail!("{s:?}: a number and s, m, h or d (like 1h)"),
+    }
 }

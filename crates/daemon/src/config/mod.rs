@@ -482,8 +482,15 @@ impl Settings {
                 return Err(invalid(format!("apps.{}", app.key), "app key listed twice"));
             }
             app.signing_secret()?;
-            url_check(&app.api_base_url)
-                .map_err(|p| invalid(format!("apps.{}.api_base_url", app.key), p))?;
+            if !url_check(&app.api_base_url) {
+                return Err(invalid(
+                    format!("apps.{}.api_base_url", app.key),
+                    format!(
+                        "must start with http:// or https://, got {:?}",
+                        app.api_base_url
+                    ),
+                ));
+            }
             match &app.accounts {
                 Hosted::Unset | Hosted::Only(_) if app.accounts.listed().is_empty() => {
                     return Err(invalid(
@@ -559,12 +566,8 @@ impl Settings {
     }
 }
 
-fn url_check(url: &str) -> Result<(), String> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(())
-    } else {
-        Err(format!("must start with http:// or https://, got {url:?}"))
-    }
+fn url_check(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
 }
 
 fn yes() -> bool {

@@ -42,7 +42,7 @@ pub async fn start_campaign(
     content: &BroadcastContent,
     users: Option<Vec<String>>,
 ) -> Result<(i64, usize), BroadcastError> {
-    content.validate().map_err(BroadcastError::Invalid)?;
+    content.validate()?;
     if !content.batchable() {
         return Err(BroadcastError::Invalid(
             "a campaign goes out by batchsend: text, news, or an image/voice by url (not uploaded media)".into(),

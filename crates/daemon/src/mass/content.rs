@@ -1,8 +1,10 @@
 //! What a broadcast or campaign sends, and the checks it passes before it
 //! is accepted (R9's limits, templates that render).
 
+use pubbot_api_client::validate;
 use pubbot_api_client::{Article, MediaRef, Message};
-use pubbot_protocol::limits;
+
+use crate::mass::BroadcastError;
 use pubbot_rules::broadcast::{check_broadcast_template, render_broadcast, BroadcastVars};
 use serde::{Deserialize, Serialize};
 
@@ -63,38 +65,48 @@ pub struct NewsArticle {
     pub picurl: String,
 }
 
-fn media(kind: &str, url: &Option<String>, media_id: &Option<String>) -> Result<MediaRef, String> {
+fn media(
+    kind: &str,
+    url: &Option<String>,
+    media_id: &Option<String>,
+) -> Result<MediaRef, BroadcastError> {
     match (
         url.as_deref().map(str::trim),
         media_id.as_deref().map(str::trim),
     ) {
         (Some(u), None) if !u.is_empty() => Ok(MediaRef::Url(u.to_owned())),
         (None, Some(m)) if !m.is_empty() => Ok(MediaRef::Uploaded(m.into())),
-        _ => Err(format!(
+        _ => Err(BroadcastError::Invalid(format!(
             "{kind}: give exactly one of url and media_id, not empty"
-        )),
+        ))),
     }
 }
 
+fn invalid(e: impl std::fmt::Display) -> BroadcastError {
+    BroadcastError::Invalid(e.to_string())
+}
+
+/// Whether a text is a template (checked for its limits once rendered).
+fn templated(text: &str) -> bool {
+    text.contains("{{")
+}
+
 impl BroadcastContent {
-    /// Checks what can be checked before the day (R9 limits of what is not
-    /// a template, the templates' variables).
+    /// Checks what can be checked before the day: the templates' variables,
+    /// and the platform's limits (R9, [`pubbot_api_client::validate`], the
+    /// checks every sent message passes) of what is not a template.
     ///
     /// # Errors
-    /// What is wrong, naming the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// [`BroadcastError::Invalid`], naming the field.
+    pub fn validate(&self) -> Result<(), BroadcastError> {
         match self {
             Self::Text { text } => {
                 if text.trim().is_empty() {
-                    return Err("text is empty".into());
+                    return Err(invalid("text is empty"));
                 }
-                check_broadcast_template(text)?;
-                if !text.contains("{{") && text.len() > limits::TEXT_MAX_BYTES {
-                    return Err(format!(
-                        "text is {} bytes, at most {} (R9)",
-                        text.len(),
-                        limits::TEXT_MAX_BYTES
-                    ));
+                check_broadcast_template(text).map_err(invalid)?;
+                if !templated(text) {
+                    validate::text(text).map_err(|e| invalid(format_args!("{e} (R9)")))?;
                 }
             }
             Self::Image { url, media_id } => {
@@ -105,35 +117,29 @@ impl BroadcastContent {
             }
             Self::Mpnews { media_id } => {
                 if media_id.trim().is_empty() {
-                    return Err("mpnews: media_id is empty".into());
+                    return Err(invalid("mpnews: media_id is empty"));
                 }
             }
             Self::News { articles } => {
-                if articles.is_empty() || articles.len() > limits::ARTICLES_MAX {
-                    return Err(format!(
-                        "news has {} articles, 1 to {} (R9)",
-                        articles.len(),
-                        limits::ARTICLES_MAX
-                    ));
-                }
                 for (i, a) in articles.iter().enumerate() {
-                    if a.title.trim().is_empty() || a.picurl.trim().is_empty() {
-                        return Err(format!("article {i}: title and picurl are required"));
-                    }
                     check_broadcast_template(&a.title)
-                        .map_err(|e| format!("article {i} title: {e}"))?;
+                        .map_err(|e| invalid(format_args!("article {i} title: {e}")))?;
                     if let Some(d) = &a.description {
                         check_broadcast_template(d)
-                            .map_err(|e| format!("article {i} description: {e}"))?;
-                        let w = pubbot_protocol::width(d);
-                        if !d.contains("{{") && w > limits::DESCRIPTION_MAX_WIDTH {
-                            return Err(format!(
-                                "article {i}: description is {w} wide, at most {} (R9)",
-                                limits::DESCRIPTION_MAX_WIDTH
-                            ));
-                        }
+                            .map_err(|e| invalid(format_args!("article {i} description: {e}")))?;
                     }
                 }
+                // A templated description is measured once rendered.
+                let plain: Vec<Article> = articles
+                    .iter()
+                    .map(|a| Article {
+                        title: a.title.clone(),
+                        description: a.description.clone().filter(|d| !templated(d)),
+                        url: a.url.clone(),
+                        picurl: a.picurl.clone(),
+                    })
+                    .collect();
+                validate::articles(&plain).map_err(|e| invalid(format_args!("news: {e} (R9)")))?;
             }
         }
         Ok(())
@@ -142,10 +148,11 @@ impl BroadcastContent {
     /// Renders the templates into the message to send.
     ///
     /// # Errors
-    /// A render error, or an invalid result.
-    pub fn render(&self, vars: &BroadcastVars) -> Result<Message, String> {
+    /// [`BroadcastError::Invalid`]: a render error, or an invalid result.
+    pub fn render(&self, vars: &BroadcastVars) -> Result<Message, BroadcastError> {
+        let render = |source: &str| render_broadcast(source, vars).map_err(invalid);
         Ok(match self {
-            Self::Text { text } => Message::Text(render_broadcast(text, vars)?),
+            Self::Text { text } => Message::Text(render(text)?),
             Self::Image { url, media_id } => Message::Image(media("image", url, media_id)?),
             Self::Voice { url, media_id } => Message::Voice(media("voice", url, media_id)?),
             Self::Mpnews { media_id } => Message::MpNews(media_id.as_str().into()),
@@ -154,17 +161,13 @@ impl BroadcastContent {
                     .iter()
                     .map(|a| {
                         Ok(Article {
-                            title: render_broadcast(&a.title, vars)?,
-                            description: a
-                                .description
-                                .as_deref()
-                                .map(|d| render_broadcast(d, vars))
-                                .transpose()?,
+                            title: render(&a.title)?,
+                            description: a.description.as_deref().map(render).transpose()?,
                             url: a.url.clone(),
                             picurl: a.picurl.clone(),
                         })
                     })
-                    .collect::<Result<Vec<_>, String>>()?,
+                    .collect::<Result<Vec<_>, BroadcastError>>()?,
             ),
         })
     }
@@ -193,18 +196,30 @@ mod tests {
         let long = BroadcastContent::Text {
             text: "x".repeat(2001),
         };
-        assert!(long.validate().unwrap_err().contains("2001 bytes"));
+        assert!(long
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("2001 bytes"));
         let both = BroadcastContent::Image {
             url: Some("http://x/p.png".into()),
             media_id: Some("m".into()),
         };
-        assert!(both.validate().unwrap_err().contains("exactly one"));
+        assert!(both
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one"));
         let news = BroadcastContent::News { articles: vec![] };
-        assert!(news.validate().unwrap_err().contains("0 articles"));
+        assert!(news
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("0 articles"));
         let unknown = BroadcastContent::Text {
             text: "hi {{ user }}".into(),
         };
-        assert!(unknown.validate().unwrap_err().contains("user"));
+        assert!(unknown.validate().unwrap_err().to_string().contains("user"));
         assert!(!BroadcastContent::Mpnews {
             media_id: "m".into()
         }

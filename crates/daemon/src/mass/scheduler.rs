@@ -309,7 +309,7 @@ impl Scheduler {
             .and_then(|t| t.parse::<Tz>().ok())
             .unwrap_or(chrono_tz::Asia::Shanghai);
         let message = match self.vars(&b.app_key, &b.mcid, tz).await {
-            Ok(vars) => b.content.0.render(&vars),
+            Ok(vars) => b.content.0.render(&vars).map_err(|e| e.to_string()),
             Err(e) => {
                 // Not called yet: the lease expires and it is claimed again.
                 tracing::warn!(broadcast = b.id, error = %e, "reading the followers count failed");
@@ -412,7 +412,7 @@ impl Scheduler {
     async fn send_chunk(&self, c: ClaimedChunk) {
         let tz = chrono_tz::Asia::Shanghai;
         let message = match self.vars(&c.app_key, &c.mcid, tz).await {
-            Ok(vars) => c.content.0.render(&vars),
+            Ok(vars) => c.content.0.render(&vars).map_err(|e| e.to_string()),
             Err(e) => {
                 tracing::warn!(campaign = c.campaign_id, error = %e, "reading the followers count failed");
                 return;

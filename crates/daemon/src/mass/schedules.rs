@@ -145,7 +145,7 @@ pub async fn schedule_daily(
         content,
     } = new;
     parse_tz(timezone)?;
-    content.validate().map_err(BroadcastError::Invalid)?;
+    content.validate()?;
     let body = serde_json::to_value(content).map_err(|e| BroadcastError::Invalid(e.to_string()))?;
     let row = sqlx::query!(
         r#"INSERT INTO broadcast_schedules (app_key, mcid, name, time_of_day, timezone, content, created_at)
@@ -216,7 +216,7 @@ pub async fn schedule_once(
     at: DateTime<Utc>,
     content: &BroadcastContent,
 ) -> Result<Broadcast, BroadcastError> {
-    content.validate().map_err(BroadcastError::Invalid)?;
+    content.validate()?;
     let body = serde_json::to_value(content).map_err(|e| BroadcastError::Invalid(e.to_string()))?;
     let day = platform_day(at);
     let row = sqlx::query!(

@@ -103,42 +103,100 @@ pub struct StateChange {
     pub clear: Vec<String>,
 }
 
+/// Why a handler call brought no answer (retried while tries remain and
+/// the breaker is closed). The texts name the cause itself: they end up in
+/// the reply row's `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The handler registry could not be read.
+    #[error("reading handlers: {0}")]
+    Registry(sqlx::Error),
+    /// No handler has that name.
+    #[error("no handler named {0:?} (pubbot handler add)")]
+    Unknown(String),
+    /// The answer is not JSON.
+    #[error("answer is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// The answer's body could not be read.
+    #[error("reading the answer: {0}")]
+    Read(reqwest::Error),
+    /// The handler answered with an error status.
+    #[error("HTTP {0}")]
+    Status(u16),
+    /// No answer within the handler's timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The call did not reach the handler.
+    #[error("call failed: {0}")]
+    Transport(reqwest::Error),
+}
+
+/// Why a handler's answer is not sent: its replies break a rule. (An
+/// answer that does not arrive, or is not JSON, is retried instead.)
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidAnswer {
+    /// The answer is JSON of another shape (an unknown reply type).
+    #[error("answer is not of the expected shape: {0}")]
+    Shape(#[source] serde_json::Error),
+    /// A reply names its media wrongly, or is empty.
+    #[error("reply {index}: {reason}")]
+    Reply {
+        /// The reply's place in the answer.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A reply breaks the platform's limits (R9), as `api-client` checks
+    /// every message it sends.
+    #[error("reply {index}: {source} (R9)")]
+    Limit {
+        /// The reply's place in the answer.
+        index: usize,
+        /// The limit broken.
+        #[source]
+        source: pubbot_api_client::Invalid,
+    },
+}
+
 /// Turns an answer's replies into planned replies, validated like every
-/// reply (R9); local media names are resolved with `media`.
+/// reply (R9, by [`pubbot_api_client::validate`]); local media names are
+/// resolved with `media`.
 ///
 /// # Errors
 /// The first reply that breaks a rule, named.
 pub fn validate_answer(
     answer: &Answer,
     media: &HashMap<String, String>,
-) -> Result<Vec<PlannedReply>, String> {
-    use pubbot_protocol::limits;
+) -> Result<Vec<PlannedReply>, InvalidAnswer> {
     let mut out = Vec::new();
-    let pick = |url: &Option<String>, id: &Option<String>, name: &Option<String>, i: usize| match (
-        url, id, name,
-    ) {
-        (Some(u), None, None) if !u.trim().is_empty() => Ok(Media::Url(u.clone())),
-        (None, Some(m), None) if !m.trim().is_empty() => Ok(Media::MediaId(m.clone())),
-        (None, None, Some(n)) => media
-            .get(n)
-            .map(|m| Media::MediaId(m.clone()))
-            .ok_or_else(|| format!("reply {i}: no uploaded medium is named {n:?}")),
-        _ => Err(format!(
-            "reply {i}: give exactly one of url, media_id, media"
-        )),
-    };
-    for (i, r) in answer.replies.iter().enumerate() {
-        out.push(match r {
+    let pick =
+        |url: &Option<String>, id: &Option<String>, name: &Option<String>, index: usize| match (
+            url, id, name,
+        ) {
+            (Some(u), None, None) if !u.trim().is_empty() => Ok(Media::Url(u.clone())),
+            (None, Some(m), None) if !m.trim().is_empty() => Ok(Media::MediaId(m.clone())),
+            (None, None, Some(n)) => {
+                media
+                    .get(n)
+                    .map(|m| Media::MediaId(m.clone()))
+                    .ok_or_else(|| InvalidAnswer::Reply {
+                        index,
+                        reason: format!("no uploaded medium is named {n:?}"),
+                    })
+            }
+            _ => Err(InvalidAnswer::Reply {
+                index,
+                reason: "give exactly one of url, media_id, media".into(),
+            }),
+        };
+    for (index, r) in answer.replies.iter().enumerate() {
+        let planned = match r {
             Reply::Text { text } => {
                 if text.trim().is_empty() {
-                    return Err(format!("reply {i}: text is empty"));
-                }
-                if text.len() > limits::TEXT_MAX_BYTES {
-                    return Err(format!(
-                        "reply {i}: text is {} bytes, at most {} (R9)",
-                        text.len(),
-                        limits::TEXT_MAX_BYTES
-                    ));
+                    return Err(InvalidAnswer::Reply {
+                        index,
+                        reason: "text is empty".into(),
+                    });
                 }
                 PlannedReply::Text {
                     content: text.clone(),
@@ -149,45 +207,32 @@ pub fn validate_answer(
                 media_id,
                 media: name,
             } => PlannedReply::Image {
-                media: pick(url, media_id, name, i)?,
+                media: pick(url, media_id, name, index)?,
             },
             Reply::Voice {
                 url,
                 media_id,
                 media: name,
             } => PlannedReply::Voice {
-                media: pick(url, media_id, name, i)?,
+                media: pick(url, media_id, name, index)?,
             },
-            Reply::News { articles } => {
-                if articles.is_empty() || articles.len() > limits::ARTICLES_MAX {
-                    return Err(format!(
-                        "reply {i}: {} articles, 1 to {} (R9)",
-                        articles.len(),
-                        limits::ARTICLES_MAX
-                    ));
-                }
-                let mut list = Vec::new();
-                for a in articles {
-                    if a.title.trim().is_empty() || a.picurl.trim().is_empty() {
-                        return Err(format!("reply {i}: an article needs title and picurl"));
-                    }
-                    if let Some(d) = &a.description {
-                        if pubbot_protocol::width(d) > limits::DESCRIPTION_MAX_WIDTH {
-                            return Err(format!(
-                                "reply {i}: a description is wider than 2000 (R9)"
-                            ));
-                        }
-                    }
-                    list.push(Article {
+            Reply::News { articles } => PlannedReply::News {
+                articles: articles
+                    .iter()
+                    .map(|a| Article {
                         title: a.title.clone(),
                         description: a.description.clone(),
                         url: a.url.clone(),
                         picurl: a.picurl.clone(),
-                    });
-                }
-                PlannedReply::News { articles: list }
-            }
-        });
+                    })
+                    .collect(),
+            },
+        };
+        if let Some(message) = crate::pipeline::send::to_message(&planned) {
+            pubbot_api_client::validate::message(&message)
+                .map_err(|source| InvalidAnswer::Limit { index, source })?;
+        }
+        out.push(planned);
     }
     Ok(out)
 }
@@ -274,7 +319,7 @@ impl HandlerRunner {
         }
     }
 
-    async fn handler(&self, name: &str) -> Result<(HandlerConfig, Arc<Semaphore>), String> {
+    async fn handler(&self, name: &str) -> Result<(HandlerConfig, Arc<Semaphore>), CallError> {
         let fresh = {
             let r = self
                 .registry
@@ -283,9 +328,7 @@ impl HandlerRunner {
             r.0.is_some_and(|at| at.elapsed() < Duration::from_secs(5)) && r.1.contains_key(name)
         };
         if !fresh {
-            let rows = list(&self.pool)
-                .await
-                .map_err(|e| format!("reading handlers: {e}"))?;
+            let rows = list(&self.pool).await.map_err(CallError::Registry)?;
             let mut r = self
                 .registry
                 .lock()
@@ -309,7 +352,7 @@ impl HandlerRunner {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         r.1.get(name)
             .cloned()
-            .ok_or_else(|| format!("no handler named {name:?} (pubbot handler add)"))
+            .ok_or_else(|| CallError::Unknown(name.to_owned()))
     }
 
     fn breaker_open(&self, name: &str) -> bool {
@@ -379,7 +422,7 @@ impl HandlerRunner {
     ) -> CallResult {
         let (h, sem) = match self.handler(name).await {
             Ok(h) => h,
-            Err(e) => return CallResult::Failed(e),
+            Err(e) => return CallResult::Failed(e.to_string()),
         };
         if self.breaker_open(name) {
             metrics::counter!("pubbot_handler_calls_total", "handler" => name.to_owned(), "result" => "breaker_open").increment(1);
@@ -392,7 +435,7 @@ impl HandlerRunner {
         };
         let body = serde_json::to_vec(event).unwrap_or_default();
         let mut pause = self.policy.backoff;
-        let mut last = String::new();
+        let mut last: Option<CallError> = None;
         for attempt in 1..=self.policy.max_attempts.max(1) {
             let started = Instant::now();
             let ts = chrono::Utc::now().timestamp();
@@ -409,19 +452,16 @@ impl HandlerRunner {
                 .await;
             // JSON that does not parse is retried; JSON of the wrong shape
             // (an unknown reply type) is an invalid answer, not retried.
-            let outcome: Result<Result<Answer, String>, String> = match sent {
+            let outcome: Result<Result<Answer, InvalidAnswer>, CallError> = match sent {
                 Ok(resp) if resp.status().is_success() => match resp.bytes().await {
                     Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)
-                        .map_err(|e| format!("answer is not JSON: {e}"))
-                        .map(|v| {
-                            serde_json::from_value::<Answer>(v)
-                                .map_err(|e| format!("answer is not of the expected shape: {e}"))
-                        }),
-                    Err(e) => Err(format!("reading the answer: {e}")),
+                        .map_err(CallError::NotJson)
+                        .map(|v| serde_json::from_value::<Answer>(v).map_err(InvalidAnswer::Shape)),
+                    Err(e) => Err(CallError::Read(e)),
                 },
-                Ok(resp) => Err(format!("HTTP {}", resp.status().as_u16())),
-                Err(e) if e.is_timeout() => Err(format!("timed out after {:?}", h.timeout)),
-                Err(e) => Err(format!("call failed: {e}")),
+                Ok(resp) => Err(CallError::Status(resp.status().as_u16())),
+                Err(e) if e.is_timeout() => Err(CallError::Timeout(h.timeout)),
+                Err(e) => Err(CallError::Transport(e)),
             };
             metrics::histogram!("pubbot_handler_seconds", "handler" => name.to_owned())
                 .record(started.elapsed().as_secs_f64());
@@ -447,7 +487,7 @@ impl HandlerRunner {
                     metrics::counter!("pubbot_handler_calls_total", "handler" => name.to_owned(), "result" => "error").increment(1);
                     tracing::warn!(handler = name, event_id, attempt, error = %e, "handler call failed");
                     self.record(name, false);
-                    last = e;
+                    last = Some(e);
                     if attempt < self.policy.max_attempts && !self.breaker_open(name) {
                         tokio::time::sleep(pause).await;
                         pause *= 2;
@@ -457,6 +497,7 @@ impl HandlerRunner {
                 }
             }
         }
+        let last = last.map(|e| e.to_string()).unwrap_or_default();
         CallResult::Failed(format!("handler {name:?} failed: {last}"))
     }
 
@@ -673,6 +714,7 @@ mod tests {
         .unwrap();
         assert!(validate_answer(&long, &media)
             .unwrap_err()
+            .to_string()
             .contains("2001 bytes"));
         assert!(
             serde_json::from_str::<Answer>(r#"{"replies": [{"type": "video", "url": "x"}]}"#)

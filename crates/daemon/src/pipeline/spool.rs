@@ -325,10 +325,11 @@ impl Spool {
     /// Drains every closed segment into PostgreSQL with `store` (which
     /// inserts a batch, deduplicated); stops at the first failure. Returns
     /// the pushes drained.
-    pub async fn drain_once<F, Fut>(&self, mut store: F) -> usize
+    pub async fn drain_once<F, Fut, E>(&self, mut store: F) -> usize
     where
         F: FnMut(Vec<SpooledPush>) -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>>,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
     {
         if self.bytes() == 0 {
             return 0;
@@ -372,10 +373,11 @@ impl Spool {
     }
 
     /// Drains every `every` (at once at start) until `token` is cancelled.
-    pub async fn drain<F, Fut>(self, every: Duration, token: CancellationToken, mut store: F)
+    pub async fn drain<F, Fut, E>(self, every: Duration, token: CancellationToken, mut store: F)
     where
         F: FnMut(Vec<SpooledPush>) -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>>,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
     {
         loop {
             self.drain_once(&mut store).await;
@@ -456,7 +458,7 @@ mod tests {
                 let s2 = Arc::clone(&s2);
                 async move {
                     s2.lock().unwrap().extend(chunk);
-                    Ok(())
+                    Ok::<(), std::convert::Infallible>(())
                 }
             })
             .await;

@@ -126,13 +126,21 @@ impl Row {
 /// real id, and far below what a btree index row can hold.
 const MAX_ID_BYTES: usize = 512;
 
+/// A push PostgreSQL could not keep: which field, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{field} {problem}")]
+struct Unstorable {
+    field: &'static str,
+    problem: String,
+}
+
 /// Whether PostgreSQL can keep the push's columns: `text` refuses NUL, and
 /// an index row has a size limit. The parsed message is stored as `json`,
 /// whose escapes (`\u0000`) are fine, and the body as bytes.
 ///
 /// # Errors
 /// Names the field that cannot be stored.
-fn storable(row: &Row) -> Result<(), String> {
+fn storable(row: &Row) -> Result<(), Unstorable> {
     for (field, value) in [
         ("ToUserName", row.mcid.as_str()),
         ("FromUserName", row.user_id.as_str()),
@@ -141,13 +149,16 @@ fn storable(row: &Row) -> Result<(), String> {
         ("dedup key", row.dedup_key.as_str()),
     ] {
         if value.contains('\0') {
-            return Err(format!("{field} contains a NUL character"));
+            return Err(Unstorable {
+                field,
+                problem: "contains a NUL character".into(),
+            });
         }
         if value.len() > MAX_ID_BYTES {
-            return Err(format!(
-                "{field} is {} bytes, at most {MAX_ID_BYTES} are kept",
-                value.len()
-            ));
+            return Err(Unstorable {
+                field,
+                problem: format!("is {} bytes, at most {MAX_ID_BYTES} are kept", value.len()),
+            });
         }
     }
     Ok(())
@@ -260,14 +271,11 @@ impl PgInbox {
 /// Inserts pushes drained from the spool (deduplicated by the R6 key).
 ///
 /// # Errors
-/// The database error, as text.
-pub async fn store_spooled(pool: &PgPool, pushes: Vec<SpooledPush>) -> Result<(), String> {
+/// The database error.
+pub async fn store_spooled(pool: &PgPool, pushes: Vec<SpooledPush>) -> Result<(), sqlx::Error> {
     let rows: Vec<Row> = pushes.into_iter().map(Row::from_spooled).collect();
     let rows: Vec<&Row> = rows.iter().collect();
-    insert(pool, &rows, None)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    insert(pool, &rows, None).await.map(|_| ())
 }
 
 impl Inbox for PgInbox {
@@ -291,7 +299,7 @@ impl Inbox for PgInbox {
             tracing::warn!(trace_id = %trace, app_key = %push.app_key, reason = %why, "push cannot be stored; refused");
             metrics::counter!("pubbot_inbound_messages_total", "outcome" => "unstorable")
                 .increment(1);
-            return Err(InboxError::Refused(why));
+            return Err(InboxError::Refused(why.to_string()));
         }
         tracing::debug!(trace_id = %trace, app_key = %push.app_key, mcid = %m.to, msg_type = m.msg_type(), "push received");
         if let Some(receipt) = &self.receipt {
@@ -584,9 +592,9 @@ mod tests {
     fn what_text_cannot_keep_is_named_before_the_batch() {
         assert!(storable(&row("alice", "k")).is_ok());
         let e = storable(&row("al\0ice", "k")).unwrap_err();
-        assert!(e.contains("FromUserName"), "{e}");
+        assert!(e.to_string().contains("FromUserName"), "{e}");
         let e = storable(&row(&"x".repeat(MAX_ID_BYTES + 1), "k")).unwrap_err();
-        assert!(e.contains("at most"), "{e}");
+        assert!(e.to_string().contains("at most"), "{e}");
     }
 
     #[test]

@@ -253,3 +253,30 @@ impl Recorder {
         }
     }
 }
+
+/// Puts a failed reply back to `pending` with `reply` as its payload (an
+/// operator's retry after fixing a rule, [`crate::admin::inspect::retry`]):
+/// only while it is still `failed`, so a second retry of the same reply
+/// does nothing. Returns whether it was put back.
+///
+/// # Errors
+/// Database errors.
+pub async fn requeue_failed(
+    pool: &PgPool,
+    id: i64,
+    reply: &PlannedReply,
+) -> Result<bool, sqlx::Error> {
+    let payload = serde_json::to_value(reply).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let done = sqlx::query!(
+        "UPDATE outbound_messages
+                SET status = 'pending', payload = $2::jsonb::json, attempts = 0, next_attempt_at = now(),
+                    last_error = 'retried by the operator after: ' || coalesce(last_error, '?')
+              WHERE id = $1 AND status = 'failed'",
+        id,
+        payload
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(done == 1)
+}
