@@ -87,7 +87,7 @@ async fn add_handler(pool: &PgPool, url: &str, timeout_ms: u64) {
         &HandlerConfig {
             name: "orders".into(),
             url: url.into(),
-            secret: SECRET.into(),
+            secret: SECRET.to_owned().into(),
             timeout: Duration::from_millis(timeout_ms),
             concurrency: 4,
         },

@@ -299,10 +299,7 @@ pub async fn start_with_clock(
             grace: Duration::from_secs(settings.broadcast.grace_secs),
             lease: Duration::from_secs(settings.broadcast.lease_secs),
             tick: Duration::from_millis(settings.broadcast.tick_ms),
-            backoff: (
-                Duration::from_millis(settings.sender.backoff_min_ms),
-                Duration::from_millis(settings.sender.backoff_max_ms),
-            ),
+            backoff: settings.sender.backoff(),
             max_attempts: settings.sender.max_attempts,
         }
         .run(housekeeping_token.clone()),
@@ -358,8 +355,7 @@ pub async fn start_with_clock(
             worker_id: worker_id.clone(),
             policy: RetryPolicy {
                 max_attempts: settings.sender.max_attempts,
-                backoff_min: Duration::from_millis(settings.sender.backoff_min_ms),
-                backoff_max: Duration::from_millis(settings.sender.backoff_max_ms),
+                backoff: settings.sender.backoff(),
             },
             leases: Arc::clone(&leases),
             wake: Arc::clone(&wake),
@@ -410,7 +406,7 @@ pub async fn start_with_clock(
         worker_id.clone(),
         handlers::HandlerPolicy {
             max_attempts: settings.handlers.max_attempts,
-            backoff: Duration::from_millis(settings.handlers.backoff_ms),
+            backoff: settings.handlers.backoff(),
             breaker_failures: settings.handlers.breaker_failures,
             breaker_open: Duration::from_secs(settings.handlers.breaker_open_secs),
             state_ttl: Duration::from_secs(settings.state.ttl_secs),

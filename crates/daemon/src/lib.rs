@@ -61,6 +61,7 @@ pub mod config;
 pub mod db;
 pub mod mass;
 pub mod pipeline;
+pub mod retry;
 pub mod telemetry;
 
 pub use app::{start, start_with_clock, worker_id, Running};

@@ -299,16 +299,17 @@ pub async fn media_cmd(
             if json {
                 return print_json(&all);
             }
-            println!(
-                "{:<12} {:<24} {:<6} {:>9}  MEDIA_ID",
-                "APP", "NAME", "KIND", "BYTES"
-            );
+            let mut t = table(&["APP", "NAME", "KIND", "BYTES", "MEDIA_ID"], &[3]);
             for m in all {
-                println!(
-                    "{:<12} {:<24} {:<6} {:>9}  {}",
-                    m.app_key, m.name, m.kind, m.bytes, m.media_id
-                );
+                t.add_row(vec![
+                    m.app_key,
+                    m.name,
+                    m.kind,
+                    m.bytes.to_string(),
+                    m.media_id,
+                ]);
             }
+            print_table(&t);
         }
     }
     Ok(())

@@ -349,21 +349,21 @@ pub async fn broadcast_cmd(
                     &serde_json::json!({"schedules": schedules, "broadcasts": coming}),
                 );
             }
-            println!(
-                "{:>5}  {:<20} {:<16} {:<8} {:<18} CONTENT",
-                "ID", "ACCOUNT", "NAME", "AT", "TIMEZONE"
+            let mut t = table(
+                &["ID", "ACCOUNT", "NAME", "AT", "TIMEZONE", "CONTENT"],
+                &[0],
             );
             for s in &schedules {
-                println!(
-                    "{:>5}  {:<20} {:<16} {:<8} {:<18} {}",
-                    s.id,
+                t.add_row(vec![
+                    s.id.to_string(),
                     format!("{}/{}", s.app_key, s.mcid),
-                    s.name,
-                    s.time_of_day.format("%H:%M"),
-                    s.timezone,
-                    s.content
-                );
+                    s.name.clone(),
+                    s.time_of_day.format("%H:%M").to_string(),
+                    s.timezone.clone(),
+                    s.content.to_string(),
+                ]);
             }
+            print_table(&t);
             println!();
             for b in &coming {
                 println!("{}", line(b));

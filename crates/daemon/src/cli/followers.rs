@@ -85,14 +85,14 @@ pub async fn followers_cmd(
         }
         FollowersCommand::List { target, limit } => {
             let (app, mcid) = target.resolve(settings)?;
-            println!("{:<32} FOLLOWED AT", "USER");
+            let mut t = table(&["USER", "FOLLOWED AT"], &[]);
             for f in followers::list(pool, &app, &mcid, limit).await? {
-                println!(
-                    "{:<32} {}",
+                t.add_row(vec![
                     f.user_id,
-                    f.followed_at.format("%Y-%m-%d %H:%M:%S UTC")
-                );
+                    f.followed_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                ]);
             }
+            print_table(&t);
         }
         FollowersCommand::Export { target, format } => {
             let (app, mcid) = target.resolve(settings)?;

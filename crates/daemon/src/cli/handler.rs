@@ -98,7 +98,7 @@ pub async fn handler_cmd(
                 &handlers::HandlerConfig {
                     name: name.clone(),
                     url: url.clone(),
-                    secret,
+                    secret: secret.into(),
                     timeout: std::time::Duration::from_millis(timeout_ms.max(1)),
                     concurrency: concurrency.max(1),
                 },
@@ -115,16 +115,16 @@ pub async fn handler_cmd(
                     .collect();
                 return print_json(&v);
             }
-            println!("{:<16} {:>10} {:>5}  URL", "NAME", "TIMEOUT", "MAX");
+            let mut t = table(&["NAME", "TIMEOUT", "MAX", "URL"], &[1, 2]);
             for h in all {
-                println!(
-                    "{:<16} {:>8}ms {:>5}  {}",
+                t.add_row(vec![
                     h.name,
-                    h.timeout.as_millis(),
-                    h.concurrency,
-                    h.url
-                );
+                    format!("{}ms", h.timeout.as_millis()),
+                    h.concurrency.to_string(),
+                    h.url,
+                ]);
             }
+            print_table(&t);
         }
         HandlerCommand::Test {
             name,
@@ -139,7 +139,10 @@ pub async fn handler_cmd(
                 "pubbot-handler-test".into(),
                 handlers::HandlerPolicy {
                     max_attempts: 1,
-                    backoff: std::time::Duration::from_millis(0),
+                    backoff: crate::retry::Backoff::new(
+                        std::time::Duration::ZERO,
+                        std::time::Duration::ZERO,
+                    ),
                     breaker_failures: u32::MAX,
                     breaker_open: std::time::Duration::from_secs(1),
                     state_ttl: std::time::Duration::from_secs(settings.state.ttl_secs),

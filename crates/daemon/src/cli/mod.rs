@@ -17,7 +17,7 @@ mod rules;
 mod serve;
 mod target;
 
-use output::print_json;
+use output::{print_json, print_table, table};
 use target::{app_of, client, Target};
 
 use std::path::PathBuf;

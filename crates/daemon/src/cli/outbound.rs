@@ -106,20 +106,17 @@ pub async fn outbound_cmd(
             if json {
                 return print_json(&all);
             }
-            println!(
-                "{:>7}  {:<19}  {:<20} {:<16} {:<16} ERROR",
-                "ID", "PLANNED", "TO", "RULE", ""
-            );
+            let mut t = table(&["ID", "PLANNED", "TO", "RULE", "ERROR"], &[0]);
             for f in all {
-                println!(
-                    "{:>7}  {}  {:<20} {:<16} {}",
-                    f.id,
-                    f.created_at.format("%Y-%m-%d %H:%M:%S"),
+                t.add_row(vec![
+                    f.id.to_string(),
+                    f.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                     format!("{}/{}", f.mcid, f.user_id),
                     f.rule_name,
-                    f.last_error.unwrap_or_default()
-                );
+                    f.last_error.unwrap_or_default(),
+                ]);
             }
+            print_table(&t);
         }
         OutboundCommand::Retry {
             ids,

@@ -141,9 +141,9 @@ pub(super) async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Res
             }
         }
         RulesCommand::List => {
-            println!(
-                "{:>5}  {:<8} {:>8}  {:<9} {:<20} NAME",
-                "ID", "STATE", "PRIORITY", "KIND", "SCOPE"
+            let mut t = table(
+                &["ID", "STATE", "PRIORITY", "KIND", "SCOPE", "NAME"],
+                &[0, 2],
             );
             for r in crate::pipeline::rules::load(&pool).await? {
                 let scope = format!(
@@ -151,16 +151,16 @@ pub(super) async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Res
                     r.app_key.as_deref().unwrap_or("*"),
                     r.mcid.as_deref().unwrap_or("*")
                 );
-                println!(
-                    "{:>5}  {:<8} {:>8}  {:<9} {:<20} {}",
-                    r.id,
-                    if r.enabled { "enabled" } else { "disabled" },
-                    r.priority,
+                t.add_row(vec![
+                    r.id.to_string(),
+                    if r.enabled { "enabled" } else { "disabled" }.to_owned(),
+                    r.priority.to_string(),
                     format!("{:?}", r.kind).to_lowercase(),
                     scope,
-                    r.name
-                );
+                    r.name,
+                ]);
             }
+            print_table(&t);
         }
         RulesCommand::Enable { name } => {
             crate::pipeline::rules::set_enabled(&pool, &name, true).await?;

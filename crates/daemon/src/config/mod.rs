@@ -237,13 +237,35 @@ pub struct RetentionSettings {
     pub batch: i64,
 }
 
+/// The longest pause between two tries of one handler call: the user's
+/// conversation waits behind the call.
+pub const HANDLER_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+impl SenderSettings {
+    /// Pauses between tries of a reply or a campaign chunk.
+    pub fn backoff(&self) -> crate::retry::Backoff {
+        crate::retry::Backoff::new(
+            Duration::from_millis(self.backoff_min_ms),
+            Duration::from_millis(self.backoff_max_ms),
+        )
+    }
+}
+
+impl HandlerSettings {
+    /// Pauses between tries of one handler call.
+    pub fn backoff(&self) -> crate::retry::Backoff {
+        crate::retry::Backoff::new(Duration::from_millis(self.backoff_ms), HANDLER_BACKOFF_MAX)
+    }
+}
+
 /// `[handlers]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HandlerSettings {
     /// Tries of one handler call before the fallback.
     pub max_attempts: u32,
-    /// First pause between tries, ms (doubles).
+    /// First pause between tries, ms (doubles, with jitter, up to
+    /// [`HANDLER_BACKOFF_MAX`]).
     pub backoff_ms: u64,
     /// Failures in a row that open a handler's breaker.
     pub breaker_failures: u32,

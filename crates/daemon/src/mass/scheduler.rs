@@ -34,8 +34,8 @@ pub struct Scheduler {
     pub lease: Duration,
     /// How often it looks.
     pub tick: Duration,
-    /// Campaign chunk retry backoff, first and longest.
-    pub backoff: (Duration, Duration),
+    /// Pauses between tries of a campaign chunk ([`crate::retry`]).
+    pub backoff: crate::retry::Backoff,
     /// Tries of a campaign chunk.
     pub max_attempts: i32,
 }
@@ -460,12 +460,8 @@ impl Scheduler {
                         Duration::ZERO,
                     ),
                     Err(e) if e.is_retryable() && c.attempts < self.max_attempts => {
-                        let exp = self
-                            .backoff
-                            .0
-                            .saturating_mul(1u32 << c.attempts.clamp(1, 16).saturating_sub(1))
-                            .min(self.backoff.1);
-                        ("pending", Some(e.to_string()), exp)
+                        let pause = self.backoff.after(u32::try_from(c.attempts).unwrap_or(1));
+                        ("pending", Some(e.to_string()), pause)
                     }
                     Err(e) => ("failed", Some(e.to_string()), Duration::ZERO),
                 }

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use pubbot_rules::{Article, Media, PlannedReply, Reply};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sqlx::PgPool;
@@ -47,8 +48,9 @@ pub struct HandlerConfig {
     pub name: String,
     /// Where it is called.
     pub url: String,
-    /// Signing secret (`whsec_<base64>` or plain text).
-    pub secret: String,
+    /// Signing secret (`whsec_<base64>` or plain text); `Debug` shows it
+    /// redacted, and nothing prints it.
+    pub secret: SecretString,
     /// One call's timeout.
     pub timeout: Duration,
     /// Calls in flight at once.
@@ -248,8 +250,8 @@ struct Breaker {
 pub struct HandlerPolicy {
     /// Tries of one call.
     pub max_attempts: u32,
-    /// First pause between tries (doubles).
-    pub backoff: Duration,
+    /// Pauses between tries ([`crate::retry`]).
+    pub backoff: crate::retry::Backoff,
     /// Failures in a row that open a handler's breaker.
     pub breaker_failures: u32,
     /// How long an open breaker stays open.
@@ -434,7 +436,7 @@ impl HandlerRunner {
             return CallResult::Failed("handler closed".into());
         };
         let body = serde_json::to_vec(event).unwrap_or_default();
-        let mut pause = self.policy.backoff;
+        let mut pauses = self.policy.backoff.pauses();
         let mut last: Option<CallError> = None;
         for attempt in 1..=self.policy.max_attempts.max(1) {
             let started = Instant::now();
@@ -446,7 +448,10 @@ impl HandlerRunner {
                 .header("content-type", "application/json")
                 .header("webhook-id", event_id)
                 .header("webhook-timestamp", ts.to_string())
-                .header("webhook-signature", sign(&h.secret, event_id, ts, &body))
+                .header(
+                    "webhook-signature",
+                    sign(h.secret.expose_secret(), event_id, ts, &body),
+                )
                 .body(body.clone())
                 .send()
                 .await;
@@ -489,8 +494,8 @@ impl HandlerRunner {
                     self.record(name, false);
                     last = Some(e);
                     if attempt < self.policy.max_attempts && !self.breaker_open(name) {
-                        tokio::time::sleep(pause).await;
-                        pause *= 2;
+                        tokio::time::sleep(pauses.next().unwrap_or(self.policy.backoff.longest))
+                            .await;
                     } else {
                         break;
                     }
@@ -652,7 +657,7 @@ pub async fn add(pool: &PgPool, h: &HandlerConfig) -> Result<(), sqlx::Error> {
              timeout_ms = EXCLUDED.timeout_ms, concurrency = EXCLUDED.concurrency, updated_at = now()",
         h.name,
         h.url,
-        h.secret,
+        h.secret.expose_secret(),
         i32::try_from(h.timeout.as_millis()).unwrap_or(i32::MAX),
         i32::try_from(h.concurrency).unwrap_or(i32::MAX)
     )
@@ -675,7 +680,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<HandlerConfig>, sqlx::Error> {
     .map(|r| HandlerConfig {
         name: r.name,
         url: r.url,
-        secret: r.secret,
+        secret: SecretString::from(r.secret),
         timeout: Duration::from_millis(u64::try_from(r.timeout_ms).unwrap_or(3000)),
         concurrency: usize::try_from(r.concurrency).unwrap_or(1),
     })

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::admin::health::{Progress, Stage};
 use crate::pipeline::wakeups::Wakeups;
+use crate::retry::Backoff;
 
 /// How a call went for one row.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,21 +55,13 @@ pub struct Settlement {
 pub struct RetryPolicy {
     /// Tries before a reply fails.
     pub max_attempts: i32,
-    /// First backoff.
-    pub backoff_min: Duration,
-    /// Longest backoff.
-    pub backoff_max: Duration,
+    /// Pauses between tries (the daemon's one policy, [`crate::retry`]).
+    pub backoff: Backoff,
 }
 
 impl RetryPolicy {
     fn backoff(&self, attempts: i32) -> Duration {
-        use rand::Rng;
-        let exp = self
-            .backoff_min
-            .saturating_mul(1u32 << attempts.clamp(1, 20).saturating_sub(1));
-        let capped = exp.min(self.backoff_max);
-        // Full jitter on the upper half: between 50% and 100% of the delay.
-        capped.mul_f64(rand::rng().random_range(0.5..=1.0))
+        self.backoff.after(u32::try_from(attempts).unwrap_or(1))
     }
 }
 
