@@ -23,7 +23,7 @@ mod sign;
 
 pub use ids::{AppKey, MassMsgId, McId, MediaId, MenuId, MsgId, UserId};
 pub use media::{amr_duration_millis, sniff, FileFormat};
-pub use sign::{sign, unix_secs, TimestampUnit};
+pub use sign::{sign, unix_millis, unix_secs, TimestampUnit};
 
 /// Width as the document counts it: a CJK character is two ("1 个汉字等于
 /// 2 个字符"); East Asian wide and full-width forms count as CJK (R9).

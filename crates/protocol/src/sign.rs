@@ -46,11 +46,28 @@ impl TimestampUnit {
     /// The unit a received value is in: above 10^11 it is milliseconds
     /// (R2, R5: no date in seconds reaches 10^11 before the year 5138).
     pub fn of(value: i64) -> Self {
-        if value > 100_000_000_000 {
+        if value > MILLIS_ABOVE {
             Self::Milliseconds
         } else {
             Self::Seconds
         }
+    }
+}
+
+/// Above this a received timestamp is in milliseconds (R2, R5).
+const MILLIS_ABOVE: i64 = 100_000_000_000;
+
+/// A received timestamp of either unit as Unix milliseconds (R5's
+/// `CreateTime`).
+///
+/// ```
+/// assert_eq!(pubbot_protocol::unix_millis(1408706337123), 1408706337123);
+/// assert_eq!(pubbot_protocol::unix_millis(1408706337), 1408706337000);
+/// ```
+pub fn unix_millis(value: i64) -> i64 {
+    match TimestampUnit::of(value) {
+        TimestampUnit::Milliseconds => value,
+        TimestampUnit::Seconds => value.saturating_mul(1000),
     }
 }
 

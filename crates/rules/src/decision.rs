@@ -234,18 +234,29 @@ impl fmt::Display for CompileErrors {
 /// The conversation state after a decision: `state` with the decision's
 /// clears, then its sets, applied.
 pub fn next_state(state: Option<&serde_json::Value>, d: &Decision) -> serde_json::Value {
+    apply_state(state, &d.state_clear, &d.state_set)
+}
+
+/// `state` with the keys in `clear` removed (`"*"`: every key), then `set`
+/// applied: the one rule for changing conversation state, whoever asks
+/// (a rule's decision, a handler bot's answer).
+pub fn apply_state<'a>(
+    state: Option<&serde_json::Value>,
+    clear: &[String],
+    set: impl IntoIterator<Item = (&'a String, &'a serde_json::Value)>,
+) -> serde_json::Value {
     let mut map = match state {
         Some(serde_json::Value::Object(m)) => m.clone(),
         _ => serde_json::Map::new(),
     };
-    for k in &d.state_clear {
+    for k in clear {
         if k == "*" {
             map.clear();
         } else {
             map.remove(k);
         }
     }
-    for (k, v) in &d.state_set {
+    for (k, v) in set {
         map.insert(k.clone(), v.clone());
     }
     serde_json::Value::Object(map)

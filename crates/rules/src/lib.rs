@@ -56,8 +56,8 @@ mod render;
 
 pub use compile::Options;
 pub use decision::{
-    next_state, Article, CompileError, CompileErrors, Context, Decision, Explanation, Incoming,
-    IncomingKind, Matched, Media, PlannedReply, Problem, Verdict,
+    apply_state, next_state, Article, CompileError, CompileErrors, Context, Decision, Explanation,
+    Incoming, IncomingKind, Matched, Media, PlannedReply, Problem, Verdict,
 };
 pub use engine::RuleSet;
 pub use index::normalize;

@@ -13,13 +13,10 @@ pub use pubbot_protocol::{McId, MsgId, UserId};
 pub struct CreateTime(pub i64);
 
 impl CreateTime {
-    /// Read as milliseconds above 10^11, else as seconds (R5).
+    /// Read as milliseconds above 10^11, else as seconds (R5; the rule's
+    /// one home is [`pubbot_protocol::unix_millis`]).
     pub fn unix_millis(self) -> i64 {
-        if self.0 > 100_000_000_000 {
-            self.0
-        } else {
-            self.0.saturating_mul(1000)
-        }
+        pubbot_protocol::unix_millis(self.0)
     }
 }
 

@@ -142,3 +142,38 @@ pub fn read_users(path: &std::path::Path) -> Result<Vec<String>, AccountError> {
     }
     Ok(users)
 }
+
+/// Follow and unfollow events (app, account, user, followed) decided in the
+/// caller's transaction, applied in key order so that two transactions
+/// never wait on each other in opposite orders.
+///
+/// # Errors
+/// Database errors.
+pub async fn record_events(
+    tx: &mut sqlx::PgConnection,
+    events: &mut [(String, String, String, bool)],
+) -> Result<(), sqlx::Error> {
+    events.sort();
+    for (app, mcid, user, follow) in events.iter() {
+        if *follow {
+            sqlx::query!(
+                    "INSERT INTO followers (app_key, mcid, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    app,
+                    mcid,
+                    user
+                )
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query!(
+                "DELETE FROM followers WHERE app_key = $1 AND mcid = $2 AND user_id = $3",
+                app,
+                mcid,
+                user
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(())
+}

@@ -17,17 +17,21 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pubbot_protocol::{McId, UserId};
 use pubbot_rules::{Context, Incoming, IncomingKind, Matched, PlannedReply, Problem};
 use pubbot_webhook::{Event, InboundMessage, MessageBody};
-use sqlx::types::Json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::health::{Progress, Stage};
 use crate::config::Hosted;
-use crate::pipeline::outbox::{Claimed, Held, Leases};
+use crate::pipeline::ingest;
+use crate::pipeline::outbox::{self, Claimed, Held, Leases};
 use crate::pipeline::rules::RuleStore;
 use crate::pipeline::wakeups::{work_loop, Wakeups};
+
+/// A user of an account of an app: whose conversation state a push reads.
+type UserKey = (String, McId, UserId);
 
 /// What a decide worker needs.
 #[derive(Clone)]
@@ -253,19 +257,6 @@ impl Receipt {
     }
 }
 
-#[derive(Default)]
-struct Planned {
-    inbound_id: Vec<i64>,
-    reply_index: Vec<i32>,
-    app_key: Vec<String>,
-    mcid: Vec<String>,
-    user_id: Vec<String>,
-    rule_name: Vec<String>,
-    payload: Vec<String>,
-    trace_id: Vec<String>,
-    handler: Vec<Option<String>>,
-}
-
 impl DecideWorker {
     /// Runs until `token` is cancelled.
     pub async fn run(self, token: CancellationToken) {
@@ -295,24 +286,7 @@ impl DecideWorker {
         // later than the leases of the rows handed over.
         let since = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
-        // A user's pushes are decided one at a time, in order (the state a
-        // push is decided by is the one its predecessor left), and not while
-        // a handler call of theirs is open (its answer may change that
-        // state). Other users are never held back.
-        let claimed = sqlx::query!(
-            r#"SELECT i.id, i.app_key, i.mcid, i.user_id, i.dedup_key, i.message, i.trace_id FROM inbound_messages i
-                WHERE i.status = 'pending'
-                  AND NOT EXISTS (SELECT 1 FROM inbound_messages e
-                                   WHERE e.app_key = i.app_key AND e.mcid = i.mcid AND e.user_id = i.user_id
-                                     AND e.status = 'pending' AND e.id < i.id)
-                  AND NOT EXISTS (SELECT 1 FROM outbound_messages h
-                                   WHERE h.app_key = i.app_key AND h.mcid = i.mcid AND h.user_id = i.user_id
-                                     AND h.handler IS NOT NULL AND h.status IN ('pending', 'sending'))
-                ORDER BY i.id LIMIT $1 FOR UPDATE OF i SKIP LOCKED"#,
-            self.batch
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let claimed = ingest::pending::claim(&mut tx, self.batch).await?;
         if claimed.is_empty() {
             tx.rollback().await?;
             return Ok(0);
@@ -320,41 +294,47 @@ impl DecideWorker {
         let rules = self.rules.current();
         let now = chrono::Utc::now();
         // Conversation state of the batch's users, locked in key order.
-        let mut keys: Vec<(String, String, String)> = claimed
+        let mut keys: Vec<UserKey> = claimed
             .iter()
             .map(|r| (r.app_key.clone(), r.mcid.clone(), r.user_id.clone()))
             .collect();
         keys.sort();
         keys.dedup();
-        let (ka, (km, ku)): (Vec<String>, (Vec<String>, Vec<String>)) =
-            keys.into_iter().map(|(a, m, u)| (a, (m, u))).unzip();
-        let mut states: HashMap<(String, String, String), serde_json::Value> =
-            if !rules.uses_state() {
-                HashMap::new()
-            } else {
-                sqlx::query!(
-                    "SELECT s.app_key, s.mcid, s.user_id, s.state FROM conversation_state s
+        let (ka, (km, ku)): (Vec<String>, (Vec<String>, Vec<String>)) = keys
+            .into_iter()
+            .map(|(a, m, u)| (a, (m.into_string(), u.into_string())))
+            .unzip();
+        let mut states: HashMap<UserKey, serde_json::Value> = if !rules.uses_state() {
+            HashMap::new()
+        } else {
+            sqlx::query!(
+                "SELECT s.app_key, s.mcid, s.user_id, s.state FROM conversation_state s
                JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(a, m, u)
                  ON s.app_key = k.a AND s.mcid = k.m AND s.user_id = k.u
               WHERE s.expires_at > now()
               ORDER BY s.app_key, s.mcid, s.user_id FOR UPDATE OF s",
-                    &ka,
-                    &km,
-                    &ku
+                &ka,
+                &km,
+                &ku
+            )
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| {
+                (
+                    (r.app_key, McId::new(r.mcid), UserId::new(r.user_id)),
+                    r.state,
                 )
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .map(|r| ((r.app_key, r.mcid, r.user_id), r.state))
-                .collect()
-            };
-        let mut changed_states: Vec<(String, String, String)> = Vec::new();
-        let mut planned = Planned::default();
+            })
+            .collect()
+        };
+        let mut changed_states: Vec<UserKey> = Vec::new();
+        let mut planned = outbox::Plan::default();
         let mut follows: Vec<(String, String, String, bool)> = Vec::new();
         let mut ids = Vec::with_capacity(claimed.len());
         for row in &claimed {
             ids.push(row.id);
-            let message: InboundMessage = match serde_json::from_value(row.message.clone()) {
+            let message: &InboundMessage = match &row.message {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::error!(trace_id = %row.trace_id, error = %e, "stored push does not parse; marked done without reply");
@@ -378,7 +358,7 @@ impl DecideWorker {
             }
             let incoming = incoming(
                 &row.app_key,
-                &message,
+                message,
                 states.get(&(row.app_key.clone(), row.mcid.clone(), row.user_id.clone())),
             );
             let kind = incoming.kind;
@@ -483,40 +463,7 @@ impl DecideWorker {
             // earlier reply of its user is open. (Every earlier push of the
             // user is decided: the claim above takes a user's pushes one at a
             // time, in order.)
-            leased = sqlx::query_as!(
-                Claimed,
-                r#"INSERT INTO outbound_messages
-                       (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
-                        status, lease_owner, lease_until, attempts, handler)
-                   SELECT i, r, a, m, u, n, p::json, t,
-                          CASE WHEN go THEN 'sending' ELSE 'pending' END,
-                          CASE WHEN go THEN $10 END,
-                          CASE WHEN go THEN now() + make_interval(secs => $11) END,
-                          CASE WHEN go THEN 1 ELSE 0 END, h
-                     FROM (SELECT x.*, $9 AND NOT EXISTS (
-                                  SELECT 1 FROM outbound_messages e
-                                   WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
-                                     AND e.status IN ('pending', 'sending')) AS go
-                             FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $12::text[])
-                                  AS x(i, r, a, m, u, n, p, t, h)) x
-                   ON CONFLICT (inbound_id, reply_index, sub_index) DO NOTHING
-                   RETURNING id, app_key, mcid, user_id, payload AS "payload: Json<PlannedReply>", attempts, trace_id,
-                             inbound_id, reply_index, sub_index, created_at"#,
-                &planned.inbound_id,
-                &planned.reply_index,
-                &planned.app_key,
-                &planned.mcid,
-                &planned.user_id,
-                &planned.rule_name,
-                &planned.payload,
-                &planned.trace_id,
-                direct,
-                self.worker_id,
-                self.lease.as_secs_f64(),
-                &planned.handler as &[Option<String>],
-            )
-            .fetch_all(&mut *tx)
-            .await?;
+            leased = outbox::plan(&mut tx, &planned, direct, &self.worker_id, self.lease).await?;
         }
         // The conversation state the batch changed, in the same transaction
         // (a step is applied once: a retried push is a duplicate at ingest).
@@ -535,38 +482,8 @@ impl DecideWorker {
                 .await?;
             }
         }
-        // In key order, so two transactions never wait on each other in
-        // opposite orders.
-        follows.sort();
-        for (app, mcid, user, follow) in &follows {
-            if *follow {
-                sqlx::query!(
-                    "INSERT INTO followers (app_key, mcid, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                    app,
-                    mcid,
-                    user
-                )
-                .execute(&mut *tx)
-                .await?;
-            } else {
-                sqlx::query!(
-                    "DELETE FROM followers WHERE app_key = $1 AND mcid = $2 AND user_id = $3",
-                    app,
-                    mcid,
-                    user
-                )
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        sqlx::query!(
-            "UPDATE inbound_messages SET status = 'done', processed_at = now() WHERE id = ANY($1)",
-            &ids
-        )
-        // Planned afresh each time (see "Plans" in `crate::db`).
-        .persistent(false)
-        .execute(&mut *tx)
-        .await?;
+        crate::account::followers::record_events(&mut tx, &mut follows).await?;
+        ingest::pending::mark_decided(&mut tx, &ids).await?;
         tx.commit().await?;
         self.progress.advance(Stage::Decide);
         // Rows planned `pending` (no hand-off, or held back behind an earlier

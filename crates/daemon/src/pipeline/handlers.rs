@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use pubbot_protocol::{McId, UserId};
 use pubbot_rules::{Article, Media, PlannedReply, Reply};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -38,7 +39,7 @@ use sha2::Sha256;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
-use crate::pipeline::outbox::{Held, Leases};
+use crate::pipeline::outbox::{self, Held, Leases};
 use crate::pipeline::wakeups::Wakeups;
 
 /// A handler as configured (`pubbot handler add`).
@@ -547,33 +548,11 @@ impl HandlerRunner {
     ) -> Result<(), sqlx::Error> {
         let row = &held.row;
         let mut tx = self.pool.begin().await?;
-        let mine = sqlx::query_scalar!(
-            "SELECT id FROM outbound_messages WHERE id = $1 AND lease_owner = $2 AND attempts = $3 AND status = 'sending' FOR UPDATE",
-            row.id,
-            self.worker_id,
-            row.attempts
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if mine.is_none() {
+        if !outbox::settle_call(&mut tx, &self.worker_id, row, replies, status, error).await? {
             // Recovered and taken by another process meanwhile: its call
             // decides.
             tx.rollback().await?;
             return Ok(());
-        }
-        for (k, reply) in replies.iter().enumerate() {
-            let payload = serde_json::to_value(reply).unwrap_or_default();
-            sqlx::query!(
-                "INSERT INTO outbound_messages (inbound_id, reply_index, sub_index, app_key, mcid, user_id, rule_name, payload, trace_id)
-                 SELECT inbound_id, reply_index, $2, app_key, mcid, user_id, rule_name, $3::jsonb::json, trace_id
-                   FROM outbound_messages WHERE id = $1
-                 ON CONFLICT (inbound_id, reply_index, sub_index) DO NOTHING",
-                row.id,
-                i32::try_from(k + 1).unwrap_or(i32::MAX),
-                payload
-            )
-            .execute(&mut *tx)
-            .await?;
         }
         if let Some(change) = state {
             let current = sqlx::query_scalar!(
@@ -584,36 +563,17 @@ impl HandlerRunner {
             )
             .fetch_optional(&mut *tx)
             .await?;
-            let mut map = match current {
-                Some(serde_json::Value::Object(m)) => m,
-                _ => serde_json::Map::new(),
-            };
-            for k in &change.clear {
-                if k == "*" {
-                    map.clear();
-                } else {
-                    map.remove(k);
-                }
-            }
-            map.extend(change.set.clone());
+            let next = pubbot_rules::apply_state(current.as_ref(), &change.clear, &change.set);
             save_state(
                 &mut tx,
                 &row.app_key,
-                &row.mcid,
-                &row.user_id,
-                &serde_json::Value::Object(map),
+                &McId::new(row.mcid.as_str()),
+                &UserId::new(row.user_id.as_str()),
+                &next,
                 self.policy.state_ttl,
             )
             .await?;
         }
-        sqlx::query!(
-            "UPDATE outbound_messages SET status = $2, last_error = $3, sent_at = now(), lease_owner = NULL, lease_until = NULL WHERE id = $1",
-            row.id,
-            status,
-            error
-        )
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await
     }
 }
@@ -625,8 +585,8 @@ impl HandlerRunner {
 pub async fn save_state(
     tx: &mut sqlx::PgConnection,
     app_key: &str,
-    mcid: &str,
-    user_id: &str,
+    mcid: &McId,
+    user_id: &UserId,
     state: &serde_json::Value,
     ttl: Duration,
 ) -> Result<(), sqlx::Error> {
@@ -636,8 +596,8 @@ pub async fn save_state(
          ON CONFLICT (app_key, mcid, user_id) DO UPDATE
             SET state = EXCLUDED.state, updated_at = now(), expires_at = EXCLUDED.expires_at",
         app_key,
-        mcid,
-        user_id,
+        mcid.as_str(),
+        user_id.as_str(),
         state,
         ttl.as_secs_f64()
     )

@@ -37,6 +37,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use pubbot_api_client::{Article, Client, McId, MediaRef, Message, UserId};
+use pubbot_protocol::limits::BATCH_MAX_USERS;
 use pubbot_rules::{Media, PlannedReply};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Semaphore};
@@ -137,9 +138,6 @@ pub fn to_message(reply: &PlannedReply) -> Option<Message> {
 /// Rows of one hand-off: what one deciding transaction leased to this
 /// process, kept together so one worker sends them in order.
 pub type Handoff = mpsc::Receiver<Vec<Held>>;
-
-/// Most users in one `batchsend` call (R9).
-const BATCH_MAX_USERS: usize = 100;
 
 /// One platform call: a reply to one user, or the same reply to several
 /// (distinct) users of one account through `batchsend`.

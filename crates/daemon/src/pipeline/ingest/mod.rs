@@ -44,6 +44,7 @@
 //! call in the table, or an undecided push earlier in the same batch
 //! (invariant 5: a user's pushes are decided in order).
 
+pub mod pending;
 mod statement;
 
 use std::collections::HashSet;

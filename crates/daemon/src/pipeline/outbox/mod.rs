@@ -343,3 +343,88 @@ pub async fn recovery(
         }
     }
 }
+
+/// Replies planned by deciding a batch of pushes, as columns for one
+/// `INSERT` ([`plan`]): a handler call is a row with `handler` set.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// The push each reply answers.
+    pub inbound_id: Vec<i64>,
+    /// Its place among the push's replies.
+    pub reply_index: Vec<i32>,
+    /// App.
+    pub app_key: Vec<String>,
+    /// Account.
+    pub mcid: Vec<String>,
+    /// User.
+    pub user_id: Vec<String>,
+    /// The rule that decided it.
+    pub rule_name: Vec<String>,
+    /// The reply, as JSON text.
+    pub payload: Vec<String>,
+    /// The push's trace id.
+    pub trace_id: Vec<String>,
+    /// The handler to call instead of sending (a handler call row).
+    pub handler: Vec<Option<String>>,
+}
+
+impl Plan {
+    /// Whether nothing was planned.
+    pub fn is_empty(&self) -> bool {
+        self.inbound_id.is_empty()
+    }
+}
+
+/// Inserts planned replies in the deciding transaction (invariant 1:
+/// planned once, by the unique place of each reply). With `direct`, a row
+/// goes straight to this process's senders (`sending`, leased to
+/// `worker_id` for `lease`) only when no earlier reply of its user is
+/// open; every other row is `pending`. Returns the rows leased here.
+///
+/// # Errors
+/// Database errors.
+pub async fn plan(
+    tx: &mut sqlx::PgConnection,
+    plan: &Plan,
+    direct: bool,
+    worker_id: &str,
+    lease: Duration,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    if plan.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as!(
+        Claimed,
+        r#"INSERT INTO outbound_messages
+               (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
+                status, lease_owner, lease_until, attempts, handler)
+           SELECT i, r, a, m, u, n, p::json, t,
+                  CASE WHEN go THEN 'sending' ELSE 'pending' END,
+                  CASE WHEN go THEN $10 END,
+                  CASE WHEN go THEN now() + make_interval(secs => $11) END,
+                  CASE WHEN go THEN 1 ELSE 0 END, h
+             FROM (SELECT x.*, $9 AND NOT EXISTS (
+                          SELECT 1 FROM outbound_messages e
+                           WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
+                             AND e.status IN ('pending', 'sending')) AS go
+                     FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $12::text[])
+                          AS x(i, r, a, m, u, n, p, t, h)) x
+           ON CONFLICT (inbound_id, reply_index, sub_index) DO NOTHING
+           RETURNING id, app_key, mcid, user_id, payload AS "payload: Json<PlannedReply>", attempts, trace_id,
+                     inbound_id, reply_index, sub_index, created_at"#,
+        &plan.inbound_id,
+        &plan.reply_index,
+        &plan.app_key,
+        &plan.mcid,
+        &plan.user_id,
+        &plan.rule_name,
+        &plan.payload,
+        &plan.trace_id,
+        direct,
+        worker_id,
+        lease.as_secs_f64(),
+        &plan.handler as &[Option<String>],
+    )
+    .fetch_all(&mut *tx)
+    .await
+}

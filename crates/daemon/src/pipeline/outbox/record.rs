@@ -273,3 +273,57 @@ pub async fn requeue_failed(
     .rows_affected();
     Ok(done == 1)
 }
+
+/// A handler call's outcome (invariant 1 holds for it as for any reply),
+/// in the caller's transaction: the call row, if this process still holds
+/// it at this attempt, is locked; the answer's replies are planned after it
+/// at the same place (`sub_index` 1, 2, ...: in the user's order, once);
+/// the call row is settled with `status`. Returns `false`, changing
+/// nothing, when the row was recovered and taken by another process
+/// meanwhile (its call decides).
+///
+/// # Errors
+/// Database errors.
+pub async fn settle_call(
+    tx: &mut sqlx::PgConnection,
+    worker_id: &str,
+    row: &Claimed,
+    replies: &[PlannedReply],
+    status: &str,
+    error: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let mine = sqlx::query_scalar!(
+        "SELECT id FROM outbound_messages WHERE id = $1 AND lease_owner = $2 AND attempts = $3 AND status = 'sending' FOR UPDATE",
+        row.id,
+        worker_id,
+        row.attempts
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if mine.is_none() {
+        return Ok(false);
+    }
+    for (k, reply) in replies.iter().enumerate() {
+        let payload = serde_json::to_value(reply).unwrap_or_default();
+        sqlx::query!(
+            "INSERT INTO outbound_messages (inbound_id, reply_index, sub_index, app_key, mcid, user_id, rule_name, payload, trace_id)
+                 SELECT inbound_id, reply_index, $2, app_key, mcid, user_id, rule_name, $3::jsonb::json, trace_id
+                   FROM outbound_messages WHERE id = $1
+                 ON CONFLICT (inbound_id, reply_index, sub_index) DO NOTHING",
+            row.id,
+            i32::try_from(k + 1).unwrap_or(i32::MAX),
+            payload
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query!(
+        "UPDATE outbound_messages SET status = $2, last_error = $3, sent_at = now(), lease_owner = NULL, lease_until = NULL WHERE id = $1",
+        row.id,
+        status,
+        error
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(true)
+}

@@ -1,0 +1,85 @@
+//! The pending side of `inbound_messages`, which ingest owns: decide claims
+//! stored pushes here and marks them decided here; no other room changes a
+//! push's status. What decide is handed is a [`StoredPush`]: the push as the
+//! webhook parsed it, with its ids as the protocol's types.
+
+use pubbot_protocol::{McId, UserId};
+use pubbot_webhook::InboundMessage;
+
+/// A stored push, claimed for deciding.
+#[derive(Debug)]
+pub struct StoredPush {
+    /// Row id.
+    pub id: i64,
+    /// The app key it was pushed for.
+    pub app_key: String,
+    /// The account written to.
+    pub mcid: McId,
+    /// The user who wrote.
+    pub user_id: UserId,
+    /// R6 key.
+    pub dedup_key: String,
+    /// Carried from push to reply in logs and rows.
+    pub trace_id: String,
+    /// The push as the webhook parsed it, or why the stored JSON no longer
+    /// parses (a row written by another version): such a push is marked
+    /// decided without a reply, and logged, never retried forever.
+    pub message: Result<InboundMessage, serde_json::Error>,
+}
+
+/// Claims up to `batch` pending pushes in the caller's transaction, in id
+/// order: a user's pushes one at a time, in order (the state a push is
+/// decided by is the one its predecessor left), and not while a handler
+/// call of theirs is open (its answer may change that state). Other users
+/// are never held back.
+///
+/// # Errors
+/// Database errors.
+pub async fn claim(
+    tx: &mut sqlx::PgConnection,
+    batch: i64,
+) -> Result<Vec<StoredPush>, sqlx::Error> {
+    let rows = sqlx::query!(
+            r#"SELECT i.id, i.app_key, i.mcid, i.user_id, i.dedup_key, i.message, i.trace_id FROM inbound_messages i
+                WHERE i.status = 'pending'
+                  AND NOT EXISTS (SELECT 1 FROM inbound_messages e
+                                   WHERE e.app_key = i.app_key AND e.mcid = i.mcid AND e.user_id = i.user_id
+                                     AND e.status = 'pending' AND e.id < i.id)
+                  AND NOT EXISTS (SELECT 1 FROM outbound_messages h
+                                   WHERE h.app_key = i.app_key AND h.mcid = i.mcid AND h.user_id = i.user_id
+                                     AND h.handler IS NOT NULL AND h.status IN ('pending', 'sending'))
+                ORDER BY i.id LIMIT $1 FOR UPDATE OF i SKIP LOCKED"#,
+            batch
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| StoredPush {
+            id: r.id,
+            app_key: r.app_key,
+            mcid: McId::new(r.mcid),
+            user_id: UserId::new(r.user_id),
+            dedup_key: r.dedup_key,
+            trace_id: r.trace_id,
+            message: serde_json::from_value(r.message),
+        })
+        .collect())
+}
+
+/// Marks claimed pushes decided, in the caller's transaction (the one that
+/// planned their replies: outbox invariant 1).
+///
+/// # Errors
+/// Database errors.
+pub async fn mark_decided(tx: &mut sqlx::PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE inbound_messages SET status = 'done', processed_at = now() WHERE id = ANY($1)",
+        ids
+    )
+    // Planned afresh each time (see "Plans" in `crate::db`).
+    .persistent(false)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
