@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::health::{Progress, Readiness};
+use crate::admin::health::Readiness;
 use crate::admin::{health, queue, retention};
 use crate::config::{self, Settings};
 use crate::db::Pools;
@@ -25,7 +25,8 @@ use crate::pipeline::outbox::{Leases, Recorder, RetryPolicy};
 use crate::pipeline::rules::RuleStore;
 use crate::pipeline::send::{AppClient, SendWorker};
 use crate::pipeline::wakeups::Wakeups;
-use crate::pipeline::{decide, handlers, ingest, outbox, spool, wakeups};
+use crate::pipeline::{handlers, ingest, outbox, spool, wakeups};
+use crate::progress::Progress;
 use crate::{clock, db, mass, pipeline};
 
 /// This process's identity in leases: `worker_id` from the settings, else
@@ -69,7 +70,7 @@ pub struct Running {
     housekeeping_token: CancellationToken,
     housekeeping: JoinSet<()>,
     deadline: Duration,
-    liveness: health::Liveness,
+    liveness: crate::progress::Liveness,
 }
 
 impl Running {
@@ -111,7 +112,7 @@ impl Running {
     }
 
     /// The liveness check (`/readyz`'s stuck stages), for a watchdog.
-    pub fn health(&self) -> health::Liveness {
+    pub fn health(&self) -> crate::progress::Liveness {
         self.liveness.clone()
     }
 
@@ -328,7 +329,7 @@ pub async fn start_with_clock(
         .ingest
         .decide_at_receipt
         .then(|| ingest::DecideAtReceipt {
-            receipt: decide::Receipt {
+            receipt: crate::pipeline::decision::Receipt {
                 rules: Arc::clone(&store),
                 hosted: Arc::clone(&hosted),
                 unhosted_seen: Arc::clone(&unhosted_seen),
@@ -479,7 +480,7 @@ pub async fn start_with_clock(
         housekeeping_token,
         housekeeping,
         deadline: Duration::from_secs(settings.shutdown_deadline_secs),
-        liveness: health::Liveness {
+        liveness: crate::progress::Liveness {
             progress,
             stall: Duration::from_secs(settings.workers.stall_secs),
         },

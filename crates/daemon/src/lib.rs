@@ -61,6 +61,7 @@ pub mod config;
 pub mod db;
 pub mod mass;
 pub mod pipeline;
+pub mod progress;
 pub mod retry;
 pub mod telemetry;
 

@@ -29,12 +29,13 @@ pub use media::*;
 pub use menus::*;
 pub use profile::*;
 
-/// Why an account operation stopped. Each says what was being done; a
-/// platform error keeps the platform's code and message as its source.
+/// Why an account operation stopped. Each says what was being done and,
+/// in its text as well as its source, why (the platform's code and
+/// message, the I/O error): a log line of it alone is enough.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
     /// A file could not be read.
-    #[error("reading {}", path.display())]
+    #[error("reading {}: {source}", path.display())]
     Read {
         /// The file.
         path: std::path::PathBuf,
@@ -43,7 +44,7 @@ pub enum AccountError {
         source: std::io::Error,
     },
     /// A file is not of the expected shape.
-    #[error("{} is not a {what} file", path.display())]
+    #[error("{} is not a {what} file: {source}", path.display())]
     Parse {
         /// The file.
         path: std::path::PathBuf,
@@ -57,7 +58,7 @@ pub enum AccountError {
     #[error("{0}")]
     Invalid(String),
     /// A platform call failed; `step` says which.
-    #[error("{step}")]
+    #[error("{step}: {source}")]
     Platform {
         /// What was being done.
         step: String,

@@ -221,10 +221,10 @@ pub async fn retry(
             });
             continue;
         };
-        let incoming = crate::pipeline::decide::incoming(&row.app_key, &message, None);
+        let incoming = crate::pipeline::decision::incoming(&row.app_key, &message, None);
         let ctx = Context {
             now: Utc::now(),
-            random: crate::pipeline::decide::push_random(
+            random: crate::pipeline::decision::push_random(
                 &row.app_key,
                 row.dedup_key.as_deref().unwrap_or(""),
             ),

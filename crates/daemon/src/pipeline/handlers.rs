@@ -231,7 +231,7 @@ pub fn validate_answer(
                     .collect(),
             },
         };
-        if let Some(message) = crate::pipeline::send::to_message(&planned) {
+        if let Some(message) = crate::pipeline::outbox::to_message(&planned) {
             pubbot_api_client::validate::message(&message)
                 .map_err(|source| InvalidAnswer::Limit { index, source })?;
         }

@@ -8,6 +8,7 @@
 //! - [`listener`]: the webhook's sockets, capped.
 //! - [`ingest`]: the webhook's inbox on PostgreSQL; owns `inbound_messages`.
 //! - [`spool`]: pushes kept on disk while the database cannot take them (R15).
+//! - [`decision`]: a push before the rules (at receipt, by a worker, on retry).
 //! - [`decide`]: rules over stored pushes; plans replies through the outbox.
 //! - [`outbox`]: owns `outbound_messages`: planned replies, leases, claims, outcomes.
 //! - [`send`]: calls the platform for held replies; hands outcomes to the outbox's recorder.
@@ -16,6 +17,7 @@
 //! - [`wakeups`]: LISTEN/NOTIFY and in-process wake-ups between the stages.
 
 pub mod decide;
+pub mod decision;
 pub mod handlers;
 pub mod ingest;
 pub mod listener;

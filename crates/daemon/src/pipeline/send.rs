@@ -36,7 +36,7 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use pubbot_api_client::{Article, Client, McId, MediaRef, Message, UserId};
+use pubbot_api_client::{Client, McId, UserId};
 use pubbot_protocol::limits::BATCH_MAX_USERS;
 use pubbot_rules::{Media, PlannedReply};
 use sqlx::PgPool;
@@ -109,31 +109,6 @@ pub struct SendWorker {
 
 /// Empty windows a sender sweeps past in one round before it waits.
 const SWEEPS_PER_ROUND: usize = 8;
-
-/// Maps a planned reply to the client's message.
-pub fn to_message(reply: &PlannedReply) -> Option<Message> {
-    let media = |m: &Media| match m {
-        Media::Url(u) => MediaRef::Url(u.clone()),
-        Media::MediaId(id) => MediaRef::Uploaded(id.as_str().into()),
-    };
-    Some(match reply {
-        PlannedReply::Handler { .. } => return None,
-        PlannedReply::Text { content } => Message::Text(content.clone()),
-        PlannedReply::Image { media: m } => Message::Image(media(m)),
-        PlannedReply::Voice { media: m } => Message::Voice(media(m)),
-        PlannedReply::News { articles } => Message::News(
-            articles
-                .iter()
-                .map(|a| Article {
-                    title: a.title.clone(),
-                    description: a.description.clone(),
-                    url: a.url.clone(),
-                    picurl: a.picurl.clone(),
-                })
-                .collect(),
-        ),
-    })
-}
 
 /// Rows of one hand-off: what one deciding transaction leased to this
 /// process, kept together so one worker sends them in order.
@@ -541,7 +516,7 @@ impl SendWorker {
         let Some(app) = self.apps.get(app_key) else {
             return Outcome::Failed(format!("app {app_key:?} is not configured"));
         };
-        let Some(message) = to_message(&call.reply) else {
+        let Some(message) = outbox::to_message(&call.reply) else {
             return Outcome::Failed("a handler call is not a platform message".into());
         };
         let mcid = McId::from(call.mcid.as_str());

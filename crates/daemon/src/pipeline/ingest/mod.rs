@@ -54,14 +54,14 @@ use std::time::{Duration, Instant};
 use pubbot_webhook::{Accepted, Inbox, InboxError, Push};
 use sqlx::PgPool;
 
-use crate::admin::health::{Progress, Stage};
 use crate::pipeline::spool::{Spool, SpooledPush};
+use crate::progress::{Progress, Stage};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::IngestSettings;
-use crate::pipeline::decide::{AtReceipt, Receipt};
+use crate::pipeline::decision::{AtReceipt, Receipt};
 use crate::pipeline::outbox::{Held, Leases};
 use crate::pipeline::wakeups::Wakeups;
 use statement::{insert, row_level};
@@ -454,14 +454,14 @@ fn flush_part(
                     };
                     planned += d.replies.len();
                     if let (true, Some(at)) = (d.unhosted, &sink.at_receipt) {
-                        crate::pipeline::decide::note_unhosted(
+                        crate::pipeline::decision::note_unhosted(
                             &at.receipt.unhosted_seen,
                             &p.row.app_key,
                             &p.row.mcid,
                             &p.row.trace_id,
                         );
                     }
-                    crate::pipeline::decide::note_decision(
+                    crate::pipeline::decision::note_decision(
                         &p.row.trace_id,
                         &d.matched,
                         &d.problems,

@@ -77,7 +77,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pubbot_rules::PlannedReply;
+use pubbot_api_client::{Article, MediaRef, Message};
+use pubbot_rules::{Media, PlannedReply};
 use sqlx::types::Json;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -427,4 +428,30 @@ pub async fn plan(
     )
     .fetch_all(&mut *tx)
     .await
+}
+
+/// A planned reply as the platform is sent it (`None` for a handler call,
+/// which is not sent but called).
+pub fn to_message(reply: &PlannedReply) -> Option<Message> {
+    let media = |m: &Media| match m {
+        Media::Url(u) => MediaRef::Url(u.clone()),
+        Media::MediaId(id) => MediaRef::Uploaded(id.as_str().into()),
+    };
+    Some(match reply {
+        PlannedReply::Handler { .. } => return None,
+        PlannedReply::Text { content } => Message::Text(content.clone()),
+        PlannedReply::Image { media: m } => Message::Image(media(m)),
+        PlannedReply::Voice { media: m } => Message::Voice(media(m)),
+        PlannedReply::News { articles } => Message::News(
+            articles
+                .iter()
+                .map(|a| Article {
+                    title: a.title.clone(),
+                    description: a.description.clone(),
+                    url: a.url.clone(),
+                    picurl: a.picurl.clone(),
+                })
+                .collect(),
+        ),
+    })
 }

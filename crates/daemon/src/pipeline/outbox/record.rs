@@ -8,8 +8,8 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::admin::health::{Progress, Stage};
 use crate::pipeline::wakeups::Wakeups;
+use crate::progress::{Progress, Stage};
 use crate::retry::Backoff;
 
 /// How a call went for one row.
