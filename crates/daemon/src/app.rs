@@ -112,7 +112,7 @@ impl Running {
     }
 
     /// The liveness check (`/readyz`'s stuck stages), for a watchdog.
-    pub fn health(&self) -> crate::progress::Liveness {
+    pub(crate) fn health(&self) -> crate::progress::Liveness {
         self.liveness.clone()
     }
 

@@ -75,7 +75,7 @@ pub fn guarded(options: PgConnectOptions, idle_in_transaction: Duration) -> PgCo
 /// Options for a pool whose statements are planned once per connection,
 /// without sequential scans (see "Plans" above). Later `-c` options win
 /// over the `force_custom_plan` of [`guarded`].
-pub fn planned_once(options: PgConnectOptions) -> PgConnectOptions {
+pub(crate) fn planned_once(options: PgConnectOptions) -> PgConnectOptions {
     options.options([
         ("plan_cache_mode", "force_generic_plan"),
         ("enable_seqscan", "off"),
@@ -88,7 +88,7 @@ pub fn planned_once(options: PgConnectOptions) -> PgConnectOptions {
 /// they sent, and a database blip that parks the recorder cannot stop
 /// ingest. No task holds a connection while it waits for another.
 #[derive(Clone, Debug)]
-pub struct Pools {
+pub(crate) struct Pools {
     /// Group commits of pushes and the spool's drain.
     pub ingest: PgPool,
     /// Deciding transactions.
@@ -103,7 +103,7 @@ pub struct Pools {
 
 /// How `total` connections are shared: (ingest, decide, send, settle,
 /// housekeeping), at least two each, summing to `total` (at least 10).
-pub fn budget(total: u32) -> [u32; 5] {
+pub(crate) fn budget(total: u32) -> [u32; 5] {
     let total = total.max(10);
     let ingest = (total / 4).max(2);
     let decide = (total / 5).max(2);
@@ -117,7 +117,7 @@ impl Pools {
     /// Pools on `options` (with the guard of [`guarded`] applied by the
     /// caller), sized by [`budget`]. Connections are opened when first
     /// needed.
-    pub fn split(options: &PgConnectOptions, settings: &DatabaseSettings) -> Self {
+    pub(crate) fn split(options: &PgConnectOptions, settings: &DatabaseSettings) -> Self {
         let [ingest, decide, send, settle, housekeeping] = budget(settings.max_connections);
         let pool = |n: u32, options: PgConnectOptions, hot: bool| {
             PgPoolOptions::new()
@@ -140,7 +140,7 @@ impl Pools {
     }
 
     /// Every pool with its stage name (for gauges).
-    pub fn named(&self) -> [(&'static str, &PgPool); 5] {
+    pub(crate) fn named(&self) -> [(&'static str, &PgPool); 5] {
         [
             ("ingest", &self.ingest),
             ("decide", &self.decide),
@@ -160,7 +160,7 @@ impl Pools {
 /// no other worker takes them while the lease holds (each write checks it
 /// still owns them). Each failure is a warning naming `what` and
 /// counts `pubbot_settle_retries_total{what}`.
-pub async fn until_recorded<T, F, Fut>(what: &'static str, mut write: F) -> T
+pub(crate) async fn until_recorded<T, F, Fut>(what: &'static str, mut write: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,

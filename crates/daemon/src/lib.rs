@@ -49,20 +49,31 @@
 //!   happens (with the trace id when there is one), counted, and tried
 //!   again; nothing is logged twice on its way up.
 //!
+//! # Surface
+//!
+//! `pub` is what the binary and the end-to-end tests use: [`start`],
+//! [`Running`], [`config`], [`db`]'s migrator, the operator operations of
+//! [`mass`], [`account`], [`admin::inspect`] and [`pipeline::rules`], and
+//! [`cli::main`]. Everything else is `pub(crate)`, and the
+//! `unreachable_pub` lint (below) keeps it so: a `pub` item no one outside
+//! can reach fails the build.
+//!
 //! **Not for:** protocol details (in `pubbot-protocol`, `pubbot-api-client`
 //! and `pubbot-webhook`) or reply logic (`pubbot-rules`).
 
+#![warn(unreachable_pub)]
+
 pub mod account;
 pub mod admin;
-pub mod app;
+pub(crate) mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod db;
 pub mod mass;
 pub mod pipeline;
-pub mod progress;
-pub mod retry;
-pub mod telemetry;
+pub(crate) mod progress;
+pub(crate) mod retry;
+pub(crate) mod telemetry;
 
 pub use app::{start, start_with_clock, worker_id, Running};

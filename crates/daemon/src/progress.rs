@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// A stage of the pipeline whose progress is watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub(crate) enum Stage {
     /// Pushes committed (database or spool).
     Ingest,
     /// Pushes decided.
@@ -42,7 +42,7 @@ fn now_ms() -> i64 {
 
 /// When each stage last made progress, and whether it has work due.
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     last: [AtomicI64; 3],
     due: [AtomicBool; 3],
     stalled: [AtomicBool; 3],
@@ -68,18 +68,18 @@ impl Default for Progress {
 
 impl Progress {
     /// The stage did some work just now.
-    pub fn advance(&self, stage: Stage) {
+    pub(crate) fn advance(&self, stage: Stage) {
         self.last[stage.index()].store(now_ms(), Ordering::Relaxed);
     }
 
     /// Whether the stage has work due (read by the checker).
-    pub fn set_due(&self, stage: Stage, due: bool) {
+    pub(crate) fn set_due(&self, stage: Stage, due: bool) {
         self.due[stage.index()].store(due, Ordering::Relaxed);
     }
 
     /// The stages that have work due and made no progress for `stall`,
     /// with the seconds since their last progress.
-    pub fn stalled(&self, stall: Duration) -> Vec<(&'static str, i64)> {
+    pub(crate) fn stalled(&self, stall: Duration) -> Vec<(&'static str, i64)> {
         let now = now_ms();
         let limit = i64::try_from(stall.as_millis()).unwrap_or(i64::MAX);
         Stage::ALL
@@ -120,7 +120,7 @@ impl Progress {
 
 /// Which stages are stuck, for a watchdog.
 #[derive(Clone, Debug)]
-pub struct Liveness {
+pub(crate) struct Liveness {
     /// Stage progress.
     pub progress: Arc<Progress>,
     /// How long a stage may stall.
@@ -129,7 +129,7 @@ pub struct Liveness {
 
 impl Liveness {
     /// The stuck stages, with seconds since their last progress.
-    pub fn stuck(&self) -> Vec<(&'static str, i64)> {
+    pub(crate) fn stuck(&self) -> Vec<(&'static str, i64)> {
         self.progress.stalled(self.stall)
     }
 }

@@ -8,7 +8,7 @@ use std::io::IsTerminal as _;
 use crate::config::LogFormat;
 
 /// Installs the global subscriber once; later calls do nothing.
-pub fn init(format: LogFormat) {
+pub(crate) fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

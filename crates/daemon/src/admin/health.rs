@@ -24,7 +24,7 @@ use crate::progress::{Progress, Stage};
 /// The process-wide Prometheus recorder. The `metrics` facade has one
 /// global recorder, so every daemon in a process (tests run several)
 /// shares it.
-pub fn prometheus() -> &'static PrometheusHandle {
+pub(crate) fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
@@ -46,7 +46,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
 
 /// What `/readyz` checks.
 #[derive(Clone)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     /// The housekeeping pool.
     pub pool: PgPool,
     /// Stage progress.
@@ -61,7 +61,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// Every reason the daemon is not ready (empty: ready).
-    pub async fn problems(&self) -> Vec<String> {
+    pub(crate) async fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.token.is_cancelled() {
             problems.push("shutting down".to_owned());
@@ -97,7 +97,7 @@ async fn readyz(State(r): State<Readiness>) -> impl IntoResponse {
 }
 
 /// The admin router: `/metrics`, `/healthz`, `/readyz`.
-pub fn router(readiness: Readiness) -> Router {
+pub(crate) fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(|| async { prometheus().render() }))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -107,7 +107,7 @@ pub fn router(readiness: Readiness) -> Router {
 
 /// Every `every`: reads whether work is due for decide and send, sets the
 /// stall gauges, and the pool gauges. Runs until `token` is cancelled.
-pub async fn watch(
+pub(crate) async fn watch(
     pools: Pools,
     progress: Arc<Progress>,
     stall: Duration,

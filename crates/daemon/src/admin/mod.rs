@@ -6,7 +6,7 @@
 //! - [`retention`]: old rows deleted in small batches.
 //! - [`inspect`]: one user's conversation, failed replies, a retry.
 
-pub mod health;
+pub(crate) mod health;
 pub mod inspect;
 pub mod queue;
-pub mod retention;
+pub(crate) mod retention;

@@ -56,7 +56,7 @@ pub async fn depths(pool: &PgPool) -> Result<QueueDepths, sqlx::Error> {
 }
 
 /// Sets the gauges every `every` until `token` is cancelled.
-pub async fn report(pool: PgPool, every: Duration, token: CancellationToken) {
+pub(crate) async fn report(pool: PgPool, every: Duration, token: CancellationToken) {
     while !token.is_cancelled() {
         match depths(&pool).await {
             Ok(d) => {

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 /// What a prune removed (or, dry, would remove).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Pruned {
+pub(crate) struct Pruned {
     /// Settled replies (sent, failed, expired).
     pub replies: i64,
     /// Decided pushes with no reply left.
@@ -38,7 +38,7 @@ pub struct Pruned {
 ///
 /// # Errors
 /// Database errors.
-pub async fn dry_run(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Error> {
+pub(crate) async fn dry_run(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Error> {
     let r = sqlx::query!(
         r#"SELECT
              (SELECT count(*) FROM outbound_messages
@@ -67,7 +67,7 @@ pub async fn dry_run(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, sql
 /// left than a batch walked the whole table (30 days of rows) looking for
 /// more (BENCHMARKS.md, session 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds {
+pub(crate) struct Bounds {
     /// Replies: ids below this may be old.
     pub replies: i64,
     /// Pushes: ids below this may be old.
@@ -80,7 +80,7 @@ pub struct Bounds {
 ///
 /// # Errors
 /// Database errors.
-pub async fn bounds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Bounds, sqlx::Error> {
+pub(crate) async fn bounds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Bounds, sqlx::Error> {
     let r = sqlx::query!(
         r#"SELECT
              coalesce((SELECT id FROM outbound_messages WHERE created_at >= $1 ORDER BY id LIMIT 1),
@@ -107,7 +107,7 @@ pub async fn bounds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Bounds, sqlx
 /// rows in id order, like every statement that may wait for a row lock
 /// (outbox invariant 6).
 #[derive(Debug, Clone, Copy)]
-pub struct Pass {
+pub(crate) struct Pass {
     cutoff: DateTime<Utc>,
     below: Bounds,
     /// The last id of each table's windows so far.
@@ -121,7 +121,7 @@ impl Pass {
     ///
     /// # Errors
     /// Database errors.
-    pub async fn start(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Self, sqlx::Error> {
+    pub(crate) async fn start(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Self, sqlx::Error> {
         Ok(Self {
             cutoff,
             below: bounds(pool, cutoff).await?,
@@ -135,7 +135,7 @@ impl Pass {
     }
 
     /// Both tables walked to their bounds.
-    pub fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.replies_done && self.pushes_done
     }
 
@@ -143,7 +143,7 @@ impl Pass {
     ///
     /// # Errors
     /// Database errors (what was deleted stays deleted; the pass can go on).
-    pub async fn step(&mut self, pool: &PgPool, batch: i64) -> Result<Pruned, sqlx::Error> {
+    pub(crate) async fn step(&mut self, pool: &PgPool, batch: i64) -> Result<Pruned, sqlx::Error> {
         let mut out = Pruned::default();
         if !self.replies_done {
             let r = sqlx::query!(
@@ -194,7 +194,7 @@ impl Pass {
     ///
     /// # Errors
     /// Database errors.
-    pub async fn finish(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
+    pub(crate) async fn finish(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
         sqlx::query!("DELETE FROM conversation_state WHERE expires_at < now()")
             .execute(pool)
             .await?;
@@ -227,7 +227,7 @@ fn advance(after: &mut i64, last: Option<i64>, seen: i64, batch: i64) -> bool {
 ///
 /// # Errors
 /// Database errors (what was deleted before stays deleted).
-pub async fn prune(
+pub(crate) async fn prune(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
     batch: i64,
@@ -247,7 +247,13 @@ pub async fn prune(
 /// [`Pass`] a window at a time, resting after each window as long as it
 /// took, so deletes take at most half the time and the hot path the other
 /// half (BENCHMARKS.md, session 6, has the delete rate beside the inflow).
-pub async fn run(pool: PgPool, days: u32, every: Duration, batch: i64, token: CancellationToken) {
+pub(crate) async fn run(
+    pool: PgPool,
+    days: u32,
+    every: Duration,
+    batch: i64,
+    token: CancellationToken,
+) {
     let mut pause = Duration::ZERO;
     let mut pass: Option<Pass> = None;
     // Rows of the pass under way, logged when it ends.

@@ -9,7 +9,7 @@ use clap::{Subcommand, ValueEnum};
 
 /// `pubbot account ...`
 #[derive(Subcommand, Debug)]
-pub enum AccountCommand {
+pub(super) enum AccountCommand {
     /// Make the platform's accounts match a file: add, refresh, set the
     /// route url and switch — the plan first, then what was done.
     #[command(
@@ -35,7 +35,7 @@ pub enum AccountCommand {
 
 /// `pubbot menu ...`
 #[derive(Subcommand, Debug)]
-pub enum MenuCommand {
+pub(super) enum MenuCommand {
     /// Make an account's menu match a file with the fewest calls.
     #[command(
         after_help = "Example:\n  pubbot menu apply --account shop config/examples/menu.toml\n\nAn invalid file changes nothing and names the item."
@@ -61,7 +61,7 @@ pub enum MenuCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
-pub enum UploadKind {
+pub(super) enum UploadKind {
     Image,
     Voice,
     Thumb,
@@ -69,7 +69,7 @@ pub enum UploadKind {
 
 /// `pubbot media ...`
 #[derive(Subcommand, Debug)]
-pub enum MediaCommand {
+pub(super) enum MediaCommand {
     /// Upload an image, voice or thumb (format and size checked first, R9);
     /// the same file again reuses its media_id.
     #[command(
@@ -113,7 +113,7 @@ pub enum MediaCommand {
 }
 
 /// `pubbot account ...`
-pub async fn account_cmd(cmd: AccountCommand, settings: &Settings) -> anyhow::Result<()> {
+pub(super) async fn account_cmd(cmd: AccountCommand, settings: &Settings) -> anyhow::Result<()> {
     match cmd {
         AccountCommand::Apply { file, dry_run } => {
             let text = std::fs::read_to_string(&file)
@@ -166,7 +166,7 @@ pub async fn account_cmd(cmd: AccountCommand, settings: &Settings) -> anyhow::Re
 }
 
 /// `pubbot menu ...`
-pub async fn menu_cmd(
+pub(super) async fn menu_cmd(
     cmd: MenuCommand,
     settings: &Settings,
     pool: &sqlx::PgPool,
@@ -244,7 +244,7 @@ pub async fn menu_cmd(
 }
 
 /// `pubbot media ...`
-pub async fn media_cmd(
+pub(super) async fn media_cmd(
     cmd: MediaCommand,
     settings: &Settings,
     pool: &sqlx::PgPool,

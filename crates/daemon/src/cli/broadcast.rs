@@ -13,7 +13,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 /// What to send: exactly one of these.
 #[derive(Args, Debug, Clone)]
-pub struct ContentArgs {
+pub(super) struct ContentArgs {
     /// Text (a template: {{ date }}, {{ weekday }}, {{ time }},
     /// {{ followers }}, {{ account }}, {{ platform_day }}).
     #[arg(long)]
@@ -84,7 +84,7 @@ impl ContentArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
-pub enum Outcome {
+pub(super) enum Outcome {
     Sent,
     Failed,
 }
@@ -92,7 +92,7 @@ pub enum Outcome {
 /// `pubbot broadcast ...`
 #[derive(Subcommand, Debug)]
 #[allow(clippy::large_enum_variant)] // parsed once per run
-pub enum BroadcastCommand {
+pub(super) enum BroadcastCommand {
     /// A daily broadcast at a local time of day.
     #[command(
         after_help = "Example:\n  pubbot broadcast schedule --account shop --name morning --at 09:00 \\\n    --text 'Good morning! {{ followers }} of you read us on {{ weekday }}.'\n\nThe platform allows one mass send a natural day in UTC+8 (R11); each\noccurrence takes its platform day in the ledger, and a day another\nbroadcast took is skipped."
@@ -192,7 +192,7 @@ pub enum BroadcastCommand {
 /// `pubbot campaign ...`
 #[derive(Subcommand, Debug)]
 #[allow(clippy::large_enum_variant)] // parsed once per run
-pub enum CampaignCommand {
+pub(super) enum CampaignCommand {
     /// Send a message to every tracked follower, or to the users of a file,
     /// by batchsend in chunks of 100 under the app's rate limit.
     #[command(
@@ -257,7 +257,7 @@ fn line(b: &mass::Broadcast) -> String {
 }
 
 /// `pubbot broadcast ...`
-pub async fn broadcast_cmd(
+pub(super) async fn broadcast_cmd(
     cmd: BroadcastCommand,
     settings: &Settings,
     pool: &sqlx::PgPool,
@@ -410,7 +410,7 @@ pub async fn broadcast_cmd(
 }
 
 /// `pubbot campaign ...`
-pub async fn campaign_cmd(
+pub(super) async fn campaign_cmd(
     cmd: CampaignCommand,
     settings: &Settings,
     pool: &sqlx::PgPool,

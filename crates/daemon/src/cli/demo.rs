@@ -99,7 +99,7 @@ fn describe(d: &serde_json::Value) -> String {
 }
 
 /// Runs the demo until `/quit`, the end of standard input, or Ctrl-C.
-pub async fn run(
+pub(super) async fn run(
     mut settings: Settings,
     sim_listen: SocketAddr,
     listen: SocketAddr,

@@ -8,14 +8,14 @@ use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
-pub enum ExportFormat {
+pub(super) enum ExportFormat {
     Csv,
     Json,
 }
 
 /// `pubbot followers ...`
 #[derive(Subcommand, Debug)]
-pub enum FollowersCommand {
+pub(super) enum FollowersCommand {
     /// How many followers the account has (from subscribe events and the
     /// subscribe API).
     #[command(after_help = "Example:\n  pubbot followers count --account shop")]
@@ -66,7 +66,7 @@ pub enum FollowersCommand {
 }
 
 /// `pubbot followers ...`
-pub async fn followers_cmd(
+pub(super) async fn followers_cmd(
     cmd: FollowersCommand,
     settings: &Settings,
     pool: &sqlx::PgPool,
@@ -118,7 +118,7 @@ pub async fn followers_cmd(
 }
 
 /// `pubbot followers subscribe|unsubscribe FILE`.
-pub async fn subscribe_cmd(
+pub(super) async fn subscribe_cmd(
     target: Target,
     file: PathBuf,
     follow: bool,

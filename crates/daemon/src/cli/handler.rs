@@ -9,7 +9,7 @@ use clap::Subcommand;
 
 /// `pubbot handler ...`
 #[derive(Subcommand, Debug)]
-pub enum HandlerCommand {
+pub(super) enum HandlerCommand {
     /// Add (or replace) a handler bot that rules call with `handler = "NAME"`.
     #[command(
         after_help = "Example:\n  pubbot handler add orders --url http://127.0.0.1:9000/hook --secret-file orders.secret\n\nCalls are signed the Standard Webhooks way (webhook-id, webhook-timestamp,\nwebhook-signature); a secret `whsec_<base64>` is used as that scheme's key."
@@ -64,7 +64,7 @@ pub enum HandlerCommand {
 }
 
 /// `pubbot handler ...`
-pub async fn handler_cmd(
+pub(super) async fn handler_cmd(
     cmd: HandlerCommand,
     settings: &Settings,
     pool: &sqlx::PgPool,

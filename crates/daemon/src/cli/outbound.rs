@@ -8,7 +8,7 @@ use clap::Subcommand;
 
 /// `pubbot outbound ...`
 #[derive(Subcommand, Debug)]
-pub enum OutboundCommand {
+pub(super) enum OutboundCommand {
     /// Failed replies with the platform's code and message.
     #[command(after_help = "Example:\n  pubbot outbound failed --since 1h")]
     Failed {
@@ -40,7 +40,7 @@ pub enum OutboundCommand {
 }
 
 /// `pubbot conversation USER`.
-pub async fn conversation_cmd(
+pub(super) async fn conversation_cmd(
     user: &str,
     account: Option<&str>,
     limit: i64,
@@ -93,7 +93,7 @@ pub async fn conversation_cmd(
 }
 
 /// `pubbot outbound ...`
-pub async fn outbound_cmd(
+pub(super) async fn outbound_cmd(
     cmd: OutboundCommand,
     settings: &Settings,
     pool: &sqlx::PgPool,

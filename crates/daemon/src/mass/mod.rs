@@ -35,5 +35,5 @@ mod schedules;
 
 pub use campaigns::*;
 pub use content::*;
-pub use scheduler::Scheduler;
+pub(crate) use scheduler::Scheduler;
 pub use schedules::*;

@@ -19,7 +19,7 @@ use crate::pipeline::send::AppClient;
 /// The scheduler every replica runs: adds the daily schedules' occurrences
 /// to the ledger, marks missed ones, recovers abandoned sends, and sends
 /// what is due — broadcasts and campaign chunks.
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     /// Housekeeping pool.
     pub pool: PgPool,
     /// Clients and rate limits by app.
@@ -65,7 +65,7 @@ fn secs(d: Duration) -> f64 {
 
 impl Scheduler {
     /// Runs until `token` is cancelled.
-    pub async fn run(self, token: CancellationToken) {
+    pub(crate) async fn run(self, token: CancellationToken) {
         loop {
             if let Err(e) = self.round().await {
                 tracing::warn!(error = %e, "broadcast scheduler round failed; trying again");
@@ -81,7 +81,7 @@ impl Scheduler {
     ///
     /// # Errors
     /// Database errors.
-    pub async fn round(&self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn round(&self) -> Result<(), sqlx::Error> {
         self.materialize().await?;
         self.mark_missed().await?;
         self.recover().await?;

@@ -36,7 +36,7 @@ type UserKey = (String, McId, UserId);
 
 /// What a decide worker needs.
 #[derive(Clone)]
-pub struct DecideWorker {
+pub(crate) struct DecideWorker {
     /// The pool.
     pub pool: PgPool,
     /// The rule set in force.
@@ -70,7 +70,7 @@ pub struct DecideWorker {
 
 impl DecideWorker {
     /// Runs until `token` is cancelled.
-    pub async fn run(self, token: CancellationToken) {
+    pub(crate) async fn run(self, token: CancellationToken) {
         work_loop(
             &self.wake.inbound,
             self.poll,
@@ -92,7 +92,7 @@ impl DecideWorker {
     /// # Errors
     /// Database errors; the transaction rolls back and the batch is taken
     /// again.
-    pub async fn once(&self) -> Result<usize, sqlx::Error> {
+    pub(crate) async fn once(&self) -> Result<usize, sqlx::Error> {
         // Before the transaction, whose start is the leases' `now()`: never
         // later than the leases of the rows handed over.
         let since = std::time::Instant::now();

@@ -127,7 +127,7 @@ pub(crate) struct AtReceipt {
 
 /// What deciding at receipt needs.
 #[derive(Clone)]
-pub struct Receipt {
+pub(crate) struct Receipt {
     /// The rule set in force.
     pub rules: Arc<RuleStore>,
     /// The accounts each app hosts (R16).

@@ -110,7 +110,7 @@ pub struct StateChange {
 /// the breaker is closed). The texts name the cause itself: they end up in
 /// the reply row's `last_error`.
 #[derive(Debug, thiserror::Error)]
-pub enum CallError {
+pub(crate) enum CallError {
     /// The handler registry could not be read.
     #[error("reading handlers: {0}")]
     Registry(sqlx::Error),
@@ -248,7 +248,7 @@ struct Breaker {
 
 /// Knobs of handler calls.
 #[derive(Debug, Clone)]
-pub struct HandlerPolicy {
+pub(crate) struct HandlerPolicy {
     /// Tries of one call.
     pub max_attempts: u32,
     /// Pauses between tries ([`crate::retry`]).
@@ -263,7 +263,7 @@ pub struct HandlerPolicy {
 
 /// How a call ended.
 #[derive(Debug)]
-pub enum CallResult {
+pub(crate) enum CallResult {
     /// The handler answered (validated).
     Answered {
         /// Its replies.
@@ -282,7 +282,7 @@ type Registry = (
 );
 
 /// Calls handlers and records their answers.
-pub struct HandlerRunner {
+pub(crate) struct HandlerRunner {
     /// Records answers (the settle pool).
     pub pool: PgPool,
     /// Lease identity.
@@ -300,7 +300,7 @@ pub struct HandlerRunner {
 
 impl HandlerRunner {
     /// A runner.
-    pub fn new(
+    pub(crate) fn new(
         pool: PgPool,
         worker_id: String,
         policy: HandlerPolicy,
@@ -416,7 +416,7 @@ impl HandlerRunner {
 
     /// Calls `name` with `event` (retries, breaker), and validates the
     /// answer. `event_id` is the same for every try.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         name: &str,
         event_id: &str,
@@ -508,7 +508,7 @@ impl HandlerRunner {
     }
 
     /// Calls the handler of a held handler row and records the outcome.
-    pub async fn run(&self, held: Held) {
+    pub(crate) async fn run(&self, held: Held) {
         let row = &held.row;
         let PlannedReply::Handler {
             handler,
@@ -582,7 +582,7 @@ impl HandlerRunner {
 ///
 /// # Errors
 /// Database errors.
-pub async fn save_state(
+pub(crate) async fn save_state(
     tx: &mut sqlx::PgConnection,
     app_key: &str,
     mcid: &McId,

@@ -18,14 +18,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A [`TcpListener`] that holds at most `max` connections open.
-pub struct Limited {
+pub(crate) struct Limited {
     inner: TcpListener,
     permits: Arc<Semaphore>,
 }
 
 impl Limited {
     /// Caps `inner` at `max` open connections.
-    pub fn new(inner: TcpListener, max: usize) -> Self {
+    pub(crate) fn new(inner: TcpListener, max: usize) -> Self {
         Self {
             inner,
             permits: Arc::new(Semaphore::new(max.max(1))),
@@ -34,7 +34,7 @@ impl Limited {
 }
 
 /// A connection holding one of the listener's permits until it closes.
-pub struct Permitted {
+pub(crate) struct Permitted {
     io: TcpStream,
     _permit: OwnedSemaphorePermit,
 }

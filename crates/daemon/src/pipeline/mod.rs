@@ -16,13 +16,13 @@
 //! - [`rules`]: the rules in PostgreSQL, loaded and reloaded live.
 //! - [`wakeups`]: LISTEN/NOTIFY and in-process wake-ups between the stages.
 
-pub mod decide;
-pub mod decision;
+pub(crate) mod decide;
+pub(crate) mod decision;
 pub mod handlers;
-pub mod ingest;
-pub mod listener;
-pub mod outbox;
+pub(crate) mod ingest;
+pub(crate) mod listener;
+pub(crate) mod outbox;
 pub mod rules;
-pub mod send;
-pub mod spool;
-pub mod wakeups;
+pub(crate) mod send;
+pub(crate) mod spool;
+pub(crate) mod wakeups;

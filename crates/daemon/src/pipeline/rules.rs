@@ -56,7 +56,7 @@ pub async fn load(pool: &PgPool) -> Result<Vec<Rule>, RulesError> {
 ///
 /// # Errors
 /// Database errors.
-pub async fn media_names(
+pub(crate) async fn media_names(
     pool: &PgPool,
 ) -> Result<std::collections::HashMap<String, Vec<(String, String)>>, sqlx::Error> {
     let rows = sqlx::query!("SELECT app_key, name, media_id FROM media ORDER BY app_key")
@@ -79,7 +79,7 @@ pub async fn with_media(pool: &PgPool, options: &Options) -> Result<Options, sql
 }
 
 /// The rule set in force, swapped atomically on reload.
-pub struct RuleStore {
+pub(crate) struct RuleStore {
     current: RwLock<Arc<RuleSet>>,
     options: Options,
     fingerprint: RwLock<Option<(i64, Option<chrono::DateTime<chrono::Utc>>)>>,
@@ -87,7 +87,7 @@ pub struct RuleStore {
 
 impl RuleStore {
     /// An empty store (no rules until the first reload).
-    pub fn new(options: Options) -> Self {
+    pub(crate) fn new(options: Options) -> Self {
         let empty = RuleSet::compile(Vec::new(), &options)
             .unwrap_or_else(|_| unreachable!("an empty rule set compiles"));
         Self {
@@ -98,7 +98,7 @@ impl RuleStore {
     }
 
     /// The rule set in force.
-    pub fn current(&self) -> Arc<RuleSet> {
+    pub(crate) fn current(&self) -> Arc<RuleSet> {
         Arc::clone(
             &self
                 .current
@@ -113,7 +113,7 @@ impl RuleStore {
     ///
     /// # Errors
     /// [`RulesError`].
-    pub async fn reload(&self, pool: &PgPool) -> Result<usize, RulesError> {
+    pub(crate) async fn reload(&self, pool: &PgPool) -> Result<usize, RulesError> {
         let fp = fingerprint(pool).await?;
         let rules = load(pool).await?;
         let options = with_media(pool, &self.options).await?;
@@ -137,7 +137,7 @@ impl RuleStore {
     ///
     /// # Errors
     /// [`RulesError`].
-    pub async fn reload_if_changed(&self, pool: &PgPool) -> Result<bool, RulesError> {
+    pub(crate) async fn reload_if_changed(&self, pool: &PgPool) -> Result<bool, RulesError> {
         let fp = fingerprint(pool).await?;
         let known = *self
             .fingerprint
@@ -242,7 +242,7 @@ pub async fn delete(pool: &PgPool, name: &str) -> Result<(), RulesError> {
 /// Rules whose scope names an app or account this configuration does not
 /// serve: they would never match (a warning at import, not an error: the
 /// file may be meant for another deployment too).
-pub fn scope_warnings(file: &RuleFile, settings: &crate::config::Settings) -> Vec<String> {
+pub(crate) fn scope_warnings(file: &RuleFile, settings: &crate::config::Settings) -> Vec<String> {
     let mut out = Vec::new();
     for r in &file.rules {
         if let Some(app) = &r.app_key {

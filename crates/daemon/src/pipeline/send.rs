@@ -47,7 +47,7 @@ use crate::pipeline::outbox::{self, Claimed, Held, Leases, Outcome, Settlement};
 use crate::pipeline::wakeups::{work_loop, Wakeups};
 
 /// The client and rate limit of one app.
-pub struct AppClient {
+pub(crate) struct AppClient {
     /// The signed client.
     pub client: Client,
     /// This daemon's calls per second for the app.
@@ -59,7 +59,7 @@ impl AppClient {
     /// platform counts calls per calendar second, and a burst allowance
     /// let up to twice the limit into one of its seconds (answered `1008`).
     /// Spaced calls never exceed `per_sec` in any second.
-    pub fn new(client: Client, per_sec: u32) -> Self {
+    pub(crate) fn new(client: Client, per_sec: u32) -> Self {
         let n = NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
         Self {
             client,
@@ -70,7 +70,7 @@ impl AppClient {
 
 /// What a send worker needs.
 #[derive(Clone)]
-pub struct SendWorker {
+pub(crate) struct SendWorker {
     /// The send pool (claims, pre-call renewals).
     pub pool: PgPool,
     /// Clients by app key.
@@ -112,7 +112,7 @@ const SWEEPS_PER_ROUND: usize = 8;
 
 /// Rows of one hand-off: what one deciding transaction leased to this
 /// process, kept together so one worker sends them in order.
-pub type Handoff = mpsc::Receiver<Vec<Held>>;
+pub(crate) type Handoff = mpsc::Receiver<Vec<Held>>;
 
 /// One platform call: a reply to one user, or the same reply to several
 /// (distinct) users of one account through `batchsend`.
@@ -214,7 +214,7 @@ fn plan_calls(rows: Vec<Held>, merge: bool) -> Vec<Call> {
 
 impl SendWorker {
     /// Runs until `token` is cancelled: claims due rows and sends them.
-    pub async fn run(self, token: CancellationToken) {
+    pub(crate) async fn run(self, token: CancellationToken) {
         work_loop(
             &self.wake.outbound,
             self.poll,
@@ -231,7 +231,7 @@ impl SendWorker {
     ///
     /// # Errors
     /// Database errors of the claim.
-    pub async fn once(&self) -> Result<usize, sqlx::Error> {
+    pub(crate) async fn once(&self) -> Result<usize, sqlx::Error> {
         let since = std::time::Instant::now();
         // First the replies whose earlier one was just recorded here: by
         // user, through the index (cheap whatever the queue holds).
@@ -315,7 +315,7 @@ impl SendWorker {
     /// never hold rows of one user (a reply is leased in its deciding
     /// transaction only when nothing earlier of its user is open), and
     /// rounds keep order within a unit.
-    pub async fn run_handoff(self, handoff: Arc<tokio::sync::Mutex<Handoff>>) {
+    pub(crate) async fn run_handoff(self, handoff: Arc<tokio::sync::Mutex<Handoff>>) {
         let most = usize::try_from(self.batch).unwrap_or(64).max(1);
         loop {
             let rows = {
@@ -337,7 +337,7 @@ impl SendWorker {
 
     /// Sends rows this process holds, round after round (per-user order),
     /// handing every outcome to the recorder.
-    pub async fn deliver(&self, held: Vec<Held>) {
+    pub(crate) async fn deliver(&self, held: Vec<Held>) {
         let mut blocked: std::collections::HashSet<(String, String, String)> =
             std::collections::HashSet::new();
         for round in rounds(held) {

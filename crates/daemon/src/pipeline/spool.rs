@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Why the spool could not take a push or start.
 #[derive(Debug, thiserror::Error)]
-pub enum SpoolError {
+pub(crate) enum SpoolError {
     /// Writing or syncing failed.
     #[error("spool {path}: {source}")]
     Io {
@@ -70,7 +70,7 @@ fn io(path: &Path, source: std::io::Error) -> SpoolError {
 
 /// One spooled push: the columns of `inbound_messages` it becomes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SpooledPush {
+pub(crate) struct SpooledPush {
     /// App key.
     pub app_key: String,
     /// Account.
@@ -101,7 +101,7 @@ enum Command {
 
 /// A handle on the spool. Cheap to clone.
 #[derive(Clone)]
-pub struct Spool {
+pub(crate) struct Spool {
     tx: mpsc::Sender<Command>,
     bytes: Arc<AtomicU64>,
     dir: PathBuf,
@@ -228,7 +228,7 @@ impl Spool {
     ///
     /// # Errors
     /// The directory cannot be created, read or locked.
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
+    pub(crate) fn open(dir: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let lock_path = dir.join("LOCK");
         let lock = OpenOptions::new()
@@ -274,7 +274,7 @@ impl Spool {
     ///
     /// # Errors
     /// [`SpoolError`]: full, an I/O error, or the writer stopped.
-    pub async fn append(&self, push: &SpooledPush) -> Result<(), SpoolError> {
+    pub(crate) async fn append(&self, push: &SpooledPush) -> Result<(), SpoolError> {
         let line = serde_json::to_vec(push).map_err(|e| io(&self.dir, e.into()))?;
         let (done, wait) = oneshot::channel();
         self.tx
@@ -285,7 +285,7 @@ impl Spool {
     }
 
     /// Bytes on disk.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
 
@@ -302,7 +302,7 @@ impl Spool {
     ///
     /// # Errors
     /// The file cannot be read.
-    pub fn read_segment(path: &Path) -> Result<Vec<SpooledPush>, SpoolError> {
+    pub(crate) fn read_segment(path: &Path) -> Result<Vec<SpooledPush>, SpoolError> {
         let file = File::open(path).map_err(|e| io(path, e))?;
         let mut pushes = Vec::new();
         for line in BufReader::new(file).split(b'\n') {
@@ -325,7 +325,7 @@ impl Spool {
     /// Drains every closed segment into PostgreSQL with `store` (which
     /// inserts a batch, deduplicated); stops at the first failure. Returns
     /// the pushes drained.
-    pub async fn drain_once<F, Fut, E>(&self, mut store: F) -> usize
+    pub(crate) async fn drain_once<F, Fut, E>(&self, mut store: F) -> usize
     where
         F: FnMut(Vec<SpooledPush>) -> Fut,
         Fut: std::future::Future<Output = Result<(), E>>,
@@ -373,8 +373,12 @@ impl Spool {
     }
 
     /// Drains every `every` (at once at start) until `token` is cancelled.
-    pub async fn drain<F, Fut, E>(self, every: Duration, token: CancellationToken, mut store: F)
-    where
+    pub(crate) async fn drain<F, Fut, E>(
+        self,
+        every: Duration,
+        token: CancellationToken,
+        mut store: F,
+    ) where
         F: FnMut(Vec<SpooledPush>) -> Fut,
         Fut: std::future::Future<Output = Result<(), E>>,
         E: std::fmt::Display,

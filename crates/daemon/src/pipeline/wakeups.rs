@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 /// What the listener wakes.
 #[derive(Default)]
-pub struct Wakeups {
+pub(crate) struct Wakeups {
     /// New inbound messages.
     pub inbound: Notify,
     /// New outbound messages.
@@ -54,7 +54,7 @@ struct Recent {
 const RECENT: Duration = Duration::from_millis(250);
 
 /// (app, account, user): one conversation.
-pub type Conversation = (String, String, String);
+pub(crate) type Conversation = (String, String, String);
 
 /// Most users remembered in `behind`: past it the set is dropped, and the
 /// senders' poll takes what it would have (a reply whose earlier one was
@@ -63,7 +63,7 @@ const BEHIND_MAX: usize = 100_000;
 
 impl Wakeups {
     /// Replies that wait to be claimed were added.
-    pub fn add_pending(&self, n: usize) {
+    pub(crate) fn add_pending(&self, n: usize) {
         if n > 0 {
             self.pending.fetch_add(
                 i64::try_from(n).unwrap_or(i64::MAX),
@@ -75,7 +75,7 @@ impl Wakeups {
 
     /// How many replies are counted as waiting (read before a claim, for
     /// [`Wakeups::claimed`]).
-    pub fn waiting(&self) -> i64 {
+    pub(crate) fn waiting(&self) -> i64 {
         self.pending.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -86,7 +86,7 @@ impl Wakeups {
     /// outcomes stop waking futile scans of the queue (held back rows come
     /// by [`Wakeups::behind`], the rest by the poll); rows counted while it
     /// ran stay counted.
-    pub fn claimed(&self, n: usize, asked: usize, before: i64) {
+    pub(crate) fn claimed(&self, n: usize, asked: usize, before: i64) {
         let n = if n < asked {
             before.max(i64::try_from(n).unwrap_or(i64::MAX))
         } else {
@@ -101,7 +101,7 @@ impl Wakeups {
 
     /// Replies of these users were planned `pending`, perhaps behind an
     /// earlier open reply of theirs.
-    pub fn behind(&self, users: impl IntoIterator<Item = Conversation>) {
+    pub(crate) fn behind(&self, users: impl IntoIterator<Item = Conversation>) {
         let users: Vec<Conversation> = users.into_iter().collect();
         if users.is_empty() {
             return;
@@ -126,7 +126,7 @@ impl Wakeups {
     /// These users may still have replies held back (a claim by user found
     /// none of theirs next, or took one and more may follow): remembered
     /// until their next outcome is recorded.
-    pub fn still_behind(&self, users: Vec<Conversation>) {
+    pub(crate) fn still_behind(&self, users: Vec<Conversation>) {
         let mut set = self
             .behind
             .lock()
@@ -150,7 +150,10 @@ impl Wakeups {
     /// Outcomes of these users' replies were recorded: those with a reply
     /// held back behind one become successors to claim, and a sender is
     /// woken for them.
-    pub fn recorded<'a>(&self, users: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) {
+    pub(crate) fn recorded<'a>(
+        &self,
+        users: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    ) {
         let users: Vec<Conversation> = users
             .into_iter()
             .map(|(a, m, u)| (a.to_owned(), m.to_owned(), u.to_owned()))
@@ -181,7 +184,7 @@ impl Wakeups {
     }
 
     /// The users whose next reply may be claimable, taken.
-    pub fn take_successors(&self) -> Vec<Conversation> {
+    pub(crate) fn take_successors(&self) -> Vec<Conversation> {
         std::mem::take(
             &mut *self
                 .successors
@@ -191,7 +194,7 @@ impl Wakeups {
     }
 
     /// Wakes a sender if replies may wait to be claimed.
-    pub fn outbound_if_pending(&self) {
+    pub(crate) fn outbound_if_pending(&self) {
         if self.pending.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             self.outbound.notify_one();
         }
@@ -206,7 +209,7 @@ impl Wakeups {
 
 /// Listens until `token` is cancelled; reconnects after errors and wakes
 /// everyone after a reconnect, since notifications may have been missed.
-pub async fn listen(pool: PgPool, wake: Arc<Wakeups>, token: CancellationToken) {
+pub(crate) async fn listen(pool: PgPool, wake: Arc<Wakeups>, token: CancellationToken) {
     while !token.is_cancelled() {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -266,7 +269,7 @@ async fn pause(token: &CancellationToken) {
 /// less found the queue empty of rows it could lock, so going again at once
 /// would only be an empty claim. The wake-up is registered before the round
 /// starts, so a notification that arrives while the round runs is not lost.
-pub async fn work_loop<F, Fut>(
+pub(crate) async fn work_loop<F, Fut>(
     notify: &Notify,
     poll: Duration,
     batch: i64,

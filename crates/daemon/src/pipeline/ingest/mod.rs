@@ -44,7 +44,7 @@
 //! call in the table, or an undecided push earlier in the same batch
 //! (invariant 5: a user's pushes are decided in order).
 
-pub mod pending;
+pub(crate) mod pending;
 mod statement;
 
 use std::collections::HashSet;
@@ -167,7 +167,7 @@ fn storable(row: &Row) -> Result<(), Unstorable> {
 
 /// The PostgreSQL inbox. Cheap to clone.
 #[derive(Clone)]
-pub struct PgInbox {
+pub(crate) struct PgInbox {
     tx: mpsc::Sender<Pending>,
     spool: Option<Spool>,
     spool_after: Duration,
@@ -178,7 +178,7 @@ pub struct PgInbox {
 /// Deciding at receipt: the rules, and where the replies it plans go
 /// after their commit.
 #[derive(Clone)]
-pub struct DecideAtReceipt {
+pub(crate) struct DecideAtReceipt {
     /// The rules and the hosted accounts.
     pub receipt: Receipt,
     /// This process's lease identity.
@@ -194,7 +194,7 @@ pub struct DecideAtReceipt {
 }
 
 /// A new trace id, carried from push to reply in logs and rows.
-pub fn trace_id() -> String {
+pub(crate) fn trace_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
@@ -203,7 +203,7 @@ impl PgInbox {
     /// committing what it holds.
     /// `at_receipt`: decide pushes as they are received (see "Decided at
     /// receipt"); `None`: every push waits for a decide worker.
-    pub fn start(
+    pub(crate) fn start(
         pool: PgPool,
         settings: IngestSettings,
         spool: Option<Spool>,
@@ -273,7 +273,10 @@ impl PgInbox {
 ///
 /// # Errors
 /// The database error.
-pub async fn store_spooled(pool: &PgPool, pushes: Vec<SpooledPush>) -> Result<(), sqlx::Error> {
+pub(crate) async fn store_spooled(
+    pool: &PgPool,
+    pushes: Vec<SpooledPush>,
+) -> Result<(), sqlx::Error> {
     let rows: Vec<Row> = pushes.into_iter().map(Row::from_spooled).collect();
     let rows: Vec<&Row> = rows.iter().collect();
     insert(pool, &rows, None).await.map(|_| ())

@@ -8,7 +8,7 @@ use pubbot_webhook::InboundMessage;
 
 /// A stored push, claimed for deciding.
 #[derive(Debug)]
-pub struct StoredPush {
+pub(crate) struct StoredPush {
     /// Row id.
     pub id: i64,
     /// The app key it was pushed for.
@@ -35,7 +35,7 @@ pub struct StoredPush {
 ///
 /// # Errors
 /// Database errors.
-pub async fn claim(
+pub(crate) async fn claim(
     tx: &mut sqlx::PgConnection,
     batch: i64,
 ) -> Result<Vec<StoredPush>, sqlx::Error> {
@@ -72,7 +72,10 @@ pub async fn claim(
 ///
 /// # Errors
 /// Database errors.
-pub async fn mark_decided(tx: &mut sqlx::PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+pub(crate) async fn mark_decided(
+    tx: &mut sqlx::PgConnection,
+    ids: &[i64],
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE inbound_messages SET status = 'done', processed_at = now() WHERE id = ANY($1)",
         ids

@@ -11,12 +11,12 @@ use super::*;
 
 /// Users a general claim looks at, at most, per statement: the sweep's
 /// window (see [`claim`]).
-pub const SWEEP_WINDOW: i64 = 1024;
+pub(crate) const SWEEP_WINDOW: i64 = 1024;
 
 /// Where the general claim's sweep over conversations goes on from: the
 /// last (app, account, user) it looked at, shared by a process's senders.
 #[derive(Debug, Default)]
-pub struct Sweep(std::sync::Mutex<crate::pipeline::wakeups::Conversation>);
+pub(crate) struct Sweep(std::sync::Mutex<crate::pipeline::wakeups::Conversation>);
 
 impl Sweep {
     fn get(&self) -> crate::pipeline::wakeups::Conversation {
@@ -36,7 +36,7 @@ impl Sweep {
 
 /// What a general claim took.
 #[derive(Debug)]
-pub struct Claim {
+pub(crate) struct Claim {
     /// The rows now leased to this process.
     pub rows: Vec<Claimed>,
     /// The sweep stopped at its window, not at the end of the
@@ -70,7 +70,7 @@ struct Head {
 ///
 /// # Errors
 /// Database errors.
-pub async fn claim(
+pub(crate) async fn claim(
     pool: &PgPool,
     worker_id: &str,
     lease: Duration,
@@ -193,7 +193,7 @@ async fn claim_ids(
 ///
 /// # Errors
 /// Database errors.
-pub async fn claim_next(
+pub(crate) async fn claim_next(
     pool: &PgPool,
     worker_id: &str,
     lease: Duration,
@@ -252,7 +252,7 @@ pub async fn claim_next(
 ///
 /// # Errors
 /// Database errors.
-pub async fn any_due(pool: &PgPool) -> Result<bool, sqlx::Error> {
+pub(crate) async fn any_due(pool: &PgPool) -> Result<bool, sqlx::Error> {
     Ok(heads(pool, &Default::default(), i64::from(i32::MAX), 1)
         .await?
         .iter()

@@ -86,12 +86,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::wakeups::Wakeups;
 
-pub use claim::*;
-pub use record::*;
+pub(crate) use claim::*;
+pub(crate) use record::*;
 
 /// An outbound row this process holds the `sending` lease of.
 #[derive(Debug, Clone)]
-pub struct Claimed {
+pub(crate) struct Claimed {
     /// Row id.
     pub id: i64,
     /// App.
@@ -119,12 +119,12 @@ pub struct Claimed {
 
 impl Claimed {
     /// The conversation the row belongs to.
-    pub fn conversation(&self) -> (&str, &str, &str) {
+    pub(crate) fn conversation(&self) -> (&str, &str, &str) {
         (&self.app_key, &self.mcid, &self.user_id)
     }
 
     /// Its place in the conversation.
-    pub fn order(&self) -> (i64, i32, i32) {
+    pub(crate) fn order(&self) -> (i64, i32, i32) {
         (
             self.inbound_id.unwrap_or(i64::MAX),
             self.reply_index,
@@ -136,7 +136,7 @@ impl Claimed {
 /// A row this process holds the lease of, and since when by this process's
 /// clock (taken before the lease was, so never later than it).
 #[derive(Debug, Clone)]
-pub struct Held {
+pub(crate) struct Held {
     /// The row.
     pub row: Claimed,
     /// When the lease was taken, at the latest.
@@ -146,7 +146,7 @@ pub struct Held {
 /// The rows this process holds leases on (id -> attempt), from the moment
 /// they are leased until their outcome is recorded (invariant 3).
 #[derive(Debug, Default)]
-pub struct Leases {
+pub(crate) struct Leases {
     held: std::sync::Mutex<HashMap<i64, i32>>,
 }
 
@@ -158,12 +158,12 @@ impl Leases {
     }
 
     /// Rows (id, attempts) just leased.
-    pub fn hold(&self, rows: impl IntoIterator<Item = (i64, i32)>) {
+    pub(crate) fn hold(&self, rows: impl IntoIterator<Item = (i64, i32)>) {
         self.lock().extend(rows);
     }
 
     /// Rows no longer held (recorded).
-    pub fn release(&self, ids: impl IntoIterator<Item = i64>) {
+    pub(crate) fn release(&self, ids: impl IntoIterator<Item = i64>) {
         let mut held = self.lock();
         for id in ids {
             held.remove(&id);
@@ -171,20 +171,10 @@ impl Leases {
     }
 
     /// The rows held, sorted by id (invariant 6).
-    pub fn snapshot(&self) -> (Vec<i64>, Vec<i32>) {
+    pub(crate) fn snapshot(&self) -> (Vec<i64>, Vec<i32>) {
         let mut rows: Vec<(i64, i32)> = self.lock().iter().map(|(i, a)| (*i, *a)).collect();
         rows.sort_unstable();
         rows.into_iter().unzip()
-    }
-
-    /// How many rows are held.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -194,7 +184,7 @@ impl Leases {
 /// claim), held in `leases` (invariant 3) and sent as one unit, so that one
 /// sender sends a user's rows in order (invariant 5). `since` was taken
 /// before the transaction began.
-pub fn hand_over(
+pub(crate) fn hand_over(
     permit: mpsc::Permit<'_, Vec<Held>>,
     leases: Option<&Leases>,
     rows: impl IntoIterator<Item = Claimed>,
@@ -220,7 +210,7 @@ pub fn hand_over(
 ///
 /// # Errors
 /// Database errors.
-pub async fn renew(
+pub(crate) async fn renew(
     pool: &PgPool,
     worker_id: &str,
     lease: Duration,
@@ -252,7 +242,7 @@ pub async fn renew(
 /// Renews the leases in `leases` every third of a lease (every second
 /// after a failure, so leases are renewed as soon as the database is back)
 /// until `token` is cancelled.
-pub async fn heartbeat(
+pub(crate) async fn heartbeat(
     pool: PgPool,
     leases: Arc<Leases>,
     worker_id: String,
@@ -292,7 +282,11 @@ pub async fn heartbeat(
 ///
 /// # Errors
 /// Database errors.
-pub async fn recover(pool: &PgPool, worker_id: &str, leases: &Leases) -> Result<u64, sqlx::Error> {
+pub(crate) async fn recover(
+    pool: &PgPool,
+    worker_id: &str,
+    leases: &Leases,
+) -> Result<u64, sqlx::Error> {
     let (held, _) = leases.snapshot();
     let n = sqlx::query_scalar!(
         "WITH r AS (SELECT id FROM outbound_messages
@@ -324,7 +318,7 @@ pub async fn recover(pool: &PgPool, worker_id: &str, leases: &Leases) -> Result<
 /// Runs [`recover`] every half lease until `token` is cancelled: once at
 /// start, which also takes back the rows a previous process with this
 /// `worker_id` left (it cannot be calling any more).
-pub async fn recovery(
+pub(crate) async fn recovery(
     pool: PgPool,
     worker_id: String,
     leases: Arc<Leases>,
@@ -348,7 +342,7 @@ pub async fn recovery(
 /// Replies planned by deciding a batch of pushes, as columns for one
 /// `INSERT` ([`plan`]): a handler call is a row with `handler` set.
 #[derive(Debug, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The push each reply answers.
     pub inbound_id: Vec<i64>,
     /// Its place among the push's replies.
@@ -371,7 +365,7 @@ pub struct Plan {
 
 impl Plan {
     /// Whether nothing was planned.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.inbound_id.is_empty()
     }
 }
@@ -384,7 +378,7 @@ impl Plan {
 ///
 /// # Errors
 /// Database errors.
-pub async fn plan(
+pub(crate) async fn plan(
     tx: &mut sqlx::PgConnection,
     plan: &Plan,
     direct: bool,
@@ -432,7 +426,7 @@ pub async fn plan(
 
 /// A planned reply as the platform is sent it (`None` for a handler call,
 /// which is not sent but called).
-pub fn to_message(reply: &PlannedReply) -> Option<Message> {
+pub(crate) fn to_message(reply: &PlannedReply) -> Option<Message> {
     let media = |m: &Media| match m {
         Media::Url(u) => MediaRef::Url(u.clone()),
         Media::MediaId(id) => MediaRef::Uploaded(id.as_str().into()),

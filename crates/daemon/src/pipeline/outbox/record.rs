@@ -14,7 +14,7 @@ use crate::retry::Backoff;
 
 /// How a call went for one row.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Delivered.
     Sent,
     /// Try again after a backoff.
@@ -35,7 +35,7 @@ pub enum Outcome {
 
 /// One row's outcome, for the recorder.
 #[derive(Debug, Clone)]
-pub struct Settlement {
+pub(crate) struct Settlement {
     /// Row id.
     pub id: i64,
     /// The attempt the outcome is for.
@@ -52,7 +52,7 @@ pub struct Settlement {
 
 /// Backoff and attempt limits the recorder applies to retries.
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Tries before a reply fails.
     pub max_attempts: i32,
     /// Pauses between tries (the daemon's one policy, [`crate::retry`]).
@@ -73,7 +73,7 @@ impl RetryPolicy {
 ///
 /// # Errors
 /// Database errors.
-pub async fn settle(
+pub(crate) async fn settle(
     pool: &PgPool,
     worker_id: &str,
     policy: &RetryPolicy,
@@ -156,7 +156,7 @@ pub async fn settle(
 /// the rows stay held and their leases renewed meanwhile, so nothing is
 /// recovered and sent again. It ends when every sender has dropped its
 /// handle and everything received is recorded.
-pub struct Recorder {
+pub(crate) struct Recorder {
     /// The settle pool.
     pub pool: PgPool,
     /// Lease identity.
@@ -176,7 +176,7 @@ pub struct Recorder {
 
 impl Recorder {
     /// Records until the channel closes.
-    pub async fn run(self, mut rx: mpsc::Receiver<Settlement>) {
+    pub(crate) async fn run(self, mut rx: mpsc::Receiver<Settlement>) {
         let mut batch = Vec::with_capacity(512);
         while let Some(first) = rx.recv().await {
             // At most `linger` after the first outcome was known: one that
@@ -254,7 +254,7 @@ impl Recorder {
 ///
 /// # Errors
 /// Database errors.
-pub async fn requeue_failed(
+pub(crate) async fn requeue_failed(
     pool: &PgPool,
     id: i64,
     reply: &PlannedReply,
@@ -284,7 +284,7 @@ pub async fn requeue_failed(
 ///
 /// # Errors
 /// Database errors.
-pub async fn settle_call(
+pub(crate) async fn settle_call(
     tx: &mut sqlx::PgConnection,
     worker_id: &str,
     row: &Claimed,
