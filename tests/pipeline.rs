@@ -882,3 +882,75 @@ async fn replies_held_back_behind_an_earlier_one_go_as_soon_as_it_is_recorded(
     assert!(held >= 3, "some replies were held back: {held}");
     d.shutdown().await;
 }
+
+/// Log lines written to a buffer, as the daemon writes them to stderr.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// Issue 23 item 8: ingest, decide and send each log a message's lines in
+/// one span, `message` with its trace id, visible in the JSON logs at
+/// debug (this test's runtime is one thread, so the subscriber set here
+/// sees every task of the daemon).
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_messages_trip_is_one_span_in_the_json_logs(
+    _: sqlx::pool::PoolOptions<sqlx::Postgres>,
+    connect: PgConnectOptions,
+) {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let _default = tracing::subscriber::set_default(
+        pubbot::telemetry::json(
+            tracing_subscriber::EnvFilter::new("debug,sqlx=warn,hyper=warn,reqwest=warn"),
+            move || writer.clone(),
+        )
+        .finish(),
+    );
+    let (w, pool) = world(connect).await;
+    let mut s = w.settings();
+    // Through a decide worker, so all three stages see the message.
+    s.ingest.decide_at_receipt = false;
+    let (d, _) = w.daemon(s, pool.clone()).await;
+    w.add_account(d.addr).await;
+    w.say("ann", "hours").await;
+    eventually("ann answered", || async {
+        w.texts("ann").await == ["9-18"]
+    })
+    .await;
+    let trace: String = sqlx::query_scalar("SELECT trace_id FROM inbound_messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    d.shutdown().await;
+    let trip: Vec<String> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["span"]["name"] == "message" && l["span"]["trace_id"] == trace.as_str())
+        .filter_map(|l| l["message"].as_str().map(str::to_owned))
+        .collect();
+    for step in ["push received", "decided", "reply sent"] {
+        assert!(
+            trip.iter().any(|m| m == step),
+            "{step:?} not logged in the message's span: {trip:?}"
+        );
+    }
+}

@@ -74,6 +74,6 @@ pub mod mass;
 pub mod pipeline;
 pub(crate) mod progress;
 pub(crate) mod retry;
-pub(crate) mod telemetry;
+pub mod telemetry;
 
 pub use app::{start, start_with_clock, worker_id, Running};

@@ -144,6 +144,10 @@ impl DecideWorker {
         let mut follows: Vec<(String, String, String, bool)> = Vec::new();
         let mut ids = Vec::with_capacity(claimed.len());
         for row in &claimed {
+            // The message's span: the same name and trace id at ingest,
+            // here, and at send (see `crate::telemetry`).
+            let _message =
+                tracing::debug_span!("message", trace_id = %row.trace_id, push = row.id).entered();
             ids.push(row.id);
             let message: &InboundMessage = match &row.message {
                 Ok(m) => m,

@@ -507,7 +507,9 @@ impl HandlerRunner {
         CallResult::Failed(format!("handler {name:?} failed: {last}"))
     }
 
-    /// Calls the handler of a held handler row and records the outcome.
+    /// Calls the handler of a held handler row and records the outcome, in
+    /// the message's span.
+    #[tracing::instrument(name = "message", level = "debug", skip_all, fields(trace_id = %held.row.trace_id, reply = held.row.id))]
     pub(crate) async fn run(&self, held: Held) {
         let row = &held.row;
         let PlannedReply::Handler {

@@ -510,7 +510,18 @@ impl SendWorker {
     }
 
     /// Makes one call (one unit of the app's rate limit) and says how it
-    /// went for every row in it.
+    /// went for every row in it. In the message's span (a `batchsend` is
+    /// in the first row's; `rows` says how many it carries).
+    #[tracing::instrument(
+        name = "message",
+        level = "debug",
+        skip_all,
+        fields(
+            trace_id = %call.rows.first().map_or("", |h| h.row.trace_id.as_str()),
+            reply = call.rows.first().map_or(0, |h| h.row.id),
+            rows = call.rows.len(),
+        )
+    )]
     async fn call(&self, call: &Call) -> Outcome {
         let app_key = call.app_key.as_str();
         let Some(app) = self.apps.get(app_key) else {

@@ -284,8 +284,17 @@ pub(crate) async fn store_spooled(
 
 impl Inbox for PgInbox {
     async fn accept(&self, push: Push) -> Result<Accepted, InboxError> {
-        let m = &push.message;
         let trace = trace_id();
+        self.accept_traced(push, trace).await
+    }
+}
+
+impl PgInbox {
+    /// Stores one push. The message's span starts here, with the trace id
+    /// it keeps through decide and send (see `crate::telemetry`).
+    #[tracing::instrument(name = "message", level = "debug", skip_all, fields(trace_id = %trace, app_key = %push.app_key))]
+    async fn accept_traced(&self, push: Push, trace: String) -> Result<Accepted, InboxError> {
+        let m = &push.message;
         let mut row = Row {
             app_key: push.app_key.clone(),
             mcid: m.to.to_string(),
