@@ -1,14 +1,26 @@
 //! The outbox: planned replies as rows of `outbound_messages`, the leases
 //! that say which process may send one, and how an outcome is recorded.
-//! Call planning and the send worker are in [`crate::pipeline::send`]; this module
-//! owns every statement that changes a reply's status.
+//! Call planning and the send worker are in [`crate::pipeline::send`].
+//!
+//! # Who writes `outbound_messages`
+//!
+//! This room, and no other: deciding plans replies through [`plan`], a
+//! handler call's answer is settled through [`settle_call`], an operator's
+//! retry goes through [`requeue_failed`], claims and outcomes are
+//! [`claim`], [`claim_next`], [`settle`] and the recovery here. One
+//! statement is shared on purpose: ingest's batch statement
+//! (`pipeline/ingest/statement.rs`) stores pushes decided at receipt
+//! *and* their replies in one `INSERT ... WITH` (one round trip per batch,
+//! the reason ingest keeps up at capacity); its outbound half follows
+//! invariants 1, 2 and 5 below exactly as [`plan`] does, and a change to
+//! either is a change to both. Retention deletes settled rows by age.
 //!
 //! # Invariants
 //!
 //! 1. **Planned once.** A reply is inserted in the transaction that decides
-//!    its push (a decide worker's, or the ingest statement that stores a
-//!    push decided at receipt), unique on (push, reply index); a
-//!    re-decided push plans nothing new.
+//!    its push (a decide worker's, through [`plan`], or the ingest
+//!    statement that stores a push decided at receipt), unique on (push,
+//!    reply index); a re-decided push plans nothing new.
 //! 2. **Leased before the call.** A row is `sending`, with this process as
 //!    `lease_owner` and a `lease_until` in the future, before any call is
 //!    made for it; the claim (`FOR UPDATE SKIP LOCKED`) or the deciding
