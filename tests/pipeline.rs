@@ -8,6 +8,7 @@ mod faults;
 mod handlers;
 mod operator;
 mod protocol;
+mod slow_clients;
 
 use pubbot_e2e::{db_addr, eventually, webhook_url, Proxy, World, KEY, SHOP};
 use pubbot_rules::{Options, RuleFile};

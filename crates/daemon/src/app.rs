@@ -446,25 +446,46 @@ pub async fn start_with_clock(
         Duration::from_secs(settings.http.signature_window_secs),
         settings.http.replay_capacity,
     );
+    let log_every = Duration::from_secs(settings.http.rejection_log_secs);
     let hook = Webhook::new(
         WebhookConfig {
             max_body_bytes: settings.http.max_body_bytes,
             accept_deadline: Duration::from_millis(settings.http.accept_deadline_ms),
             unanswered_hold: Duration::from_millis(settings.http.unanswered_hold_ms),
+            body_timeout: Duration::from_millis(settings.http.body_timeout_ms),
+            rejection_log_every: log_every,
         },
         verifier,
         inbox,
     );
+    let closed_log = Arc::new(pubbot_webhook::LogSummary::new(
+        "webhook connections closed",
+        log_every,
+    ));
+    {
+        // The summaries' tails: a burst that stopped is summed up too.
+        let summaries = [hook.rejections(), Arc::clone(&closed_log)];
+        let stop = housekeeping_token.clone();
+        housekeeping.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(log_every) => {}
+                }
+                for s in &summaries {
+                    s.flush();
+                }
+            }
+        });
+    }
     let router = hook.router();
-    let stop = token.clone();
-    let limited = pipeline::listener::Limited::new(listener, settings.http.max_connections);
-    let http = tokio::spawn(async move {
-        let serve = axum::serve(limited, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "webhook server stopped");
-        }
-    });
+    let http = tokio::spawn(pipeline::listener::serve(
+        listener,
+        router,
+        pipeline::listener::Limits::from_settings(&settings.http),
+        closed_log,
+        token.clone(),
+    ));
     started.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(%addr, %admin_addr, worker_id, "pubbot serving: POST /webhook/{{app_key}}; /metrics, /healthz, /readyz on the admin address");
     Ok(Running {

@@ -61,7 +61,10 @@
 
 mod message;
 mod parse;
+mod quiet;
 mod verify;
+
+pub use quiet::LogSummary;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -132,6 +135,13 @@ pub struct WebhookConfig {
     /// five-second timeout, so the platform has given up on this try and
     /// retries, and never sees a status it might take as final (R15).
     pub unanswered_hold: Duration,
+    /// How long a request may take to send its body once its headers are
+    /// in; a slower one is answered `408` and its connection closed (a
+    /// slow client must not hold a slot; the platform sends at once).
+    pub body_timeout: Duration,
+    /// How often refused pushes are summed up in the log (one WARN line
+    /// with counts by reason and app, the first of each interval in full).
+    pub rejection_log_every: Duration,
 }
 
 impl Default for WebhookConfig {
@@ -140,6 +150,8 @@ impl Default for WebhookConfig {
             max_body_bytes: 64 * 1024,
             accept_deadline: Duration::from_secs(3),
             unanswered_hold: Duration::from_secs(6),
+            body_timeout: Duration::from_secs(5),
+            rejection_log_every: Duration::from_secs(10),
         }
     }
 }
@@ -149,6 +161,7 @@ pub struct Webhook<I> {
     config: WebhookConfig,
     verifier: Verifier,
     inbox: I,
+    rejections: Arc<LogSummary>,
 }
 
 fn now_secs() -> i64 {
@@ -166,11 +179,22 @@ fn rejected(reason: &'static str) {
 impl<I: Inbox> Webhook<I> {
     /// Puts the pieces together.
     pub fn new(config: WebhookConfig, verifier: Verifier, inbox: I) -> Self {
+        let rejections = Arc::new(LogSummary::new(
+            "pushes refused",
+            config.rejection_log_every,
+        ));
         Self {
             config,
             verifier,
             inbox,
+            rejections,
         }
+    }
+
+    /// The summary refused pushes are logged through; call its
+    /// [`LogSummary::flush`] on a timer so a burst's tail is logged too.
+    pub fn rejections(&self) -> Arc<LogSummary> {
+        Arc::clone(&self.rejections)
     }
 
     /// `POST /webhook/{app_key}`.
@@ -191,18 +215,30 @@ impl<I: Inbox> Webhook<I> {
             Ok(v) => v,
             Err(r) => return self.refuse(app_key, &r),
         };
-        let raw = match axum::body::to_bytes(body, self.config.max_body_bytes).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(app_key, error = %e, limit = self.config.max_body_bytes, "push body refused");
+        let read = axum::body::to_bytes(body, self.config.max_body_bytes);
+        let raw = match tokio::time::timeout(self.config.body_timeout, read).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                if self.rejections.note(|| format!("too_large app={app_key}")) {
+                    tracing::warn!(app_key, error = %e, limit = self.config.max_body_bytes, "push body refused");
+                }
                 rejected("too_large");
                 return StatusCode::PAYLOAD_TOO_LARGE;
+            }
+            Err(_) => {
+                if self.rejections.note(|| format!("slow_body app={app_key}")) {
+                    tracing::warn!(app_key, timeout = ?self.config.body_timeout, "push body not sent in time; connection closed");
+                }
+                rejected("slow_body");
+                return StatusCode::REQUEST_TIMEOUT;
             }
         };
         let message = match parse(&raw) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(app_key, error = %e, bytes = raw.len(), "push is not valid XML for the platform");
+                if self.rejections.note(|| format!("malformed app={app_key}")) {
+                    tracing::warn!(app_key, error = %e, bytes = raw.len(), "push is not valid XML for the platform");
+                }
                 rejected("malformed");
                 return StatusCode::BAD_REQUEST;
             }
@@ -256,7 +292,12 @@ impl<I: Inbox> Webhook<I> {
     }
 
     fn refuse(&self, app_key: &str, r: &Rejection) -> StatusCode {
-        tracing::warn!(app_key, reason = r.reason(), detail = %r, "push rejected");
+        if self
+            .rejections
+            .note(|| format!("{} app={app_key}", r.reason()))
+        {
+            tracing::warn!(app_key, reason = r.reason(), detail = %r, "push rejected");
+        }
         rejected(r.reason());
         r.status()
     }
@@ -267,6 +308,12 @@ async fn receive<I: Inbox>(
     Path(app_key): Path<String>,
     RawQuery(query): RawQuery,
     body: Body,
-) -> StatusCode {
-    hook.handle(&app_key, query.as_deref(), body).await
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let status = hook.handle(&app_key, query.as_deref(), body).await;
+    if status == StatusCode::REQUEST_TIMEOUT {
+        // A client that trickles its body loses its connection too.
+        return (status, [(axum::http::header::CONNECTION, "close")]).into_response();
+    }
+    status.into_response()
 }

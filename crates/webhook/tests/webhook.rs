@@ -346,6 +346,7 @@ async fn setup() -> Setup {
         // Past the simulator's push timeout below, as 6 s is past the
         // platform's 5.
         unanswered_hold: Duration::from_millis(800),
+        ..WebhookConfig::default()
     };
     let router = Webhook::new(config, verifier, inbox.clone()).router();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

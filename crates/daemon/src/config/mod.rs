@@ -100,6 +100,36 @@ pub struct HttpSettings {
     /// Webhook connections open at once; more wait in the listen backlog
     /// (no answer, so the platform retries): bounds memory under a burst.
     pub max_connections: usize,
+    /// Webhook connections one peer address may hold at once (0: no cap),
+    /// so that one source cannot take every slot. Addresses in
+    /// `trusted_proxies` are not capped.
+    pub max_connections_per_peer: usize,
+    /// Milliseconds a connection has to send complete request headers,
+    /// counted from its accept or, on a kept-alive connection, from the
+    /// previous answer: so it is also how long an idle kept-alive
+    /// connection stays open.
+    pub header_timeout_ms: u64,
+    /// Milliseconds a request has to send its whole body once its headers
+    /// are in (with `max_body_bytes`, a minimum rate); a slower one is
+    /// answered 408 and its connection closed.
+    pub body_timeout_ms: u64,
+    /// Source networks allowed to connect (`["203.0.113.0/24"]`); empty:
+    /// everyone. Behind a proxy, the client address is read from
+    /// `client_ip_header` of requests that come from `trusted_proxies`.
+    #[serde(default)]
+    pub allow_from: Vec<ipnet::IpNet>,
+    /// Proxies in front of pubbot (`["10.0.0.0/8"]`): not capped per peer,
+    /// and the client address of their requests is taken from
+    /// `client_ip_header`. Empty: the TCP peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header a trusted proxy puts the client address in; the last
+    /// address not itself a trusted proxy is the client.
+    pub client_ip_header: String,
+    /// Seconds between the summaries of refused pushes and closed
+    /// connections in the log (one WARN line with counts by reason and
+    /// app, instead of one line each; `/metrics` counts every one).
+    pub rejection_log_secs: u64,
     /// Where metrics (`/metrics`), `/healthz` and `/readyz` are served;
     /// never on the webhook port.
     pub admin_listen: SocketAddr,
@@ -460,6 +490,25 @@ impl Settings {
         if self.http.max_connections == 0 {
             return Err(invalid("http.max_connections", "at least 1"));
         }
+        if self.http.max_connections_per_peer > self.http.max_connections {
+            return Err(invalid(
+                "http.max_connections_per_peer",
+                "at most http.max_connections (0 for no cap)",
+            ));
+        }
+        if self.http.header_timeout_ms == 0 || self.http.body_timeout_ms == 0 {
+            return Err(invalid(
+                if self.http.header_timeout_ms == 0 {
+                    "http.header_timeout_ms"
+                } else {
+                    "http.body_timeout_ms"
+                },
+                "at least 1 (a connection that never has to finish holds a slot forever)",
+            ));
+        }
+        if self.http.rejection_log_secs == 0 {
+            return Err(invalid("http.rejection_log_secs", "at least 1"));
+        }
         // A prune goes on while its batches come back full: a batch of 0
         // rows would always be "full".
         if self.retention.batch < 1 {
@@ -648,6 +697,34 @@ mod tests {
         );
         let e = Settings::load_from(None, env(&[("PUBBOT__RETENTION__BATCH", "0")])).unwrap_err();
         assert_eq!(e.to_string(), "configuration: retention.batch: at least 1");
+        // The webhook's slow-client limits (issue 28).
+        let e = Settings::load_from(
+            None,
+            env(&[("PUBBOT__HTTP__MAX_CONNECTIONS_PER_PEER", "4096")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("http.max_connections_per_peer"),
+            "{e}"
+        );
+        let e = Settings::load_from(None, env(&[("PUBBOT__HTTP__HEADER_TIMEOUT_MS", "0")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("http.header_timeout_ms"), "{e}");
+        let overlay =
+            std::env::temp_dir().join(format!("pubbot-allow-{}.toml", std::process::id()));
+        std::fs::write(&overlay, "[http]\nallow_from = [\"10.0.0.0/33\"]\n").unwrap();
+        let e = Settings::load_from(Some(&overlay), Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("allow_from"), "{e}");
+        std::fs::write(
+            &overlay,
+            "[http]\nallow_from = [\"203.0.113.0/24\"]\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(&overlay), Vec::new()).unwrap();
+        assert_eq!(s.http.allow_from.len(), 1);
+        assert_eq!(s.http.max_connections_per_peer, 512);
+        assert_eq!(s.http.header_timeout_ms, 5000);
+        std::fs::remove_file(&overlay).unwrap();
     }
 
     #[test]

@@ -1,108 +1,341 @@
-//! The webhook's listener, with a cap on open connections.
+//! The webhook's listener: who may hold a connection, and for how long.
 //!
-//! Under a burst, every accepted connection holds a request (and, for a
-//! push that cannot be made durable, holds it for seconds: R15). Past
-//! `http.max_connections`, new connections are not accepted: they wait in
-//! the kernel's listen backlog, and a platform that waits too long sees no
-//! answer and retries — never a status it might take as final. Memory is
-//! bounded by the cap, not by the burst.
+//! The webhook port faces the open internet, and every connection holds a
+//! slot (a task, a descriptor, buffers), so:
+//!
+//! - **A cap on open connections.** Past `http.max_connections`, new
+//!   connections are not accepted: they wait in the kernel's listen
+//!   backlog, and a platform that waits too long sees no answer and
+//!   retries — never a status it might take as final (R15). Memory is
+//!   bounded by the cap, not by the burst.
+//! - **Time limits.** Complete request headers within
+//!   `http.header_timeout_ms`, counted from the accept or, on a kept-alive
+//!   connection, from the previous answer (so an idle kept-alive
+//!   connection is closed after it too); the body within
+//!   `http.body_timeout_ms` once the headers are in (the webhook answers a
+//!   slower one `408` and closes it). The platform sends a push at once; a
+//!   client that trickles bytes to keep a slot loses it.
+//! - **Fairness.** At most `http.max_connections_per_peer` connections from
+//!   one address, so one source cannot take every slot; a connection over
+//!   it is closed at once. Proxies in `http.trusted_proxies` are not capped
+//!   (they carry many clients).
+//! - **An allow-list** (`http.allow_from`, off when empty): connections from
+//!   elsewhere are closed at once; a trusted proxy's requests are checked
+//!   by the client address in `http.client_ip_header` (answered `403`).
+//!
+//! Every connection closed for one of these reasons is counted in
+//! `pubbot_webhook_connections_closed_total{reason}` and summed up in the
+//! log once per `http.rejection_log_secs`.
 
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use ipnet::IpNet;
+use pubbot_webhook::LogSummary;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// A [`TcpListener`] that holds at most `max` connections open.
-pub(crate) struct Limited {
-    inner: TcpListener,
-    permits: Arc<Semaphore>,
+use crate::config::HttpSettings;
+
+/// The listener's limits (from `[http]`).
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    /// Connections open at once.
+    pub(crate) max_connections: usize,
+    /// Connections one address may hold (0: no cap).
+    pub(crate) per_peer: usize,
+    /// Complete headers within this.
+    pub(crate) header_timeout: Duration,
+    /// Who may connect (empty: everyone).
+    pub(crate) allow_from: Vec<IpNet>,
+    /// Proxies whose requests name their client in `client_ip_header`.
+    pub(crate) trusted_proxies: Vec<IpNet>,
+    /// Where a trusted proxy names the client.
+    pub(crate) client_ip_header: String,
 }
 
-impl Limited {
-    /// Caps `inner` at `max` open connections.
-    pub(crate) fn new(inner: TcpListener, max: usize) -> Self {
+impl Limits {
+    pub(crate) fn from_settings(http: &HttpSettings) -> Self {
         Self {
-            inner,
-            permits: Arc::new(Semaphore::new(max.max(1))),
+            max_connections: http.max_connections,
+            per_peer: http.max_connections_per_peer,
+            header_timeout: Duration::from_millis(http.header_timeout_ms),
+            allow_from: http.allow_from.clone(),
+            trusted_proxies: http.trusted_proxies.clone(),
+            client_ip_header: http.client_ip_header.to_ascii_lowercase(),
+        }
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
+    fn allowed(&self, ip: IpAddr) -> bool {
+        self.allow_from.is_empty() || self.allow_from.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client behind a request from `peer`: `peer` itself, or, from a
+    /// trusted proxy, the last address in the client header that is not a
+    /// trusted proxy (the ones before it are the client's own word).
+    fn client(&self, peer: IpAddr, header: Option<&str>) -> IpAddr {
+        if !self.trusted(peer) {
+            return peer;
+        }
+        header
+            .into_iter()
+            .flat_map(|h| h.rsplit(','))
+            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+            .map(canonical)
+            .find(|ip| !self.trusted(*ip))
+            .unwrap_or(peer)
+    }
+}
+
+/// An IPv4 address as itself, not mapped into IPv6 (a dual-stack socket
+/// reports `::ffff:a.b.c.d`).
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Connections held by address.
+#[derive(Default)]
+struct Peers(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection of an address, given back when dropped.
+struct PeerSlot {
+    peers: Arc<Peers>,
+    ip: IpAddr,
+}
+
+impl Peers {
+    fn take(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<PeerSlot> {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(ip).or_default();
+        if cap > 0 && *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .peers
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
         }
     }
 }
 
-/// A connection holding one of the listener's permits until it closes.
-pub(crate) struct Permitted {
-    io: TcpStream,
-    _permit: OwnedSemaphorePermit,
+/// Why a connection was closed by the listener.
+fn closed(log: &LogSummary, reason: &'static str, ip: IpAddr) {
+    metrics::counter!("pubbot_webhook_connections_closed_total", "reason" => reason).increment(1);
+    if log.note(|| format!("{reason} peer={ip}")) {
+        tracing::warn!(reason, peer = %ip, "webhook connection closed");
+    }
 }
 
-impl axum::serve::Listener for Limited {
-    type Io = Permitted;
-    type Addr = SocketAddr;
+/// The address a request came from, put in its extensions by [`serve`].
+#[derive(Debug, Clone, Copy)]
+struct Peer(IpAddr);
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let permit = loop {
-            match Arc::clone(&self.permits).acquire_owned().await {
-                Ok(p) => break p,
-                // Never closed; wait as if full.
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        let _ = io.set_nodelay(true);
-        (
-            Permitted {
-                io,
-                _permit: permit,
+/// Serves `router` on `listener` under `limits` until `token` is
+/// cancelled; then stops accepting, lets every connection finish the
+/// request it is on, and returns once all are closed. `log` sums up the
+/// connections it closes.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    log: Arc<LogSummary>,
+    token: CancellationToken,
+) {
+    let limits = Arc::new(limits);
+    let router = if limits.allow_from.is_empty() || limits.trusted_proxies.is_empty() {
+        router
+    } else {
+        let limits = Arc::clone(&limits);
+        let log = Arc::clone(&log);
+        router.layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let limits = Arc::clone(&limits);
+                let log = Arc::clone(&log);
+                async move { allow_client(&limits, &log, req, next).await }
             },
-            addr,
-        )
+        ))
+    };
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let peers = Arc::new(Peers::default());
+    let connections = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            () = token.cancelled() => break,
+            p = Arc::clone(&permits).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, addr): (_, SocketAddr) = tokio::select! {
+            () = token.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it
+                    // was accepted: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accepting a webhook connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ip = canonical(addr.ip());
+        let trusted = limits.trusted(ip);
+        if !trusted && !limits.allowed(ip) {
+            closed(&log, "not_allowed", ip);
+            continue;
+        }
+        let cap = if trusted { 0 } else { limits.per_peer };
+        let Some(slot) = peers.take(ip, cap) else {
+            closed(&log, "peer_cap", ip);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let token = token.clone();
+        let log = Arc::clone(&log);
+        let header_timeout = limits.header_timeout;
+        connections.spawn(async move {
+            let _held = (permit, slot);
+            let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(Peer(ip));
+                let mut router = router.clone();
+                // A Router is always ready.
+                tower_service::Service::call(&mut router, req.map(axum::body::Body::new))
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true);
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = token.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                if e.is_timeout() {
+                    closed(&log, "header_timeout", ip);
+                } else {
+                    tracing::debug!(error = %e, peer = %ip, "webhook connection ended with an error");
+                }
+            }
+        });
     }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
+    connections.close();
+    connections.wait().await;
 }
 
-impl AsyncRead for Permitted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+/// Behind a trusted proxy: refuses a request whose client is not in
+/// `http.allow_from`.
+async fn allow_client(limits: &Limits, log: &LogSummary, req: Request, next: Next) -> Response {
+    let Some(Peer(peer)) = req.extensions().get::<Peer>().copied() else {
+        return next.run(req).await;
+    };
+    let header = req
+        .headers()
+        .get(limits.client_ip_header.as_str())
+        .and_then(|v| v.to_str().ok());
+    let client = limits.client(peer, header);
+    if limits.allowed(client) {
+        return next.run(req).await;
     }
+    metrics::counter!("pubbot_webhook_connections_closed_total", "reason" => "not_allowed")
+        .increment(1);
+    if log.note(|| format!("not_allowed client={client}")) {
+        tracing::warn!(peer = %peer, client = %client, "webhook request from outside http.allow_from refused");
+    }
+    StatusCode::FORBIDDEN.into_response()
 }
 
-impl AsyncWrite for Permitted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(allow: &[&str], trusted: &[&str]) -> Limits {
+        Limits {
+            max_connections: 10,
+            per_peer: 2,
+            header_timeout: Duration::from_secs(1),
+            allow_from: allow.iter().map(|n| n.parse().unwrap()).collect(),
+            trusted_proxies: trusted.iter().map(|n| n.parse().unwrap()).collect(),
+            client_ip_header: "x-forwarded-for".into(),
+        }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+    #[test]
+    fn the_client_behind_a_trusted_proxy_is_the_last_untrusted_address() {
+        let l = limits(&["203.0.113.0/24"], &["10.0.0.0/8"]);
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        let outsider: IpAddr = "198.51.100.7".parse().unwrap();
+        // The client may put anything first; the proxies append.
+        let client = l.client(proxy, Some("203.0.113.9, 198.51.100.7, 10.9.9.9"));
+        assert_eq!(client, outsider);
+        assert!(!l.allowed(client));
+        assert_eq!(
+            l.client(proxy, Some("203.0.113.9")),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        // An untrusted peer's header is ignored.
+        assert_eq!(l.client(outsider, Some("203.0.113.9")), outsider);
+        // No header: the proxy itself.
+        assert_eq!(l.client(proxy, None), proxy);
+        assert_eq!(
+            canonical("::ffff:10.1.2.3".parse().unwrap()),
+            "10.1.2.3".parse::<IpAddr>().unwrap()
+        );
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+    #[test]
+    fn a_peer_holds_at_most_its_cap_and_gets_slots_back() {
+        let peers = Arc::new(Peers::default());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = peers.take(ip, 2).unwrap();
+        let _b = peers.take(ip, 2).unwrap();
+        assert!(peers.take(ip, 2).is_none());
+        assert!(peers.take("192.0.2.2".parse().unwrap(), 2).is_some());
+        drop(a);
+        assert!(peers.take(ip, 2).is_some());
+        // 0: no cap.
+        assert!((0..100).all(|_| peers.take(ip, 0).map(std::mem::forget).is_some()));
     }
 }
