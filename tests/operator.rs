@@ -414,11 +414,14 @@ replies = [{ type = "image", media = "welcome-banner" }]
     let r = pubbot::admin::inspect::retry(&pool, &options, &[id])
         .await
         .unwrap();
-    assert_eq!(r[0].outcome, "retried");
+    assert_eq!(r[0].outcome.to_string(), "retried");
     let again = pubbot::admin::inspect::retry(&pool, &options, &[id])
         .await
         .unwrap();
-    assert!(again[0].outcome.starts_with("not failed"), "{again:?}");
+    assert!(
+        again[0].outcome.to_string().starts_with("not failed"),
+        "{again:?}"
+    );
     eventually("the retried reply delivered", || async {
         w.inbox("ann").await.len() == 3
     })

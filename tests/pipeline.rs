@@ -7,6 +7,7 @@ mod broadcasts;
 mod faults;
 mod handlers;
 mod operator;
+mod operator_hits;
 mod protocol;
 mod slow_clients;
 
@@ -886,7 +887,7 @@ async fn replies_held_back_behind_an_earlier_one_go_as_soon_as_it_is_recorded(
 
 /// Log lines written to a buffer, as the daemon writes them to stderr.
 #[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+pub(crate) struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl std::io::Write for Captured {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -900,7 +901,7 @@ impl std::io::Write for Captured {
 }
 
 impl Captured {
-    fn lines(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn lines(&self) -> Vec<serde_json::Value> {
         String::from_utf8_lossy(&self.0.lock().unwrap())
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())

@@ -425,6 +425,7 @@ pub async fn start_with_clock(
             batch: settings.workers.claim_batch,
             lease: settings.lease(),
             poll,
+            max_attempts: settings.sender.max_attempts,
             merge_batchsend: settings.sender.merge_batchsend,
             retry_ambiguous: settings.sender.retry_ambiguous,
             max_reply_age: (settings.sender.max_reply_age_secs > 0)

@@ -598,3 +598,27 @@ async fn broadcast_commands_refuse_bad_input_with_one_line(
     assert!(out.contains("day 2030-01-02"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Issue 27 item 7: every "not found" exits non-zero, with one line.
+#[sqlx::test(migrations = false)]
+async fn what_is_not_found_exits_non_zero(_: PgPoolOptions, opts: PgConnectOptions) {
+    let db = url(&opts, "unused");
+    let env = [("PUBBOT__DATABASE__URL", db.as_str())];
+    assert_eq!(pubbot(&["migrate"], &env).await.0, 0);
+    let (code, out, err) = pubbot(&["outbound", "retry", "9999"], &env).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(error_line(&err), "pubbot: error: no such reply: #9999");
+    assert!(out.contains("reply #9999: no such reply"), "{out}");
+    let (code, _, err) = pubbot(&["conversation", "nobody"], &env).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        error_line(&err),
+        "pubbot: error: no pushes from nobody (not found)"
+    );
+    let (code, _, err) = pubbot(&["rules", "enable", "no-such-rule"], &env).await;
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("no rule named"), "{err}");
+    let (code, _, err) = pubbot(&["broadcast", "show", "4242"], &env).await;
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("no broadcast #4242"), "{err}");
+}

@@ -168,8 +168,46 @@ pub async fn failed(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<FailedRep
 pub struct Retried {
     /// Row id.
     pub id: i64,
-    /// `retried`, or why not (`not failed`, `no longer answered`).
-    pub outcome: String,
+    /// What became of it.
+    pub outcome: RetryOutcome,
+}
+
+/// What a retry did with one reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// Put back to `pending` with the reply the rules in force give: it
+    /// goes out once.
+    Retried,
+    /// No reply has that id.
+    NotFound,
+    /// It is not failed (its status given): nothing to retry.
+    NotFailed(String),
+    /// Its push was deleted (retention): nothing to decide again.
+    PushGone,
+    /// The rules in force give no reply at its place any more.
+    NoLongerAnswered,
+    /// Another retry got there first.
+    AlreadyRetried,
+}
+
+impl std::fmt::Display for RetryOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Retried => f.write_str("retried"),
+            Self::NotFound => f.write_str("no such reply"),
+            Self::NotFailed(status) => write!(f, "not failed ({status})"),
+            Self::PushGone => f.write_str("its push is gone"),
+            Self::NoLongerAnswered => f.write_str("the rules no longer answer it; not retried"),
+            Self::AlreadyRetried => f.write_str("not failed any more"),
+        }
+    }
+}
+
+/// In `--json`, as the text the table shows.
+impl Serialize for RetryOutcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Sends failed replies again, once each: the push is decided afresh by
@@ -200,14 +238,14 @@ pub async fn retry(
         let Some(row) = row else {
             out.push(Retried {
                 id,
-                outcome: "no such reply".into(),
+                outcome: RetryOutcome::NotFound,
             });
             continue;
         };
         if row.status != "failed" {
             out.push(Retried {
                 id,
-                outcome: format!("not failed ({})", row.status),
+                outcome: RetryOutcome::NotFailed(row.status),
             });
             continue;
         }
@@ -217,7 +255,7 @@ pub async fn retry(
         else {
             out.push(Retried {
                 id,
-                outcome: "its push is gone".into(),
+                outcome: RetryOutcome::PushGone,
             });
             continue;
         };
@@ -236,7 +274,7 @@ pub async fn retry(
         else {
             out.push(Retried {
                 id,
-                outcome: "the rules no longer answer it; not retried".into(),
+                outcome: RetryOutcome::NoLongerAnswered,
             });
             continue;
         };
@@ -244,9 +282,9 @@ pub async fn retry(
         out.push(Retried {
             id,
             outcome: if done {
-                "retried".into()
+                RetryOutcome::Retried
             } else {
-                "not failed any more".into()
+                RetryOutcome::AlreadyRetried
             },
         });
     }

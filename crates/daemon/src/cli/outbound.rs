@@ -52,7 +52,10 @@ pub(super) async fn conversation_cmd(
         return print_json(&all);
     }
     if all.is_empty() {
-        println!("no pushes from {user}");
+        bail!(
+            "no pushes from {user}{} (not found)",
+            account.map_or_else(String::new, |a| format!(" to {a}"))
+        );
     }
     for e in all {
         println!(
@@ -140,10 +143,19 @@ pub(super) async fn outbound_cmd(
                 .map_err(anyhow::Error::msg)?;
             let done = inspect::retry(pool, &options, &ids).await?;
             if json {
-                return print_json(&done);
+                print_json(&done)?;
+            } else {
+                for r in &done {
+                    println!("reply #{}: {}", r.id, r.outcome);
+                }
             }
-            for r in &done {
-                println!("reply #{}: {}", r.id, r.outcome);
+            let missing: Vec<String> = done
+                .iter()
+                .filter(|r| r.outcome == inspect::RetryOutcome::NotFound)
+                .map(|r| format!("#{}", r.id))
+                .collect();
+            if !missing.is_empty() {
+                bail!("no such reply: {}", missing.join(", "));
             }
         }
     }

@@ -89,6 +89,10 @@ pub(crate) struct SendWorker {
     pub merge_batchsend: bool,
     /// Retry calls whose answer was lost.
     pub retry_ambiguous: bool,
+    /// Tries of a reply (`sender.max_attempts`): a retryable failure at the
+    /// last one is logged by the recorder as a reply that gave up, not as
+    /// one that will be retried.
+    pub max_attempts: i32,
     /// Replies older than this are expired, not sent.
     pub max_reply_age: Option<Duration>,
     /// The longest a call may take: a lease with less left is renewed
@@ -378,6 +382,7 @@ impl SendWorker {
             outcome,
             at: std::time::Instant::now(),
             conversation: (row.app_key.clone(), row.mcid.clone(), row.user_id.clone()),
+            trace_id: row.trace_id.clone(),
         };
         if self.outcomes.send(settled).await.is_err() {
             tracing::error!(
@@ -607,7 +612,9 @@ impl SendWorker {
                     // possible double reply, counted (outbox invariant 7).
                     metrics::counter!("pubbot_outbound_ambiguous_retries_total").increment(replies);
                 }
-                tracing::info!(trace_id = %traces(), app_key, endpoint, error = %e, ambiguous, "reply will be retried");
+                if call.rows.iter().any(|h| h.row.attempts < self.max_attempts) {
+                    tracing::info!(trace_id = %traces(), app_key, endpoint, error = %e, ambiguous, "reply will be retried");
+                }
                 metrics::counter!("pubbot_sends_total", "endpoint" => endpoint, "result" => "retry", "code" => code(&e))
                     .increment(1);
                 metrics::counter!("pubbot_send_retries_total").increment(replies);

@@ -48,6 +48,27 @@ pub(crate) struct Settlement {
     /// The row's conversation (a reply held back behind this one may be
     /// next).
     pub conversation: crate::pipeline::wakeups::Conversation,
+    /// The push's trace id, for the log line of a reply that gives up.
+    pub trace_id: String,
+}
+
+impl Settlement {
+    /// A retryable failure at the last try is a failure: counted, logged
+    /// and woken for as one (the row is `failed` either way).
+    fn finalize(&mut self, policy: &RetryPolicy) {
+        if let Outcome::Retry { error, .. } = &self.outcome {
+            if self.attempts >= policy.max_attempts {
+                tracing::warn!(
+                    trace_id = %self.trace_id,
+                    reply = self.id,
+                    attempts = self.attempts,
+                    error = %error,
+                    "reply gave up: its last try failed (sender.max_attempts); `pubbot outbound failed` lists it"
+                );
+                self.outcome = Outcome::Failed(error.clone());
+            }
+        }
+    }
 }
 
 /// Backoff and attempt limits the recorder applies to retries.
@@ -192,6 +213,9 @@ impl Recorder {
                         Ok(None) | Err(_) => break,
                     },
                 }
+            }
+            for s in &mut batch {
+                s.finalize(&self.policy);
             }
             crate::db::until_recorded("replies", || {
                 settle(&self.pool, &self.worker_id, &self.policy, &batch)
