@@ -230,8 +230,19 @@ async fn a_handler_that_is_down_gets_the_fallback_and_its_breaker_opens_then_clo
     // Two failures opened the breaker: the third push was not called.
     assert_eq!(h.calls.lock().unwrap().len(), 2);
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM outbound_messages WHERE handler IS NOT NULL AND status = 'failed' AND last_error LIKE '%breaker open%'").await,
-        1
+        count(&pool, "SELECT count(*) FROM outbound_messages WHERE handler IS NOT NULL AND status = 'sent' AND last_error LIKE 'handler failed, fallback sent: %breaker open%'").await,
+        1,
+        "the call is settled as done with its fallback, and says why"
+    );
+    // Issue 27 item 3: the user got the fallback, so no failed reply is
+    // listed for them.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'failed'"
+        )
+        .await,
+        0
     );
     // It recovers; after the open period one call goes through and closes it.
     *h.mode.lock().unwrap() = Mode::Answer(json!({"replies": [{"type": "text", "text": "back"}]}));

@@ -90,3 +90,111 @@ async fn a_reply_that_fails_for_good_is_counted_and_logged_as_given_up(
         "only the first of two tries says it will be retried"
     );
 }
+
+const ORDERS: &str = r#"
+[[rule]]
+name = "order-status"
+trigger = { keywords = [{ pattern = "order" }] }
+replies = [{ type = "text", text = "Looking it up..." }]
+handler = "orders"
+fallback = [{ type = "text", text = "The order desk is away." }]
+"#;
+
+/// Items 3 and 8: a handler that cannot be reached. The user gets the
+/// fallback, so the call is not listed as a failed reply; every log line of
+/// the call carries the push's trace id and the real cause ("connection
+/// refused"), the last one at WARN; fallbacks are counted.
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_handler_that_cannot_be_reached_is_logged_with_its_cause_and_its_fallback_counted(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let _default = tracing::subscriber::set_default(
+        pubbot::telemetry::json(
+            tracing_subscriber::EnvFilter::new("info,sqlx=warn"),
+            move || writer.clone(),
+        )
+        .finish(),
+    );
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, ORDERS).await;
+    // Nothing listens on port 1.
+    pubbot::pipeline::handlers::add(
+        &pool,
+        &pubbot::pipeline::handlers::HandlerConfig {
+            name: "orders".into(),
+            url: "http://127.0.0.1:1/hook".into(),
+            secret: "s".to_owned().into(),
+            timeout: std::time::Duration::from_millis(500),
+            concurrency: 2,
+        },
+    )
+    .await
+    .unwrap();
+    let mut s = w.settings();
+    s.handlers.max_attempts = 2;
+    s.handlers.backoff_ms = 20;
+    let (d, _) = w.daemon(s, pool.clone()).await;
+    w.add_account(d.addr).await;
+    w.say("ann", "order 7").await;
+    eventually("the fallback", || async {
+        w.texts("ann")
+            .await
+            .contains(&"The order desk is away.".to_owned())
+    })
+    .await;
+    let trace: String = sqlx::query_scalar("SELECT trace_id FROM inbound_messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let metrics = reqwest::get(format!("http://{}/metrics", d.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    d.shutdown().await;
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'failed'"
+        )
+        .await,
+        0,
+        "the user got the fallback: no failed reply"
+    );
+    let why: String =
+        sqlx::query_scalar("SELECT last_error FROM outbound_messages WHERE handler IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(why.starts_with("handler failed, fallback sent: "), "{why}");
+    let lines = logs.lines();
+    let tries: Vec<_> = lines
+        .iter()
+        .filter(|l| l["message"] == "handler call failed")
+        .collect();
+    assert_eq!(tries.len(), 2);
+    for t in &tries {
+        assert_eq!(t["trace_id"], trace.as_str());
+        assert!(
+            t["error"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains("connection refused"),
+            "the cause is kept: {t}"
+        );
+    }
+    let last: Vec<_> = lines
+        .iter()
+        .filter(|l| l["message"] == "handler failed; its fallback goes out")
+        .collect();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0]["level"], "WARN");
+    assert_eq!(last[0]["trace_id"], trace.as_str());
+    assert!(metrics.contains("pubbot_handler_fallbacks_total{handler=\"orders\"}"));
+}

@@ -165,7 +165,7 @@ pub(super) async fn handler_cmd(
                 "test": true,
             });
             let started = std::time::Instant::now();
-            let result = runner.call(&name, &id, &event, &app).await;
+            let result = runner.call(&name, &id, &event, &app, &id).await;
             let ms = started.elapsed().as_millis();
             match result {
                 handlers::CallResult::Answered { replies, state } => {

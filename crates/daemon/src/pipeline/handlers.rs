@@ -129,9 +129,25 @@ pub(crate) enum CallError {
     /// No answer within the handler's timeout.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
-    /// The call did not reach the handler.
-    #[error("call failed: {0}")]
+    /// The call did not reach the handler (the text carries every cause:
+    /// "connection refused" is in reqwest's source, not its message).
+    #[error("call failed: {}", chain(.0))]
     Transport(reqwest::Error),
+}
+
+/// An error and its sources, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Why a handler's answer is not sent: its replies break a rule. (An
@@ -260,6 +276,10 @@ pub(crate) struct HandlerPolicy {
     /// How long conversation state lives after its last change.
     pub state_ttl: Duration,
 }
+
+/// What a handler call row's `last_error` starts with when its handler
+/// failed and the rule's fallback went out in its place.
+pub const FALLBACK_SENT: &str = "handler failed, fallback sent";
 
 /// How a call ended.
 #[derive(Debug)]
@@ -415,13 +435,15 @@ impl HandlerRunner {
     }
 
     /// Calls `name` with `event` (retries, breaker), and validates the
-    /// answer. `event_id` is the same for every try.
+    /// answer. `event_id` is the same for every try; `trace_id` is the
+    /// push's, on every log line of the call.
     pub(crate) async fn call(
         &self,
         name: &str,
         event_id: &str,
         event: &serde_json::Value,
         app_key: &str,
+        trace_id: &str,
     ) -> CallResult {
         let (h, sem) = match self.handler(name).await {
             Ok(h) => h,
@@ -484,14 +506,14 @@ impl HandlerRunner {
                         }
                         Err(e) => {
                             metrics::counter!("pubbot_handler_calls_total", "handler" => name.to_owned(), "result" => "invalid").increment(1);
-                            tracing::warn!(handler = name, event_id, error = %e, "handler answer refused; the fallback goes out");
+                            tracing::warn!(trace_id, handler = name, event_id, error = %e, "handler answer refused; the fallback goes out");
                             CallResult::Failed(format!("invalid answer: {e}"))
                         }
                     };
                 }
                 Err(e) => {
                     metrics::counter!("pubbot_handler_calls_total", "handler" => name.to_owned(), "result" => "error").increment(1);
-                    tracing::warn!(handler = name, event_id, attempt, error = %e, "handler call failed");
+                    tracing::warn!(trace_id, handler = name, event_id, attempt, error = %e, "handler call failed");
                     self.record(name, false);
                     last = Some(e);
                     if attempt < self.policy.max_attempts && !self.breaker_open(name) {
@@ -525,12 +547,41 @@ impl HandlerRunner {
             .get("id")
             .and_then(|v| v.as_str())
             .map_or_else(|| format!("out-{}", row.id), str::to_owned);
-        let result = self.call(handler, &event_id, event, &row.app_key).await;
+        let result = self
+            .call(handler, &event_id, event, &row.app_key, &row.trace_id)
+            .await;
         let (replies, state, status, error) = match result {
-            CallResult::Answered { replies, state } => (replies, state, "sent", None),
-            CallResult::Failed(e) => (fallback.clone(), None, "failed", Some(e)),
+            CallResult::Answered { replies, state } => {
+                tracing::info!(target: "pubbot::reply", trace_id = %row.trace_id, handler = %handler, event_id, user = %row.user_id, replies = replies.len(), "handler answered");
+                (replies, state, "sent", None)
+            }
+            // The user gets the rule's fallback: the call is settled as
+            // done, its row saying why (README, "Handler bots"), and kept
+            // out of the failed replies.
+            CallResult::Failed(e) if !fallback.is_empty() => {
+                metrics::counter!("pubbot_handler_fallbacks_total", "handler" => handler.clone())
+                    .increment(1);
+                tracing::warn!(trace_id = %row.trace_id, handler = %handler, event_id, user = %row.user_id, error = %e, fallback = fallback.len(), "handler failed; its fallback goes out");
+                (
+                    fallback.clone(),
+                    None,
+                    "sent",
+                    Some(format!("{FALLBACK_SENT}: {e}")),
+                )
+            }
+            // No fallback: the user gets nothing, and the row is a failed
+            // reply (`outbound failed`, `outbound retry` calls again with
+            // the same event id).
+            CallResult::Failed(e) => {
+                tracing::warn!(trace_id = %row.trace_id, handler = %handler, event_id, user = %row.user_id, error = %e, "handler failed and its rule has no fallback; the user got nothing");
+                (
+                    Vec::new(),
+                    None,
+                    "failed",
+                    Some(format!("handler failed: {e}")),
+                )
+            }
         };
-        tracing::info!(target: "pubbot::reply", trace_id = %row.trace_id, handler = %handler, user = %row.user_id, replies = replies.len(), outcome = status, error = ?error, "handler answered");
         crate::db::until_recorded("handler answer", || {
             self.settle(&held, &replies, state.as_ref(), status, error.as_deref())
         })
