@@ -51,6 +51,7 @@
 //! ```
 
 mod api;
+pub mod cli;
 mod config;
 mod control;
 mod error;

@@ -113,6 +113,40 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         grace: u64,
     },
+    /// Write to an account as a user of a running simulator (its control
+    /// API), then print what became of the push and the replies the user
+    /// got: try a bot's rules from the command line.
+    #[command(
+        after_help = "Examples:\n  pubbot-sim message --mcid shop --user alice \"opening hours?\"\n  pubbot-sim message --mcid shop --user alice --image http://example.com/p.jpg\n  pubbot-sim message --mcid shop --user alice --follow"
+    )]
+    Message {
+        /// The simulator's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8090", env = "PUBBOT_SIM_URL")]
+        sim: String,
+        /// App key (needed when the simulator serves several apps).
+        #[arg(long)]
+        app_key: Option<String>,
+        /// The account written to.
+        #[arg(long)]
+        mcid: String,
+        /// The user writing.
+        #[arg(long)]
+        user: String,
+        /// Send an image by URL instead of text.
+        #[arg(long, conflicts_with_all = ["text", "follow", "unfollow"])]
+        image: Option<String>,
+        /// Follow the account (the subscribe event) instead of writing.
+        #[arg(long, conflicts_with_all = ["text", "unfollow"])]
+        follow: bool,
+        /// Unfollow the account (the unsubscribe event).
+        #[arg(long, conflicts_with = "text")]
+        unfollow: bool,
+        /// Seconds to wait for replies after the push is answered.
+        #[arg(long, default_value_t = 2.0)]
+        wait: f64,
+        /// The text to write.
+        text: Option<String>,
+    },
     /// Print the four signature headers for a call, as curl -H arguments.
     Sign {
         /// App key.
@@ -183,6 +217,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = pubbot_sim::load::run(config, listener, load).await?;
             println!("{report}");
             Ok(())
+        }
+        Command::Message {
+            sim,
+            app_key,
+            mcid,
+            user,
+            image,
+            follow,
+            unfollow,
+            wait,
+            text,
+        } => {
+            let (path, mut body) = if follow || unfollow {
+                (
+                    if follow { "follow" } else { "unfollow" },
+                    serde_json::json!({"mcid": mcid, "user": user}),
+                )
+            } else if let Some(url) = image {
+                (
+                    "message",
+                    serde_json::json!({"mcid": mcid, "user": user, "type": "image", "pic_url": url}),
+                )
+            } else {
+                let Some(text) = text else {
+                    anyhow::bail!(
+                        "say what the user writes: a TEXT, --image URL, --follow or --unfollow"
+                    );
+                };
+                (
+                    "message",
+                    serde_json::json!({"mcid": mcid, "user": user, "type": "text", "content": text}),
+                )
+            };
+            body["wait"] = true.into();
+            if let Some(k) = &app_key {
+                body["app_key"] = k.as_str().into();
+            }
+            pubbot_sim::cli::message(
+                &sim,
+                path,
+                body,
+                &user,
+                app_key.as_deref(),
+                Duration::from_secs_f64(wait),
+            )
+            .await
         }
         Command::Sign {
             app_key,
