@@ -52,6 +52,13 @@ pub fn check_broadcast_template(source: &str) -> Result<(), String> {
     let tpl = env
         .template_from_str(source)
         .map_err(|e| format!("template error: {e}"))?;
+    let filters = crate::render::unknown_filters(&env, source);
+    if !filters.is_empty() {
+        return Err(format!(
+            "template uses the filter {}, which does not exist",
+            filters.join(", ")
+        ));
+    }
     let mut unknown: Vec<String> = tpl
         .undeclared_variables(false)
         .into_iter()

@@ -25,6 +25,42 @@ pub const VARIABLES: [&str; 12] = [
 /// minijinja's own globals (functions and the loop variable).
 const GLOBALS: [&str; 5] = ["range", "dict", "namespace", "debug", "loop"];
 
+/// The filters `source` applies that `env` does not have, sorted. minijinja
+/// looks a filter up only when it runs, so a misspelt one (`{{ user |
+/// uper }}`) would compile and then fail every render: each name that
+/// follows a `|` inside `{{ }}` or `{% %}` (string literals left out) is
+/// tried on `env` itself, which is the authority on what exists.
+pub(crate) fn unknown_filters(env: &Environment<'_>, source: &str) -> Vec<String> {
+    use std::sync::LazyLock;
+    static BLOCK: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r"(?s)\{\{.*?\}\}|\{%.*?%\}").expect("valid"));
+    static STRING: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r#""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'"#).expect("valid")
+    });
+    static FILTER: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r"\|\s*([A-Za-z_][A-Za-z0-9_]*)").expect("valid"));
+    let mut names: Vec<String> = BLOCK
+        .find_iter(source)
+        .flat_map(|block| {
+            let code = STRING.replace_all(block.as_str(), "\"\"").into_owned();
+            FILTER
+                .captures_iter(&code)
+                .map(|c| c[1].to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names.retain(|name| {
+        let probe = format!("{{{{ x | {name} }}}}");
+        matches!(
+            env.render_str(&probe, minijinja::context! { x => "" }),
+            Err(e) if e.kind() == minijinja::ErrorKind::UnknownFilter
+        )
+    });
+    names
+}
+
 /// A reply as compiled: templates ready to render.
 pub(crate) enum CompiledReply {
     Text(Tmpl),
@@ -96,6 +132,13 @@ impl Templates {
             .collect();
         if names.contains("state") {
             self.uses_state = true;
+        }
+        let filters = unknown_filters(&self.env, source);
+        if !filters.is_empty() {
+            return Err(format!(
+                "template uses the filter {}, which does not exist (the filters are minijinja's builtins: upper, lower, title, capitalize, trim, replace, default, length, join, first, last, ...)",
+                filters.join(", ")
+            ));
         }
         if !unknown.is_empty() {
             unknown.sort();

@@ -878,3 +878,39 @@ fallback = [{ type = "text", text = "away" }]
     let e = RuleSet::compile(bad.rules, &Options::default()).unwrap_err();
     assert!(e.to_string().contains("fallback needs a handler"), "{e}");
 }
+
+/// Issue 27 item 5: a misspelt filter is refused when the rule compiles
+/// (it used to import and then fail every render), wherever it stands.
+#[test]
+fn unknown_filters_are_refused_at_compile_time() {
+    let problem = |template: &str| {
+        RuleSet::compile(
+            vec![rule("r", &[("x", MatchKind::Contains)], template)],
+            &Options::default(),
+        )
+        .err()
+        .map(|e| e.0[0].problem.clone())
+    };
+    let p = problem("hi {{ user | uper }}").expect("refused");
+    assert!(p.contains("filter uper, which does not exist"), "{p}");
+    // In a branch that is rarely taken, too.
+    let p = problem("{% if text == 'never' %}{{ user | shout }}{% endif %}ok").expect("refused");
+    assert!(p.contains("shout"), "{p}");
+    // Real filters, arguments, a pipe inside a string, a test: fine.
+    assert_eq!(
+        problem("{{ user | upper }} {{ text | replace('a', 'b') | trim }}"),
+        None
+    );
+    assert_eq!(problem("{{ 'a|b' ~ user | default('x') }}"), None);
+    assert_eq!(
+        problem("{% if user is defined %}{{ user | title }}{% endif %}"),
+        None
+    );
+    // Broadcast templates are held to the same.
+    let e =
+        pubbot_rules::broadcast::check_broadcast_template("Good {{ weekday | uper }}").unwrap_err();
+    assert!(e.contains("filter uper"), "{e}");
+    assert!(
+        pubbot_rules::broadcast::check_broadcast_template("Good {{ weekday | upper }}").is_ok()
+    );
+}
