@@ -107,6 +107,7 @@ async fn three_daemons_send_a_daily_broadcast_once_a_day_for_30_days(
                 text: "Day {{ platform_day }}: {{ followers }} followers".into(),
             },
         },
+        false,
     )
     .await
     .unwrap();
@@ -185,15 +186,25 @@ async fn a_taken_day_is_refused_and_a_1007_is_recorded_as_failed(
     // naming the first.
     let now = clock.now();
     let later = now + chrono::Duration::minutes(10);
-    let first = mass::schedule_once(&pool, KEY, SHOP, later, &text("first"))
-        .await
-        .unwrap();
+    let first = mass::schedule_once(
+        &pool,
+        clock.as_ref(),
+        KEY,
+        SHOP,
+        later,
+        &text("first"),
+        false,
+    )
+    .await
+    .unwrap();
     let e = mass::schedule_once(
         &pool,
+        clock.as_ref(),
         KEY,
         SHOP,
         later + chrono::Duration::seconds(1),
         &text("second"),
+        false,
     )
     .await
     .unwrap_err();
@@ -214,7 +225,7 @@ async fn a_taken_day_is_refused_and_a_1007_is_recorded_as_failed(
         )
         .await
         .unwrap();
-    let b = mass::schedule_once(&pool, KEY, SHOP, now, &text("ours"))
+    let b = mass::schedule_once(&pool, clock.as_ref(), KEY, SHOP, now, &text("ours"), false)
         .await
         .unwrap();
     eventually("the refusal recorded", || async {
@@ -226,9 +237,17 @@ async fn a_taken_day_is_refused_and_a_1007_is_recorded_as_failed(
 
     // Bad input: over the limit (R9), an unknown zone, an unknown media_id
     // (the platform's 1002).
-    let e = mass::schedule_once(&pool, KEY, SHOP, now, &text(&"x".repeat(2001)))
-        .await
-        .unwrap_err();
+    let e = mass::schedule_once(
+        &pool,
+        clock.as_ref(),
+        KEY,
+        SHOP,
+        now,
+        &text(&"x".repeat(2001)),
+        false,
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("2001 bytes"), "{e}");
     let e = mass::schedule_daily(
         &pool,
@@ -241,6 +260,7 @@ async fn a_taken_day_is_refused_and_a_1007_is_recorded_as_failed(
             timezone: "Mars/Olympus",
             content: &text("x"),
         },
+        false,
     )
     .await
     .unwrap_err();
@@ -252,12 +272,14 @@ async fn a_taken_day_is_refused_and_a_1007_is_recorded_as_failed(
     sync_sim_clock(&w, &clock).await;
     let m = mass::schedule_once(
         &pool,
+        clock.as_ref(),
         KEY,
         SHOP,
         clock.now(),
         &BroadcastContent::Mpnews {
             media_id: "no-such-media".into(),
         },
+        false,
     )
     .await
     .unwrap();
@@ -284,10 +306,12 @@ async fn a_crash_during_the_call_leaves_unknown_and_nothing_is_sent_again(
     w.put("faults", json!({"latency_ms": 3000})).await;
     let b = mass::schedule_once(
         &pool,
+        clock.as_ref(),
         KEY,
         SHOP,
         clock.now(),
         &BroadcastContent::Text { text: "hi".into() },
+        false,
     )
     .await
     .unwrap();
@@ -454,4 +478,144 @@ async fn subscribe_and_unsubscribe_through_the_api_keep_the_table(
         .len();
     assert_eq!(on_platform, 100, "the platform agrees");
     d.shutdown().await;
+}
+
+/// Issue 27 item 4: a daily schedule's announced send cannot be displaced
+/// silently — not by a one-off for its day (before or after the scheduler
+/// wrote the day's row), nor by a second daily schedule; `replace` takes the
+/// day (or the schedule's place) explicitly, and the coming days say which
+/// send goes out.
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn broadcasts_never_displace_each_other_silently(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    // Noon on a platform day (UTC+8), whatever the time now: the sends
+    // below stay on that day.
+    let clock = Arc::new(OffsetClock::default());
+    let now = clock.now();
+    let noon = (platform_day(now) + chrono::Duration::days(1))
+        .and_hms_opt(4, 0, 0)
+        .unwrap()
+        .and_utc();
+    clock.advance((noon - now).num_seconds());
+    let text = |t: &str| BroadcastContent::Text { text: t.into() };
+    let lunch = mass::schedule_daily(
+        &pool,
+        clock.as_ref(),
+        mass::NewSchedule {
+            app_key: KEY,
+            mcid: SHOP,
+            name: "lunch",
+            time_of_day: NaiveTime::from_hms_opt(13, 5, 0).unwrap(),
+            timezone: "Asia/Shanghai",
+            content: &text("lunch menu"),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    let today = platform_day(clock.now());
+    // A one-off the same platform day: refused, naming the daily send
+    // though the scheduler has not written its row yet.
+    let at = clock.now() + chrono::Duration::minutes(30);
+    let e = mass::schedule_once(
+        &pool,
+        clock.as_ref(),
+        KEY,
+        SHOP,
+        at,
+        &text("flash sale"),
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, BroadcastError::DayTaken { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("daily \"lunch\"") && msg.contains("--replace"),
+        "{msg}"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM broadcasts").await,
+        0,
+        "nothing written"
+    );
+    // The coming days say the daily one goes out today and tomorrow.
+    let plan = mass::coming(&pool, clock.now(), 2).await.unwrap();
+    let by: Vec<(String, String)> = plan
+        .iter()
+        .map(|(_, _, d)| (d.day.to_string(), d.by.clone()))
+        .collect();
+    assert_eq!(
+        by,
+        [
+            (today.to_string(), "daily \"lunch\"".to_owned()),
+            (
+                (today + chrono::Duration::days(1)).to_string(),
+                "daily \"lunch\"".to_owned()
+            )
+        ]
+    );
+
+    // With replace the one-off takes the day, and the coming days say so.
+    let b = mass::schedule_once(
+        &pool,
+        clock.as_ref(),
+        KEY,
+        SHOP,
+        at,
+        &text("flash sale"),
+        true,
+    )
+    .await
+    .unwrap();
+    let plan = mass::coming(&pool, clock.now(), 2).await.unwrap();
+    assert_eq!(plan[0].2.by, "one-off");
+    assert_eq!(plan[0].2.broadcast, Some(b.id));
+    assert_eq!(plan[1].2.by, "daily \"lunch\"");
+    // A second one-off that day: refused, naming the first; with replace,
+    // the first (still scheduled) is cancelled.
+    let e = mass::schedule_once(&pool, clock.as_ref(), KEY, SHOP, at, &text("again"), false)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains(&format!("#{}", b.id)), "{e}");
+    let c = mass::schedule_once(&pool, clock.as_ref(), KEY, SHOP, at, &text("again"), true)
+        .await
+        .unwrap();
+    assert_eq!(mass::show(&pool, b.id).await.unwrap().state, "cancelled");
+    assert_ne!(b.id, c.id);
+
+    // A second daily schedule for the account: refused, naming the first.
+    let evening_text = BroadcastContent::Text {
+        text: "evening".into(),
+    };
+    let evening = |name: &'static str| mass::NewSchedule {
+        app_key: KEY,
+        mcid: SHOP,
+        name,
+        time_of_day: NaiveTime::from_hms_opt(19, 0, 0).unwrap(),
+        timezone: "Asia/Shanghai",
+        content: &evening_text,
+    };
+    let e = mass::schedule_daily(&pool, clock.as_ref(), evening("evening"), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, BroadcastError::ScheduleTaken { id, .. } if *id == lunch.id),
+        "{e}"
+    );
+    assert!(e.to_string().contains("--replace"), "{e}");
+    // With replace: the first is cancelled, the second holds the days.
+    mass::schedule_daily(&pool, clock.as_ref(), evening("evening"), true)
+        .await
+        .unwrap();
+    let schedules = mass::schedules(&pool).await.unwrap();
+    assert_eq!(schedules.len(), 1);
+    assert_eq!(schedules[0].name, "evening");
+    let plan = mass::coming(&pool, clock.now(), 2).await.unwrap();
+    assert_eq!(plan[0].2.by, "one-off", "today stays the one-off's");
+    assert_eq!(plan[1].2.by, "daily \"evening\"");
 }

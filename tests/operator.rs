@@ -130,10 +130,10 @@ async fn accounts_apply_creates_then_does_nothing_then_refreshes_one_field(
 }
 
 /// A menu as (name, url, children (name, url)) in order.
-type Tree = Vec<(String, String, Vec<(String, String)>)>;
+pub(super) type Tree = Vec<(String, String, Vec<(String, String)>)>;
 
 /// The simulator's menu of `shop`.
-async fn platform_menu(w: &World) -> Tree {
+pub(super) async fn platform_menu(w: &World) -> Tree {
     let accounts = w.get("accounts").await;
     let shop = accounts
         .as_array()
@@ -160,11 +160,11 @@ async fn platform_menu(w: &World) -> Tree {
         .collect()
 }
 
-fn menu(text: &str) -> MenuFile {
+pub(super) fn menu(text: &str) -> MenuFile {
     toml::from_str(text).unwrap()
 }
 
-fn expected(file: &MenuFile) -> Tree {
+pub(super) fn expected(file: &MenuFile) -> Tree {
     file.items
         .iter()
         .map(|t| {

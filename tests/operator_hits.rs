@@ -198,3 +198,100 @@ async fn a_handler_that_cannot_be_reached_is_logged_with_its_cause_and_its_fallb
     assert_eq!(last[0]["trace_id"], trace.as_str());
     assert!(metrics.contains("pubbot_handler_fallbacks_total{handler=\"orders\"}"));
 }
+
+/// Item 1: `menu apply` with the platform failing calls part-way. Each
+/// call's success is recorded as it happens, retryable answers of
+/// idempotent calls are retried, a delete answered "does not exist" counts
+/// as done, and applying again after any partial failure converges on the
+/// file.
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn menu_apply_converges_after_platform_errors_part_way(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    use super::operator::{expected, menu, platform_menu};
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    w.add_account("127.0.0.1:9".parse().unwrap()).await;
+    // As the CLI builds it (retrying idempotent calls).
+    let c = pubbot_api_client::Client::builder(
+        pubbot_e2e::KEY,
+        secrecy::SecretString::from(pubbot_e2e::SECRET),
+        w.sim.base_url(),
+    )
+    .retry(pubbot_api_client::RetryPolicy {
+        min_delay: std::time::Duration::from_millis(5),
+        max_delay: std::time::Duration::from_millis(20),
+        ..pubbot_api_client::RetryPolicy::default()
+    })
+    .build()
+    .unwrap();
+    let shop = pubbot_e2e::SHOP;
+    let key = pubbot_e2e::KEY;
+    let first = menu(
+        "[[item]]\nname = \"Hours\"\nurl = \"http://x/h\"\n\
+         [[item]]\nname = \"More\"\n[[item.children]]\nname = \"Map\"\nurl = \"http://x/m\"\n\
+         [[item.children]]\nname = \"Call\"\nurl = \"http://x/c\"\n\
+         [[item]]\nname = \"Shop\"\n[[item.children]]\nname = \"New\"\nurl = \"http://x/n\"\n",
+    );
+    pubbot::account::apply_menu(&pool, &c, key, shop, &first, false)
+        .await
+        .unwrap();
+    assert_eq!(platform_menu(&w).await, expected(&first));
+
+    // Every item changes: deletes, then adds, then the order, under a
+    // platform that answers 1000 to most calls.
+    let second = menu(
+        "[[item]]\nname = \"Deals\"\nurl = \"http://x/d\"\n\
+         [[item]]\nname = \"About\"\n[[item.children]]\nname = \"Team\"\nurl = \"http://x/t\"\n\
+         [[item.children]]\nname = \"Jobs\"\nurl = \"http://x/j\"\n\
+         [[item]]\nname = \"Hours\"\nurl = \"http://x/h2\"\n",
+    );
+    w.put("faults", json!({"error_rate": 0.6})).await;
+    let mut failed = Vec::new();
+    let mut done = false;
+    for _ in 0..60 {
+        match pubbot::account::apply_menu(&pool, &c, key, shop, &second, false).await {
+            Ok(_) => {
+                done = true;
+                break;
+            }
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    w.put("faults", json!({"error_rate": 0.0})).await;
+    assert!(done, "an apply got through: {failed:#?}");
+    assert!(
+        !failed.is_empty(),
+        "the platform failed some applies part-way"
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|e| e.contains("apply again to go on") || e.contains("ordering")),
+        "{failed:#?}"
+    );
+    assert_eq!(platform_menu(&w).await, expected(&second), "converged");
+    let plan = pubbot::account::apply_menu(&pool, &c, key, shop, &second, false)
+        .await
+        .unwrap();
+    assert!(plan.is_empty(), "nothing left to do: {plan:?}");
+
+    // Deletes whose answers are lost (the platform did them): the retry is
+    // told "does not exist", which counts as done.
+    let third = menu("[[item]]\nname = \"Deals\"\nurl = \"http://x/d\"\n");
+    w.put("faults", json!({"drop_rate": 1.0})).await;
+    let r = pubbot::account::apply_menu(&pool, &c, key, shop, &third, false).await;
+    w.put("faults", json!({"drop_rate": 0.0})).await;
+    if r.is_err() {
+        // The order call (idempotent) may have run out of tries; again.
+        pubbot::account::apply_menu(&pool, &c, key, shop, &third, false)
+            .await
+            .unwrap();
+    }
+    assert_eq!(platform_menu(&w).await, expected(&third));
+    let plan = pubbot::account::apply_menu(&pool, &c, key, shop, &third, false)
+        .await
+        .unwrap();
+    assert!(plan.is_empty(), "{plan:?}");
+}

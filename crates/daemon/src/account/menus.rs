@@ -143,6 +143,14 @@ impl MenuPlan {
     }
 }
 
+/// Whether the platform says the item is not there (`1002`, "menuId does
+/// not exist").
+fn gone(e: &pubbot_api_client::Error) -> bool {
+    matches!(e.code(), Some(pubbot_api_client::ErrorCode::BadParameter))
+        && e.to_string().to_lowercase().contains("menuid")
+        && e.to_string().to_lowercase().contains("not exist")
+}
+
 fn kind_url(e: &MenuEntry) -> (i32, String) {
     match &e.url {
         Some(u) => (1, u.clone()),
@@ -249,17 +257,36 @@ pub async fn apply_menu(
         return Ok(plan);
     }
     let mcid_id = McId::from(mcid);
+    // Each call's success is recorded as it happens, so that an apply
+    // stopped part-way by a platform error leaves the stored menu as the
+    // platform has it, and the next apply goes on from there.
     for s in &delete_calls {
-        client
+        match client
             .delete_menu_item(&mcid_id, &MenuId::from(s.menu_id.as_str()))
             .await
-            .map_err(AccountError::platform(format!(
-                "deleting menu item {:?}",
-                path_of(s)
-            )))?;
-    }
-    if !deleted.is_empty() {
-        let ids: Vec<String> = deleted.iter().map(|s| s.menu_id.clone()).collect();
+        {
+            Ok(()) => {}
+            // Gone already (an earlier apply's delete whose answer was
+            // lost, or an edit on the platform): what we wanted.
+            Err(e) if gone(&e) => {
+                tracing::info!(item = %path_of(s), "menu item already gone from the platform");
+            }
+            Err(e) => {
+                return Err(AccountError::platform(format!(
+                    "deleting menu item {:?} (the items before it are deleted and recorded; apply again to go on)",
+                    path_of(s)
+                ))(e))
+            }
+        }
+        // The item, and its children (the platform deletes them with it).
+        let ids: Vec<String> = std::iter::once(s.menu_id.clone())
+            .chain(
+                stored
+                    .iter()
+                    .filter(|c| c.parent_id.as_deref() == Some(s.menu_id.as_str()))
+                    .map(|c| c.menu_id.clone()),
+            )
+            .collect();
         sqlx::query!(
             "DELETE FROM menu_items WHERE app_key = $1 AND mcid = $2 AND menu_id = ANY($3)",
             app_key,
@@ -297,7 +324,7 @@ pub async fn apply_menu(
             .add_menu_item(&mcid_id, &item)
             .await
             .map_err(AccountError::platform(format!(
-                "adding menu item {:?}",
+                "adding menu item {:?} (the items before it are added and recorded; apply again to go on)",
                 d.0
             )))?;
         sqlx::query!(

@@ -111,13 +111,17 @@ pub(super) enum BroadcastCommand {
         timezone: Option<String>,
         #[command(flatten)]
         content: ContentArgs,
+        /// Cancel the account's daily schedule in force (and its scheduled
+        /// sends) for this one; without it, another schedule is refused.
+        #[arg(long)]
+        replace: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// A one-off broadcast: now, or at a local date and time.
     #[command(
-        after_help = "Examples:\n  pubbot broadcast once --account shop --now --text 'We are open late today'\n  pubbot broadcast once --account shop --at '2026-11-26 18:00' --image-url http://x/p.jpg\n\nRefused when its platform day is taken, naming the broadcast that took it."
+        after_help = "Examples:\n  pubbot broadcast once --account shop --now --text 'We are open late today'\n  pubbot broadcast once --account shop --at '2026-11-26 18:00' --image-url http://x/p.jpg\n\nRefused when its platform day is taken (by a broadcast, or by a daily schedule's announced send), naming what took it; --replace sends this one instead."
     )]
     Once {
         #[command(flatten)]
@@ -133,13 +137,22 @@ pub(super) enum BroadcastCommand {
         timezone: Option<String>,
         #[command(flatten)]
         content: ContentArgs,
+        /// Take the day from the send that holds it (a daily schedule's,
+        /// or another one-off not yet sending), which is cancelled for
+        /// that day; without it, a taken day is refused.
+        #[arg(long)]
+        replace: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
-    /// Daily schedules and broadcasts not yet sent.
-    #[command(after_help = "Example:\n  pubbot broadcast list")]
+    /// Daily schedules, and which send goes out on each of the coming
+    /// platform days.
+    #[command(after_help = "Example:\n  pubbot broadcast list --days 14")]
     List {
+        /// Coming platform days to show.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -270,6 +283,7 @@ pub(super) async fn broadcast_cmd(
             at,
             timezone,
             content,
+            replace,
             json,
         } => {
             let (app, mcid) = target.resolve(settings)?;
@@ -288,6 +302,7 @@ pub(super) async fn broadcast_cmd(
                     timezone: &tz_name,
                     content: &content,
                 },
+                replace,
             )
             .await?;
             let today = clock.now().with_timezone(&tz).date_naive();
@@ -315,6 +330,7 @@ pub(super) async fn broadcast_cmd(
             now,
             timezone,
             content,
+            replace,
             json,
         } => {
             let (app, mcid) = target.resolve(settings)?;
@@ -331,22 +347,36 @@ pub(super) async fn broadcast_cmd(
                 }
                 (None, false) => bail!("say when: --now or --at 'YYYY-MM-DD HH:MM'"),
             };
-            let b = mass::schedule_once(pool, &app, &mcid, when, &content.content()?).await?;
+            let b = mass::schedule_once(
+                pool,
+                &clock,
+                &app,
+                &mcid,
+                when,
+                &content.content()?,
+                replace,
+            )
+            .await?;
             if json {
                 return print_json(&b);
             }
             println!("{}", line(&b));
         }
-        BroadcastCommand::List { json } => {
+        BroadcastCommand::List { days, json } => {
             let schedules = mass::schedules(pool).await?;
+            let plan = mass::coming(pool, clock.now(), days).await?;
             let coming: Vec<_> = mass::history(pool, None, 1000)
                 .await?
                 .into_iter()
                 .filter(|b| b.state == "scheduled" || b.state == "sending" || b.state == "unknown")
                 .collect();
             if json {
+                let days: Vec<_> = plan
+                    .iter()
+                    .map(|(app, mcid, d)| serde_json::json!({"app_key": app, "mcid": mcid, "send": d}))
+                    .collect();
                 return print_json(
-                    &serde_json::json!({"schedules": schedules, "broadcasts": coming}),
+                    &serde_json::json!({"schedules": schedules, "days": days, "broadcasts": coming}),
                 );
             }
             let mut t = table(
@@ -365,8 +395,32 @@ pub(super) async fn broadcast_cmd(
             }
             print_table(&t);
             println!();
-            for b in &coming {
-                println!("{}", line(b));
+            println!("What goes out on each coming platform day (UTC+8):");
+            let mut t = table(
+                &["DAY", "ACCOUNT", "AT (UTC)", "SEND", "BROADCAST", "STATE"],
+                &[],
+            );
+            for (app, mcid, d) in &plan {
+                t.add_row(vec![
+                    d.day.to_string(),
+                    format!("{app}/{mcid}"),
+                    d.at.format("%H:%M").to_string(),
+                    d.by.clone(),
+                    d.broadcast
+                        .map_or_else(|| "-".to_owned(), |id| format!("#{id}")),
+                    d.state.clone(),
+                ]);
+            }
+            print_table(&t);
+            let unknown: Vec<_> = coming.iter().filter(|b| b.state == "unknown").collect();
+            if !unknown.is_empty() {
+                println!();
+                println!(
+                    "To resolve (may have been sent; pubbot broadcast resolve ID sent|failed):"
+                );
+                for b in unknown {
+                    println!("{}", line(b));
+                }
             }
         }
         BroadcastCommand::Show { id, json } => {

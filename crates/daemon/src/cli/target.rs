@@ -52,6 +52,10 @@ pub(super) fn client(
     Ok(
         pubbot_api_client::Client::builder(app.key.clone(), secret, app.api_base_url.clone())
             .timestamp_unit(app.timestamp_unit.into())
+            // Retryable answers (1000, 1008, 5xx, no answer) of idempotent
+            // calls are tried again with backoff, as the platform's error
+            // texts say; adds and sends are not (they could land twice).
+            .retry(pubbot_api_client::RetryPolicy::default())
             .build()?,
     )
 }

@@ -30,10 +30,12 @@
 //!    due" and "which day" is computed from it and passed to SQL.
 mod campaigns;
 mod content;
+mod days;
 mod scheduler;
 mod schedules;
 
 pub use campaigns::*;
 pub use content::*;
+pub use days::{coming, DaySend};
 pub(crate) use scheduler::Scheduler;
 pub use schedules::*;

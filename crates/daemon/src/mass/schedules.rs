@@ -7,6 +7,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::clock::{platform_day, Clock};
+use crate::mass::days;
 use crate::mass::*;
 
 /// Why a broadcast operation was refused.
@@ -16,7 +17,11 @@ pub enum BroadcastError {
     #[error("database")]
     Db(#[from] sqlx::Error),
     /// The platform day is taken (R11): names the broadcast that took it.
-    #[error("platform day {day} (UTC+8) of {app_key}/{mcid} is already taken by broadcast #{id} ({by}, {state}); the platform allows one mass send a natural day (R11)")]
+    #[error(
+        "platform day {day} (UTC+8) of {app_key}/{mcid} is already taken by {} ({by}, {state}); the platform allows one mass send a natural day (R11){}",
+        if *id > 0 { format!("broadcast #{id}") } else { "a daily schedule".to_owned() },
+        if state == "scheduled" || state == "planned" { "; give --replace to send this one instead" } else { "" }
+    )]
     DayTaken {
         /// App.
         app_key: String,
@@ -30,6 +35,19 @@ pub enum BroadcastError {
         by: String,
         /// Its state.
         state: String,
+    },
+    /// The account has a daily schedule already (one a day: a second
+    /// would collide with it every day).
+    #[error("{app_key}/{mcid} already has daily schedule #{id} {name:?}, which sends every platform day; cancel it first, or give --replace")]
+    ScheduleTaken {
+        /// App.
+        app_key: String,
+        /// Account.
+        mcid: String,
+        /// The schedule in force.
+        id: i64,
+        /// Its name.
+        name: String,
     },
     /// The content or schedule is invalid.
     #[error("{0}")]
@@ -126,15 +144,19 @@ pub struct NewSchedule<'a> {
 }
 
 /// Adds a daily schedule. The next occurrences are added to the ledger by
-/// the scheduler (on days no other broadcast took).
+/// the scheduler (on days no one-off took). An account has one daily
+/// schedule at most — a second would collide with it every day — so
+/// another is refused, naming it, unless `replace`: then the other is
+/// cancelled with its scheduled sends, in the same transaction.
 ///
 /// # Errors
 /// [`BroadcastError::Invalid`] for a bad time zone or content, or a name
-/// taken.
+/// taken; [`BroadcastError::ScheduleTaken`] for another daily schedule.
 pub async fn schedule_daily(
     pool: &PgPool,
     clock: &dyn Clock,
     new: NewSchedule<'_>,
+    replace: bool,
 ) -> Result<Schedule, BroadcastError> {
     let NewSchedule {
         app_key,
@@ -147,6 +169,33 @@ pub async fn schedule_daily(
     parse_tz(timezone)?;
     content.validate()?;
     let body = serde_json::to_value(content).map_err(|e| BroadcastError::Invalid(e.to_string()))?;
+    let mut tx = pool.begin().await?;
+    days::lock_account(&mut tx, app_key, mcid).await?;
+    let other = sqlx::query!(
+        "SELECT id, name FROM broadcast_schedules
+          WHERE app_key = $1 AND mcid = $2 AND enabled AND cancelled_at IS NULL",
+        app_key,
+        mcid
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(other) = other {
+        if other.name == name {
+            return Err(BroadcastError::Invalid(format!(
+                "a schedule named {name:?} exists for {app_key}/{mcid}"
+            )));
+        }
+        if !replace {
+            return Err(BroadcastError::ScheduleTaken {
+                app_key: app_key.to_owned(),
+                mcid: mcid.to_owned(),
+                id: other.id,
+                name: other.name,
+            });
+        }
+        cancel_schedule(&mut tx, other.id, clock.now()).await?;
+        tracing::info!(replaced = other.id, %app_key, %mcid, "daily schedule replaced (--replace)");
+    }
     let row = sqlx::query!(
         r#"INSERT INTO broadcast_schedules (app_key, mcid, name, time_of_day, timezone, content, created_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -160,13 +209,14 @@ pub async fn schedule_daily(
         body,
         clock.now()
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
         return Err(BroadcastError::Invalid(format!(
             "a schedule named {name:?} exists for {app_key}/{mcid}"
         )));
     };
+    tx.commit().await?;
     Ok(Schedule {
         id: row.id,
         app_key: app_key.to_owned(),
@@ -179,46 +229,35 @@ pub async fn schedule_daily(
     })
 }
 
-async fn day_holder(
-    pool: &PgPool,
-    app_key: &str,
-    mcid: &str,
-    day: NaiveDate,
-) -> Result<Option<(i64, String, String)>, sqlx::Error> {
-    let r = sqlx::query!(
-        r#"SELECT b.id, b.state, s.name AS "name?"
-             FROM broadcasts b LEFT JOIN broadcast_schedules s ON s.id = b.schedule_id
-            WHERE b.app_key = $1 AND b.mcid = $2 AND b.platform_day = $3
-              AND b.state IN ('scheduled', 'sending', 'sent', 'unknown')"#,
-        app_key,
-        mcid,
-        day
-    )
-    .fetch_optional(pool)
-    .await?;
-    Ok(r.map(|r| {
-        let by = r
-            .name
-            .map_or_else(|| "one-off".to_owned(), |n| format!("daily {n:?}"));
-        (r.id, by, r.state)
-    }))
-}
-
 /// Adds a one-off broadcast at `at` (now, or later). Refused when its
-/// platform day is taken, naming the broadcast that took it.
+/// platform day is taken — by a ledger row, or by a daily schedule's send
+/// announced for that day and not yet written — naming what took it,
+/// unless `replace`: then a scheduled send of that day is cancelled (a send
+/// under way or done never is) and the one-off takes the day.
 ///
 /// # Errors
 /// [`BroadcastError::DayTaken`], [`BroadcastError::Invalid`].
 pub async fn schedule_once(
     pool: &PgPool,
+    clock: &dyn Clock,
     app_key: &str,
     mcid: &str,
     at: DateTime<Utc>,
     content: &BroadcastContent,
+    replace: bool,
 ) -> Result<Broadcast, BroadcastError> {
     content.validate()?;
     let body = serde_json::to_value(content).map_err(|e| BroadcastError::Invalid(e.to_string()))?;
     let day = platform_day(at);
+    let mut tx = pool.begin().await?;
+    days::lock_account(&mut tx, app_key, mcid).await?;
+    if let Some(h) = days::holder(&mut tx, app_key, mcid, day).await? {
+        if !replace {
+            return Err(days::taken(app_key, mcid, h));
+        }
+        days::free_for_replacement(&mut tx, app_key, mcid, &h, clock.now()).await?;
+        tracing::info!(%app_key, %mcid, %day, replaced = %h.by, "a one-off takes the day (--replace)");
+    }
     let row = sqlx::query!(
         r#"INSERT INTO broadcasts (app_key, mcid, platform_day, due_at, content)
            VALUES ($1, $2, $3, $4, $5)
@@ -231,26 +270,21 @@ pub async fn schedule_once(
         at,
         body
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    match row {
-        Some(r) => show(pool, r.id).await,
-        None => {
-            let (id, by, state) = day_holder(pool, app_key, mcid, day).await?.unwrap_or((
-                0,
-                "another broadcast".into(),
-                "?".into(),
-            ));
-            Err(BroadcastError::DayTaken {
-                app_key: app_key.to_owned(),
-                mcid: mcid.to_owned(),
-                day,
-                id,
-                by,
-                state,
-            })
-        }
-    }
+    let Some(r) = row else {
+        // Taken since the check by a writer that does not lock (the
+        // scheduler writing a daily send): named like any other.
+        let h = days::holder(&mut tx, app_key, mcid, day).await?;
+        return Err(match h {
+            Some(h) => days::taken(app_key, mcid, h),
+            None => BroadcastError::Invalid(format!(
+                "platform day {day} was taken meanwhile; try again"
+            )),
+        });
+    };
+    tx.commit().await?;
+    show(pool, r.id).await
 }
 
 /// One broadcast.
@@ -321,25 +355,7 @@ pub async fn cancel(
     let now = clock.now();
     if schedule {
         let mut tx = pool.begin().await?;
-        let n = sqlx::query!(
-            "UPDATE broadcast_schedules SET enabled = false, cancelled_at = $2 WHERE id = $1 AND cancelled_at IS NULL",
-            id,
-            now
-        )
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            return Err(BroadcastError::NotFound(format!("schedule #{id}")));
-        }
-        let m = sqlx::query!(
-            "UPDATE broadcasts SET state = 'cancelled', finished_at = $2 WHERE schedule_id = $1 AND state = 'scheduled'",
-            id,
-            now
-        )
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let m = cancel_schedule(&mut tx, id, now).await?;
         tx.commit().await?;
         return Ok(m);
     }
@@ -359,6 +375,34 @@ pub async fn cancel(
         )));
     }
     Ok(n)
+}
+
+/// Cancels a daily schedule and its scheduled sends in `tx`; the sends
+/// cancelled.
+async fn cancel_schedule(
+    tx: &mut sqlx::PgConnection,
+    id: i64,
+    now: DateTime<Utc>,
+) -> Result<u64, BroadcastError> {
+    let n = sqlx::query!(
+        "UPDATE broadcast_schedules SET enabled = false, cancelled_at = $2 WHERE id = $1 AND cancelled_at IS NULL",
+        id,
+        now
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n == 0 {
+        return Err(BroadcastError::NotFound(format!("schedule #{id}")));
+    }
+    Ok(sqlx::query!(
+        "UPDATE broadcasts SET state = 'cancelled', finished_at = $2 WHERE schedule_id = $1 AND state = 'scheduled'",
+        id,
+        now
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected())
 }
 
 /// The operator settles an `unknown` broadcast (invariant 3).
