@@ -295,3 +295,74 @@ async fn menu_apply_converges_after_platform_errors_part_way(
         .unwrap();
     assert!(plan.is_empty(), "{plan:?}");
 }
+
+/// Item 6: the conversation view — replies in the order they go out, the
+/// user's state as the next push sees it, and why a push got no reply.
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn the_conversation_says_why_a_push_got_no_reply_and_shows_the_state(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    use pubbot::admin::inspect;
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    let rules = format!(
+        "{}\n[[rule]]\nname = \"info\"\ntrigger = {{ keywords = [{{ pattern = \"info\", match = \"equals\" }}] }}\n\
+         replies = [{{ type = \"text\", text = \"first\" }}, {{ type = \"text\", text = \"second\" }}, {{ type = \"text\", text = \"third\" }}]\n",
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/menu-flow.toml")).unwrap()
+    );
+    import(&pool, &rules).await;
+    let (d, _) = w.daemon(w.settings(), pool.clone()).await;
+    w.add_account(d.addr).await;
+    w.say("ann", "info").await;
+    w.say("ann", "zzz").await;
+    w.control(
+        "follow",
+        json!({"mcid": pubbot_e2e::SHOP, "user": "ann", "wait": true}),
+    )
+    .await;
+    w.say("ann", "menu").await;
+    eventually("every push decided", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM inbound_messages WHERE status = 'done'",
+        )
+        .await
+            == 4
+    })
+    .await;
+    let conv = inspect::conversation(&pool, "ann", None, 10).await.unwrap();
+    assert_eq!(conv.len(), 4);
+    let texts: Vec<&str> = conv[0]
+        .replies
+        .iter()
+        .map(|r| r.payload["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        ["first", "second", "third"],
+        "in the order they go out"
+    );
+    let options = pubbot_rules::Options::default();
+    let set = pubbot_rules::RuleSet::compile(
+        pubbot::pipeline::rules::load(&pool).await.unwrap(),
+        &options,
+    )
+    .unwrap();
+    assert!(conv[1].replies.is_empty());
+    assert_eq!(
+        inspect::why_no_reply(&conv[1], &set, true),
+        "no rule matches it (with the rules in force now)"
+    );
+    assert!(conv[2].replies.is_empty());
+    assert!(
+        inspect::why_no_reply(&conv[2], &set, true).contains("event subscribe"),
+        "{}",
+        inspect::why_no_reply(&conv[2], &set, true)
+    );
+    assert!(inspect::why_no_reply(&conv[1], &set, false).contains("not hosted"));
+    let states = inspect::states(&pool, "ann", None).await.unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].state, json!({"menu": "main"}));
+    d.shutdown().await;
+}

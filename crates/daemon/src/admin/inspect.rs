@@ -35,6 +35,8 @@ pub struct ReplyLine {
 pub struct Exchange {
     /// Push id.
     pub id: i64,
+    /// App.
+    pub app_key: String,
     /// Account.
     pub mcid: String,
     /// When it arrived.
@@ -47,8 +49,92 @@ pub struct Exchange {
     pub trace_id: String,
     /// `pending` (not decided yet) or `done`.
     pub status: String,
-    /// The replies, in order.
+    /// The replies, in the order they go out (a handler's answers after
+    /// its call).
     pub replies: Vec<ReplyLine>,
+    /// Why no reply was planned, when none was: filled by [`why_no_reply`].
+    pub why_no_reply: Option<String>,
+    /// The push as stored (for [`why_no_reply`]).
+    #[serde(skip)]
+    message: Option<InboundMessage>,
+    #[serde(skip)]
+    dedup_key: String,
+}
+
+/// Why a push decided without a reply got none, as far as can be told
+/// now: an account the app does not host (R16), no rule of the rules in
+/// force (`rules`) matching it, or an event no rule names (R14).
+pub fn why_no_reply(e: &Exchange, rules: &RuleSet, hosted: bool) -> String {
+    if e.status == "pending" {
+        return "not decided yet".into();
+    }
+    if !hosted {
+        return format!(
+            "account {} is not hosted by app {} (apps.accounts, R16): stored, not answered",
+            e.mcid, e.app_key
+        );
+    }
+    let Some(message) = &e.message else {
+        return "its stored message does not parse any more".into();
+    };
+    let incoming = crate::pipeline::decision::incoming(&e.app_key, message, None);
+    let ctx = Context {
+        now: e.received_at,
+        random: crate::pipeline::decision::push_random(&e.app_key, &e.dedup_key),
+    };
+    let decision = rules.decide(&incoming, &ctx);
+    match (decision.matched.first(), &message.body) {
+        (None, MessageBody::Event { event }) => format!(
+            "no rule names the event {} (R14: an event is answered only by a rule that names it)",
+            event.as_str()
+        ),
+        (None, _) => "no rule matches it (with the rules in force now)".into(),
+        (Some(m), _) if decision.replies.is_empty() => format!(
+            "rule {:?} matches it but plans no reply (a state-only step, or its replies render empty)",
+            m.rule
+        ),
+        (Some(m), _) => format!(
+            "rule {:?} would answer it now: the rules changed since, or its state did",
+            m.rule
+        ),
+    }
+}
+
+/// A user's conversation state (per account), as the next push will see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserState {
+    /// App.
+    pub app_key: String,
+    /// Account.
+    pub mcid: String,
+    /// The keys and values.
+    pub state: serde_json::Value,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Forgotten after (`state.ttl_secs` from the last change).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The user's conversation state in force, per account (of one account,
+/// or all).
+///
+/// # Errors
+/// Database errors.
+pub async fn states(
+    pool: &PgPool,
+    user: &str,
+    mcid: Option<&str>,
+) -> Result<Vec<UserState>, sqlx::Error> {
+    sqlx::query_as!(
+        UserState,
+        "SELECT app_key, mcid, state, updated_at, expires_at FROM conversation_state
+          WHERE user_id = $1 AND ($2::text IS NULL OR mcid = $2) AND expires_at > now()
+          ORDER BY app_key, mcid",
+        user,
+        mcid
+    )
+    .fetch_all(pool)
+    .await
 }
 
 fn summary(m: &serde_json::Value) -> String {
@@ -78,7 +164,7 @@ pub async fn conversation(
     limit: i64,
 ) -> Result<Vec<Exchange>, sqlx::Error> {
     let pushes = sqlx::query!(
-        "SELECT id, mcid, received_at, msg_type, message, trace_id, status FROM inbound_messages
+        "SELECT id, app_key, mcid, received_at, msg_type, message, trace_id, status, dedup_key FROM inbound_messages
           WHERE user_id = $1 AND ($2::text IS NULL OR mcid = $2)
           ORDER BY id DESC LIMIT $3",
         user,
@@ -92,7 +178,7 @@ pub async fn conversation(
         r#"SELECT o.id, o.inbound_id AS "inbound_id!", o.rule_name, o.status, o.last_error, o.payload, o.sent_at,
                   (extract(epoch FROM o.sent_at - i.received_at) * 1000)::int8 AS latency_ms
              FROM outbound_messages o JOIN inbound_messages i ON i.id = o.inbound_id
-            WHERE o.inbound_id = ANY($1) ORDER BY o.inbound_id, o.reply_index"#,
+            WHERE o.inbound_id = ANY($1) ORDER BY o.inbound_id, o.reply_index, o.sub_index"#,
         &ids
     )
     .fetch_all(pool)
@@ -102,6 +188,7 @@ pub async fn conversation(
         .rev()
         .map(|p| Exchange {
             id: p.id,
+            app_key: p.app_key,
             mcid: p.mcid,
             received_at: p.received_at,
             msg_type: p.msg_type,
@@ -109,6 +196,9 @@ pub async fn conversation(
             trace_id: p.trace_id,
             status: p.status,
             replies: Vec::new(),
+            why_no_reply: None,
+            message: serde_json::from_value(p.message).ok(),
+            dedup_key: p.dedup_key,
         })
         .collect();
     for r in replies {

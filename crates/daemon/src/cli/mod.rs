@@ -341,7 +341,8 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             json,
         } => {
             let pool = migrated_pool(&settings).await?;
-            outbound::conversation_cmd(&user, account.as_deref(), limit, json, &pool).await?;
+            outbound::conversation_cmd(&user, account.as_deref(), limit, json, &settings, &pool)
+                .await?;
         }
         Command::Handler(cmd) => {
             let pool = migrated_pool(&settings).await?;

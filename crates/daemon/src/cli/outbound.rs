@@ -6,6 +6,35 @@ use crate::config::Settings;
 use anyhow::bail;
 use clap::Subcommand;
 
+/// A planned reply as an operator reads it (never the row's JSON).
+fn describe_reply(p: &serde_json::Value) -> String {
+    let s = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    match s("type") {
+        "text" => s("content").to_owned(),
+        "handler" => format!("[calls handler {:?}]", s("handler")),
+        "news" => format!(
+            "[news] {}",
+            p.get("articles")
+                .and_then(|a| a.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.get("title").and_then(|t| t.as_str()))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ),
+        kind @ ("image" | "voice") => {
+            let media = p.get("media").cloned().unwrap_or_default();
+            let m = media
+                .get("url")
+                .or_else(|| media.get("media_id"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            format!("[{kind}] {m}")
+        }
+        other => format!("[{other}]"),
+    }
+}
+
 /// `pubbot outbound ...`
 #[derive(Subcommand, Debug)]
 pub(super) enum OutboundCommand {
@@ -45,11 +74,30 @@ pub(super) async fn conversation_cmd(
     account: Option<&str>,
     limit: i64,
     json: bool,
+    settings: &Settings,
     pool: &sqlx::PgPool,
 ) -> anyhow::Result<()> {
-    let all = crate::admin::inspect::conversation(pool, user, account, limit).await?;
+    use crate::admin::inspect;
+    let mut all = inspect::conversation(pool, user, account, limit).await?;
+    let states = inspect::states(pool, user, account).await?;
+    // Why a push got no reply: judged by the rules in force now.
+    let options =
+        pubbot_rules::Options::with_timezone(&settings.timezone).map_err(anyhow::Error::msg)?;
+    let options = crate::pipeline::rules::with_media(pool, &options).await?;
+    let rules =
+        pubbot_rules::RuleSet::compile(crate::pipeline::rules::load(pool).await?, &options)?;
+    for e in &mut all {
+        if e.replies.is_empty() {
+            let hosted = settings
+                .apps
+                .iter()
+                .find(|a| a.key == e.app_key)
+                .is_some_and(|a| a.accounts.hosts(&e.mcid));
+            e.why_no_reply = Some(inspect::why_no_reply(e, &rules, hosted));
+        }
+    }
     if json {
-        return print_json(&all);
+        return print_json(&serde_json::json!({"pushes": all, "state": states}));
     }
     if all.is_empty() {
         bail!(
@@ -71,15 +119,11 @@ pub(super) async fn conversation_cmd(
                 ""
             }
         );
-        if e.replies.is_empty() && e.status == "done" {
-            println!("    (no reply)");
+        if let Some(why) = &e.why_no_reply {
+            println!("    (no reply: {why})");
         }
         for r in e.replies {
-            let what = r
-                .payload
-                .get("content")
-                .and_then(|c| c.as_str())
-                .map_or_else(|| r.payload.to_string(), str::to_owned);
+            let what = describe_reply(&r.payload);
             println!(
                 "    reply #{} [{}] rule {:?}: {}{}{}",
                 r.id,
@@ -89,6 +133,19 @@ pub(super) async fn conversation_cmd(
                 r.latency_ms
                     .map_or_else(String::new, |ms| format!(" ({ms} ms)")),
                 r.error.map_or_else(String::new, |e| format!(" — {e}"))
+            );
+        }
+    }
+    if !states.is_empty() {
+        println!();
+        for st in &states {
+            println!(
+                "state of {user} with {}/{}: {} (changed {}, forgotten after {})",
+                st.app_key,
+                st.mcid,
+                st.state,
+                st.updated_at.format("%Y-%m-%d %H:%M:%S"),
+                st.expires_at.format("%Y-%m-%d %H:%M:%S")
             );
         }
     }
