@@ -366,3 +366,91 @@ async fn the_conversation_says_why_a_push_got_no_reply_and_shows_the_state(
     assert_eq!(states[0].state, json!({"menu": "main"}));
     d.shutdown().await;
 }
+
+/// Item 3: a handler call that failed with no fallback is a failed reply;
+/// `outbound retry` calls the handler again with the same event id, and
+/// its answer goes out.
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_failed_handler_call_is_retried_with_its_event_id(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    use axum::routing::post;
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(
+        &pool,
+        "[[rule]]\nname = \"orders\"\ntrigger = { keywords = [{ pattern = \"order\" }] }\nhandler = \"orders\"\n",
+    )
+    .await;
+    let add = |url: String| {
+        let pool = pool.clone();
+        async move {
+            pubbot::pipeline::handlers::add(
+                &pool,
+                &pubbot::pipeline::handlers::HandlerConfig {
+                    name: "orders".into(),
+                    url,
+                    secret: "s".to_owned().into(),
+                    timeout: std::time::Duration::from_millis(500),
+                    concurrency: 2,
+                },
+            )
+            .await
+            .unwrap();
+        }
+    };
+    add("http://127.0.0.1:1/hook".into()).await;
+    let mut s = w.settings();
+    s.handlers.max_attempts = 1;
+    let (d, _) = w.daemon(s, pool.clone()).await;
+    w.add_account(d.addr).await;
+    w.say("ann", "order 7").await;
+    eventually("the call failed", || async {
+        count(&pool, "SELECT count(*) FROM outbound_messages WHERE status = 'failed' AND handler IS NOT NULL").await == 1
+    })
+    .await;
+    let push: i64 = sqlx::query_scalar("SELECT id FROM inbound_messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let reply: i64 =
+        sqlx::query_scalar("SELECT id FROM outbound_messages WHERE handler IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    // The handler is back, and says which event it was called with.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = std::sync::Arc::clone(&seen);
+    let hook = axum::Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap| {
+            let record = std::sync::Arc::clone(&record);
+            async move {
+                let id = headers["webhook-id"].to_str().unwrap().to_owned();
+                record.lock().unwrap().push(id);
+                axum::Json(json!({"replies": [{"type": "text", "text": "Order 7: shipped"}]}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    add(url).await;
+    // The daemon reads its handlers at most every 5 s.
+    tokio::time::sleep(std::time::Duration::from_millis(5200)).await;
+    let r = pubbot::admin::inspect::retry(&pool, &pubbot_rules::Options::default(), &[reply])
+        .await
+        .unwrap();
+    assert_eq!(r[0].outcome.to_string(), "retried");
+    eventually("the answer went out", || async {
+        w.texts("ann").await == ["Order 7: shipped"]
+    })
+    .await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [format!("push-{push}")],
+        "the same event id"
+    );
+    d.shutdown().await;
+}

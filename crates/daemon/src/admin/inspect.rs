@@ -4,7 +4,7 @@
 //! way to send a failed reply again — once — after fixing the rule.
 
 use chrono::{DateTime, Utc};
-use pubbot_rules::{Context, Options, RuleSet};
+use pubbot_rules::{Context, Options, PlannedReply, RuleSet};
 use pubbot_webhook::{InboundMessage, MessageBody};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -318,7 +318,8 @@ pub async fn retry(
     let mut out = Vec::new();
     for &id in ids {
         let row = sqlx::query!(
-            r#"SELECT o.status, o.reply_index, o.app_key, i.message AS "message?", i.dedup_key AS "dedup_key?"
+            r#"SELECT o.status, o.reply_index, o.app_key, o.payload AS "payload: sqlx::types::Json<PlannedReply>",
+                      i.message AS "message?", i.dedup_key AS "dedup_key?"
                  FROM outbound_messages o LEFT JOIN inbound_messages i ON i.id = o.inbound_id
                 WHERE o.id = $1"#,
             id
@@ -336,6 +337,20 @@ pub async fn retry(
             out.push(Retried {
                 id,
                 outcome: RetryOutcome::NotFailed(row.status),
+            });
+            continue;
+        }
+        // A handler call is called again as it was: the same event, so the
+        // handler sees the same event id ("the same on every retry").
+        if matches!(row.payload.0, PlannedReply::Handler { .. }) {
+            let done = crate::pipeline::outbox::requeue_failed(pool, id, &row.payload.0).await?;
+            out.push(Retried {
+                id,
+                outcome: if done {
+                    RetryOutcome::Retried
+                } else {
+                    RetryOutcome::AlreadyRetried
+                },
             });
             continue;
         }
