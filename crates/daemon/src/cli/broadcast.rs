@@ -412,13 +412,12 @@ pub(super) async fn broadcast_cmd(
                 ]);
             }
             print_table(&t);
-            let unknown: Vec<_> = coming.iter().filter(|b| b.state == "unknown").collect();
-            if !unknown.is_empty() {
+            if !coming.is_empty() {
                 println!();
                 println!(
-                    "To resolve (may have been sent; pubbot broadcast resolve ID sent|failed):"
+                    "Broadcasts not yet sent (an unknown one may have been: pubbot broadcast resolve ID sent|failed):"
                 );
-                for b in unknown {
+                for b in &coming {
                     println!("{}", line(b));
                 }
             }
