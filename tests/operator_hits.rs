@@ -21,15 +21,7 @@ async fn a_reply_that_fails_for_good_is_counted_and_logged_as_given_up(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let _default = tracing::subscriber::set_default(
-        pubbot::telemetry::json(
-            tracing_subscriber::EnvFilter::new("info,sqlx=warn"),
-            move || writer.clone(),
-        )
-        .finish(),
-    );
+    let (logs, _default) = Captured::start("info,sqlx=warn");
     let w = World::new(connect).await;
     let pool = w.pool(None).await;
     import(&pool, HOURS).await;
@@ -109,15 +101,7 @@ async fn a_handler_that_cannot_be_reached_is_logged_with_its_cause_and_its_fallb
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let _default = tracing::subscriber::set_default(
-        pubbot::telemetry::json(
-            tracing_subscriber::EnvFilter::new("info,sqlx=warn"),
-            move || writer.clone(),
-        )
-        .finish(),
-    );
+    let (logs, _default) = Captured::start("info,sqlx=warn");
     let w = World::new(connect).await;
     let pool = w.pool(None).await;
     import(&pool, ORDERS).await;

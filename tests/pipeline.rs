@@ -901,6 +901,21 @@ impl std::io::Write for Captured {
 }
 
 impl Captured {
+    /// Captures this thread's log lines (the test's runtime is one thread,
+    /// so every task of its daemon) as the daemon's JSON format writes
+    /// them, at `filter`, until the guard is dropped.
+    pub(crate) fn start(filter: &str) -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Self::default();
+        let writer = logs.clone();
+        let guard = tracing::subscriber::set_default(
+            pubbot::telemetry::json(tracing_subscriber::EnvFilter::new(filter), move || {
+                writer.clone()
+            })
+            .finish(),
+        );
+        (logs, guard)
+    }
+
     pub(crate) fn lines(&self) -> Vec<serde_json::Value> {
         String::from_utf8_lossy(&self.0.lock().unwrap())
             .lines()
@@ -918,15 +933,7 @@ async fn a_messages_trip_is_one_span_in_the_json_logs(
     _: sqlx::pool::PoolOptions<sqlx::Postgres>,
     connect: PgConnectOptions,
 ) {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let _default = tracing::subscriber::set_default(
-        pubbot::telemetry::json(
-            tracing_subscriber::EnvFilter::new("debug,sqlx=warn,hyper=warn,reqwest=warn"),
-            move || writer.clone(),
-        )
-        .finish(),
-    );
+    let (logs, _default) = Captured::start("debug,sqlx=warn,hyper=warn,reqwest=warn");
     let (w, pool) = world(connect).await;
     let mut s = w.settings();
     // Through a decide worker, so all three stages see the message.

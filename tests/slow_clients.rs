@@ -310,14 +310,7 @@ async fn a_flood_of_bad_pushes_is_summed_up_in_the_log(
     _: sqlx::pool::PoolOptions<sqlx::Postgres>,
     connect: PgConnectOptions,
 ) {
-    let logs = super::Captured::default();
-    let writer = logs.clone();
-    let _default = tracing::subscriber::set_default(
-        pubbot::telemetry::json(tracing_subscriber::EnvFilter::new("warn"), move || {
-            writer.clone()
-        })
-        .finish(),
-    );
+    let (logs, _default) = super::Captured::start("warn");
     let w = World::new(connect).await;
     let pool = w.pool(None).await;
     let mut s = w.settings();
