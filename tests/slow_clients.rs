@@ -164,7 +164,12 @@ async fn slow_clients_are_cut_off_while_pushes_flow(
         let (took, status) =
             outcome.unwrap_or_else(|| panic!("a slow {kind} connection outlived {limit:?}"));
         if kind == "body" {
-            assert_eq!(status, "408", "a trickled body is answered 408");
+            // Answered 408 and closed; the answer can be lost to the
+            // reset a close with unread bytes sends, so "" is a close too.
+            assert!(
+                status == "408" || status.is_empty(),
+                "a trickled body is answered 408 and closed: {status:?}"
+            );
         }
         lived.push(took);
     }
