@@ -122,7 +122,7 @@ pub(crate) type Handoff = mpsc::Receiver<Vec<Held>>;
 /// (distinct) users of one account through `batchsend`.
 struct Call {
     app_key: String,
-    mcid: String,
+    mcid: McId,
     reply: PlannedReply,
     rows: Vec<Held>,
 }
@@ -140,7 +140,7 @@ fn rounds(mut rows: Vec<Held>) -> Vec<Vec<Held>> {
     });
     let mut out: Vec<Vec<Held>> = Vec::new();
     let mut k = 0;
-    let mut prev: Option<(String, String, String)> = None;
+    let mut prev: Option<crate::pipeline::wakeups::Conversation> = None;
     for held in rows {
         let conv = (
             held.row.app_key.clone(),
@@ -194,7 +194,7 @@ fn plan_calls(rows: Vec<Held>, merge: bool) -> Vec<Call> {
     }
     let mut calls: Vec<Call> = Vec::new();
     // (app, account, payload) -> index of its open call in `calls`.
-    let mut open: HashMap<(String, String, String), usize> = HashMap::new();
+    let mut open: HashMap<(String, McId, String), usize> = HashMap::new();
     for held in rows {
         if !batchable(&held.row.payload.0) {
             calls.push(single(held));
@@ -342,12 +342,15 @@ impl SendWorker {
     /// Sends rows this process holds, round after round (per-user order),
     /// handing every outcome to the recorder.
     pub(crate) async fn deliver(&self, held: Vec<Held>) {
-        let mut blocked: std::collections::HashSet<(String, String, String)> =
+        let mut blocked: std::collections::HashSet<crate::pipeline::wakeups::Conversation> =
             std::collections::HashSet::new();
         for round in rounds(held) {
             let (go, wait): (Vec<Held>, Vec<Held>) = round.into_iter().partition(|h| {
-                let (a, m, u) = h.row.conversation();
-                !blocked.contains(&(a.to_owned(), m.to_owned(), u.to_owned()))
+                !blocked.contains(&(
+                    h.row.app_key.clone(),
+                    h.row.mcid.clone(),
+                    h.row.user_id.clone(),
+                ))
             });
             for h in wait {
                 self.record(&h.row, Outcome::Deferred).await;
@@ -395,7 +398,7 @@ impl SendWorker {
     /// Makes one call (rate limit, lease check, the call) and hands its
     /// outcome to the recorder. Returns the conversations whose row did not
     /// go out.
-    async fn run_call(&self, call: Call) -> Vec<(String, String, String)> {
+    async fn run_call(&self, call: Call) -> Vec<crate::pipeline::wakeups::Conversation> {
         let Ok(_permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
             return Vec::new();
         };
@@ -417,7 +420,7 @@ impl SendWorker {
         let Some(mut call) = call else {
             return not_sent;
         };
-        let all: Vec<(String, String, String)> = call.rows.iter().map(conv).collect();
+        let all: Vec<crate::pipeline::wakeups::Conversation> = call.rows.iter().map(conv).collect();
         if matches!(call.reply, PlannedReply::Handler { .. }) {
             // Not a platform call: the handler answers, and its replies take
             // this row's place; the user's later rows wait for them.
@@ -432,7 +435,8 @@ impl SendWorker {
             return all;
         };
         let outcome = self.call(&call).await;
-        let kept: Vec<(String, String, String)> = call.rows.iter().map(conv).collect();
+        let kept: Vec<crate::pipeline::wakeups::Conversation> =
+            call.rows.iter().map(conv).collect();
         for h in &call.rows {
             self.record(&h.row, outcome.clone()).await;
         }
@@ -535,22 +539,17 @@ impl SendWorker {
         let Some(message) = outbox::to_message(&call.reply) else {
             return Outcome::Failed("a handler call is not a platform message".into());
         };
-        let mcid = McId::from(call.mcid.as_str());
+        let mcid = &call.mcid;
         let started = std::time::Instant::now();
         let (endpoint, result) = match call.rows.as_slice() {
             [one] => (
                 "send",
-                app.client
-                    .send_to(&mcid, &UserId::from(one.row.user_id.as_str()), &message)
-                    .await,
+                app.client.send_to(mcid, &one.row.user_id, &message).await,
             ),
             rows => {
-                let users: Vec<UserId> = rows
-                    .iter()
-                    .map(|r| UserId::from(r.row.user_id.as_str()))
-                    .collect();
+                let users: Vec<UserId> = rows.iter().map(|r| r.row.user_id.clone()).collect();
                 // At most 100 distinct users (plan_calls): one chunk.
-                let result = match app.client.send_to_many(&mcid, &users, &message).await {
+                let result = match app.client.send_to_many(mcid, &users, &message).await {
                     Ok(chunks) => chunks
                         .into_iter()
                         .map(|c| c.result)

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pubbot_protocol::{McId, UserId};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -54,7 +55,7 @@ struct Recent {
 const RECENT: Duration = Duration::from_millis(250);
 
 /// (app, account, user): one conversation.
-pub(crate) type Conversation = (String, String, String);
+pub(crate) type Conversation = (String, McId, UserId);
 
 /// Most users remembered in `behind`: past it the set is dropped, and the
 /// senders' poll takes what it would have (a reply whose earlier one was
@@ -156,7 +157,7 @@ impl Wakeups {
     ) {
         let users: Vec<Conversation> = users
             .into_iter()
-            .map(|(a, m, u)| (a.to_owned(), m.to_owned(), u.to_owned()))
+            .map(|(a, m, u)| (a.to_owned(), McId::from(m), UserId::from(u)))
             .collect();
         if users.is_empty() {
             return;

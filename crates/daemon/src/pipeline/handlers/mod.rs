@@ -482,8 +482,8 @@ impl HandlerRunner {
             let current = sqlx::query_scalar!(
                 "SELECT state FROM conversation_state WHERE app_key = $1 AND mcid = $2 AND user_id = $3 AND expires_at > now() FOR UPDATE",
                 row.app_key,
-                row.mcid,
-                row.user_id
+                row.mcid.as_str(),
+                row.user_id.as_str()
             )
             .fetch_optional(&mut *tx)
             .await?;
@@ -491,8 +491,8 @@ impl HandlerRunner {
             save_state(
                 &mut tx,
                 &row.app_key,
-                &McId::new(row.mcid.as_str()),
-                &UserId::new(row.user_id.as_str()),
+                &row.mcid,
+                &row.user_id,
                 &next,
                 self.policy.state_ttl,
             )

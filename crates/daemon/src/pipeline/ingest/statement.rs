@@ -185,8 +185,8 @@ pub(super) async fn insert(
                 out.leased.push(Claimed {
                     id,
                     app_key: key.0.clone(),
-                    mcid,
-                    user_id,
+                    mcid: mcid.into(),
+                    user_id: user_id.into(),
                     payload,
                     attempts,
                     trace_id: r.trace_id.unwrap_or_default(),
@@ -196,7 +196,8 @@ pub(super) async fn insert(
                     created_at: r.created_at.unwrap_or_else(chrono::Utc::now),
                 });
             } else {
-                out.pending_replies.push((key.0.clone(), mcid, user_id));
+                out.pending_replies
+                    .push((key.0.clone(), mcid.into(), user_id.into()));
             }
         }
     }

@@ -8,6 +8,7 @@ use sqlx::types::Json;
 use sqlx::PgPool;
 
 use super::*;
+use pubbot_protocol::{McId, UserId};
 
 /// Users a general claim looks at, at most, per statement: the sweep's
 /// window (see [`claim`]).
@@ -87,8 +88,8 @@ pub(crate) async fn claim(
         {
             sweep.set((
                 last.app_key.clone(),
-                last.mcid.clone(),
-                last.user_id.clone(),
+                McId::new(last.mcid.clone()),
+                UserId::new(last.user_id.clone()),
             ));
             true
         }
@@ -141,8 +142,8 @@ async fn heads(
                   n::int8 AS "n!"
              FROM heads WHERE ok OR n = (SELECT max(n) FROM heads) ORDER BY n"#,
         from.0,
-        from.1,
-        from.2,
+        from.1.as_str(),
+        from.2.as_str(),
         i32::try_from(window).unwrap_or(i32::MAX),
         i32::try_from(batch).unwrap_or(i32::MAX),
     )
@@ -173,7 +174,7 @@ async fn claim_ids(
                              AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index))
                     ORDER BY c.id FOR UPDATE SKIP LOCKED) c
             WHERE o.id = c.id
-        RETURNING o.id, o.app_key, o.mcid, o.user_id, o.payload AS "payload: Json<PlannedReply>",
+        RETURNING o.id, o.app_key, o.mcid AS "mcid: McId", o.user_id AS "user_id: UserId", o.payload AS "payload: Json<PlannedReply>",
                   o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
         worker_id,
         lease.as_secs_f64(),
@@ -207,8 +208,8 @@ pub(crate) async fn claim_next(
     let mut ids = Vec::with_capacity(users.len());
     for (a, m, u) in users {
         apps.push(a);
-        mcids.push(m);
-        ids.push(u);
+        mcids.push(m.into_string());
+        ids.push(u.into_string());
     }
     // One statement: each user's first open reply (one probe each), then
     // the same lock and re-check as `claim_ids`.
@@ -233,7 +234,7 @@ pub(crate) async fn claim_next(
                              AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index))
                     ORDER BY c.id FOR UPDATE OF c SKIP LOCKED) c
             WHERE o.id = c.id
-        RETURNING o.id, o.app_key, o.mcid, o.user_id, o.payload AS "payload: Json<PlannedReply>",
+        RETURNING o.id, o.app_key, o.mcid AS "mcid: McId", o.user_id AS "user_id: UserId", o.payload AS "payload: Json<PlannedReply>",
                   o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
         worker_id,
         lease.as_secs_f64(),

@@ -90,6 +90,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pubbot_api_client::{Article, MediaRef, Message};
+use pubbot_protocol::{McId, UserId};
 use pubbot_rules::{Media, PlannedReply};
 use sqlx::types::Json;
 use sqlx::PgPool;
@@ -109,9 +110,9 @@ pub(crate) struct Claimed {
     /// App.
     pub app_key: String,
     /// Sending account.
-    pub mcid: String,
+    pub mcid: McId,
     /// Recipient.
-    pub user_id: String,
+    pub user_id: UserId,
     /// The planned reply.
     pub payload: Json<PlannedReply>,
     /// Tries so far, this one included.
@@ -132,7 +133,7 @@ pub(crate) struct Claimed {
 impl Claimed {
     /// The conversation the row belongs to.
     pub(crate) fn conversation(&self) -> (&str, &str, &str) {
-        (&self.app_key, &self.mcid, &self.user_id)
+        (&self.app_key, self.mcid.as_str(), self.user_id.as_str())
     }
 
     /// Its place in the conversation.
@@ -417,7 +418,7 @@ pub(crate) async fn plan(
                      FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $12::text[])
                           AS x(i, r, a, m, u, n, p, t, h)) x
            ON CONFLICT (inbound_id, reply_index, sub_index) DO NOTHING
-           RETURNING id, app_key, mcid, user_id, payload AS "payload: Json<PlannedReply>", attempts, trace_id,
+           RETURNING id, app_key, mcid AS "mcid: McId", user_id AS "user_id: UserId", payload AS "payload: Json<PlannedReply>", attempts, trace_id,
                      inbound_id, reply_index, sub_index, created_at"#,
         &plan.inbound_id,
         &plan.reply_index,
