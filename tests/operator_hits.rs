@@ -345,6 +345,12 @@ async fn the_conversation_says_why_a_push_got_no_reply_and_shows_the_state(
         inspect::why_no_reply(&conv[2], &set, true)
     );
     assert!(inspect::why_no_reply(&conv[1], &set, false).contains("not hosted"));
+    // What each step did to the state.
+    assert_eq!(
+        conv[3].state_change,
+        Some(json!({"set": {"menu": "main"}, "clear": []}))
+    );
+    assert_eq!(conv[0].state_change, None);
     let states = inspect::states(&pool, "ann", None).await.unwrap();
     assert_eq!(states.len(), 1);
     assert_eq!(states[0].state, json!({"menu": "main"}));

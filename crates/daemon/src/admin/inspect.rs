@@ -52,6 +52,9 @@ pub struct Exchange {
     /// The replies, in the order they go out (a handler's answers after
     /// its call).
     pub replies: Vec<ReplyLine>,
+    /// What deciding it did to the user's conversation state:
+    /// `{"set": {...}, "clear": [...]}`, or none.
+    pub state_change: Option<serde_json::Value>,
     /// Why no reply was planned, when none was: filled by [`why_no_reply`].
     pub why_no_reply: Option<String>,
     /// The push as stored (for [`why_no_reply`]).
@@ -164,7 +167,7 @@ pub async fn conversation(
     limit: i64,
 ) -> Result<Vec<Exchange>, sqlx::Error> {
     let pushes = sqlx::query!(
-        "SELECT id, app_key, mcid, received_at, msg_type, message, trace_id, status, dedup_key FROM inbound_messages
+        "SELECT id, app_key, mcid, received_at, msg_type, message, trace_id, status, dedup_key, state_change FROM inbound_messages
           WHERE user_id = $1 AND ($2::text IS NULL OR mcid = $2)
           ORDER BY id DESC LIMIT $3",
         user,
@@ -196,6 +199,7 @@ pub async fn conversation(
             trace_id: p.trace_id,
             status: p.status,
             replies: Vec::new(),
+            state_change: p.state_change,
             why_no_reply: None,
             message: serde_json::from_value(p.message).ok(),
             dedup_key: p.dedup_key,

@@ -122,6 +122,22 @@ pub(super) async fn conversation_cmd(
         if let Some(why) = &e.why_no_reply {
             println!("    (no reply: {why})");
         }
+        if let Some(change) = &e.state_change {
+            let set = change
+                .get("set")
+                .filter(|s| s.as_object().is_some_and(|o| !o.is_empty()));
+            let clear = change
+                .get("clear")
+                .filter(|c| c.as_array().is_some_and(|a| !a.is_empty()));
+            println!(
+                "    state: {}{}",
+                set.map_or_else(String::new, |s| format!("set {s}")),
+                clear.map_or_else(String::new, |c| format!(
+                    "{}cleared {c}",
+                    if set.is_some() { ", " } else { "" }
+                ))
+            );
+        }
         for r in e.replies {
             let what = describe_reply(&r.payload);
             println!(

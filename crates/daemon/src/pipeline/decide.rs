@@ -143,12 +143,15 @@ impl DecideWorker {
         let mut planned = outbox::Plan::default();
         let mut follows: Vec<(String, String, String, bool)> = Vec::new();
         let mut ids = Vec::with_capacity(claimed.len());
+        // What each push did to its user's state (the conversation view).
+        let mut state_changes: Vec<Option<String>> = Vec::with_capacity(claimed.len());
         for row in &claimed {
             // The message's span: the same name and trace id at ingest,
             // here, and at send (see `crate::telemetry`).
             let _message =
                 tracing::debug_span!("message", trace_id = %row.trace_id, push = row.id).entered();
             ids.push(row.id);
+            state_changes.push(None);
             let message: &InboundMessage = match &row.message {
                 Ok(m) => m,
                 Err(e) => {
@@ -190,6 +193,12 @@ impl DecideWorker {
                 let next = pubbot_rules::next_state(states.get(&key), &decision);
                 states.insert(key.clone(), next.clone());
                 changed_states.push(key);
+                if let Some(last) = state_changes.last_mut() {
+                    *last = Some(
+                        serde_json::json!({"set": decision.state_set, "clear": decision.state_clear})
+                            .to_string(),
+                    );
+                }
                 Some(next)
             };
             note_decision(&row.trace_id, &decision.matched, &decision.problems);
@@ -298,7 +307,7 @@ impl DecideWorker {
             }
         }
         crate::account::followers::record_events(&mut tx, &mut follows).await?;
-        ingest::pending::mark_decided(&mut tx, &ids).await?;
+        ingest::pending::mark_decided(&mut tx, &ids, &state_changes).await?;
         tx.commit().await?;
         self.progress.advance(Stage::Decide);
         // Rows planned `pending` (no hand-off, or held back behind an earlier

@@ -68,17 +68,23 @@ pub(crate) async fn claim(
 }
 
 /// Marks claimed pushes decided, in the caller's transaction (the one that
-/// planned their replies: outbox invariant 1).
+/// planned their replies: outbox invariant 1), each with what it did to
+/// its user's conversation state (`state_changes[i]` for `ids[i]`: JSON
+/// `{"set", "clear"}`, or `None`).
 ///
 /// # Errors
 /// Database errors.
 pub(crate) async fn mark_decided(
     tx: &mut sqlx::PgConnection,
     ids: &[i64],
+    state_changes: &[Option<String>],
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "UPDATE inbound_messages SET status = 'done', processed_at = now() WHERE id = ANY($1)",
-        ids
+        "UPDATE inbound_messages i SET status = 'done', processed_at = now(), state_change = c.change::json
+           FROM UNNEST($1::int8[], $2::text[]) AS c(id, change)
+          WHERE i.id = c.id",
+        ids,
+        state_changes as &[Option<String>]
     )
     // Planned afresh each time (see "Plans" in `crate::db`).
     .persistent(false)
