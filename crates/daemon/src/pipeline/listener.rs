@@ -15,10 +15,11 @@
 //!   `http.body_timeout_ms` once the headers are in (the webhook answers a
 //!   slower one `408` and closes it). The platform sends a push at once; a
 //!   client that trickles bytes to keep a slot loses it.
-//! - **Fairness.** At most `http.max_connections_per_peer` connections from
-//!   one address, so one source cannot take every slot; a connection over
-//!   it is closed at once. Proxies in `http.trusted_proxies` are not capped
-//!   (they carry many clients).
+//! - **Fairness** (when `http.max_connections_per_peer` is set; off by
+//!   default, as the platform may push from one address): at most that
+//!   many connections from one address, so one source cannot take every
+//!   slot; a connection over it is closed at once. Proxies in
+//!   `http.trusted_proxies` are not capped (they carry many clients).
 //! - **An allow-list** (`http.allow_from`, off when empty): connections from
 //!   elsewhere are closed at once; a trusted proxy's requests are checked
 //!   by the client address in `http.client_ip_header` (answered `403`).
