@@ -723,7 +723,7 @@ mod tests {
         let s = Settings::load_from(Some(&overlay), Vec::new()).unwrap();
         assert_eq!(s.http.allow_from.len(), 1);
         assert_eq!(s.http.max_connections_per_peer, 0);
-        assert_eq!(s.http.header_timeout_ms, 5000);
+        assert_eq!(s.http.header_timeout_ms, 10_000);
         std::fs::remove_file(&overlay).unwrap();
     }
 
