@@ -16,35 +16,12 @@
 # as below; KEEP_DB=1 keeps the database pubbot_bench for a look after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/pg.sh
-ensure_postgres
 RATE=${1:-1000}
 PHASES=${PHASES:-"ingest pgbench e2e steps overload retention batchsend"}
 phase() { [[ " $PHASES " == *" $1 "* ]]; }
 DURATION=${2:-60}
-ADMIN_URL=$DATABASE_URL
-BENCH_URL="${DATABASE_URL%/*}/pubbot_bench"
-WORK=$(mktemp -d /tmp/pubbot-bench.XXXXXX)
-PUBBOT_PID=
-cleanup() {
-  [ -n "$PUBBOT_PID" ] && kill "$PUBBOT_PID" 2>/dev/null && wait "$PUBBOT_PID" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap 'cleanup; type stop_throwaway_pg >/dev/null 2>&1 && [ -n "${PG_TMP:-}" ] && stop_throwaway_pg' EXIT
-
-if [ -z "${PUBBOT_BIN:-}" ] || [ -z "${SIM_BIN:-}" ]; then
-  log "building release binaries"
-  SQLX_OFFLINE=true cargo build --release --quiet -p pubbot -p pubbot-sim
-fi
-# PUBBOT_BIN / SIM_BIN: other builds to measure (an A/B against an older
-# commit's binaries).
-PUBBOT=${PUBBOT_BIN:-target/release/pubbot}
-SIM=${SIM_BIN:-target/release/pubbot-sim}
-
-psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS pubbot_bench" -c "CREATE DATABASE pubbot_bench"
-export PUBBOT__DATABASE__URL="$BENCH_URL"
 source scripts/bench-daemon.sh
-bench_daemon "$WORK/bench.toml" "$WORK/spool"
+bench_prepare pubbot_bench
 
 start_pubbot() {
   RUST_LOG=warn $PUBBOT --config "$WORK/bench.toml" serve &

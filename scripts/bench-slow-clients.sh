@@ -13,30 +13,11 @@
 # goes to loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/pg.sh
-ensure_postgres
 RATE=${1:-500}
 DURATION=${2:-60}
 SLOW=${3:-3000}
-ADMIN_URL=$DATABASE_URL
-BENCH_URL="${DATABASE_URL%/*}/pubbot_bench_slow"
-WORK=$(mktemp -d /tmp/pubbot-slow.XXXXXX)
-PUBBOT_PID=
-cleanup() {
-  [ -n "$PUBBOT_PID" ] && kill "$PUBBOT_PID" 2>/dev/null && wait "$PUBBOT_PID" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap 'cleanup; type stop_throwaway_pg >/dev/null 2>&1 && [ -n "${PG_TMP:-}" ] && stop_throwaway_pg' EXIT
-if [ -z "${PUBBOT_BIN:-}" ] || [ -z "${SIM_BIN:-}" ]; then
-  log "building release binaries"
-  SQLX_OFFLINE=true cargo build --release --quiet -p pubbot -p pubbot-sim
-fi
-PUBBOT=${PUBBOT_BIN:-target/release/pubbot}
-SIM=${SIM_BIN:-target/release/pubbot-sim}
-psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS pubbot_bench_slow" -c "CREATE DATABASE pubbot_bench_slow"
-export PUBBOT__DATABASE__URL="$BENCH_URL"
 source scripts/bench-daemon.sh
-bench_daemon "$WORK/bench.toml" "$WORK/spool"
+bench_prepare pubbot_bench_slow
 ulimit -n 65536 2>/dev/null || true
 
 run() {
