@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 mod broadcasts;
+mod console;
 mod faults;
 mod handlers;
 mod operator;

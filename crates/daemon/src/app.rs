@@ -52,6 +52,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub admin_addr: SocketAddr,
+    /// Where the web console is served (`console.listen`), when it is on.
+    pub console_addr: Option<SocketAddr>,
     /// The lease identity.
     pub worker_id: String,
     token: CancellationToken,
@@ -253,6 +255,14 @@ pub async fn start_with_clock(
             }
         });
     }
+    let console_addr = crate::console::start(
+        Arc::new(settings.clone()),
+        pools.housekeeping.clone(),
+        Arc::clone(&clock),
+        housekeeping_token.clone(),
+        &mut housekeeping,
+    )
+    .await?;
     housekeeping.spawn(wakeups::listen(
         pools.housekeeping.clone(),
         Arc::clone(&wake),
@@ -489,9 +499,13 @@ pub async fn start_with_clock(
     ));
     started.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(%addr, %admin_addr, worker_id, "pubbot serving: POST /webhook/{{app_key}}; /metrics, /healthz, /readyz on the admin address");
+    if let Some(at) = console_addr {
+        tracing::info!(%at, prefix = %settings.console.path_prefix, "web console serving");
+    }
     Ok(Running {
         addr,
         admin_addr,
+        console_addr,
         worker_id,
         token,
         ingest_token,

@@ -27,6 +27,7 @@
 //! | [`mass`] | the one mass send a natural day (R11): schedules, the ledger, campaigns, the scheduler | `broadcasts`, `broadcast_schedules`, `campaigns`, `campaign_chunks` |
 //! | [`account`] | the account as code: profile and route, menus, media, followers | `menu_items`, `media`, `followers` |
 //! | [`admin`] | what an operator watches and keeps: health and metrics listener, queue depths, retention, conversation views | deletes old rows (retention) |
+//! | [`console`] | the web console on its own listener: pages for rules, conversations, broadcasts, followers, menus, statistics; users, sessions, CSRF, audit | `console_users`, `console_sessions`, `console_login_failures`, `console_audit` (every other change through the room that owns it) |
 //! | [`cli`] | the `pubbot` command: one file per command group, shared output | none (asks the rooms) |
 //! | [`config`], [`db`], [`clock`], [`telemetry`] | settings, pools and migrations, the injectable clock, logging | |
 //!
@@ -69,6 +70,7 @@ pub(crate) mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod mass;
 pub mod pipeline;

@@ -7,6 +7,7 @@
 
 mod account;
 mod broadcast;
+mod console;
 #[cfg(feature = "demo")]
 mod demo;
 mod followers;
@@ -114,6 +115,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The web console's users: add, list, remove.
+    #[command(subcommand)]
+    Console(console::ConsoleCommand),
     /// Failed replies, and sending them again.
     #[command(subcommand)]
     Outbound(outbound::OutboundCommand),
@@ -317,6 +321,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             }
         }
         Command::Rules(cmd) => rules::rules(cmd, &settings).await?,
+        Command::Console(cmd) => console::console(cmd, &settings).await?,
         Command::Broadcast(cmd) => {
             let pool = migrated_pool(&settings).await?;
             broadcast::broadcast_cmd(cmd, &settings, &pool).await?;

@@ -6,7 +6,7 @@ use super::*;
 use crate::config::Settings;
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
-use pubbot_rules::{Context as RuleContext, Incoming, IncomingKind, Options, RuleFile, RuleSet};
+use pubbot_rules::{IncomingKind, Options, RuleFile};
 
 #[derive(Subcommand)]
 pub(super) enum RulesCommand {
@@ -188,8 +188,6 @@ pub(super) async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Res
                 .map(serde_json::from_str)
                 .transpose()
                 .context("--state is a JSON object, like '{\"step\": \"ask_size\"}'")?;
-            let options = crate::pipeline::rules::with_media(&pool, &options).await?;
-            let set = RuleSet::compile(crate::pipeline::rules::load(&pool).await?, &options)?;
             let kind = match kind {
                 Kind::Text => IncomingKind::Text,
                 Kind::Image => IncomingKind::Image,
@@ -200,53 +198,31 @@ pub(super) async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Res
                 Kind::Unsubscribe => IncomingKind::Unsubscribe,
                 Kind::Event => IncomingKind::Event,
             };
-            let msg = Incoming {
-                app_key: &app,
-                mcid: &account,
-                user: &user,
-                kind,
-                text: &text,
-                event: &event,
-                state: state.as_ref(),
+            let trial = crate::pipeline::rules::Trial {
+                app,
+                account,
+                user,
+                kind: Some(kind),
+                text,
+                event,
+                state,
             };
-            let e = set.explain(
-                &msg,
-                &RuleContext {
-                    now: chrono::Utc::now(),
-                    random: rand::random(),
-                },
-            );
-            for v in &e.rules {
-                println!(
-                    "{} {:<24} {}",
-                    if v.matched { "✔" } else { "·" },
-                    v.rule,
-                    v.reason
-                );
+            let e = crate::pipeline::rules::explain(&pool, &options, &trial).await?;
+            for (matched, rule, reason) in &e.rules {
+                println!("{} {:<24} {}", if *matched { "✔" } else { "·" }, rule, reason);
             }
             println!();
-            if e.decision.replies.is_empty() {
+            if e.replies.is_empty() {
                 println!("no reply");
             }
-            for r in &e.decision.replies {
-                match r {
-                    pubbot_rules::PlannedReply::Handler {
-                        handler, fallback, ..
-                    } => println!(
-                        "handler: {handler} (its answer becomes the replies; fallback: {})",
-                        serde_json::to_string(fallback)?
-                    ),
-                    other => println!("reply: {}", serde_json::to_string(other)?),
-                }
+            for r in &e.replies {
+                println!("{r}");
             }
-            if !e.decision.state_set.is_empty() || !e.decision.state_clear.is_empty() {
-                println!(
-                    "state: {}",
-                    pubbot_rules::next_state(state.as_ref(), &e.decision)
-                );
+            if let Some(s) = &e.state {
+                println!("state: {s}");
             }
-            for p in &e.decision.problems {
-                println!("problem in {}: {}", p.rule, p.message);
+            for p in &e.problems {
+                println!("{p}");
             }
         }
     }

@@ -3,7 +3,6 @@
 use crate::config::Settings;
 use anyhow::{bail, Context};
 use clap::Args;
-use secrecy::SecretString;
 
 /// The account an operation is for.
 #[derive(Args, Debug, Clone)]
@@ -43,21 +42,7 @@ pub(super) fn client(
     settings: &Settings,
     app_key: &str,
 ) -> anyhow::Result<pubbot_api_client::Client> {
-    let app = settings
-        .apps
-        .iter()
-        .find(|a| a.key == app_key)
-        .with_context(|| format!("app {app_key:?} is not configured"))?;
-    let secret: SecretString = app.signing_secret()?;
-    Ok(
-        pubbot_api_client::Client::builder(app.key.clone(), secret, app.api_base_url.clone())
-            .timestamp_unit(app.timestamp_unit.into())
-            // Retryable answers (1000, 1008, 5xx, no answer) of idempotent
-            // calls are tried again with backoff, as the platform's error
-            // texts say; adds and sends are not (they could land twice).
-            .retry(pubbot_api_client::RetryPolicy::default())
-            .build()?,
-    )
+    settings.operator_client(app_key)
 }
 
 pub(super) fn app_of(settings: &Settings, app: &Option<String>) -> anyhow::Result<String> {

@@ -50,6 +50,8 @@ pub struct Settings {
     pub handlers: HandlerSettings,
     /// Conversation state.
     pub state: StateSettings,
+    /// The web console.
+    pub console: ConsoleSettings,
     /// Apps and their accounts.
     #[serde(default)]
     pub apps: Vec<AppSettings>,
@@ -271,6 +273,32 @@ pub struct RetentionSettings {
 /// conversation waits behind the call.
 pub const HANDLER_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+impl Settings {
+    /// A client for an operator's calls to `app_key`'s platform API (the
+    /// CLI's, the console's): idempotent calls are tried again with backoff
+    /// on retryable answers (1000, 1008, 5xx, no answer), as the platform's
+    /// error texts say; adds and sends are not (they could land twice).
+    ///
+    /// # Errors
+    /// The app is not configured, or its secret cannot be read.
+    pub fn operator_client(&self, app_key: &str) -> anyhow::Result<pubbot_api_client::Client> {
+        use anyhow::Context as _;
+        let app = self
+            .apps
+            .iter()
+            .find(|a| a.key == app_key)
+            .with_context(|| format!("app {app_key:?} is not configured"))?;
+        Ok(pubbot_api_client::Client::builder(
+            app.key.clone(),
+            app.signing_secret()?,
+            app.api_base_url.clone(),
+        )
+        .timestamp_unit(app.timestamp_unit.into())
+        .retry(pubbot_api_client::RetryPolicy::default())
+        .build()?)
+    }
+}
+
 impl SenderSettings {
     /// Pauses between tries of a reply or a campaign chunk.
     pub fn backoff(&self) -> crate::retry::Backoff {
@@ -309,6 +337,38 @@ pub struct HandlerSettings {
 pub struct StateSettings {
     /// Seconds a user's conversation state lives after its last change.
     pub ttl_secs: u64,
+}
+
+/// `[console]`: the web console (`crate::console`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Its own listener; unset: no console. Never the webhook's address
+    /// (refused at start), so the platform-facing port exposes no pages.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// The path a reverse proxy forwards to the console (`/pubbot`);
+    /// empty: served at the root.
+    pub path_prefix: String,
+    /// The session cookie is `Secure` (HTTPS only). Off only where the
+    /// console is reached over plain HTTP on a trusted network.
+    pub secure_cookies: bool,
+    /// Hours a sign-in lasts.
+    pub session_hours: u32,
+    /// Failed sign-ins allowed per name, and per client address, within
+    /// `login_window_secs`; more are refused until the window passes.
+    pub login_max_failures: u32,
+    /// The window failed sign-ins are counted over.
+    pub login_window_secs: u64,
+    /// A header an authenticating proxy sets to the signed-in user's name
+    /// (`X-Forwarded-User`); empty: off. Honoured only from
+    /// `trusted_proxies`.
+    pub trusted_user_header: String,
+    /// Addresses whose `trusted_user_header` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Role of a proxy-signed-in name that is not a console user
+    /// (`viewer`, `editor`, `admin`); empty: such a name is refused.
+    pub proxy_default_role: String,
 }
 
 /// `[log]`.
@@ -481,6 +541,30 @@ impl Settings {
                 "broadcast.lease_secs",
                 "must be longer than sender.request_timeout_ms plus a second",
             ));
+        }
+        if let Some(at) = self.console.listen {
+            if at == self.http.listen || (at.port() != 0 && at.port() == self.http.listen.port()) {
+                return Err(invalid(
+                    "console.listen",
+                    "must not be the webhook's address (http.listen): the console gets a listener of its own",
+                ));
+            }
+        }
+        let prefix = &self.console.path_prefix;
+        if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
+            return Err(invalid(
+                "console.path_prefix",
+                "starts with / and does not end with one (\"/pubbot\"), or is empty",
+            ));
+        }
+        if !matches!(self.console.proxy_default_role.as_str(), "" | "viewer" | "editor" | "admin") {
+            return Err(invalid(
+                "console.proxy_default_role",
+                "one of viewer, editor, admin, or empty",
+            ));
+        }
+        if self.console.session_hours == 0 {
+            return Err(invalid("console.session_hours", "at least 1"));
         }
         if self.broadcast.tick_ms == 0 {
             return Err(invalid("broadcast.tick_ms", "at least 1"));

@@ -26,6 +26,18 @@ pub enum RulesError {
     /// No rule has that name.
     #[error("no rule named {0:?}")]
     NotFound(String),
+    /// The rule changed since the edit began (another person saved it):
+    /// nothing was written.
+    #[error("rule {name:?} was changed by someone else (now version {current}); reload it and edit again")]
+    Conflict {
+        /// Rule name.
+        name: String,
+        /// Its version now.
+        current: i32,
+    },
+    /// Another rule has that name.
+    #[error("a rule named {0:?} exists")]
+    NameTaken(String),
 }
 
 /// Reads every stored rule, ids and enabled flags from their columns.
@@ -201,7 +213,8 @@ pub async fn import(
         })?;
         sqlx::query!(
             "INSERT INTO rules (name, enabled, body) VALUES ($1, $2, $3)
-             ON CONFLICT (name) DO UPDATE SET enabled = EXCLUDED.enabled, body = EXCLUDED.body, updated_at = now()",
+             ON CONFLICT (name) DO UPDATE SET enabled = EXCLUDED.enabled, body = EXCLUDED.body,
+                 version = rules.version + 1, updated_at = now()",
             rule.name,
             rule.enabled,
             body
@@ -293,7 +306,7 @@ pub async fn export(pool: &PgPool) -> Result<RuleFile, RulesError> {
 /// [`RulesError::NotFound`].
 pub async fn set_enabled(pool: &PgPool, name: &str, enabled: bool) -> Result<(), RulesError> {
     let done = sqlx::query!(
-        "UPDATE rules SET enabled = $2, updated_at = now() WHERE name = $1",
+        "UPDATE rules SET enabled = $2, version = version + 1, updated_at = now() WHERE name = $1",
         name,
         enabled
     )
@@ -303,4 +316,247 @@ pub async fn set_enabled(pool: &PgPool, name: &str, enabled: bool) -> Result<(),
         return Err(RulesError::NotFound(name.to_owned()));
     }
     Ok(())
+}
+
+/// A stored rule with the version an edit must name.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    /// The rule (id, name and enabled from their columns).
+    pub rule: Rule,
+    /// Increases with every write of the rule.
+    pub version: i32,
+    /// When it was last written.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every stored rule with its version, in id order.
+///
+/// # Errors
+/// As [`load`].
+pub async fn load_versioned(pool: &PgPool) -> Result<Vec<Versioned>, RulesError> {
+    let rows = sqlx::query!("SELECT id, version, updated_at FROM rules ORDER BY id")
+        .fetch_all(pool)
+        .await?;
+    let rules = load(pool).await?;
+    Ok(rules
+        .into_iter()
+        .filter_map(|rule| {
+            let row = rows.iter().find(|r| r.id == rule.id)?;
+            Some(Versioned {
+                version: row.version,
+                updated_at: row.updated_at,
+                rule,
+            })
+        })
+        .collect())
+}
+
+/// Stores one rule edited as a whole (the console's form): compiled
+/// together with every other stored rule first, exactly as [`import`]
+/// does, then inserted (`edit` is `None`) or updated only if it is still
+/// at the version the edit began from (`edit = Some((id, version))`).
+/// Returns the rule's id and new version.
+///
+/// # Errors
+/// [`RulesError::Compile`] (nothing written), [`RulesError::Conflict`]
+/// when someone else saved it meanwhile, [`RulesError::NameTaken`],
+/// [`RulesError::NotFound`] for a deleted rule.
+pub async fn save(
+    pool: &PgPool,
+    rule: Rule,
+    edit: Option<(i64, i32)>,
+    options: &Options,
+) -> Result<(i64, i32), RulesError> {
+    let mut candidate = load(pool).await?;
+    if let Some(taken) = candidate
+        .iter()
+        .find(|r| r.name == rule.name && Some(r.id) != edit.map(|e| e.0))
+    {
+        return Err(RulesError::NameTaken(taken.name.clone()));
+    }
+    candidate.retain(|r| Some(r.id) != edit.map(|e| e.0));
+    let mut mine = rule.clone();
+    mine.id = 0;
+    candidate.push(mine.clone());
+    RuleSet::compile(candidate, &with_media(pool, options).await?)?;
+    let body = serde_json::to_value(&mine).map_err(|e| RulesError::Stored {
+        name: rule.name.clone(),
+        error: e.to_string(),
+    })?;
+    match edit {
+        None => {
+            let row = sqlx::query!(
+                "INSERT INTO rules (name, enabled, body) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO NOTHING RETURNING id, version",
+                rule.name,
+                rule.enabled,
+                body
+            )
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| (r.id, r.version))
+                .ok_or(RulesError::NameTaken(rule.name))
+        }
+        Some((id, version)) => {
+            let row = sqlx::query!(
+                "UPDATE rules SET name = $3, enabled = $4, body = $5, version = version + 1, updated_at = now()
+                  WHERE id = $1 AND version = $2 RETURNING version",
+                id,
+                version,
+                rule.name,
+                rule.enabled,
+                body
+            )
+            .fetch_optional(pool)
+            .await;
+            match row {
+                Ok(Some(r)) => Ok((id, r.version)),
+                Ok(None) => {
+                    let now = sqlx::query_scalar!("SELECT version FROM rules WHERE id = $1", id)
+                        .fetch_optional(pool)
+                        .await?;
+                    Err(match now {
+                        Some(current) => RulesError::Conflict {
+                            name: rule.name,
+                            current,
+                        },
+                        None => RulesError::NotFound(rule.name),
+                    })
+                }
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    Err(RulesError::NameTaken(rule.name))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Sets a rule's priority (higher goes first), if it is still at
+/// `version`. Returns the new version.
+///
+/// # Errors
+/// [`RulesError::Conflict`], [`RulesError::NotFound`].
+pub async fn set_priority(
+    pool: &PgPool,
+    id: i64,
+    version: i32,
+    priority: i32,
+) -> Result<i32, RulesError> {
+    let row = sqlx::query!(
+        "UPDATE rules SET body = jsonb_set(body, '{priority}', to_jsonb($3::int4)),
+                version = version + 1, updated_at = now()
+          WHERE id = $1 AND version = $2 RETURNING version",
+        id,
+        version,
+        priority
+    )
+    .fetch_optional(pool)
+    .await?;
+    if let Some(r) = row {
+        return Ok(r.version);
+    }
+    let now = sqlx::query!("SELECT name, version FROM rules WHERE id = $1", id)
+        .fetch_optional(pool)
+        .await?;
+    Err(match now {
+        Some(r) => RulesError::Conflict {
+            name: r.name,
+            current: r.version,
+        },
+        None => RulesError::NotFound(format!("#{id}")),
+    })
+}
+
+/// A message to try against the stored rules (`pubbot rules test`, the
+/// console's "try a message").
+#[derive(Debug, Clone, Default)]
+pub struct Trial {
+    /// App key.
+    pub app: String,
+    /// Account.
+    pub account: String,
+    /// User id.
+    pub user: String,
+    /// Message kind.
+    pub kind: Option<pubbot_rules::IncomingKind>,
+    /// The text.
+    pub text: String,
+    /// An unlisted event's name (R14).
+    pub event: String,
+    /// The user's conversation state.
+    pub state: Option<serde_json::Value>,
+}
+
+/// What the stored rules answer to `trial`, and why: one line a rule
+/// (matched or not, and the reason), then the replies, the state it
+/// leaves and any problems. The same lines for the CLI and the console.
+///
+/// # Errors
+/// As [`load`], or the stored rules do not compile.
+pub async fn explain(
+    pool: &PgPool,
+    options: &Options,
+    trial: &Trial,
+) -> Result<Explained, RulesError> {
+    let options = with_media(pool, options).await?;
+    let set = RuleSet::compile(load(pool).await?, &options)?;
+    let msg = pubbot_rules::Incoming {
+        app_key: &trial.app,
+        mcid: &trial.account,
+        user: &trial.user,
+        kind: trial.kind.unwrap_or(pubbot_rules::IncomingKind::Text),
+        text: &trial.text,
+        event: &trial.event,
+        state: trial.state.as_ref(),
+    };
+    let e = set.explain(
+        &msg,
+        &pubbot_rules::Context {
+            now: chrono::Utc::now(),
+            random: rand::random(),
+        },
+    );
+    let mut out = Explained {
+        rules: e
+            .rules
+            .iter()
+            .map(|v| (v.matched, v.rule.clone(), v.reason.clone()))
+            .collect(),
+        ..Explained::default()
+    };
+    for r in &e.decision.replies {
+        out.replies.push(match r {
+            pubbot_rules::PlannedReply::Handler {
+                handler, fallback, ..
+            } => format!(
+                "handler: {handler} (its answer becomes the replies; fallback: {})",
+                serde_json::to_string(fallback).unwrap_or_default()
+            ),
+            other => format!("reply: {}", serde_json::to_string(other).unwrap_or_default()),
+        });
+    }
+    if !e.decision.state_set.is_empty() || !e.decision.state_clear.is_empty() {
+        out.state = Some(pubbot_rules::next_state(trial.state.as_ref(), &e.decision).to_string());
+    }
+    out.problems = e
+        .decision
+        .problems
+        .iter()
+        .map(|p| format!("problem in {}: {}", p.rule, p.message))
+        .collect();
+    Ok(out)
+}
+
+/// [`explain`]'s answer.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Explained {
+    /// Each rule looked at: matched, name, why.
+    pub rules: Vec<(bool, String, String)>,
+    /// The planned replies, one line each (empty: no reply).
+    pub replies: Vec<String>,
+    /// The state after the message, when it changes.
+    pub state: Option<String>,
+    /// Problems met while rendering.
+    pub problems: Vec<String>,
 }
