@@ -46,3 +46,19 @@ CREATE TABLE console_audit (
 -- Concurrent edits of one rule are detected: an edit names the version it
 -- was made from, and every write of a rule increases it.
 ALTER TABLE rules ADD COLUMN version integer NOT NULL DEFAULT 1;
+
+-- Human takeover: while a person holds a conversation (from the console),
+-- the bot stays silent for that user; it resumes when released, or once
+-- nothing was written to the user for `console.takeover_idle_secs`
+-- (last_activity_at). Written by the pipeline room (pipeline/takeover.rs);
+-- ingest stores a held user's push undecided, and deciding it plans
+-- nothing while the hold is live.
+CREATE TABLE takeovers (
+    app_key          text        NOT NULL,
+    mcid             text        NOT NULL,
+    user_id          text        NOT NULL,
+    held_by          text        NOT NULL,
+    since            timestamptz NOT NULL DEFAULT now(),
+    last_activity_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (app_key, mcid, user_id)
+);

@@ -469,3 +469,104 @@ async fn rules_exported_from_the_console_import_back_unchanged(
     let again = pubbot_rules::RuleFile::from_toml(&text).unwrap();
     assert_eq!(again, pubbot_rules::RuleFile::from_toml(&file).unwrap());
 }
+
+/// Human takeover: a person takes a conversation; the bot stays silent for
+/// that user while the page shows what the user writes as it arrives;
+/// the person's message reaches the user through the outbox; released,
+/// the bot answers again.
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_person_takes_over_a_conversation_and_gives_it_back(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let (w, pool, _d, base) = console_daemon(connect, "").await;
+    add_user(&pool, "erin", Role::Editor, Some(PASSWORD)).await.unwrap();
+    pubbot::pipeline::rules::import(
+        &pool,
+        pubbot_rules::RuleFile::from_toml("[[rule]]\nname = \"echo\"\nkind = \"default\"\nreplies = [{ type = \"text\", text = \"bot: {{ text }}\" }]\n").unwrap(),
+        &pubbot_rules::Options::default(),
+        false,
+    )
+    .await
+    .unwrap();
+    w.say("bea", "hello").await;
+    eventually("the bot answers", || async { w.texts("bea").await.iter().any(|t| t == "bot: hello") }).await;
+
+    let mut b = Browser::start("takeover").await;
+    b.sign_in(&base, "erin", PASSWORD).await;
+    b.wait_text("Overview").await;
+    b.goto(&format!("{base}/conversations/bea?app={KEY}&mcid={SHOP}")).await;
+    b.wait_text("bot: hello").await;
+    b.click("#hold-form button").await;
+    b.wait_text("You hold this conversation").await;
+
+    // Held: the user's next message is stored and shown, and not answered.
+    w.say("bea", "is a person there?").await;
+    b.wait_text("is a person there?").await; // the page refreshes itself
+    b.shot("held").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !w.texts("bea").await.iter().any(|t| t.contains("is a person there")),
+        "the bot stayed silent"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM inbound_messages WHERE user_id = 'bea' AND status = 'done'").await,
+        2,
+        "the held push is decided, without a reply"
+    );
+
+    b.fill("#message-text", "Yes — Erin here. 你好!").await;
+    b.click("#message-form button").await;
+    b.wait_text("queued").await;
+    eventually("the person's message reaches the user", || async {
+        w.texts("bea").await.iter().any(|t| t == "Yes — Erin here. 你好!")
+    })
+    .await;
+    b.wait_text("staff:erin").await;
+    b.shot("message-sent").await;
+
+    b.click("#hold-form button").await;
+    b.wait_text("Released").await;
+    w.say("bea", "thanks").await;
+    eventually("the bot answers again", || async { w.texts("bea").await.iter().any(|t| t == "bot: thanks") }).await;
+    // In the order the user wrote, the person's message in its place.
+    let texts = w.texts("bea").await;
+    assert_eq!(texts, ["bot: hello", "Yes — Erin here. 你好!", "bot: thanks"]);
+    b.goto(&format!("{base}/audit")).await;
+    let audit = b.text("#audit").await;
+    assert!(audit.contains("conversation.hold") && audit.contains("conversation.message") && audit.contains("conversation.release"), "{audit}");
+}
+
+/// Behind an authenticating proxy: the trusted header signs the user in,
+/// only from a trusted address.
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_trusted_proxy_header_signs_in_only_from_a_trusted_proxy(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    let page = |trusted: &'static str| {
+        let mut s = w.settings();
+        s.console.listen = Some("127.0.0.1:0".parse().expect("addr"));
+        s.console.secure_cookies = false;
+        s.console.trusted_user_header = "X-Forwarded-User".into();
+        s.console.trusted_proxies = vec![trusted.parse().unwrap()];
+        s
+    };
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let (d, _) = w.daemon(page("127.0.0.1/32"), pool.clone()).await;
+    let at = d.console_addr.unwrap();
+    let r = http.get(format!("http://{at}/rules")).header("X-Forwarded-User", "pat").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("set-cookie").unwrap().to_str().unwrap().contains("HttpOnly"));
+    let html = r.text().await.unwrap();
+    assert!(html.contains("pat") && html.contains("viewer"), "a proxy user gets proxy_default_role");
+    d.shutdown().await;
+    // The same header from an address not trusted: to the sign-in page.
+    let (d, _) = w.daemon(page("10.0.0.0/8"), pool.clone()).await;
+    let at = d.console_addr.unwrap();
+    let r = http.get(format!("http://{at}/rules")).header("X-Forwarded-User", "admin").send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()["location"].to_str().unwrap().starts_with("/login"));
+}

@@ -406,6 +406,7 @@ pub async fn start_with_clock(
             progress: Arc::clone(&progress),
             hosted: Arc::clone(&hosted),
             state_ttl: Duration::from_secs(settings.state.ttl_secs),
+            takeover_idle: Duration::from_secs(settings.console.takeover_idle_secs),
             unhosted_seen: Arc::clone(&unhosted_seen),
         };
         workers.spawn(w.run(token.clone()));

@@ -336,6 +336,8 @@ mod demo {
                 "127.0.0.1:0",
                 "--admin-listen",
                 "127.0.0.1:0",
+                "--console-listen",
+                "127.0.0.1:0",
                 "--rules",
                 concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/demo-rules.toml"),
             ])
@@ -367,6 +369,11 @@ mod demo {
             .unwrap()
             .to_owned();
         until(&mut lines, "Now you", &mut seen).await;
+        assert!(
+            seen.iter().any(|l| l.contains("web console") && l.contains("sign in as demo / pubbot-demo")),
+            "the demo prints the console's address and its login:\n{}",
+            seen.join("\n")
+        );
         // The scripted exchange: follow, hours, ＨＥＬＬＯ, a picture.
         let script = seen.join("\n");
         assert!(script.contains("Welcome, alice!"), "{script}");

@@ -98,12 +98,18 @@ fn describe(d: &serde_json::Value) -> String {
     }
 }
 
+/// The demo's console user (an admin; the console listens on loopback).
+const DEMO_USER: &str = "demo";
+/// Its password, printed at start: a local demo, not a deployment.
+const DEMO_PASSWORD: &str = "pubbot-demo";
+
 /// Runs the demo until `/quit`, the end of standard input, or Ctrl-C.
 pub(super) async fn run(
     mut settings: Settings,
     sim_listen: SocketAddr,
     listen: SocketAddr,
     admin_listen: SocketAddr,
+    console_listen: SocketAddr,
     rules_file: PathBuf,
 ) -> anyhow::Result<()> {
     let sim = pubbot_sim::Simulator::new(pubbot_sim::SimConfig {
@@ -129,6 +135,9 @@ pub(super) async fn run(
     };
 
     settings.http.admin_listen = admin_listen;
+    // The console over plain HTTP on loopback: its cookie cannot be Secure.
+    settings.console.listen = Some(console_listen);
+    settings.console.secure_cookies = false;
     settings.apps = vec![crate::config::AppSettings {
         key: KEY.into(),
         secret: Some(SecretString::from(SECRET)),
@@ -152,6 +161,9 @@ pub(super) async fn run(
     let n = crate::pipeline::rules::import(&pool, file, &options, false)
         .await?
         .written;
+    crate::console::auth::add_user(&pool, DEMO_USER, crate::console::Role::Admin, Some(DEMO_PASSWORD))
+        .await
+        .context("the demo's console user")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -181,6 +193,9 @@ pub(super) async fn run(
     println!("pubbot demo: {n} rule(s) from {}", rules_file.display());
     println!("  platform simulator  http://{sim_listen}   (app {KEY}, secret {SECRET})");
     println!("  pubbot webhook      http://{listen}/webhook/{KEY}");
+    if let Some(at) = running.console_addr {
+        println!("  web console         http://{at}/   (sign in as {DEMO_USER} / {DEMO_PASSWORD})");
+    }
     println!(
         "  metrics             http://{}/metrics",
         running.admin_addr

@@ -157,6 +157,9 @@ enum Command {
         /// Admin address (/metrics, /healthz, /readyz).
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: std::net::SocketAddr,
+        /// Web console address (sign in as demo / pubbot-demo).
+        #[arg(long, default_value = "127.0.0.1:8091")]
+        console_listen: std::net::SocketAddr,
         /// Rules to load.
         #[arg(long, default_value = "config/demo-rules.toml")]
         rules: PathBuf,
@@ -366,8 +369,9 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             sim_listen,
             listen,
             admin_listen,
+            console_listen,
             rules,
-        } => demo::run(settings, sim_listen, listen, admin_listen, rules).await?,
+        } => demo::run(settings, sim_listen, listen, admin_listen, console_listen, rules).await?,
     }
     Ok(())
 }

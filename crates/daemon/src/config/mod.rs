@@ -366,6 +366,9 @@ pub struct ConsoleSettings {
     pub trusted_user_header: String,
     /// Addresses whose `trusted_user_header` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Seconds a person's hold of a conversation (human takeover) keeps
+    /// the bot silent after their last message to the user.
+    pub takeover_idle_secs: u64,
     /// Role of a proxy-signed-in name that is not a console user
     /// (`viewer`, `editor`, `admin`); empty: such a name is refused.
     pub proxy_default_role: String,

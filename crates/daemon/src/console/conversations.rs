@@ -11,6 +11,8 @@ use serde::Deserialize;
 use super::auth::{urlencode, Role, Staff};
 use super::{audit, PageError, ScopeQuery, Shared};
 use crate::admin::inspect;
+use crate::pipeline::outbox::{self, StaffError};
+use crate::pipeline::takeover;
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ListQuery {
@@ -107,11 +109,23 @@ pub(crate) async fn show(
         })
         .collect();
     let last_id = exchanges.last().map_or(0, |e| e.id);
+    let idle = std::time::Duration::from_secs(c.settings.console.takeover_idle_secs);
+    let hold = takeover::holder(&c.pool, &app, &mcid, &user, idle)
+        .await?
+        .map(|h| {
+            let resumes = h.last_activity_at + chrono::Duration::seconds(idle.as_secs() as i64);
+            minijinja::context! {
+                by => h.held_by, since => h.since.format("%Y-%m-%d %H:%M:%S").to_string(),
+                resumes => resumes.format("%Y-%m-%d %H:%M:%S").to_string(),
+                mine => h.held_by == staff.name,
+            }
+        });
     c.render(
         if q.part.is_some() { "thread.html" } else { "conversation.html" },
         minijinja::context! {
             base => c.base, staff => staff.value(), page => "conversations", user, app, mcid,
-            rows, state, last_id, done => q.done, part => q.part.is_some(),
+            rows, state, last_id, done => q.done, part => q.part.is_some(), hold,
+            message => "", message_error => minijinja::Value::from(()),
             user_q => urlencode(&user), app_q => urlencode(&app), mcid_q => urlencode(&mcid),
         },
     )
@@ -168,4 +182,71 @@ pub(crate) async fn retry(
         urlencode(&f.mcid),
         urlencode(&format!("Reply #{id}: {outcome}."))
     )))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct TakeoverForm {
+    app: String,
+    mcid: String,
+    #[serde(default)]
+    text: String,
+}
+
+fn back_to(c: &super::Console, user: &str, app: &str, mcid: &str, done: &str) -> Redirect {
+    Redirect::to(&format!(
+        "{}/conversations/{}?app={}&mcid={}&done={}",
+        c.base,
+        urlencode(user),
+        urlencode(app),
+        urlencode(mcid),
+        urlencode(done)
+    ))
+}
+
+/// `POST /conversations/{user}/hold`: a person takes the conversation; the
+/// bot stays silent for the user.
+pub(crate) async fn hold(
+    State(c): Shared,
+    Extension(staff): Extension<Staff>,
+    Path(user): Path<String>,
+    Form(f): Form<TakeoverForm>,
+) -> Result<Redirect, PageError> {
+    staff.require(Role::Editor)?;
+    let mut conn = c.pool.acquire().await?;
+    takeover::hold(&mut conn, &f.app, &f.mcid, &user, &staff.name).await?;
+    audit::record(&c.pool, &staff.name, "conversation.hold", &format!("{}/{}/{user}", f.app, f.mcid), serde_json::json!({})).await?;
+    Ok(back_to(&c, &user, &f.app, &f.mcid, "You hold this conversation: the bot is silent for this user until you release it."))
+}
+
+/// `POST /conversations/{user}/release`: back to the bot.
+pub(crate) async fn release(
+    State(c): Shared,
+    Extension(staff): Extension<Staff>,
+    Path(user): Path<String>,
+    Form(f): Form<TakeoverForm>,
+) -> Result<Redirect, PageError> {
+    staff.require(Role::Editor)?;
+    let was = takeover::release(&c.pool, &f.app, &f.mcid, &user).await?;
+    audit::record(&c.pool, &staff.name, "conversation.release", &format!("{}/{}/{user}", f.app, f.mcid), serde_json::json!({ "was_held": was })).await?;
+    Ok(back_to(&c, &user, &f.app, &f.mcid, "Released: the bot answers this user again."))
+}
+
+/// `POST /conversations/{user}/message`: a person writes to the user
+/// through the outbox (ordered, rate limited, counted) and holds the
+/// conversation.
+pub(crate) async fn message(
+    State(c): Shared,
+    Extension(staff): Extension<Staff>,
+    Path(user): Path<String>,
+    Form(f): Form<TakeoverForm>,
+) -> Result<Redirect, PageError> {
+    staff.require(Role::Editor)?;
+    match outbox::enqueue_staff(&c.pool, &f.app, &f.mcid, &user, &staff.name, &f.text).await {
+        Ok(id) => {
+            audit::record(&c.pool, &staff.name, "conversation.message", &format!("{}/{}/{user}", f.app, f.mcid), serde_json::json!({ "reply": id })).await?;
+            Ok(back_to(&c, &user, &f.app, &f.mcid, &format!("Message #{id} queued; it goes out after the replies before it.")))
+        }
+        Err(StaffError::Db(e)) => Err(e.into()),
+        Err(e) => Err(PageError::BadRequest(e.to_string())),
+    }
 }

@@ -64,6 +64,9 @@ pub(crate) struct DecideWorker {
     pub hosted: Arc<HashMap<String, Hosted>>,
     /// How long conversation state lives after its last change.
     pub state_ttl: Duration,
+    /// A person's hold keeps the bot silent this long after their last
+    /// message ([`crate::pipeline::takeover`]).
+    pub takeover_idle: Duration,
     /// (app, account) pairs already logged as not hosted: logged once each.
     pub unhosted_seen: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
 }
@@ -139,6 +142,8 @@ impl DecideWorker {
             })
             .collect()
         };
+        // Conversations a person holds: decided without a reply.
+        let held = crate::pipeline::takeover::held(&mut tx, &ka, &km, &ku, self.takeover_idle).await?;
         let mut changed_states: Vec<UserKey> = Vec::new();
         let mut planned = outbox::Plan::default();
         let mut follows: Vec<(String, String, String, bool)> = Vec::new();
@@ -185,8 +190,18 @@ impl DecideWorker {
                 now,
                 random: push_random(&row.app_key, &row.dedup_key),
             };
-            let decision = rules.decide(&incoming, &ctx);
             let key = (row.app_key.clone(), row.mcid.clone(), row.user_id.clone());
+            let decision = if held.contains(&(
+                row.app_key.clone(),
+                row.mcid.as_str().to_owned(),
+                row.user_id.as_str().to_owned(),
+            )) {
+                tracing::debug!(trace_id = %row.trace_id, "held by a person; the bot stays silent");
+                metrics::counter!("pubbot_held_pushes_total").increment(1);
+                pubbot_rules::Decision::default()
+            } else {
+                rules.decide(&incoming, &ctx)
+            };
             let state_now = if decision.state_set.is_empty() && decision.state_clear.is_empty() {
                 states.get(&key).cloned()
             } else {

@@ -14,6 +14,7 @@
 //! - [`send`]: calls the platform for held replies; hands outcomes to the outbox's recorder.
 //! - [`handlers`]: handler bots called over HTTP, and per-user conversation state.
 //! - [`rules`]: the rules in PostgreSQL, loaded and reloaded live.
+//! - [`takeover`]: a person holding a conversation; the bot stays silent for the user.
 //! - [`wakeups`]: LISTEN/NOTIFY and in-process wake-ups between the stages.
 
 pub(crate) mod decide;
@@ -23,6 +24,7 @@ pub(crate) mod ingest;
 pub(crate) mod listener;
 pub(crate) mod outbox;
 pub mod rules;
+pub mod takeover;
 pub(crate) mod send;
 pub(crate) mod spool;
 pub(crate) mod wakeups;

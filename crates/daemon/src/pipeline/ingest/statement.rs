@@ -107,7 +107,9 @@ pub(super) async fn insert(
                                                  AND e.status = 'pending')
                               AND NOT EXISTS (SELECT 1 FROM outbound_messages h
                                                WHERE h.app_key = x.a AND h.mcid = x.m AND h.user_id = x.u
-                                                 AND h.handler IS NOT NULL AND h.status IN ('pending', 'sending')) AS done
+                                                 AND h.handler IS NOT NULL AND h.status IN ('pending', 'sending'))
+                              AND NOT EXISTS (SELECT 1 FROM takeovers k
+                                               WHERE k.app_key = x.a AND k.mcid = x.m AND k.user_id = x.u) AS done
                          FROM x OFFSET 0) x
                 ORDER BY n
                ON CONFLICT (app_key, dedup_key) DO NOTHING

@@ -6,7 +6,8 @@
 //!
 //! This room, and no other: deciding plans replies through [`plan`], a
 //! handler call's answer is settled through [`settle_call`], an operator's
-//! retry goes through [`requeue_failed`], claims and outcomes are
+//! retry goes through [`requeue_failed`], a person's message from the
+//! console through [`enqueue_staff`], claims and outcomes are
 //! [`claim`], [`claim_next`], [`settle`] and the recovery here. One
 //! statement is shared on purpose: ingest's batch statement
 //! (`pipeline/ingest/statement.rs`) stores pushes decided at receipt
@@ -435,6 +436,106 @@ pub(crate) async fn plan(
     )
     .fetch_all(&mut *tx)
     .await
+}
+
+/// The first reply index of staff messages: they sort after every reply
+/// the rules or a handler planned for the same push.
+pub(crate) const STAFF_INDEX: i32 = 1_000_000;
+
+/// Why a staff message was not queued.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StaffError {
+    /// The database failed.
+    #[error("database")]
+    Db(#[from] sqlx::Error),
+    /// Empty, or longer than a text message may be.
+    #[error("{0}")]
+    Invalid(String),
+    /// The user never wrote to the account: there is no conversation to
+    /// answer in.
+    #[error("{user} has not written to {app_key}/{mcid}; there is no conversation to answer")]
+    NoConversation {
+        /// App.
+        app_key: String,
+        /// Account.
+        mcid: String,
+        /// User.
+        user: String,
+    },
+}
+
+/// Queues a person's text message to a user (the console's human
+/// takeover) and takes or renews their hold, in one transaction. The row
+/// answers the user's latest push at [`STAFF_INDEX`] or after, so it goes
+/// out after every reply already planned for the user and before any
+/// reply to a later push (invariant 5); the senders send it like any other
+/// reply (rate limit, retries, the double-send window all counted).
+/// Returns the row id.
+///
+/// # Errors
+/// [`StaffError`].
+pub(crate) async fn enqueue_staff(
+    pool: &PgPool,
+    app_key: &str,
+    mcid: &str,
+    user: &str,
+    staff: &str,
+    text: &str,
+) -> Result<i64, StaffError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(StaffError::Invalid("write something to send".into()));
+    }
+    if text.len() > pubbot_rules::TEXT_MAX_BYTES {
+        return Err(StaffError::Invalid(format!(
+            "a text message is at most {} bytes (this one is {})",
+            pubbot_rules::TEXT_MAX_BYTES,
+            text.len()
+        )));
+    }
+    let payload = serde_json::to_string(&PlannedReply::Text {
+        content: text.to_owned(),
+    })
+    .unwrap_or_default();
+    let mut tx = pool.begin().await?;
+    let last = sqlx::query!(
+        "SELECT id, trace_id FROM inbound_messages
+          WHERE app_key = $1 AND mcid = $2 AND user_id = $3 ORDER BY id DESC LIMIT 1",
+        app_key,
+        mcid,
+        user
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(last) = last else {
+        return Err(StaffError::NoConversation {
+            app_key: app_key.to_owned(),
+            mcid: mcid.to_owned(),
+            user: user.to_owned(),
+        });
+    };
+    crate::pipeline::takeover::hold(&mut tx, app_key, mcid, user, staff).await?;
+    // The hold row, locked by the upsert above, serialises two staff
+    // messages to one user: the next index is read after it.
+    let id = sqlx::query_scalar!(
+        r#"INSERT INTO outbound_messages (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id)
+           SELECT $1, coalesce(max(reply_index) + 1, $2), $3, $4, $5, $6, $7::text::json, $8
+             FROM outbound_messages WHERE inbound_id = $1 AND reply_index >= $2
+           RETURNING id"#,
+        last.id,
+        STAFF_INDEX,
+        app_key,
+        mcid,
+        user,
+        format!("staff:{staff}"),
+        payload,
+        last.trace_id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    metrics::counter!("pubbot_staff_messages_total").increment(1);
+    Ok(id)
 }
 
 /// A planned reply as the platform is sent it (`None` for a handler call,
