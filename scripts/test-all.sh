@@ -13,6 +13,23 @@ cd "$(dirname "$0")/.."
 source "$(dirname "$0")/pg.sh"
 ensure_postgres
 
+# The console's tests drive a real headless Chromium through WebDriver:
+# Debian's chromium and chromium-driver, and CJK fonts (without them every
+# Chinese character in a screenshot is an empty box). Installed when
+# missing.
+ensure_browser() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -d /usr/share/fonts/opentype/noto ]; then
+    return
+  fi
+  log "installing chromium, chromium-driver and fonts-noto-cjk (console tests)"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q chromium chromium-driver fonts-noto-cjk >/dev/null 2>&1 ||
+    { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium chromium-driver fonts-noto-cjk >/dev/null; }
+}
+ensure_browser
+
 export SQLX_OFFLINE="${SQLX_OFFLINE:-true}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 

@@ -50,19 +50,20 @@ impl Browser {
             .spawn()
             .expect("chromedriver starts");
         let profile = pubbot_e2e::fresh_dir("chromium-profile");
-        let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                    "--window-size=1280,1000", "--lang=en-US",
-                    format!("--user-data-dir={}", profile.display()),
-                ]
-            }
-        }))
-        .expect("capabilities");
+        let caps: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_value(serde_json::json!({
+                "goog:chromeOptions": {
+                    "binary": "/usr/bin/chromium",
+                    "args": [
+                        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                        "--no-first-run", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                        "--window-size=1280,1000", "--lang=en-US",
+                        format!("--user-data-dir={}", profile.display()),
+                    ]
+                }
+            }))
+            .expect("capabilities");
         let url = format!("http://127.0.0.1:{port}");
         let mut last = None;
         for _ in 0..100 {
@@ -76,7 +77,13 @@ impl Browser {
                     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                         .join("../target/console-screenshots");
                     std::fs::create_dir_all(&shots).expect("screenshot folder");
-                    return Self { client, driver, shots, test, n: 0 };
+                    return Self {
+                        client,
+                        driver,
+                        shots,
+                        test,
+                        n: 0,
+                    };
                 }
                 Err(e) => last = Some(e),
             }
@@ -93,12 +100,18 @@ impl Browser {
     async fn shot(&mut self, name: &str) {
         self.n += 1;
         let png = self.client.screenshot().await.expect("screenshot");
-        let path = self.shots.join(format!("{}-{:02}-{name}.png", self.test, self.n));
+        let path = self
+            .shots
+            .join(format!("{}-{:02}-{name}.png", self.test, self.n));
         std::fs::write(&path, png).expect("write screenshot");
     }
 
     async fn fill(&self, css: &str, text: &str) {
-        let el = self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+        let el = self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
         el.clear().await.expect("clear");
         el.send_keys(text).await.expect("type");
     }
@@ -149,7 +162,12 @@ impl Browser {
     }
 
     async fn has(&self, css: &str) -> bool {
-        !self.client.find_all(Locator::Css(css)).await.expect("find").is_empty()
+        !self
+            .client
+            .find_all(Locator::Css(css))
+            .await
+            .expect("find")
+            .is_empty()
     }
 
     /// Waits until the page's text holds `needle` (pages reload after a
@@ -199,9 +217,14 @@ async fn console_daemon(
 /// Log in; create a rule in the page (live validation on the way); send a
 /// message through the simulator; see the reply in the conversation page.
 #[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
-async fn an_editor_writes_a_rule_and_sees_it_answer_a_user(_: PgPoolOptions, connect: PgConnectOptions) {
+async fn an_editor_writes_a_rule_and_sees_it_answer_a_user(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
     let (w, pool, _d, base) = console_daemon(connect, "").await;
-    add_user(&pool, "erin", Role::Editor, Some(PASSWORD)).await.unwrap();
+    add_user(&pool, "erin", Role::Editor, Some(PASSWORD))
+        .await
+        .unwrap();
     let mut b = Browser::start("editor").await;
     b.goto(&format!("{base}/")).await;
     b.shot("login").await;
@@ -222,14 +245,21 @@ async fn an_editor_writes_a_rule_and_sees_it_answer_a_user(_: PgPoolOptions, con
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(b.text("#err-keywords").await.contains("bad regex"), "live validation at the field");
+    assert!(
+        b.text("#err-keywords").await.contains("bad regex"),
+        "live validation at the field"
+    );
     b.shot("rule-live-error").await;
     // Saved anyway: refused at the field, what was typed kept.
     b.click("form.rule-form button[type=submit]").await;
     b.wait_text("bad regex").await;
     assert_eq!(b.value("#replies").await, "Hi {{ user }}, we open 9-18.");
     assert_eq!(b.value("#name").await, "opening-hours");
-    assert_eq!(count(&pool, "SELECT count(*) FROM rules").await, 0, "nothing written");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM rules").await,
+        0,
+        "nothing written"
+    );
     b.shot("rule-refused").await;
 
     b.select("#match_kind", "contains").await;
@@ -242,15 +272,23 @@ async fn an_editor_writes_a_rule_and_sees_it_answer_a_user(_: PgPoolOptions, con
     eventually("the new rule answers", || async {
         w.say("ann", "营业时间?").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        w.texts("ann").await.iter().any(|t| t.contains("we open 9-18"))
+        w.texts("ann")
+            .await
+            .iter()
+            .any(|t| t.contains("we open 9-18"))
     })
     .await;
-    b.goto(&format!("{base}/conversations?app={KEY}&mcid={SHOP}")).await;
+    b.goto(&format!("{base}/conversations?app={KEY}&mcid={SHOP}"))
+        .await;
     b.wait_text("ann").await;
     b.shot("conversations").await;
-    b.goto(&format!("{base}/conversations/ann?app={KEY}&mcid={SHOP}")).await;
+    b.goto(&format!("{base}/conversations/ann?app={KEY}&mcid={SHOP}"))
+        .await;
     b.wait_text("Hi ann, we open 9-18.").await;
-    assert!(b.source().await.contains("opening-hours"), "the rule that decided it is named");
+    assert!(
+        b.source().await.contains("opening-hours"),
+        "the rule that decided it is named"
+    );
     b.shot("conversation").await;
 
     // Try a message: the same explanation as `pubbot rules test`.
@@ -262,7 +300,14 @@ async fn an_editor_writes_a_rule_and_sees_it_answer_a_user(_: PgPoolOptions, con
     b.shot("try").await;
 
     // The other pages render, and none shows a secret.
-    for page in ["followers", "menus", "stats", "audit", "broadcasts", "rules/import"] {
+    for page in [
+        "followers",
+        "menus",
+        "stats",
+        "audit",
+        "broadcasts",
+        "rules/import",
+    ] {
         b.goto(&format!("{base}/{page}")).await;
         b.wait_text("</main>").await;
         b.shot(&page.replace('/', "-")).await;
@@ -272,7 +317,10 @@ async fn an_editor_writes_a_rule_and_sees_it_answer_a_user(_: PgPoolOptions, con
     }
     b.goto(&format!("{base}/audit")).await;
     let audit = b.text("#audit").await;
-    assert!(audit.contains("erin") && audit.contains("rule.create") && audit.contains("opening-hours"), "{audit}");
+    assert!(
+        audit.contains("erin") && audit.contains("rule.create") && audit.contains("opening-hours"),
+        "{audit}"
+    );
 }
 
 /// Schedule a broadcast and see it in history; a one-off on a day the
@@ -283,12 +331,17 @@ async fn broadcasts_are_scheduled_and_a_taken_day_is_refused_until_replaced(
     connect: PgConnectOptions,
 ) {
     let (_w, pool, _d, base) = console_daemon(connect, "").await;
-    add_user(&pool, "erin", Role::Editor, Some(PASSWORD)).await.unwrap();
+    add_user(&pool, "erin", Role::Editor, Some(PASSWORD))
+        .await
+        .unwrap();
     let mut b = Browser::start("broadcasts").await;
     b.sign_in(&base, "erin", PASSWORD).await;
     b.wait_text("Overview").await;
-    b.goto(&format!("{base}/broadcasts?app={KEY}&mcid={SHOP}")).await;
-    let tomorrow = (chrono::Utc::now().with_timezone(&chrono_tz::Asia::Shanghai) + chrono::Duration::days(1)).date_naive();
+    b.goto(&format!("{base}/broadcasts?app={KEY}&mcid={SHOP}"))
+        .await;
+    let tomorrow = (chrono::Utc::now().with_timezone(&chrono_tz::Asia::Shanghai)
+        + chrono::Duration::days(1))
+    .date_naive();
     b.fill("#once-at", &format!("{tomorrow} 10:00")).await;
     b.fill("#once-text", "Sale starts tomorrow").await;
     b.click("#once-form button[type=submit]").await;
@@ -302,8 +355,15 @@ async fn broadcasts_are_scheduled_and_a_taken_day_is_refused_until_replaced(
     b.fill("#once-text", "Evening news").await;
     b.click("#once-form button[type=submit]").await;
     b.wait_text("already taken").await;
-    assert!(b.text("#err-once").await.contains("one mass send a natural day"));
-    assert_eq!(b.value("#once-text").await, "Evening news", "what was typed is kept");
+    assert!(b
+        .text("#err-once")
+        .await
+        .contains("one mass send a natural day"));
+    assert_eq!(
+        b.value("#once-text").await,
+        "Evening news",
+        "what was typed is kept"
+    );
     assert_eq!(count(&pool, "SELECT count(*) FROM broadcasts").await, 1);
     b.shot("day-taken").await;
     // Replace is offered for a scheduled send; ticking it takes the day.
@@ -312,7 +372,11 @@ async fn broadcasts_are_scheduled_and_a_taken_day_is_refused_until_replaced(
     b.wait_text("Evening news").await;
     b.wait_text("scheduled for platform day").await;
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM broadcasts WHERE state = 'scheduled'").await,
+        count(
+            &pool,
+            "SELECT count(*) FROM broadcasts WHERE state = 'scheduled'"
+        )
+        .await,
         1,
         "one send a day"
     );
@@ -324,7 +388,9 @@ async fn broadcasts_are_scheduled_and_a_taken_day_is_refused_until_replaced(
 #[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
 async fn a_viewer_reads_but_cannot_edit(_: PgPoolOptions, connect: PgConnectOptions) {
     let (_w, pool, _d, base) = console_daemon(connect, "/pubbot").await;
-    add_user(&pool, "vic", Role::Viewer, Some(PASSWORD)).await.unwrap();
+    add_user(&pool, "vic", Role::Viewer, Some(PASSWORD))
+        .await
+        .unwrap();
     pubbot::pipeline::rules::import(
         &pool,
         pubbot_rules::RuleFile::from_toml("[[rule]]\nname = \"hello\"\ntrigger = { keywords = [{ pattern = \"hi\" }] }\nreplies = [{ type = \"text\", text = \"hello\" }]\n").unwrap(),
@@ -338,12 +404,21 @@ async fn a_viewer_reads_but_cannot_edit(_: PgPoolOptions, connect: PgConnectOpti
     b.wait_text("Overview").await;
     b.goto(&format!("{base}/rules")).await;
     b.wait_text("hello").await;
-    assert!(!b.has("a[href$='/rules/new']").await, "no New rule for a viewer");
-    assert!(!b.has("button.toggle").await, "no enable/disable for a viewer");
+    assert!(
+        !b.has("a[href$='/rules/new']").await,
+        "no New rule for a viewer"
+    );
+    assert!(
+        !b.has("button.toggle").await,
+        "no enable/disable for a viewer"
+    );
     b.shot("rules").await;
     b.click("table.rules a").await;
     b.wait_text("Rule “hello”").await;
-    assert!(!b.has("form.rule-form button[type=submit]").await, "no Save for a viewer");
+    assert!(
+        !b.has("form.rule-form button[type=submit]").await,
+        "no Save for a viewer"
+    );
     b.shot("rule").await;
     // The form sent anyway (its fieldset enabled by hand): refused.
     b.client
@@ -352,7 +427,10 @@ async fn a_viewer_reads_but_cannot_edit(_: PgPoolOptions, connect: PgConnectOpti
         .unwrap();
     b.click("#force").await;
     b.wait_text("403").await;
-    assert!(b.source().await.contains("your role (viewer) cannot do this"));
+    assert!(b
+        .source()
+        .await
+        .contains("your role (viewer) cannot do this"));
     b.shot("refused").await;
     let version: i32 = sqlx::query_scalar("SELECT version FROM rules WHERE name = 'hello'")
         .fetch_one(&pool)
@@ -369,7 +447,9 @@ async fn forgeries_lost_updates_and_password_guessing_are_refused(
     connect: PgConnectOptions,
 ) {
     let (_w, pool, _d, base) = console_daemon(connect, "").await;
-    add_user(&pool, "erin", Role::Editor, Some(PASSWORD)).await.unwrap();
+    add_user(&pool, "erin", Role::Editor, Some(PASSWORD))
+        .await
+        .unwrap();
     pubbot::pipeline::rules::import(
         &pool,
         pubbot_rules::RuleFile::from_toml("[[rule]]\nname = \"hello\"\ntrigger = { keywords = [{ pattern = \"hi\" }] }\nreplies = [{ type = \"text\", text = \"hello\" }]\n").unwrap(),
@@ -408,12 +488,19 @@ async fn forgeries_lost_updates_and_password_guessing_are_refused(
     b.fill("#replies", "hello from me").await;
     b.click("form.rule-form button[type=submit]").await;
     b.wait_text("saved by someone else").await;
-    assert_eq!(b.value("#replies").await, "hello from me", "the edit is kept on the page");
+    assert_eq!(
+        b.value("#replies").await,
+        "hello from me",
+        "the edit is kept on the page"
+    );
     let body: serde_json::Value = sqlx::query_scalar("SELECT body FROM rules WHERE name = 'hello'")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert!(body.to_string().contains("\"hello\"") && !body.to_string().contains("hello from me"), "{body}");
+    assert!(
+        body.to_string().contains("\"hello\"") && !body.to_string().contains("hello from me"),
+        "{body}"
+    );
     b.shot("conflict").await;
 
     // Password guessing: the sixth try within the window is refused even
@@ -435,25 +522,42 @@ async fn rules_exported_from_the_console_import_back_unchanged(
     connect: PgConnectOptions,
 ) {
     let (_w, pool, _d, base) = console_daemon(connect, "").await;
-    add_user(&pool, "erin", Role::Editor, Some(PASSWORD)).await.unwrap();
-    let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/demo-rules.toml")).unwrap();
+    add_user(&pool, "erin", Role::Editor, Some(PASSWORD))
+        .await
+        .unwrap();
+    let file = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/demo-rules.toml"
+    ))
+    .unwrap();
     let mut b = Browser::start("import").await;
     b.sign_in(&base, "erin", PASSWORD).await;
     b.wait_text("Overview").await;
     b.goto(&format!("{base}/rules/import")).await;
-    b.fill("#text", "[[rule]]\nname = \"x\"\nreplies = [{ type = \"text\", text = \"{{ nope(\" }]\n").await;
+    b.fill(
+        "#text",
+        "[[rule]]\nname = \"x\"\nreplies = [{ type = \"text\", text = \"{{ nope(\" }]\n",
+    )
+    .await;
     b.click("main form button[type=submit]").await;
     b.wait_text("import-errors").await;
     assert!(b.text("#import-errors").await.contains("rule \"x\""));
     b.shot("import-refused").await;
     b.client
-        .execute("document.querySelector('#text').value = arguments[0];", vec![serde_json::Value::String(file.clone())])
+        .execute(
+            "document.querySelector('#text').value = arguments[0];",
+            vec![serde_json::Value::String(file.clone())],
+        )
         .await
         .unwrap();
     b.click("main form button[type=submit]").await;
     b.wait_text("Imported").await;
     b.shot("imported").await;
-    let exported = pubbot::pipeline::rules::export(&pool).await.unwrap().to_toml().unwrap();
+    let exported = pubbot::pipeline::rules::export(&pool)
+        .await
+        .unwrap()
+        .to_toml()
+        .unwrap();
     // The console's export is the CLI's, byte for byte, and imports back
     // to the same rules.
     let cookie = b.client.get_named_cookie("pubbot_session").await.unwrap();
@@ -480,7 +584,9 @@ async fn a_person_takes_over_a_conversation_and_gives_it_back(
     connect: PgConnectOptions,
 ) {
     let (w, pool, _d, base) = console_daemon(connect, "").await;
-    add_user(&pool, "erin", Role::Editor, Some(PASSWORD)).await.unwrap();
+    add_user(&pool, "erin", Role::Editor, Some(PASSWORD))
+        .await
+        .unwrap();
     pubbot::pipeline::rules::import(
         &pool,
         pubbot_rules::RuleFile::from_toml("[[rule]]\nname = \"echo\"\nkind = \"default\"\nreplies = [{ type = \"text\", text = \"bot: {{ text }}\" }]\n").unwrap(),
@@ -490,12 +596,16 @@ async fn a_person_takes_over_a_conversation_and_gives_it_back(
     .await
     .unwrap();
     w.say("bea", "hello").await;
-    eventually("the bot answers", || async { w.texts("bea").await.iter().any(|t| t == "bot: hello") }).await;
+    eventually("the bot answers", || async {
+        w.texts("bea").await.iter().any(|t| t == "bot: hello")
+    })
+    .await;
 
     let mut b = Browser::start("takeover").await;
     b.sign_in(&base, "erin", PASSWORD).await;
     b.wait_text("Overview").await;
-    b.goto(&format!("{base}/conversations/bea?app={KEY}&mcid={SHOP}")).await;
+    b.goto(&format!("{base}/conversations/bea?app={KEY}&mcid={SHOP}"))
+        .await;
     b.wait_text("bot: hello").await;
     b.click("#hold-form button").await;
     b.wait_text("You hold this conversation").await;
@@ -506,11 +616,18 @@ async fn a_person_takes_over_a_conversation_and_gives_it_back(
     b.shot("held").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        !w.texts("bea").await.iter().any(|t| t.contains("is a person there")),
+        !w.texts("bea")
+            .await
+            .iter()
+            .any(|t| t.contains("is a person there")),
         "the bot stayed silent"
     );
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM inbound_messages WHERE user_id = 'bea' AND status = 'done'").await,
+        count(
+            &pool,
+            "SELECT count(*) FROM inbound_messages WHERE user_id = 'bea' AND status = 'done'"
+        )
+        .await,
         2,
         "the held push is decided, without a reply"
     );
@@ -519,7 +636,10 @@ async fn a_person_takes_over_a_conversation_and_gives_it_back(
     b.click("#message-form button").await;
     b.wait_text("queued").await;
     eventually("the person's message reaches the user", || async {
-        w.texts("bea").await.iter().any(|t| t == "Yes — Erin here. 你好!")
+        w.texts("bea")
+            .await
+            .iter()
+            .any(|t| t == "Yes — Erin here. 你好!")
     })
     .await;
     b.wait_text("staff:erin").await;
@@ -528,13 +648,24 @@ async fn a_person_takes_over_a_conversation_and_gives_it_back(
     b.click("#hold-form button").await;
     b.wait_text("Released").await;
     w.say("bea", "thanks").await;
-    eventually("the bot answers again", || async { w.texts("bea").await.iter().any(|t| t == "bot: thanks") }).await;
+    eventually("the bot answers again", || async {
+        w.texts("bea").await.iter().any(|t| t == "bot: thanks")
+    })
+    .await;
     // In the order the user wrote, the person's message in its place.
     let texts = w.texts("bea").await;
-    assert_eq!(texts, ["bot: hello", "Yes — Erin here. 你好!", "bot: thanks"]);
+    assert_eq!(
+        texts,
+        ["bot: hello", "Yes — Erin here. 你好!", "bot: thanks"]
+    );
     b.goto(&format!("{base}/audit")).await;
     let audit = b.text("#audit").await;
-    assert!(audit.contains("conversation.hold") && audit.contains("conversation.message") && audit.contains("conversation.release"), "{audit}");
+    assert!(
+        audit.contains("conversation.hold")
+            && audit.contains("conversation.message")
+            && audit.contains("conversation.release"),
+        "{audit}"
+    );
 }
 
 /// Behind an authenticating proxy: the trusted header signs the user in,
@@ -554,19 +685,44 @@ async fn a_trusted_proxy_header_signs_in_only_from_a_trusted_proxy(
         s.console.trusted_proxies = vec![trusted.parse().unwrap()];
         s
     };
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let (d, _) = w.daemon(page("127.0.0.1/32"), pool.clone()).await;
     let at = d.console_addr.unwrap();
-    let r = http.get(format!("http://{at}/rules")).header("X-Forwarded-User", "pat").send().await.unwrap();
+    let r = http
+        .get(format!("http://{at}/rules"))
+        .header("X-Forwarded-User", "pat")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers().get("set-cookie").unwrap().to_str().unwrap().contains("HttpOnly"));
+    assert!(r
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .contains("HttpOnly"));
     let html = r.text().await.unwrap();
-    assert!(html.contains("pat") && html.contains("viewer"), "a proxy user gets proxy_default_role");
+    assert!(
+        html.contains("pat") && html.contains("viewer"),
+        "a proxy user gets proxy_default_role"
+    );
     d.shutdown().await;
     // The same header from an address not trusted: to the sign-in page.
     let (d, _) = w.daemon(page("10.0.0.0/8"), pool.clone()).await;
     let at = d.console_addr.unwrap();
-    let r = http.get(format!("http://{at}/rules")).header("X-Forwarded-User", "admin").send().await.unwrap();
+    let r = http
+        .get(format!("http://{at}/rules"))
+        .header("X-Forwarded-User", "admin")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 303);
-    assert!(r.headers()["location"].to_str().unwrap().starts_with("/login"));
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/login"));
 }

@@ -370,7 +370,8 @@ mod demo {
             .to_owned();
         until(&mut lines, "Now you", &mut seen).await;
         assert!(
-            seen.iter().any(|l| l.contains("web console") && l.contains("sign in as demo / pubbot-demo")),
+            seen.iter()
+                .any(|l| l.contains("web console") && l.contains("sign in as demo / pubbot-demo")),
             "the demo prints the console's address and its login:\n{}",
             seen.join("\n")
         );

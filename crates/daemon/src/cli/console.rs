@@ -92,7 +92,11 @@ pub(super) async fn console(cmd: ConsoleCommand, settings: &Settings) -> anyhow:
             println!(
                 "{} console user {name} ({role}{})",
                 if existed { "updated" } else { "added" },
-                if password.is_some() { "" } else { ", proxy sign-in only" }
+                if password.is_some() {
+                    ""
+                } else {
+                    ", proxy sign-in only"
+                }
             );
         }
         UserCommand::List { json } => {

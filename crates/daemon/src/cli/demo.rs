@@ -161,9 +161,14 @@ pub(super) async fn run(
     let n = crate::pipeline::rules::import(&pool, file, &options, false)
         .await?
         .written;
-    crate::console::auth::add_user(&pool, DEMO_USER, crate::console::Role::Admin, Some(DEMO_PASSWORD))
-        .await
-        .context("the demo's console user")?;
+    crate::console::auth::add_user(
+        &pool,
+        DEMO_USER,
+        crate::console::Role::Admin,
+        Some(DEMO_PASSWORD),
+    )
+    .await
+    .context("the demo's console user")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

@@ -371,7 +371,17 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             admin_listen,
             console_listen,
             rules,
-        } => demo::run(settings, sim_listen, listen, admin_listen, console_listen, rules).await?,
+        } => {
+            demo::run(
+                settings,
+                sim_listen,
+                listen,
+                admin_listen,
+                console_listen,
+                rules,
+            )
+            .await?
+        }
     }
     Ok(())
 }

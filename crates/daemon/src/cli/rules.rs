@@ -209,7 +209,12 @@ pub(super) async fn rules(cmd: RulesCommand, settings: &Settings) -> anyhow::Res
             };
             let e = crate::pipeline::rules::explain(&pool, &options, &trial).await?;
             for (matched, rule, reason) in &e.rules {
-                println!("{} {:<24} {}", if *matched { "✔" } else { "·" }, rule, reason);
+                println!(
+                    "{} {:<24} {}",
+                    if *matched { "✔" } else { "·" },
+                    rule,
+                    reason
+                );
             }
             println!();
             if e.replies.is_empty() {

@@ -560,7 +560,10 @@ impl Settings {
                 "starts with / and does not end with one (\"/pubbot\"), or is empty",
             ));
         }
-        if !matches!(self.console.proxy_default_role.as_str(), "" | "viewer" | "editor" | "admin") {
+        if !matches!(
+            self.console.proxy_default_role.as_str(),
+            "" | "viewer" | "editor" | "admin"
+        ) {
             return Err(invalid(
                 "console.proxy_default_role",
                 "one of viewer, editor, admin, or empty",

@@ -27,7 +27,10 @@ pub(crate) async fn followers(
     Query(q): Query<FollowersQuery>,
 ) -> Result<Html<String>, PageError> {
     let scope = c
-        .scope(&ScopeQuery { app: q.app.clone(), mcid: q.mcid.clone() })
+        .scope(&ScopeQuery {
+            app: q.app.clone(),
+            mcid: q.mcid.clone(),
+        })
         .await?;
     let search = q.q.clone().unwrap_or_default();
     let (count, rows) = match &scope.picked {
@@ -123,12 +126,24 @@ pub(crate) async fn menu_apply(
         staff.require(Role::Editor)?;
     }
     let scope = c
-        .scope(&ScopeQuery { app: Some(f.app.clone()), mcid: Some(f.mcid.clone()) })
+        .scope(&ScopeQuery {
+            app: Some(f.app.clone()),
+            mcid: Some(f.mcid.clone()),
+        })
         .await?;
     let menu: account::MenuFile = match toml::from_str(&f.text) {
         Ok(m) => m,
         Err(e) => {
-            return menu_page(&c, &staff, &scope, &f.text, None, Some(format!("not a menu file: {e}")), StatusCode::UNPROCESSABLE_ENTITY).await
+            return menu_page(
+                &c,
+                &staff,
+                &scope,
+                &f.text,
+                None,
+                Some(format!("not a menu file: {e}")),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await
         }
     };
     let client = c
@@ -141,8 +156,28 @@ pub(crate) async fn menu_apply(
                 audit::record(&c.pool, &staff.name, "menu.apply", &format!("{}/{}", f.app, f.mcid),
                     serde_json::json!({ "delete": plan.delete, "add": plan.add, "order": plan.order })).await?;
             }
-            menu_page(&c, &staff, &scope, &f.text, Some((plan, apply)), None, StatusCode::OK).await
+            menu_page(
+                &c,
+                &staff,
+                &scope,
+                &f.text,
+                Some((plan, apply)),
+                None,
+                StatusCode::OK,
+            )
+            .await
         }
-        Err(e) => menu_page(&c, &staff, &scope, &f.text, None, Some(e.to_string()), StatusCode::UNPROCESSABLE_ENTITY).await,
+        Err(e) => {
+            menu_page(
+                &c,
+                &staff,
+                &scope,
+                &f.text,
+                None,
+                Some(e.to_string()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await
+        }
     }
 }

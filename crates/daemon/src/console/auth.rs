@@ -338,7 +338,12 @@ pub(crate) async fn gate(
     }
 }
 
-async fn pass(c: &Console, peer: SocketAddr, req: Request, next: Next) -> Result<Response, PageError> {
+async fn pass(
+    c: &Console,
+    peer: SocketAddr,
+    req: Request,
+    next: Next,
+) -> Result<Response, PageError> {
     let mut staff = match cookie(req.headers(), SESSION_COOKIE) {
         Some(t) => session(c, &t).await?,
         None => None,
@@ -358,7 +363,11 @@ async fn pass(c: &Console, peer: SocketAddr, req: Request, next: Next) -> Result
             .map_or("/", |p| p.as_str())
             .to_owned();
         let to = if req.method() == Method::GET {
-            format!("{}/login?next={}", c.base, urlencode(&format!("{}{next_path}", c.base)))
+            format!(
+                "{}/login?next={}",
+                c.base,
+                urlencode(&format!("{}{next_path}", c.base))
+            )
         } else {
             format!("{}/login", c.base)
         };
@@ -384,8 +393,10 @@ async fn pass(c: &Console, peer: SocketAddr, req: Request, next: Next) -> Result
     parts.extensions.insert(staff);
     let mut res = next.run(Request::from_parts(parts, body)).await;
     if let Some(token) = new_cookie {
-        res.headers_mut()
-            .append(header::SET_COOKIE, set_cookie(c, SESSION_COOKIE, &token, None));
+        res.headers_mut().append(
+            header::SET_COOKIE,
+            set_cookie(c, SESSION_COOKIE, &token, None),
+        );
     }
     Ok(res)
 }
@@ -405,7 +416,14 @@ pub(crate) async fn login_form(
     Query(q): Query<LoginQuery>,
     headers: HeaderMap,
 ) -> Result<Response, PageError> {
-    login_page(&c, &headers, q.next.as_deref().unwrap_or(""), "", None, axum::http::StatusCode::OK)
+    login_page(
+        &c,
+        &headers,
+        q.next.as_deref().unwrap_or(""),
+        "",
+        None,
+        axum::http::StatusCode::OK,
+    )
 }
 
 fn login_page(
@@ -427,8 +445,10 @@ fn login_page(
         minijinja::context! { base => c.base, next, name, error, csrf => token, staff => minijinja::Value::from(()) },
     )?;
     let mut res = (status, page).into_response();
-    res.headers_mut()
-        .append(header::SET_COOKIE, set_cookie(c, LOGIN_COOKIE, &token, Some(3600)));
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(c, LOGIN_COOKIE, &token, Some(3600)),
+    );
     Ok(res)
 }
 
@@ -511,11 +531,21 @@ pub(crate) async fn login(
             axum::http::StatusCode::UNAUTHORIZED,
         );
     }
-    sqlx::query!("DELETE FROM console_login_failures WHERE user_name = $1", f.name)
-        .execute(&c.pool)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM console_login_failures WHERE user_name = $1",
+        f.name
+    )
+    .execute(&c.pool)
+    .await?;
     let (token, _) = open_session(&c, &f.name).await?;
-    super::audit::record(&c.pool, &f.name, "session.sign_in", &peer_s, serde_json::json!({})).await?;
+    super::audit::record(
+        &c.pool,
+        &f.name,
+        "session.sign_in",
+        &peer_s,
+        serde_json::json!({}),
+    )
+    .await?;
     // Only a path of this console: never an open redirect.
     let to = if f.next.starts_with(&format!("{}/", c.base)) && !f.next.starts_with("//") {
         f.next.clone()
@@ -523,10 +553,14 @@ pub(crate) async fn login(
         format!("{}/", c.base)
     };
     let mut res = Redirect::to(&to).into_response();
-    res.headers_mut()
-        .append(header::SET_COOKIE, set_cookie(&c, SESSION_COOKIE, &token, None));
-    res.headers_mut()
-        .append(header::SET_COOKIE, set_cookie(&c, LOGIN_COOKIE, "", Some(0)));
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&c, SESSION_COOKIE, &token, None),
+    );
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&c, LOGIN_COOKIE, "", Some(0)),
+    );
     Ok(res)
 }
 
@@ -537,14 +571,19 @@ pub(crate) async fn logout(
     headers: HeaderMap,
 ) -> Result<Response, PageError> {
     if let Some(t) = cookie(&headers, SESSION_COOKIE) {
-        sqlx::query!("DELETE FROM console_sessions WHERE token_hash = $1", token_hash(&t))
-            .execute(&c.pool)
-            .await?;
+        sqlx::query!(
+            "DELETE FROM console_sessions WHERE token_hash = $1",
+            token_hash(&t)
+        )
+        .execute(&c.pool)
+        .await?;
     }
     tracing::debug!(user = %staff.name, "console sign-out");
     let mut res = Redirect::to(&format!("{}/login", c.base)).into_response();
-    res.headers_mut()
-        .append(header::SET_COOKIE, set_cookie(&c, SESSION_COOKIE, "", Some(0)));
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&c, SESSION_COOKIE, "", Some(0)),
+    );
     Ok(res)
 }
 
@@ -567,6 +606,9 @@ mod tests {
         for r in [Role::Viewer, Role::Editor, Role::Admin] {
             assert_eq!(r.to_string().parse::<Role>().unwrap(), r);
         }
-        assert!("root".parse::<Role>().unwrap_err().contains("viewer, editor, admin"));
+        assert!("root"
+            .parse::<Role>()
+            .unwrap_err()
+            .contains("viewer, editor, admin"));
     }
 }

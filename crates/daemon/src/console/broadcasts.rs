@@ -44,18 +44,27 @@ pub(crate) struct PageQuery {
 }
 
 fn fmt_local(at: chrono::DateTime<chrono::Utc>, tz: chrono_tz::Tz) -> String {
-    at.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string()
+    at.with_timezone(&tz)
+        .format("%Y-%m-%d %H:%M %Z")
+        .to_string()
+}
+
+/// What the page shows besides the account's data: the two forms as
+/// typed, a refusal at one of them, a notice.
+struct View<'a> {
+    daily: &'a ScheduleForm,
+    once: &'a ScheduleForm,
+    /// (which form, why, whether "replace" is offered).
+    error: Option<(&'a str, String, bool)>,
+    done: Option<String>,
+    status: StatusCode,
 }
 
 async fn render(
     c: &Console,
     staff: &Staff,
     scope: &super::Scope,
-    daily: &ScheduleForm,
-    once: &ScheduleForm,
-    error: Option<(&str, String, bool)>,
-    done: Option<String>,
-    status: StatusCode,
+    view: View<'_>,
 ) -> Result<Response, PageError> {
     let tz: chrono_tz::Tz = c
         .settings
@@ -121,6 +130,13 @@ async fn render(
             by_state => format!("{:?}", s.users_by_state),
         });
     }
+    let View {
+        daily,
+        once,
+        error,
+        done,
+        status,
+    } = view;
     let (error_form, error_text, can_replace) = match error {
         Some((f, t, r)) => (Some(f), Some(t), r),
         None => (None, None, false),
@@ -150,11 +166,25 @@ pub(crate) async fn page(
     Query(q): Query<PageQuery>,
 ) -> Result<Response, PageError> {
     let scope = c
-        .scope(&ScopeQuery { app: q.app, mcid: q.mcid })
+        .scope(&ScopeQuery {
+            app: q.app,
+            mcid: q.mcid,
+        })
         .await?;
     let (app, mcid) = scope.picked.clone().unwrap_or_default();
-    let blank = ScheduleForm { app, mcid, ..ScheduleForm::default() };
-    render(&c, &staff, &scope, &blank, &blank, None, q.done, StatusCode::OK).await
+    let blank = ScheduleForm {
+        app,
+        mcid,
+        ..ScheduleForm::default()
+    };
+    let view = View {
+        daily: &blank,
+        once: &blank,
+        error: None,
+        done: q.done,
+        status: StatusCode::OK,
+    };
+    render(&c, &staff, &scope, view).await
 }
 
 async fn refused(
@@ -164,10 +194,8 @@ async fn refused(
     f: &ScheduleForm,
     e: BroadcastError,
 ) -> Result<Response, PageError> {
-    let can_replace = matches!(
-        &e,
-        BroadcastError::ScheduleTaken { .. }
-    ) || matches!(&e, BroadcastError::DayTaken { state, .. } if state == "scheduled" || state == "planned");
+    let can_replace = matches!(&e, BroadcastError::ScheduleTaken { .. })
+        || matches!(&e, BroadcastError::DayTaken { state, .. } if state == "scheduled" || state == "planned");
     let text = match &e {
         BroadcastError::Db(_) => return Err(PageError::Internal(anyhow::anyhow!(e))),
         other => other
@@ -176,21 +204,29 @@ async fn refused(
             .replace("or give --replace", "or tick \"replace\""),
     };
     let scope = c
-        .scope(&ScopeQuery { app: Some(f.app.clone()), mcid: Some(f.mcid.clone()) })
+        .scope(&ScopeQuery {
+            app: Some(f.app.clone()),
+            mcid: Some(f.mcid.clone()),
+        })
         .await?;
-    let blank = ScheduleForm { app: f.app.clone(), mcid: f.mcid.clone(), ..ScheduleForm::default() };
-    let (daily, once) = if which == "daily" { (f, &blank) } else { (&blank, f) };
-    render(
-        c,
-        staff,
-        &scope,
+    let blank = ScheduleForm {
+        app: f.app.clone(),
+        mcid: f.mcid.clone(),
+        ..ScheduleForm::default()
+    };
+    let (daily, once) = if which == "daily" {
+        (f, &blank)
+    } else {
+        (&blank, f)
+    };
+    let view = View {
         daily,
         once,
-        Some((which, text, can_replace)),
-        None,
-        StatusCode::CONFLICT,
-    )
-    .await
+        error: Some((which, text, can_replace)),
+        done: None,
+        status: StatusCode::CONFLICT,
+    };
+    render(c, staff, &scope, view).await
 }
 
 fn back(c: &Console, f: &ScheduleForm, done: &str) -> Redirect {
@@ -211,13 +247,33 @@ pub(crate) async fn daily(
 ) -> Result<Response, PageError> {
     staff.require(Role::Editor)?;
     let Ok(time) = NaiveTime::parse_from_str(f.at.trim(), "%H:%M") else {
-        return refused(&c, &staff, "daily", &f, BroadcastError::Invalid(format!("the time is HH:MM (like 09:30), not {:?}", f.at))).await;
+        return refused(
+            &c,
+            &staff,
+            "daily",
+            &f,
+            BroadcastError::Invalid(format!("the time is HH:MM (like 09:30), not {:?}", f.at)),
+        )
+        .await;
     };
     if f.name.trim().is_empty() {
-        return refused(&c, &staff, "daily", &f, BroadcastError::Invalid("a daily schedule needs a name".into())).await;
+        return refused(
+            &c,
+            &staff,
+            "daily",
+            &f,
+            BroadcastError::Invalid("a daily schedule needs a name".into()),
+        )
+        .await;
     }
-    let tz = if f.timezone.trim().is_empty() { c.settings.broadcast.timezone.clone() } else { f.timezone.trim().to_owned() };
-    let content = BroadcastContent::Text { text: f.text.clone() };
+    let tz = if f.timezone.trim().is_empty() {
+        c.settings.broadcast.timezone.clone()
+    } else {
+        f.timezone.trim().to_owned()
+    };
+    let content = BroadcastContent::Text {
+        text: f.text.clone(),
+    };
     let new = NewSchedule {
         app_key: &f.app,
         mcid: &f.mcid,
@@ -230,7 +286,12 @@ pub(crate) async fn daily(
         Ok(s) => {
             audit::record(&c.pool, &staff.name, "broadcast.schedule_daily", &format!("{}/{}", f.app, f.mcid),
                 serde_json::json!({ "id": s.id, "name": s.name, "at": f.at, "timezone": tz, "replace": f.replace.is_some() })).await?;
-            Ok(back(&c, &f, &format!("Daily schedule {:?} at {} ({tz}) saved.", s.name, f.at)).into_response())
+            Ok(back(
+                &c,
+                &f,
+                &format!("Daily schedule {:?} at {} ({tz}) saved.", s.name, f.at),
+            )
+            .into_response())
         }
         Err(e) => refused(&c, &staff, "daily", &f, e).await,
     }
@@ -243,9 +304,20 @@ pub(crate) async fn once(
     Form(f): Form<ScheduleForm>,
 ) -> Result<Response, PageError> {
     staff.require(Role::Editor)?;
-    let tz_name = if f.timezone.trim().is_empty() { c.settings.broadcast.timezone.clone() } else { f.timezone.trim().to_owned() };
+    let tz_name = if f.timezone.trim().is_empty() {
+        c.settings.broadcast.timezone.clone()
+    } else {
+        f.timezone.trim().to_owned()
+    };
     let Ok(tz) = tz_name.parse::<chrono_tz::Tz>() else {
-        return refused(&c, &staff, "once", &f, BroadcastError::Invalid(format!("unknown time zone {tz_name:?}"))).await;
+        return refused(
+            &c,
+            &staff,
+            "once",
+            &f,
+            BroadcastError::Invalid(format!("unknown time zone {tz_name:?}")),
+        )
+        .await;
     };
     let at = match f.at.trim() {
         "" => c.clock.now(),
@@ -257,18 +329,47 @@ pub(crate) async fn once(
             {
                 Some(t) => t.with_timezone(&chrono::Utc),
                 None => {
-                    return refused(&c, &staff, "once", &f, BroadcastError::Invalid(format!(
-                        "the date and time is YYYY-MM-DD HH:MM (like 2026-12-24 18:00), not {:?}", f.at))).await
+                    return refused(
+                        &c,
+                        &staff,
+                        "once",
+                        &f,
+                        BroadcastError::Invalid(format!(
+                        "the date and time is YYYY-MM-DD HH:MM (like 2026-12-24 18:00), not {:?}",
+                        f.at
+                    )),
+                    )
+                    .await
                 }
             }
         }
     };
-    let content = BroadcastContent::Text { text: f.text.clone() };
-    match mass::schedule_once(&c.pool, c.clock.as_ref(), &f.app, &f.mcid, at, &content, f.replace.is_some()).await {
+    let content = BroadcastContent::Text {
+        text: f.text.clone(),
+    };
+    match mass::schedule_once(
+        &c.pool,
+        c.clock.as_ref(),
+        &f.app,
+        &f.mcid,
+        at,
+        &content,
+        f.replace.is_some(),
+    )
+    .await
+    {
         Ok(b) => {
             audit::record(&c.pool, &staff.name, "broadcast.once", &format!("{}/{}", f.app, f.mcid),
                 serde_json::json!({ "id": b.id, "day": b.platform_day.to_string(), "replace": f.replace.is_some() })).await?;
-            Ok(back(&c, &f, &format!("Broadcast #{} scheduled for platform day {}.", b.id, b.platform_day)).into_response())
+            Ok(back(
+                &c,
+                &f,
+                &format!(
+                    "Broadcast #{} scheduled for platform day {}.",
+                    b.id, b.platform_day
+                ),
+            )
+            .into_response())
         }
         Err(e) => refused(&c, &staff, "once", &f, e).await,
     }
@@ -293,8 +394,19 @@ pub(crate) async fn cancel(
     let n = mass::cancel(&c.pool, c.clock.as_ref(), id, false)
         .await
         .map_err(|e| PageError::BadRequest(e.to_string()))?;
-    audit::record(&c.pool, &staff.name, "broadcast.cancel", &format!("broadcast #{id}"), serde_json::json!({ "cancelled": n })).await?;
-    let form = ScheduleForm { app: f.app, mcid: f.mcid, ..ScheduleForm::default() };
+    audit::record(
+        &c.pool,
+        &staff.name,
+        "broadcast.cancel",
+        &format!("broadcast #{id}"),
+        serde_json::json!({ "cancelled": n }),
+    )
+    .await?;
+    let form = ScheduleForm {
+        app: f.app,
+        mcid: f.mcid,
+        ..ScheduleForm::default()
+    };
     Ok(back(&c, &form, &format!("Broadcast #{id} cancelled.")))
 }
 
@@ -309,8 +421,19 @@ pub(crate) async fn cancel_schedule(
     let n = mass::cancel(&c.pool, c.clock.as_ref(), id, true)
         .await
         .map_err(|e| PageError::BadRequest(e.to_string()))?;
-    audit::record(&c.pool, &staff.name, "broadcast.cancel_schedule", &format!("schedule #{id}"), serde_json::json!({ "cancelled_sends": n })).await?;
-    let form = ScheduleForm { app: f.app, mcid: f.mcid, ..ScheduleForm::default() };
+    audit::record(
+        &c.pool,
+        &staff.name,
+        "broadcast.cancel_schedule",
+        &format!("schedule #{id}"),
+        serde_json::json!({ "cancelled_sends": n }),
+    )
+    .await?;
+    let form = ScheduleForm {
+        app: f.app,
+        mcid: f.mcid,
+        ..ScheduleForm::default()
+    };
     Ok(back(&c, &form, &format!("Daily schedule #{id} cancelled.")))
 }
 
@@ -327,7 +450,25 @@ pub(crate) async fn resolve(
     mass::resolve(&c.pool, c.clock.as_ref(), id, sent)
         .await
         .map_err(|e| PageError::BadRequest(e.to_string()))?;
-    audit::record(&c.pool, &staff.name, "broadcast.resolve", &format!("broadcast #{id}"), serde_json::json!({ "sent": sent })).await?;
-    let form = ScheduleForm { app: f.app, mcid: f.mcid, ..ScheduleForm::default() };
-    Ok(back(&c, &form, &format!("Broadcast #{id} marked {}.", if sent { "sent" } else { "failed" })))
+    audit::record(
+        &c.pool,
+        &staff.name,
+        "broadcast.resolve",
+        &format!("broadcast #{id}"),
+        serde_json::json!({ "sent": sent }),
+    )
+    .await?;
+    let form = ScheduleForm {
+        app: f.app,
+        mcid: f.mcid,
+        ..ScheduleForm::default()
+    };
+    Ok(back(
+        &c,
+        &form,
+        &format!(
+            "Broadcast #{id} marked {}.",
+            if sent { "sent" } else { "failed" }
+        ),
+    ))
 }

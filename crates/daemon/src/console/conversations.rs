@@ -28,7 +28,10 @@ pub(crate) async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Html<String>, PageError> {
     let scope = c
-        .scope(&ScopeQuery { app: q.app.clone(), mcid: q.mcid.clone() })
+        .scope(&ScopeQuery {
+            app: q.app.clone(),
+            mcid: q.mcid.clone(),
+        })
         .await?;
     let search = q.q.clone().unwrap_or_default();
     let users = match &scope.picked {
@@ -78,16 +81,21 @@ pub(crate) async fn show(
     Query(q): Query<ShowQuery>,
 ) -> Result<Html<String>, PageError> {
     let scope = c
-        .scope(&ScopeQuery { app: q.app.clone(), mcid: q.mcid.clone() })
+        .scope(&ScopeQuery {
+            app: q.app.clone(),
+            mcid: q.mcid.clone(),
+        })
         .await?;
     let (app, mcid) = scope.require()?;
     let mut exchanges = inspect::conversation(&c.pool, &user, Some(&mcid), 100).await?;
     exchanges.retain(|e| e.app_key == app);
     let states = inspect::states(&c.pool, &user, Some(&mcid)).await?;
-    let state = states
-        .iter()
-        .find(|s| s.app_key == app)
-        .map(|s| (serde_json::to_string_pretty(&s.state).unwrap_or_default(), s.expires_at.format("%Y-%m-%d %H:%M:%S").to_string()));
+    let state = states.iter().find(|s| s.app_key == app).map(|s| {
+        (
+            serde_json::to_string_pretty(&s.state).unwrap_or_default(),
+            s.expires_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        )
+    });
     let rows: Vec<_> = exchanges
         .iter()
         .map(|e| {
@@ -121,7 +129,11 @@ pub(crate) async fn show(
             }
         });
     c.render(
-        if q.part.is_some() { "thread.html" } else { "conversation.html" },
+        if q.part.is_some() {
+            "thread.html"
+        } else {
+            "conversation.html"
+        },
         minijinja::context! {
             base => c.base, staff => staff.value(), page => "conversations", user, app, mcid,
             rows, state, last_id, done => q.done, part => q.part.is_some(), hold,
@@ -135,10 +147,17 @@ pub(crate) async fn show(
 fn reply_text(payload: &serde_json::Value) -> String {
     let kind = payload.get("type").and_then(|v| v.as_str()).unwrap_or("");
     match kind {
-        "text" => payload.get("content").and_then(|v| v.as_str()).unwrap_or("").to_owned(),
+        "text" => payload
+            .get("content")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned(),
         "handler" => format!(
             "[handler {} called]",
-            payload.get("handler").and_then(|v| v.as_str()).unwrap_or("?")
+            payload
+                .get("handler")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
         ),
         "" => payload.to_string(),
         other => format!("[{other}]"),
@@ -214,8 +233,21 @@ pub(crate) async fn hold(
     staff.require(Role::Editor)?;
     let mut conn = c.pool.acquire().await?;
     takeover::hold(&mut conn, &f.app, &f.mcid, &user, &staff.name).await?;
-    audit::record(&c.pool, &staff.name, "conversation.hold", &format!("{}/{}/{user}", f.app, f.mcid), serde_json::json!({})).await?;
-    Ok(back_to(&c, &user, &f.app, &f.mcid, "You hold this conversation: the bot is silent for this user until you release it."))
+    audit::record(
+        &c.pool,
+        &staff.name,
+        "conversation.hold",
+        &format!("{}/{}/{user}", f.app, f.mcid),
+        serde_json::json!({}),
+    )
+    .await?;
+    Ok(back_to(
+        &c,
+        &user,
+        &f.app,
+        &f.mcid,
+        "You hold this conversation: the bot is silent for this user until you release it.",
+    ))
 }
 
 /// `POST /conversations/{user}/release`: back to the bot.
@@ -227,8 +259,21 @@ pub(crate) async fn release(
 ) -> Result<Redirect, PageError> {
     staff.require(Role::Editor)?;
     let was = takeover::release(&c.pool, &f.app, &f.mcid, &user).await?;
-    audit::record(&c.pool, &staff.name, "conversation.release", &format!("{}/{}/{user}", f.app, f.mcid), serde_json::json!({ "was_held": was })).await?;
-    Ok(back_to(&c, &user, &f.app, &f.mcid, "Released: the bot answers this user again."))
+    audit::record(
+        &c.pool,
+        &staff.name,
+        "conversation.release",
+        &format!("{}/{}/{user}", f.app, f.mcid),
+        serde_json::json!({ "was_held": was }),
+    )
+    .await?;
+    Ok(back_to(
+        &c,
+        &user,
+        &f.app,
+        &f.mcid,
+        "Released: the bot answers this user again.",
+    ))
 }
 
 /// `POST /conversations/{user}/message`: a person writes to the user
@@ -243,8 +288,21 @@ pub(crate) async fn message(
     staff.require(Role::Editor)?;
     match outbox::enqueue_staff(&c.pool, &f.app, &f.mcid, &user, &staff.name, &f.text).await {
         Ok(id) => {
-            audit::record(&c.pool, &staff.name, "conversation.message", &format!("{}/{}/{user}", f.app, f.mcid), serde_json::json!({ "reply": id })).await?;
-            Ok(back_to(&c, &user, &f.app, &f.mcid, &format!("Message #{id} queued; it goes out after the replies before it.")))
+            audit::record(
+                &c.pool,
+                &staff.name,
+                "conversation.message",
+                &format!("{}/{}/{user}", f.app, f.mcid),
+                serde_json::json!({ "reply": id }),
+            )
+            .await?;
+            Ok(back_to(
+                &c,
+                &user,
+                &f.app,
+                &f.mcid,
+                &format!("Message #{id} queued; it goes out after the replies before it."),
+            ))
         }
         Err(StaffError::Db(e)) => Err(e.into()),
         Err(e) => Err(PageError::BadRequest(e.to_string())),

@@ -41,11 +41,11 @@
 //! - Every change is written to the audit log (who, when, what), shown on
 //!   the Audit page.
 
+mod accounts;
 mod audit;
 pub mod auth;
 mod broadcasts;
 mod conversations;
-mod accounts;
 mod pages;
 mod rules;
 mod stats;
@@ -160,10 +160,19 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("home.html", include_str!("templates/home.html")),
     ("rules.html", include_str!("templates/rules.html")),
     ("rule_edit.html", include_str!("templates/rule_edit.html")),
-    ("rules_import.html", include_str!("templates/rules_import.html")),
+    (
+        "rules_import.html",
+        include_str!("templates/rules_import.html"),
+    ),
     ("rules_try.html", include_str!("templates/rules_try.html")),
-    ("conversations.html", include_str!("templates/conversations.html")),
-    ("conversation.html", include_str!("templates/conversation.html")),
+    (
+        "conversations.html",
+        include_str!("templates/conversations.html"),
+    ),
+    (
+        "conversation.html",
+        include_str!("templates/conversation.html"),
+    ),
     ("thread.html", include_str!("templates/thread.html")),
     ("scope.html", include_str!("templates/scope.html")),
     ("broadcasts.html", include_str!("templates/broadcasts.html")),
@@ -184,7 +193,9 @@ const JS: &str = include_str!("static/console.js");
 pub(crate) fn templates() -> Result<minijinja::Environment<'static>, minijinja::Error> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::SemiStrict);
-    env.add_filter("urlencode", |s: Option<String>| auth::urlencode(s.as_deref().unwrap_or("")));
+    env.add_filter("urlencode", |s: Option<String>| {
+        auth::urlencode(s.as_deref().unwrap_or(""))
+    });
     for (name, source) in TEMPLATES {
         env.add_template(name, source)?;
     }
@@ -277,8 +288,14 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/conversations", get(conversations::list))
         .route("/conversations/{user}", get(conversations::show))
         .route("/conversations/{user}/hold", post(conversations::hold))
-        .route("/conversations/{user}/release", post(conversations::release))
-        .route("/conversations/{user}/message", post(conversations::message))
+        .route(
+            "/conversations/{user}/release",
+            post(conversations::release),
+        )
+        .route(
+            "/conversations/{user}/message",
+            post(conversations::message),
+        )
         .route("/replies/{id}/retry", post(conversations::retry))
         .route("/broadcasts", get(broadcasts::page))
         .route("/broadcasts/daily", post(broadcasts::daily))
@@ -316,14 +333,21 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
     }
 }
 
-async fn strip_prefix(State(base): State<String>, mut req: axum::extract::Request) -> axum::extract::Request {
+async fn strip_prefix(
+    State(base): State<String>,
+    mut req: axum::extract::Request,
+) -> axum::extract::Request {
     let path = req.uri().path();
     let rest = match path.strip_prefix(base.as_str()) {
         Some("") => "/".to_owned(),
         Some(r) if r.starts_with('/') => r.to_owned(),
         _ => "/-/not-the-console".to_owned(),
     };
-    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     if let Ok(uri) = format!("{rest}{query}").parse() {
         *req.uri_mut() = uri;
     }
@@ -344,7 +368,10 @@ async fn security_headers(req: axum::extract::Request, next: axum::middleware::N
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -403,8 +430,8 @@ pub(crate) async fn start(
     });
     let app = router(console).into_make_service_with_connect_info::<SocketAddr>();
     tasks.spawn(async move {
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "console listener stopped");
         }

@@ -103,8 +103,18 @@ impl RuleForm {
                 })
                 .collect::<Vec<_>>()
                 .join(&format!("\n{SEPARATOR}\n")),
-            active_from: r.trigger.active.as_ref().map(|a| a.from.clone()).unwrap_or_default(),
-            active_to: r.trigger.active.as_ref().map(|a| a.to.clone()).unwrap_or_default(),
+            active_from: r
+                .trigger
+                .active
+                .as_ref()
+                .map(|a| a.from.clone())
+                .unwrap_or_default(),
+            active_to: r
+                .trigger
+                .active
+                .as_ref()
+                .map(|a| a.to.clone())
+                .unwrap_or_default(),
             active_days: r
                 .trigger
                 .active
@@ -144,7 +154,10 @@ impl RuleForm {
         let opt = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
         rule.name = self.name.trim().to_owned();
         if rule.name.is_empty() {
-            errors.entry("name").or_default().push("a rule needs a name".into());
+            errors
+                .entry("name")
+                .or_default()
+                .push("a rule needs a name".into());
         }
         rule.app_key = opt(&self.app_key);
         rule.mcid = opt(&self.mcid);
@@ -372,23 +385,42 @@ pub(crate) async fn list(
         .iter()
         .filter(|v| {
             let r = &v.rule;
-            let scoped = q.app.as_deref().is_none_or(|a| a.is_empty() || r.app_key.as_deref().is_none_or(|x| x == a))
-                && q.mcid.as_deref().is_none_or(|m| m.is_empty() || r.mcid.as_deref().is_none_or(|x| x == m));
+            let scoped = q
+                .app
+                .as_deref()
+                .is_none_or(|a| a.is_empty() || r.app_key.as_deref().is_none_or(|x| x == a))
+                && q.mcid
+                    .as_deref()
+                    .is_none_or(|m| m.is_empty() || r.mcid.as_deref().is_none_or(|x| x == m));
             let found = needle.is_empty()
                 || r.name.to_lowercase().contains(&needle)
                 || r.trigger.keywords.iter().flatten().any(|k| {
-                    pubbot_rules::normalize(&k.pattern).to_lowercase().contains(&needle)
+                    pubbot_rules::normalize(&k.pattern)
+                        .to_lowercase()
+                        .contains(&needle)
                 })
-                || r.replies.iter().any(|x| matches!(x, Reply::Text { text } if text.to_lowercase().contains(&needle)));
+                || r.replies.iter().any(
+                    |x| matches!(x, Reply::Text { text } if text.to_lowercase().contains(&needle)),
+                );
             scoped && found
         })
         .collect();
-    shown.sort_by(|a, b| b.rule.priority.cmp(&a.rule.priority).then(a.rule.id.cmp(&b.rule.id)));
+    shown.sort_by(|a, b| {
+        b.rule
+            .priority
+            .cmp(&a.rule.priority)
+            .then(a.rule.id.cmp(&b.rule.id))
+    });
     let rows: Vec<_> = shown
         .iter()
         .map(|v| minijinja::context! { rule => summary(&v.rule), version => v.version })
         .collect();
-    let scope = c.scope(&super::ScopeQuery { app: q.app.clone(), mcid: q.mcid.clone() }).await?;
+    let scope = c
+        .scope(&super::ScopeQuery {
+            app: q.app.clone(),
+            mcid: q.mcid.clone(),
+        })
+        .await?;
     c.render(
         "rules.html",
         minijinja::context! {
@@ -449,7 +481,15 @@ pub(crate) async fn new_form(
         mode: "all".into(),
         ..RuleForm::default()
     };
-    edit_page(&c, &staff, None, &form, &FieldErrors::new(), None, axum::http::StatusCode::OK)
+    edit_page(
+        &c,
+        &staff,
+        None,
+        &form,
+        &FieldErrors::new(),
+        None,
+        axum::http::StatusCode::OK,
+    )
 }
 
 async fn stored(c: &Console, id: i64) -> Result<store::Versioned, PageError> {
@@ -469,7 +509,15 @@ pub(crate) async fn edit_form(
 ) -> Result<Response, PageError> {
     let v = stored(&c, id).await?;
     let form = RuleForm::from_rule(&v.rule, v.version);
-    edit_page(&c, &staff, Some(id), &form, &FieldErrors::new(), Some(&v.rule), axum::http::StatusCode::OK)
+    edit_page(
+        &c,
+        &staff,
+        Some(id),
+        &form,
+        &FieldErrors::new(),
+        Some(&v.rule),
+        axum::http::StatusCode::OK,
+    )
 }
 
 /// `POST /rules/new`.
@@ -504,7 +552,15 @@ async fn save(
         None => None,
     };
     let refused = |errors: FieldErrors| {
-        edit_page(c, staff, id, &form, &errors, base.as_ref(), axum::http::StatusCode::UNPROCESSABLE_ENTITY)
+        edit_page(
+            c,
+            staff,
+            id,
+            &form,
+            &errors,
+            base.as_ref(),
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        )
     };
     let rule = match form.to_rule(base.as_ref()) {
         Ok(r) => r,
@@ -522,12 +578,21 @@ async fn save(
             audit::record(
                 &c.pool,
                 &staff.name,
-                if id.is_some() { "rule.update" } else { "rule.create" },
+                if id.is_some() {
+                    "rule.update"
+                } else {
+                    "rule.create"
+                },
                 &rule.name,
                 serde_json::json!({ "id": saved, "version": version }),
             )
             .await?;
-            Ok(Redirect::to(&format!("{}/rules?done={}", c.base, super::auth::urlencode(&format!("Saved rule {}.", rule.name)))).into_response())
+            Ok(Redirect::to(&format!(
+                "{}/rules?done={}",
+                c.base,
+                super::auth::urlencode(&format!("Saved rule {}.", rule.name))
+            ))
+            .into_response())
         }
         Err(RulesError::Conflict { name, current }) => {
             let mut errors = FieldErrors::new();
@@ -535,7 +600,15 @@ async fn save(
                 "{name:?} was saved by someone else while you edited it (it is at version {current}, you began from {}). Your changes are below and were not saved: open the rule again in a new tab, compare, and make them there.",
                 form.version
             ));
-            edit_page(c, staff, id, &form, &errors, base.as_ref(), axum::http::StatusCode::CONFLICT)
+            edit_page(
+                c,
+                staff,
+                id,
+                &form,
+                &errors,
+                base.as_ref(),
+                axum::http::StatusCode::CONFLICT,
+            )
         }
         Err(RulesError::Db(e)) => Err(e.into()),
         Err(e) => refused(compile_errors(&rule.name, &e)),
@@ -616,7 +689,11 @@ pub(crate) async fn set_enabled(
     Ok(Redirect::to(&format!(
         "{}/rules?done={}",
         c.base,
-        super::auth::urlencode(&format!("{} {}.", if on { "Enabled" } else { "Disabled" }, v.rule.name))
+        super::auth::urlencode(&format!(
+            "{} {}.",
+            if on { "Enabled" } else { "Disabled" },
+            v.rule.name
+        ))
     )))
 }
 
@@ -677,7 +754,10 @@ pub(crate) async fn delete(
         &staff.name,
         "rule.delete",
         &v.rule.name,
-        serde_json::to_value(RuleFile { rules: vec![v.rule.clone()] }).unwrap_or_default(),
+        serde_json::to_value(RuleFile {
+            rules: vec![v.rule.clone()],
+        })
+        .unwrap_or_default(),
     )
     .await?;
     Ok(Redirect::to(&format!(
@@ -690,12 +770,17 @@ pub(crate) async fn delete(
 /// `GET /rules/export`: every rule as the TOML `pubbot rules import` reads
 /// (the same text as `pubbot rules export`).
 pub(crate) async fn export(State(c): Shared) -> Result<Response, PageError> {
-    let file = store::export(&c.pool).await.map_err(|e| anyhow::anyhow!(e))?;
+    let file = store::export(&c.pool)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     let text = file.to_toml().map_err(|e| anyhow::anyhow!(e))?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/toml; charset=utf-8"),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"rules.toml\""),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"rules.toml\"",
+            ),
         ],
         text,
     )
@@ -757,7 +842,11 @@ pub(crate) async fn import(
                 super::auth::urlencode(&format!(
                     "Imported {} rule(s){}.",
                     done.written,
-                    if done.removed.is_empty() { String::new() } else { format!("; removed {}", done.removed.join(", ")) }
+                    if done.removed.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; removed {}", done.removed.join(", "))
+                    }
                 ))
             ))
             .into_response())
@@ -792,7 +881,13 @@ pub(crate) async fn try_form(
 ) -> Result<Html<String>, PageError> {
     let scope = c.scope(&q).await?;
     let (app, mcid) = scope.picked.clone().unwrap_or_default();
-    let form = TryForm { app, mcid, user: "someone".into(), kind: "text".into(), ..TryForm::default() };
+    let form = TryForm {
+        app,
+        mcid,
+        user: "someone".into(),
+        kind: "text".into(),
+        ..TryForm::default()
+    };
     c.render(
         "rules_try.html",
         minijinja::context! { base => c.base, staff => staff.value(), page => "rules", form, result => minijinja::Value::from(()), error => minijinja::Value::from(()) },
@@ -820,7 +915,9 @@ pub(crate) async fn try_message(
         "" => Ok(None),
         s => serde_json::from_str::<serde_json::Value>(s)
             .map(Some)
-            .map_err(|e| format!("the state is a JSON object, like {{\"step\": \"ask_size\"}}: {e}")),
+            .map_err(|e| {
+                format!("the state is a JSON object, like {{\"step\": \"ask_size\"}}: {e}")
+            }),
     };
     let (result, error) = match (kind, state) {
         (Ok(kind), Ok(state)) => {
@@ -878,7 +975,10 @@ mod tests {
         let kw = rule.trigger.keywords.as_ref().unwrap();
         assert_eq!(kw.len(), 2);
         assert!(kw.iter().all(|k| k.match_kind == MatchKind::Equals));
-        assert_eq!(rule.trigger.active.as_ref().unwrap().days.as_ref().unwrap(), &["mon", "tue"]);
+        assert_eq!(
+            rule.trigger.active.as_ref().unwrap().days.as_ref().unwrap(),
+            &["mon", "tue"]
+        );
         let again = RuleForm::from_rule(&rule, 3).to_rule(None).unwrap();
         assert_eq!(again, rule);
     }

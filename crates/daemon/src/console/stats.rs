@@ -75,7 +75,10 @@ pub(crate) async fn page(
     let today = c
         .clock
         .now()
-        .with_timezone(&tz.parse::<chrono_tz::Tz>().unwrap_or(chrono_tz::Asia::Shanghai))
+        .with_timezone(
+            &tz.parse::<chrono_tz::Tz>()
+                .unwrap_or(chrono_tz::Asia::Shanghai),
+        )
         .date_naive();
     let days: Vec<NaiveDate> = (0..DAYS)
         .rev()
@@ -99,7 +102,10 @@ pub(crate) async fn page(
              FROM outbound_messages
             WHERE app_key = $1 AND mcid = $2 AND created_at > now() - make_interval(days => $4)
             GROUP BY 1"#,
-        app, mcid, tz, DAYS + 1
+        app,
+        mcid,
+        tz,
+        DAYS + 1
     )
     .fetch_all(&c.pool)
     .await?;
@@ -120,7 +126,9 @@ pub(crate) async fn page(
         r#"SELECT rule_name, count(*) AS "n!" FROM outbound_messages
             WHERE app_key = $1 AND mcid = $2 AND created_at > now() - make_interval(days => $3)
             GROUP BY 1 ORDER BY 2 DESC LIMIT 12"#,
-        app, mcid, DAYS
+        app,
+        mcid,
+        DAYS
     )
     .fetch_all(&c.pool)
     .await?
@@ -130,7 +138,11 @@ pub(crate) async fn page(
     let series = [
         ("Pushes received", per_day(&pushes, &days), "#2563eb"),
         ("Replies sent", per_day(&sent, &days), "#16a34a"),
-        ("Replies failed or expired", per_day(&failed, &days), "#dc2626"),
+        (
+            "Replies failed or expired",
+            per_day(&failed, &days),
+            "#dc2626",
+        ),
         ("Broadcasts sent", per_day(&broadcasts, &days), "#9333ea"),
     ];
     let charts: Vec<_> = series
@@ -143,8 +155,12 @@ pub(crate) async fn page(
             }
         })
         .collect();
-    let rules_chart = minijinja::Value::from_safe_string(bar_chart("Replies per rule", &per_rule, "#0891b2"));
-    let rule_rows: Vec<_> = per_rule.iter().map(|(l, v)| minijinja::context! { label => l, value => v }).collect();
+    let rules_chart =
+        minijinja::Value::from_safe_string(bar_chart("Replies per rule", &per_rule, "#0891b2"));
+    let rule_rows: Vec<_> = per_rule
+        .iter()
+        .map(|(l, v)| minijinja::context! { label => l, value => v })
+        .collect();
     c.render(
         "stats.html",
         minijinja::context! { base => c.base, staff => staff.value(), page => "stats", scope => scope.value(), charts, rules_chart, rule_rows, days => DAYS, timezone => tz },
@@ -156,9 +172,15 @@ mod tests {
     #[test]
     fn a_chart_escapes_its_labels_and_scales_to_the_largest_bar() {
         let svg = super::bar_chart("a <b>", &[("x&y".into(), 5), ("z".into(), 10)], "#000");
-        assert!(svg.contains("a &lt;b&gt;") && svg.contains("x&amp;y"), "{svg}");
+        assert!(
+            svg.contains("a &lt;b&gt;") && svg.contains("x&amp;y"),
+            "{svg}"
+        );
         assert!(!svg.contains("<b>"));
         assert_eq!(svg.matches("<rect").count(), 2);
-        assert!(svg.contains(">10<"), "the axis names the largest value: {svg}");
+        assert!(
+            svg.contains(">10<"),
+            "the axis names the largest value: {svg}"
+        );
     }
 }

@@ -143,7 +143,8 @@ impl DecideWorker {
             .collect()
         };
         // Conversations a person holds: decided without a reply.
-        let held = crate::pipeline::takeover::held(&mut tx, &ka, &km, &ku, self.takeover_idle).await?;
+        let held =
+            crate::pipeline::takeover::held(&mut tx, &ka, &km, &ku, self.takeover_idle).await?;
         let mut changed_states: Vec<UserKey> = Vec::new();
         let mut planned = outbox::Plan::default();
         let mut follows: Vec<(String, String, String, bool)> = Vec::new();

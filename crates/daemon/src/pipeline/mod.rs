@@ -24,7 +24,7 @@ pub(crate) mod ingest;
 pub(crate) mod listener;
 pub(crate) mod outbox;
 pub mod rules;
-pub mod takeover;
 pub(crate) mod send;
 pub(crate) mod spool;
+pub mod takeover;
 pub(crate) mod wakeups;

@@ -533,7 +533,10 @@ pub async fn explain(
                 "handler: {handler} (its answer becomes the replies; fallback: {})",
                 serde_json::to_string(fallback).unwrap_or_default()
             ),
-            other => format!("reply: {}", serde_json::to_string(other).unwrap_or_default()),
+            other => format!(
+                "reply: {}",
+                serde_json::to_string(other).unwrap_or_default()
+            ),
         });
     }
     if !e.decision.state_set.is_empty() || !e.decision.state_clear.is_empty() {
