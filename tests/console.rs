@@ -202,8 +202,28 @@ async fn console_daemon(
     connect: PgConnectOptions,
     prefix: &str,
 ) -> (World, PgPool, pubbot::Running, String) {
+    console_daemon_with(connect, prefix, None).await
+}
+
+/// As [`console_daemon`], with `rules` stored before the daemon starts
+/// (in force from its first push, not from its first reload).
+async fn console_daemon_with(
+    connect: PgConnectOptions,
+    prefix: &str,
+    rules: Option<&str>,
+) -> (World, PgPool, pubbot::Running, String) {
     let w = World::new(connect).await;
     let pool = w.pool(None).await;
+    if let Some(toml) = rules {
+        pubbot::pipeline::rules::import(
+            &pool,
+            pubbot_rules::RuleFile::from_toml(toml).unwrap(),
+            &pubbot_rules::Options::default(),
+            false,
+        )
+        .await
+        .unwrap();
+    }
     let mut s = w.settings();
     s.console.listen = Some("127.0.0.1:0".parse().expect("addr"));
     s.console.secure_cookies = false;
@@ -315,6 +335,30 @@ async fn an_editor_writes_a_rule_and_sees_it_answer_a_user(
         assert!(!html.contains(SECRET), "{page} shows the app secret");
         assert!(!html.contains("postgres://"), "{page} shows a database URL");
     }
+    // A menu file planned, then applied through the simulator.
+    b.goto(&format!("{base}/menus")).await;
+    b.fill("#menu-text", "[[item]]\nname = \"Shop\"\nurl = \"http://example.com/shop\"\n\n[[item]]\nname = \"Help\"\n[[item.children]]\nname = \"Hours\"\nurl = \"http://example.com/hours\"\n").await;
+    b.click("main form button[value=plan]").await;
+    b.wait_text("menu-plan").await;
+    assert!(b.text("#menu-plan").await.contains("add Help/Hours"));
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM menu_items").await,
+        0,
+        "a plan calls nothing"
+    );
+    b.click("main form button[value=apply]").await;
+    b.wait_text("Applied").await;
+    b.wait_text("http://example.com/hours").await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM menu_items").await, 3);
+    b.shot("menu-applied").await;
+    // On a phone.
+    b.client.set_window_size(390, 844).await.unwrap();
+    for page in ["rules", "broadcasts"] {
+        b.goto(&format!("{base}/{page}")).await;
+        b.wait_text("</main>").await;
+        b.shot(&format!("{page}-phone")).await;
+    }
+    b.client.set_window_size(1280, 1000).await.unwrap();
     b.goto(&format!("{base}/audit")).await;
     let audit = b.text("#audit").await;
     assert!(
@@ -342,45 +386,60 @@ async fn broadcasts_are_scheduled_and_a_taken_day_is_refused_until_replaced(
     let tomorrow = (chrono::Utc::now().with_timezone(&chrono_tz::Asia::Shanghai)
         + chrono::Duration::days(1))
     .date_naive();
+    // A daily schedule: the coming days name it.
+    b.fill("#daily-name", "morning").await;
+    b.fill("#daily-at", "23:59").await;
+    b.fill("#daily-text", "Good night, {{ followers }} followers")
+        .await;
+    b.click("#daily-form button[type=submit]").await;
+    b.wait_text("Daily schedule \"morning\"").await;
+    assert!(
+        b.text("#coming").await.contains("daily \"morning\""),
+        "{}",
+        b.text("#coming").await
+    );
+    b.shot("daily").await;
+    // A one-off on a day the daily send announced: refused, saying which
+    // send holds the day, what was typed kept.
     b.fill("#once-at", &format!("{tomorrow} 10:00")).await;
     b.fill("#once-text", "Sale starts tomorrow").await;
     b.click("#once-form button[type=submit]").await;
+    b.wait_text("already taken").await;
+    let why = b.text("#err-once").await;
+    assert!(why.contains("morning"), "{why}");
+    assert!(why.contains("one mass send a natural day"), "{why}");
+    assert_eq!(
+        b.value("#once-text").await,
+        "Sale starts tomorrow",
+        "what was typed is kept"
+    );
+    b.shot("day-taken").await;
+    // "Replace" takes the day from the daily send, for that day only.
+    b.click("#once-replace").await;
+    b.click("#once-form button[type=submit]").await;
     b.wait_text("scheduled for platform day").await;
     assert!(b.text("#history").await.contains("Sale starts tomorrow"));
-    assert!(b.text("#coming").await.contains(&tomorrow.to_string()));
-    b.shot("scheduled").await;
-
-    // A second one-off the same day: refused, naming what holds it.
+    let coming = b.text("#coming").await;
+    assert!(
+        coming.contains(&tomorrow.to_string()) && coming.contains("one-off"),
+        "{coming}"
+    );
+    assert!(
+        coming.contains("daily \"morning\""),
+        "other days keep the daily send: {coming}"
+    );
+    b.shot("replaced").await;
+    // A second one-off the same day: refused.
     b.fill("#once-at", &format!("{tomorrow} 18:00")).await;
     b.fill("#once-text", "Evening news").await;
     b.click("#once-form button[type=submit]").await;
     b.wait_text("already taken").await;
-    assert!(b
-        .text("#err-once")
-        .await
-        .contains("one mass send a natural day"));
+    assert!(b.text("#err-once").await.contains("broadcast #"));
     assert_eq!(
-        b.value("#once-text").await,
-        "Evening news",
-        "what was typed is kept"
-    );
-    assert_eq!(count(&pool, "SELECT count(*) FROM broadcasts").await, 1);
-    b.shot("day-taken").await;
-    // Replace is offered for a scheduled send; ticking it takes the day.
-    b.click("#once-replace").await;
-    b.click("#once-form button[type=submit]").await;
-    b.wait_text("Evening news").await;
-    b.wait_text("scheduled for platform day").await;
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM broadcasts WHERE state = 'scheduled'"
-        )
-        .await,
+        count(&pool, &format!("SELECT count(*) FROM broadcasts WHERE platform_day = '{tomorrow}' AND state = 'scheduled'")).await,
         1,
         "one send a day"
     );
-    b.shot("replaced").await;
 }
 
 /// A viewer sees the pages but cannot edit: no edit controls, and a change
@@ -583,18 +642,15 @@ async fn a_person_takes_over_a_conversation_and_gives_it_back(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let (w, pool, _d, base) = console_daemon(connect, "").await;
+    let (w, pool, _d, base) = console_daemon_with(
+        connect,
+        "",
+        Some("[[rule]]\nname = \"echo\"\nkind = \"default\"\nreplies = [{ type = \"text\", text = \"bot: {{ text }}\" }]\n"),
+    )
+    .await;
     add_user(&pool, "erin", Role::Editor, Some(PASSWORD))
         .await
         .unwrap();
-    pubbot::pipeline::rules::import(
-        &pool,
-        pubbot_rules::RuleFile::from_toml("[[rule]]\nname = \"echo\"\nkind = \"default\"\nreplies = [{ type = \"text\", text = \"bot: {{ text }}\" }]\n").unwrap(),
-        &pubbot_rules::Options::default(),
-        false,
-    )
-    .await
-    .unwrap();
     w.say("bea", "hello").await;
     eventually("the bot answers", || async {
         w.texts("bea").await.iter().any(|t| t == "bot: hello")
@@ -631,6 +687,19 @@ async fn a_person_takes_over_a_conversation_and_gives_it_back(
         2,
         "the held push is decided, without a reply"
     );
+
+    // Too long for a text message: refused at the field, the text kept.
+    b.client
+        .execute(
+            "document.querySelector('#message-text').value = 'x'.repeat(5000);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    b.click("#message-form button").await;
+    b.wait_text("a text message is at most").await;
+    assert_eq!(b.value("#message-text").await.len(), 5000);
+    b.shot("message-refused").await;
 
     b.fill("#message-text", "Yes — Erin here. 你好!").await;
     b.click("#message-form button").await;
@@ -725,4 +794,64 @@ async fn a_trusted_proxy_header_signs_in_only_from_a_trusted_proxy(
         .to_str()
         .unwrap()
         .starts_with("/login"));
+}
+
+/// A reply the platform refused for good shows as failed in the
+/// conversation; its retry button sends it again once the platform is
+/// back.
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_failed_reply_is_retried_from_the_conversation(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    pubbot::pipeline::rules::import(
+        &pool,
+        pubbot_rules::RuleFile::from_toml("[[rule]]\nname = \"hours\"\ntrigger = { keywords = [{ pattern = \"hours\" }] }\nreplies = [{ type = \"text\", text = \"9-18\" }]\n").unwrap(),
+        &pubbot_rules::Options::default(),
+        false,
+    )
+    .await
+    .unwrap();
+    let mut s = w.settings();
+    s.console.listen = Some("127.0.0.1:0".parse().expect("addr"));
+    s.console.secure_cookies = false;
+    s.sender.max_attempts = 2;
+    s.sender.backoff_min_ms = 50;
+    s.sender.backoff_max_ms = 100;
+    let (d, _) = w.daemon(s, pool.clone()).await;
+    w.add_account(d.addr).await;
+    let base = format!("http://{}", d.console_addr.unwrap());
+    add_user(&pool, "erin", Role::Editor, Some(PASSWORD))
+        .await
+        .unwrap();
+    w.put("faults", serde_json::json!({"error_rate": 1.0}))
+        .await;
+    w.say("cal", "hours").await;
+    eventually("the reply failed", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'failed'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    w.put("faults", serde_json::json!({"error_rate": 0.0}))
+        .await;
+    let mut b = Browser::start("retry").await;
+    b.sign_in(&base, "erin", PASSWORD).await;
+    b.wait_text("Overview").await;
+    b.goto(&format!("{base}/conversations/cal?app={KEY}&mcid={SHOP}"))
+        .await;
+    b.wait_text("Retry reply").await;
+    b.shot("failed").await;
+    b.click("#thread form.inline button").await;
+    b.wait_text("retried").await;
+    eventually("the retried reply arrives", || async {
+        w.texts("cal").await == ["9-18"]
+    })
+    .await;
+    b.shot("retried").await;
 }

@@ -4,7 +4,7 @@
 //! same retry as `pubbot outbound retry`: once, with the rules in force).
 
 use axum::extract::{Path, Query, State};
-use axum::response::{Html, Redirect};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use serde::Deserialize;
 
@@ -80,6 +80,20 @@ pub(crate) async fn show(
     Path(user): Path<String>,
     Query(q): Query<ShowQuery>,
 ) -> Result<Html<String>, PageError> {
+    page(&c, &staff, &user, q, "", None).await
+}
+
+/// The conversation page; `message` and `message_error`: a staff message
+/// that was refused, kept as typed with the reason at its field.
+async fn page(
+    c: &super::Console,
+    staff: &Staff,
+    user: &str,
+    q: ShowQuery,
+    message: &str,
+    message_error: Option<String>,
+) -> Result<Html<String>, PageError> {
+    let user = user.to_owned();
     let scope = c
         .scope(&ScopeQuery {
             app: q.app.clone(),
@@ -137,7 +151,7 @@ pub(crate) async fn show(
         minijinja::context! {
             base => c.base, staff => staff.value(), page => "conversations", user, app, mcid,
             rows, state, last_id, done => q.done, part => q.part.is_some(), hold,
-            message => "", message_error => minijinja::Value::from(()),
+            message, message_error,
             user_q => urlencode(&user), app_q => urlencode(&app), mcid_q => urlencode(&mcid),
         },
     )
@@ -284,7 +298,7 @@ pub(crate) async fn message(
     Extension(staff): Extension<Staff>,
     Path(user): Path<String>,
     Form(f): Form<TakeoverForm>,
-) -> Result<Redirect, PageError> {
+) -> Result<Response, PageError> {
     staff.require(Role::Editor)?;
     match outbox::enqueue_staff(&c.pool, &f.app, &f.mcid, &user, &staff.name, &f.text).await {
         Ok(id) => {
@@ -302,9 +316,18 @@ pub(crate) async fn message(
                 &f.app,
                 &f.mcid,
                 &format!("Message #{id} queued; it goes out after the replies before it."),
-            ))
+            )
+            .into_response())
         }
         Err(StaffError::Db(e)) => Err(e.into()),
-        Err(e) => Err(PageError::BadRequest(e.to_string())),
+        Err(e) => {
+            let q = ShowQuery {
+                app: Some(f.app.clone()),
+                mcid: Some(f.mcid.clone()),
+                ..ShowQuery::default()
+            };
+            let page = page(&c, &staff, &user, q, &f.text, Some(e.to_string())).await?;
+            Ok((axum::http::StatusCode::UNPROCESSABLE_ENTITY, page).into_response())
+        }
     }
 }
