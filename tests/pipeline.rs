@@ -10,6 +10,7 @@ mod handlers;
 mod operator;
 mod operator_hits;
 mod protocol;
+mod scrape;
 mod slow_clients;
 
 use pubbot_e2e::{db_addr, eventually, webhook_url, Proxy, World, KEY, SHOP};

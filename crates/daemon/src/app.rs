@@ -166,6 +166,17 @@ pub async fn start_with_clock(
     db::check_schema(&pool).await?;
     let pools = Pools::split(&pool.connect_options(), &settings.database);
     let worker_id = worker_id(&settings);
+    crate::admin::catalog::announce(&crate::admin::catalog::Known {
+        accounts: settings
+            .apps
+            .iter()
+            .map(|a| (a.key.clone(), a.accounts.listed().to_vec()))
+            .collect(),
+        handlers: sqlx::query_scalar!("SELECT name FROM handlers ORDER BY name")
+            .fetch_all(&pool)
+            .await?,
+        pools: pools.named().iter().map(|(name, _)| *name).collect(),
+    });
     let addr = listener.local_addr()?;
     let options =
         pubbot_rules::Options::with_timezone(&settings.timezone).map_err(anyhow::Error::msg)?;

@@ -6,6 +6,7 @@
 //! - [`retention`]: old rows deleted in small batches.
 //! - [`inspect`]: one user's conversation, failed replies, a retry.
 
+pub(crate) mod catalog;
 pub(crate) mod health;
 pub mod inspect;
 pub mod queue;

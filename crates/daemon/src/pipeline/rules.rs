@@ -128,6 +128,9 @@ impl RuleStore {
     pub(crate) async fn reload(&self, pool: &PgPool) -> Result<usize, RulesError> {
         let fp = fingerprint(pool).await?;
         let rules = load(pool).await?;
+        for r in &rules {
+            crate::admin::catalog::rule_loaded(&r.name);
+        }
         let options = with_media(pool, &self.options).await?;
         let set = RuleSet::compile(rules, &options)?;
         let n = set.len();
