@@ -15,9 +15,12 @@ use pubbot_e2e::{eventually, World, KEY, SECRET, SHOP};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use super::count;
+use super::{count, import};
 
 const PASSWORD: &str = "correct horse battery";
+
+/// A rule stored before a test edits it in the page.
+const HELLO: &str = "[[rule]]\nname = \"hello\"\ntrigger = { keywords = [{ pattern = \"hi\" }] }\nreplies = [{ type = \"text\", text = \"hello\" }]\n";
 
 /// One chromedriver and its headless Chromium, stopped on drop.
 struct Browser {
@@ -215,14 +218,7 @@ async fn console_daemon_with(
     let w = World::new(connect).await;
     let pool = w.pool(None).await;
     if let Some(toml) = rules {
-        pubbot::pipeline::rules::import(
-            &pool,
-            pubbot_rules::RuleFile::from_toml(toml).unwrap(),
-            &pubbot_rules::Options::default(),
-            false,
-        )
-        .await
-        .unwrap();
+        import(&pool, toml).await;
     }
     let mut s = w.settings();
     s.console.listen = Some("127.0.0.1:0".parse().expect("addr"));
@@ -450,14 +446,7 @@ async fn a_viewer_reads_but_cannot_edit(_: PgPoolOptions, connect: PgConnectOpti
     add_user(&pool, "vic", Role::Viewer, Some(PASSWORD))
         .await
         .unwrap();
-    pubbot::pipeline::rules::import(
-        &pool,
-        pubbot_rules::RuleFile::from_toml("[[rule]]\nname = \"hello\"\ntrigger = { keywords = [{ pattern = \"hi\" }] }\nreplies = [{ type = \"text\", text = \"hello\" }]\n").unwrap(),
-        &pubbot_rules::Options::default(),
-        false,
-    )
-    .await
-    .unwrap();
+    import(&pool, HELLO).await;
     let mut b = Browser::start("viewer").await;
     b.sign_in(&base, "vic", PASSWORD).await;
     b.wait_text("Overview").await;
@@ -509,14 +498,7 @@ async fn forgeries_lost_updates_and_password_guessing_are_refused(
     add_user(&pool, "erin", Role::Editor, Some(PASSWORD))
         .await
         .unwrap();
-    pubbot::pipeline::rules::import(
-        &pool,
-        pubbot_rules::RuleFile::from_toml("[[rule]]\nname = \"hello\"\ntrigger = { keywords = [{ pattern = \"hi\" }] }\nreplies = [{ type = \"text\", text = \"hello\" }]\n").unwrap(),
-        &pubbot_rules::Options::default(),
-        false,
-    )
-    .await
-    .unwrap();
+    import(&pool, HELLO).await;
     let mut b = Browser::start("forgeries").await;
     b.sign_in(&base, "erin", PASSWORD).await;
     b.wait_text("Overview").await;
@@ -806,14 +788,7 @@ async fn a_failed_reply_is_retried_from_the_conversation(
 ) {
     let w = World::new(connect).await;
     let pool = w.pool(None).await;
-    pubbot::pipeline::rules::import(
-        &pool,
-        pubbot_rules::RuleFile::from_toml("[[rule]]\nname = \"hours\"\ntrigger = { keywords = [{ pattern = \"hours\" }] }\nreplies = [{ type = \"text\", text = \"9-18\" }]\n").unwrap(),
-        &pubbot_rules::Options::default(),
-        false,
-    )
-    .await
-    .unwrap();
+    import(&pool, "[[rule]]\nname = \"hours\"\ntrigger = { keywords = [{ pattern = \"hours\" }] }\nreplies = [{ type = \"text\", text = \"9-18\" }]\n").await;
     let mut s = w.settings();
     s.console.listen = Some("127.0.0.1:0".parse().expect("addr"));
     s.console.secure_cookies = false;

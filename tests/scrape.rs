@@ -6,6 +6,8 @@
 use std::collections::BTreeSet;
 
 use pubbot_e2e::World;
+
+use super::import;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 fn documented() -> BTreeSet<String> {
@@ -81,14 +83,7 @@ async fn a_healthy_daemons_first_scrape_lists_every_metric_with_help(
         .await
         .unwrap();
     // A stored rule: its match counter is there at zero.
-    pubbot::pipeline::rules::import(
-        &pool,
-        pubbot_rules::RuleFile::from_toml("[[rule]]\nname = \"hours\"\ntrigger = { keywords = [{ pattern = \"hours\" }] }\nreplies = [{ type = \"text\", text = \"9-18\" }]\n").unwrap(),
-        &pubbot_rules::Options::default(),
-        false,
-    )
-    .await
-    .unwrap();
+    import(&pool, "[[rule]]\nname = \"hours\"\ntrigger = { keywords = [{ pattern = \"hours\" }] }\nreplies = [{ type = \"text\", text = \"9-18\" }]\n").await;
     let (d, _) = w.daemon(w.settings(), pool.clone()).await;
     let text = reqwest::get(format!("http://{}/metrics", d.admin_addr))
         .await
@@ -132,16 +127,18 @@ async fn a_healthy_daemons_first_scrape_lists_every_metric_with_help(
             "the Grafana dashboard reads {name}, which the daemon does not expose"
         );
     }
-    // Known label sets are there at zero.
+    // Known label sets are there from the start (at zero; other tests in
+    // this process share the recorder, so only their presence is checked).
     for line in [
-        "pubbot_outbound_recovered_total 0",
-        "pubbot_rule_matches_total{rule=\"hours\"} 0",
-        "pubbot_spool_pushes_total{outcome=\"refused\"} 0",
-        "pubbot_handler_calls_total{handler=\"orders\",result=\"error\"} 0",
-        "pubbot_broadcasts_total{app_key=\"e2e-app\",mcid=\"shop\",state=\"unknown\"} 0",
+        "pubbot_outbound_recovered_total",
+        "pubbot_rule_matches_total{rule=\"hours\"}",
+        "pubbot_spool_pushes_total{outcome=\"refused\"}",
+        "pubbot_handler_calls_total{handler=\"orders\",result=\"error\"}",
+        "pubbot_broadcasts_total{app_key=\"e2e-app\",mcid=\"shop\",state=\"unknown\"}",
     ] {
         assert!(
-            text.lines().any(|l| l == line),
+            text.lines()
+                .any(|l| l.strip_prefix(line).is_some_and(|v| v.starts_with(' '))),
             "{line:?} not in the scrape"
         );
     }

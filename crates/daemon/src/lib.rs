@@ -23,10 +23,10 @@
 //! | room | what it is | tables it writes |
 //! |---|---|---|
 //! | [`app`] | wiring: builds every room from [`config::Settings`], starts and stops them | `accounts` (the hosted list, at start) |
-//! | [`pipeline`] | one message's trip: listener, ingest (+ spool), decide, outbox, send, handler bots, rules in force, wake-ups | `inbound_messages` (ingest), `outbound_messages` (outbox), `conversation_state`, `handlers`, `rules` |
+//! | [`pipeline`] | one message's trip: listener, ingest (+ spool), decide, outbox, send, handler bots, rules in force, wake-ups | `inbound_messages` (ingest), `outbound_messages` (outbox), `conversation_state`, `handlers`, `rules`, `takeovers` (a person holding a conversation) |
 //! | [`mass`] | the one mass send a natural day (R11): schedules, the ledger, campaigns, the scheduler | `broadcasts`, `broadcast_schedules`, `campaigns`, `campaign_chunks` |
 //! | [`account`] | the account as code: profile and route, menus, media, followers | `menu_items`, `media`, `followers` |
-//! | [`admin`] | what an operator watches and keeps: health and metrics listener, queue depths, retention, conversation views | deletes old rows (retention) |
+//! | [`admin`] | what an operator watches and keeps: health and metrics listener (every metric registered at start, `admin::catalog`), queue depths, retention, conversation views | deletes old rows (retention) |
 //! | [`console`] | the web console on its own listener: pages for rules, conversations, broadcasts, followers, menus, statistics; users, sessions, CSRF, audit | `console_users`, `console_sessions`, `console_login_failures`, `console_audit` (every other change through the room that owns it) |
 //! | [`cli`] | the `pubbot` command: one file per command group, shared output | none (asks the rooms) |
 //! | [`config`], [`db`], [`clock`], [`telemetry`] | settings, pools and migrations, the injectable clock, logging | |

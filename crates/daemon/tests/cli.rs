@@ -186,6 +186,85 @@ async fn every_command_has_help_with_an_example() {
     );
 }
 
+/// `pubbot console user ...`: users are added with a password from a file,
+/// listed without their hashes, refused with a clear reason, removed.
+#[sqlx::test(migrations = false)]
+async fn console_users_are_added_listed_and_removed(_: PgPoolOptions, opts: PgConnectOptions) {
+    let db = url(&opts, "unused");
+    let env = [("PUBBOT__DATABASE__URL", db.as_str())];
+    let (code, _, err) = pubbot(&["migrate"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    let dir = std::env::temp_dir().join(format!("pubbot-cli-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pw = dir.join("alice.pw");
+    std::fs::write(&pw, "a long enough password\n").unwrap();
+    let pw = pw.to_str().unwrap();
+    let (code, out, err) = pubbot(
+        &[
+            "console",
+            "user",
+            "add",
+            "alice",
+            "--role",
+            "editor",
+            "--password-file",
+            pw,
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "added console user alice (editor)");
+    let short = dir.join("short.pw");
+    std::fs::write(&short, "short\n").unwrap();
+    let (code, _, err) = pubbot(
+        &[
+            "console",
+            "user",
+            "add",
+            "bob",
+            "--role",
+            "viewer",
+            "--password-file",
+            short.to_str().unwrap(),
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("at least 10 characters"), "{err}");
+    let (code, _, err) = pubbot(
+        &[
+            "console",
+            "user",
+            "add",
+            "bob",
+            "--role",
+            "root",
+            "--no-password",
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(code, 2, "a bad role is a usage error");
+    assert!(err.contains("viewer, editor, admin"), "{err}");
+    let (code, out, err) = pubbot(&["console", "user", "list", "--json"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    let users: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(users[0]["name"], "alice");
+    assert_eq!(users[0]["role"], "editor");
+    assert!(!out.contains("argon2"), "no hash is shown: {out}");
+    let (code, out, err) = pubbot(&["console", "user", "remove", "alice"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "removed console user alice");
+    let (code, _, err) = pubbot(&["console", "user", "remove", "alice"], &env).await;
+    assert_eq!(code, 1);
+    assert!(
+        error_line(&err).contains("no console user named \"alice\""),
+        "{err}"
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn rules_commands_write_only_their_output_to_stdout(
     _: PgPoolOptions,

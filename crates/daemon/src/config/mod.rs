@@ -766,6 +766,34 @@ mod tests {
     }
 
     #[test]
+    fn the_console_is_off_by_default_and_never_on_the_webhooks_address() {
+        let s = Settings::load_from(None, Vec::new()).unwrap();
+        assert!(
+            s.console.listen.is_none(),
+            "off unless console.listen is set"
+        );
+        assert!(s.console.secure_cookies);
+        let e = Settings::load_from(None, env(&[("PUBBOT__CONSOLE__LISTEN", "0.0.0.0:8080")]))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("console.listen") && e.to_string().contains("http.listen"),
+            "{e}"
+        );
+        let e = Settings::load_from(None, env(&[("PUBBOT__CONSOLE__PATH_PREFIX", "pubbot/")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("console.path_prefix"), "{e}");
+        let e = Settings::load_from(
+            None,
+            env(&[("PUBBOT__CONSOLE__PROXY_DEFAULT_ROLE", "root")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("console.proxy_default_role"), "{e}");
+        let ok = Settings::load_from(None, env(&[("PUBBOT__CONSOLE__LISTEN", "127.0.0.1:8091")]))
+            .unwrap();
+        assert_eq!(ok.console.listen, Some("127.0.0.1:8091".parse().unwrap()));
+    }
+
+    #[test]
     fn typos_and_bad_values_name_the_key() {
         let e = Settings::load_from(None, env(&[("PUBBOT__WORKERS__SENDERS", "9")])).unwrap_err();
         assert!(e.to_string().contains("senders"), "{e}");
