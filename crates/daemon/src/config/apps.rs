@@ -149,3 +149,29 @@ impl AppSettings {
         Ok(all)
     }
 }
+
+impl super::Settings {
+    /// A client for an operator's calls to `app_key`'s platform API (the
+    /// CLI's, the console's): idempotent calls are tried again with backoff
+    /// on retryable answers (1000, 1008, 5xx, no answer), as the platform's
+    /// error texts say; adds and sends are not (they could land twice).
+    ///
+    /// # Errors
+    /// The app is not configured, or its secret cannot be read.
+    pub fn operator_client(&self, app_key: &str) -> anyhow::Result<pubbot_api_client::Client> {
+        use anyhow::Context as _;
+        let app = self
+            .apps
+            .iter()
+            .find(|a| a.key == app_key)
+            .with_context(|| format!("app {app_key:?} is not configured"))?;
+        Ok(pubbot_api_client::Client::builder(
+            app.key.clone(),
+            app.signing_secret()?,
+            app.api_base_url.clone(),
+        )
+        .timestamp_unit(app.timestamp_unit.into())
+        .retry(pubbot_api_client::RetryPolicy::default())
+        .build()?)
+    }
+}

@@ -3,6 +3,7 @@
 //! Unknown keys and invalid values fail at start, naming the key.
 
 mod apps;
+mod console;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use serde::Deserialize;
 
 /// The compiled-in defaults (the same text as `config/default.toml`).
 pub use apps::{AppSettings, Hosted, TimestampUnit};
+pub use console::ConsoleSettings;
 
 /// The built-in defaults.
 pub const DEFAULTS: &str = include_str!("../../../../config/default.toml");
@@ -273,32 +275,6 @@ pub struct RetentionSettings {
 /// conversation waits behind the call.
 pub const HANDLER_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-impl Settings {
-    /// A client for an operator's calls to `app_key`'s platform API (the
-    /// CLI's, the console's): idempotent calls are tried again with backoff
-    /// on retryable answers (1000, 1008, 5xx, no answer), as the platform's
-    /// error texts say; adds and sends are not (they could land twice).
-    ///
-    /// # Errors
-    /// The app is not configured, or its secret cannot be read.
-    pub fn operator_client(&self, app_key: &str) -> anyhow::Result<pubbot_api_client::Client> {
-        use anyhow::Context as _;
-        let app = self
-            .apps
-            .iter()
-            .find(|a| a.key == app_key)
-            .with_context(|| format!("app {app_key:?} is not configured"))?;
-        Ok(pubbot_api_client::Client::builder(
-            app.key.clone(),
-            app.signing_secret()?,
-            app.api_base_url.clone(),
-        )
-        .timestamp_unit(app.timestamp_unit.into())
-        .retry(pubbot_api_client::RetryPolicy::default())
-        .build()?)
-    }
-}
-
 impl SenderSettings {
     /// Pauses between tries of a reply or a campaign chunk.
     pub fn backoff(&self) -> crate::retry::Backoff {
@@ -337,41 +313,6 @@ pub struct HandlerSettings {
 pub struct StateSettings {
     /// Seconds a user's conversation state lives after its last change.
     pub ttl_secs: u64,
-}
-
-/// `[console]`: the web console (`crate::console`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsoleSettings {
-    /// Its own listener; unset: no console. Never the webhook's address
-    /// (refused at start), so the platform-facing port exposes no pages.
-    #[serde(default)]
-    pub listen: Option<SocketAddr>,
-    /// The path a reverse proxy forwards to the console (`/pubbot`);
-    /// empty: served at the root.
-    pub path_prefix: String,
-    /// The session cookie is `Secure` (HTTPS only). Off only where the
-    /// console is reached over plain HTTP on a trusted network.
-    pub secure_cookies: bool,
-    /// Hours a sign-in lasts.
-    pub session_hours: u32,
-    /// Failed sign-ins allowed per name, and per client address, within
-    /// `login_window_secs`; more are refused until the window passes.
-    pub login_max_failures: u32,
-    /// The window failed sign-ins are counted over.
-    pub login_window_secs: u64,
-    /// A header an authenticating proxy sets to the signed-in user's name
-    /// (`X-Forwarded-User`); empty: off. Honoured only from
-    /// `trusted_proxies`.
-    pub trusted_user_header: String,
-    /// Addresses whose `trusted_user_header` is believed.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Seconds a person's hold of a conversation (human takeover) keeps
-    /// the bot silent after their last message to the user.
-    pub takeover_idle_secs: u64,
-    /// Role of a proxy-signed-in name that is not a console user
-    /// (`viewer`, `editor`, `admin`); empty: such a name is refused.
-    pub proxy_default_role: String,
 }
 
 /// `[log]`.
