@@ -140,6 +140,8 @@ for STEP in $STEPS; do
     psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" -c CHECKPOINT
     start_pubbot
     "${LOAD[@]}" --rate "$STEP" --duration 20 --users 1000 --grace 60 > "$WORK/step.out"
+    # Where the messages of this run waited, from the daemon's histograms.
+    curl -s http://127.0.0.1:19090/metrics | python3 scripts/stages.py > "$WORK/stages.out" || true
     stop_pubbot
     P99S+=("$(sed -n 's/.*p99 \([0-9.]*\).*/\1/p' "$WORK/step.out" | head -1)")
     L=$(sed -n 's/.*lost \([0-9]*\).*/\1/p' "$WORK/step.out" | head -1)
@@ -147,6 +149,8 @@ for STEP in $STEPS; do
   done
   P99=$(printf '%s\n' "${P99S[@]}" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')
   echo "## step $STEP pushes/s: p99 ${P99} ms (runs: ${P99S[*]}), lost ${LOST}"
+  sed -n 1p "$WORK/step.out"
+  [ -z "${SHOW_STAGES:-}" ] || cat "$WORK/stages.out"
   if [ "$LOST" = 0 ] && awk "BEGIN { exit !(${P99:-1e9} < 100) }"; then CAPACITY=$STEP; else break; fi
 done
 if phase steps; then

@@ -260,6 +260,59 @@ async fn a_burst_past_capacity_on_a_ten_connection_pool_drains_with_nothing_twic
     d.shutdown().await;
 }
 
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn decide_and_send_yield_while_ingest_is_behind_then_every_reply_goes_once(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // Ingest first (issue 26): with `ingest.yield_after_ms` at 1 ms every
+    // group commit counts as behind, so while the burst comes the decide
+    // and send workers start no new round. The pushes are all answered
+    // (stored), and once pushes stop the replies go out, each once; the
+    // yielding is in /metrics.
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, ECHO).await;
+    let mut settings = w.settings();
+    settings.ingest.yield_after_ms = 1;
+    let (d, _) = w.daemon(settings, w.pool(None).await).await;
+    w.add_account(d.addr).await;
+    let per_user = burst(&w, "first", 1500, 100).await;
+    each_answered_exactly_once(&w, &per_user).await;
+    let metrics = reqwest::get(format!("http://{}/metrics", d.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("pubbot_ingest_behind_total") >= 1.0,
+        "ingest was behind"
+    );
+    assert!(
+        value("pubbot_ingest_yield_seconds_count{stage=\"send\"}") >= 1.0,
+        "senders yielded to ingest"
+    );
+    // Where each message waited is measured stage by stage.
+    for stage in [
+        "pubbot_ingest_queue_seconds_count",
+        "pubbot_decided_to_sent_seconds_count",
+        "pubbot_pool_acquire_seconds_count{pool=\"ingest\"}",
+        "pubbot_pool_acquire_seconds_count{pool=\"settle\"}",
+    ] {
+        assert!(value(stage) >= 1.0, "{stage} recorded");
+    }
+    d.shutdown().await;
+}
+
 async fn database_stopped_under_load(connect: PgConnectOptions, outage: Duration) {
     // R15 and the spool: pushes at ~200/s; the database goes away for
     // `outage` and comes back. Every push is answered exactly once (by the

@@ -237,6 +237,9 @@ pub async fn start_with_clock(
     tracing::info!(rules = n, worker_id, "rules loaded");
 
     let progress = Arc::new(Progress::default());
+    progress
+        .ingest_first
+        .set_threshold(Duration::from_millis(settings.ingest.yield_after_ms));
     let started = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Wakeups::default());
     let housekeeping_token = CancellationToken::new();
@@ -458,6 +461,7 @@ pub async fn start_with_clock(
             outcomes: outcomes_tx.clone(),
             handlers: Arc::clone(&handler_runner),
             sweep: Arc::clone(&sweep),
+            progress: Arc::clone(&progress),
         };
         workers.spawn(w.clone().run_handoff(Arc::clone(&handoff_rx)));
         workers.spawn(w.run(token.clone()));

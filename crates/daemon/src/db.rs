@@ -33,8 +33,9 @@ use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
 use std::str::FromStr;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres};
 
 use crate::config::DatabaseSettings;
 
@@ -149,6 +150,23 @@ impl Pools {
             ("housekeeping", &self.housekeeping),
         ]
     }
+}
+
+/// A connection of `pool` (the stage `name`'s), the wait for it recorded
+/// in `pubbot_pool_acquire_seconds{pool}`: a stage whose pool is too small
+/// for its load shows there first.
+///
+/// # Errors
+/// The pool's (its acquire timeout, a connection that cannot be opened).
+pub(crate) async fn acquire(
+    pool: &PgPool,
+    name: &'static str,
+) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    let started = std::time::Instant::now();
+    let conn = pool.acquire().await;
+    metrics::histogram!("pubbot_pool_acquire_seconds", "pool" => name)
+        .record(started.elapsed().as_secs_f64());
+    conn
 }
 
 /// Runs `write` until it succeeds, pausing 100 ms, doubling to 2 s, between

@@ -48,6 +48,8 @@ pub(crate) struct Progress {
     stalled: [AtomicBool; 3],
     /// Pushes waiting to be committed (in the webhook, not yet answered).
     pub ingest_waiting: AtomicI64,
+    /// Whether ingest is behind, and decide and send yield to it.
+    pub ingest_first: IngestFirst,
 }
 
 impl Default for Progress {
@@ -62,6 +64,7 @@ impl Default for Progress {
             due: Default::default(),
             stalled: Default::default(),
             ingest_waiting: AtomicI64::new(0),
+            ingest_first: IngestFirst::default(),
         }
     }
 }
@@ -88,6 +91,8 @@ impl Progress {
                 let since = now - self.last[s.index()].load(Ordering::Relaxed);
                 let due = self.due[s.index()].load(Ordering::Relaxed)
                     || (*s == Stage::Ingest && self.ingest_waiting.load(Ordering::Relaxed) > 0);
+                // Decide and send pause on purpose while ingest is behind.
+                let due = due && (*s == Stage::Ingest || !self.ingest_first.behind());
                 (due && since > limit).then_some((s.name(), since / 1000))
             })
             .collect()
@@ -118,6 +123,102 @@ impl Progress {
     }
 }
 
+/// Ingest first: while storing pushes falls behind, decide and send yield.
+///
+/// A push must be durable before the platform's 5 s run out (R15), and
+/// every stage takes its CPU and its database time from the same machine:
+/// decide and send doing their work while pushes wait is how an overloaded
+/// daemon used to leave pushes unanswered. So each group commit reports
+/// how long its oldest push waited from arrival to commit
+/// ([`IngestFirst::batch`]); one that waited `ingest.yield_after_ms` or
+/// more puts ingest *behind* for [`IngestFirst::HOLD`] after it, and
+/// meanwhile the decide and send workers start no new round
+/// ([`IngestFirst::wait`]): what they took goes on, nothing new is
+/// claimed. Pushes keep being stored decided (at receipt) or pending, and
+/// their replies wait in the outbox, where the senders find them once
+/// ingest keeps up again; a reply older than `sender.max_reply_age_secs`
+/// by then expires instead of going out late. While behind, decide and
+/// send do not count as stalled.
+#[derive(Debug)]
+pub(crate) struct IngestFirst {
+    /// Waits at or over this put ingest behind (ms; 0: never).
+    after_ms: AtomicI64,
+    /// Ingest is behind until then (ms since the epoch).
+    until: AtomicI64,
+}
+
+impl Default for IngestFirst {
+    fn default() -> Self {
+        Self {
+            after_ms: AtomicI64::new(0),
+            until: AtomicI64::new(0),
+        }
+    }
+}
+
+impl IngestFirst {
+    /// How long ingest stays behind after a slow commit.
+    pub(crate) const HOLD: Duration = Duration::from_secs(1);
+
+    /// Sets the wait that puts ingest behind (`ingest.yield_after_ms`;
+    /// zero: decide and send never yield).
+    pub(crate) fn set_threshold(&self, after: Duration) {
+        self.after_ms.store(
+            i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A group commit is done; its oldest push waited `waited` from its
+    /// arrival.
+    pub(crate) fn batch(&self, waited: Duration) {
+        let after = self.after_ms.load(Ordering::Relaxed);
+        let waited = i64::try_from(waited.as_millis()).unwrap_or(i64::MAX);
+        if after > 0 && waited >= after {
+            let until = now_ms() + i64::try_from(Self::HOLD.as_millis()).unwrap_or(0);
+            if self.until.swap(until, Ordering::Relaxed) < now_ms() {
+                tracing::warn!(
+                    waited_ms = waited,
+                    "ingest is behind; decide and send yield to it"
+                );
+                metrics::counter!("pubbot_ingest_behind_total").increment(1);
+            }
+        }
+    }
+
+    /// Whether ingest is behind now.
+    pub(crate) fn behind(&self) -> bool {
+        self.until.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// Waits while ingest is behind (`stage` names who yields, in
+    /// `pubbot_ingest_yield_seconds{stage}`), or until `token` is
+    /// cancelled.
+    pub(crate) async fn wait(
+        &self,
+        stage: &'static str,
+        token: &tokio_util::sync::CancellationToken,
+    ) {
+        if !self.behind() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let left = self.until.load(Ordering::Relaxed) - now_ms();
+            if left <= 0 || token.is_cancelled() {
+                break;
+            }
+            let pause = Duration::from_millis(u64::try_from(left).unwrap_or(0).clamp(1, 50));
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = token.cancelled() => break,
+            }
+        }
+        metrics::histogram!("pubbot_ingest_yield_seconds", "stage" => stage)
+            .record(started.elapsed().as_secs_f64());
+    }
+}
+
 /// Which stages are stuck, for a watchdog.
 #[derive(Clone, Debug)]
 pub(crate) struct Liveness {
@@ -131,5 +232,43 @@ impl Liveness {
     /// The stuck stages, with seconds since their last progress.
     pub(crate) fn stuck(&self) -> Vec<(&'static str, i64)> {
         self.progress.stalled(self.stall)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_slow_commit_puts_ingest_behind_for_a_while_and_workers_wait_it_out() {
+        let p = Progress::default();
+        // Off by default: no commit is slow enough.
+        p.ingest_first.batch(Duration::from_secs(60));
+        assert!(!p.ingest_first.behind());
+        p.ingest_first.set_threshold(Duration::from_millis(100));
+        p.ingest_first.batch(Duration::from_millis(99));
+        assert!(!p.ingest_first.behind(), "under the threshold");
+        p.ingest_first.batch(Duration::from_millis(100));
+        assert!(p.ingest_first.behind());
+        // While behind, decide and send are not stalled, ingest can be.
+        p.set_due(Stage::Send, true);
+        p.set_due(Stage::Decide, true);
+        p.ingest_waiting.store(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let names: Vec<&str> = p.stalled(Duration::ZERO).iter().map(|s| s.0).collect();
+        assert_eq!(names, ["ingest"]);
+        let started = std::time::Instant::now();
+        p.ingest_first
+            .wait("send", &tokio_util::sync::CancellationToken::new())
+            .await;
+        assert!(started.elapsed() >= IngestFirst::HOLD - Duration::from_millis(20));
+        assert!(!p.ingest_first.behind());
+        // A cancelled token ends the wait at once.
+        p.ingest_first.batch(Duration::from_secs(1));
+        let token = tokio_util::sync::CancellationToken::new();
+        token.cancel();
+        let started = std::time::Instant::now();
+        p.ingest_first.wait("decide", &token).await;
+        assert!(started.elapsed() < Duration::from_millis(500));
     }
 }

@@ -31,6 +31,13 @@ pub(crate) fn prometheus() -> &'static PrometheusHandle {
             .set_buckets(&[
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ])
+            .and_then(|b| {
+                // A count, not a duration.
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full("pubbot_ingest_batch_size".into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+                )
+            })
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
@@ -132,6 +139,9 @@ pub(crate) async fn watch(
             Err(e) => tracing::warn!(error = %e, "reading due work failed"),
         }
         progress.report(stall);
+        if let Some(n) = listen_overflows() {
+            metrics::counter!("pubbot_webhook_listen_overflows_total").absolute(n);
+        }
         for (stage, pool) in pools.named() {
             let size = f64::from(pool.size());
             let idle = pool.num_idle() as f64;
@@ -145,6 +155,22 @@ pub(crate) async fn watch(
             () = tokio::time::sleep(every) => {}
         }
     }
+}
+
+/// Connections the kernel dropped because a listen queue was full
+/// (`TcpExtListenOverflows` of `/proc/net/netstat`): pushes that never
+/// reached pubbot, so it could not count them itself. The count is the
+/// network namespace's — the pod's on Kubernetes, the host's under
+/// systemd (where other servers' queues count too). `None` off Linux.
+fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ListenOverflows")
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 #[cfg(test)]

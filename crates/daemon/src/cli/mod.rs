@@ -275,9 +275,9 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Serve => {
             let pool = pool(&settings).await?;
-            let listener = tokio::net::TcpListener::bind(settings.http.listen)
-                .await
-                .with_context(|| format!("binding http.listen {}", settings.http.listen))?;
+            let listener =
+                crate::pipeline::listener::bind(settings.http.listen, settings.http.listen_backlog)
+                    .with_context(|| format!("binding http.listen {}", settings.http.listen))?;
             tracing::info!(database = %settings.database_target(), "configuration loaded");
             let token = CancellationToken::new();
             let running = crate::start(settings, pool, listener, token.clone()).await?;

@@ -104,6 +104,11 @@ pub struct HttpSettings {
     /// Webhook connections open at once; more wait in the listen backlog
     /// (no answer, so the platform retries): bounds memory under a burst.
     pub max_connections: usize,
+    /// Connections the kernel queues for the webhook before it accepts
+    /// them (the `listen(2)` backlog; the kernel caps it at
+    /// `net.core.somaxconn`). A connection arriving at a full queue is
+    /// dropped unseen by pubbot, and the platform's try times out.
+    pub listen_backlog: u32,
     /// Webhook connections one peer address may hold at once (0: no cap),
     /// so that one source cannot take every slot. Addresses in
     /// `trusted_proxies` are not capped.
@@ -177,6 +182,10 @@ pub struct IngestSettings {
     /// [`crate::pipeline::ingest`]).
     #[serde(default = "yes")]
     pub decide_at_receipt: bool,
+    /// A group commit whose oldest push waited this long (ms) makes decide
+    /// and send yield to ingest for a second (0: never; see
+    /// [`crate::progress::IngestFirst`]).
+    pub yield_after_ms: u64,
 }
 
 /// `[workers]`.

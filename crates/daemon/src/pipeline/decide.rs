@@ -80,6 +80,7 @@ impl DecideWorker {
             self.batch,
             &token,
             "decide",
+            &self.progress.ingest_first,
             || self.once(),
         )
         .await;
@@ -99,7 +100,8 @@ impl DecideWorker {
         // Before the transaction, whose start is the leases' `now()`: never
         // later than the leases of the rows handed over.
         let since = std::time::Instant::now();
-        let mut tx = self.pool.begin().await?;
+        let mut conn = crate::db::acquire(&self.pool, "decide").await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let claimed = ingest::pending::claim(&mut tx, self.batch).await?;
         if claimed.is_empty() {
             tx.rollback().await?;
@@ -326,6 +328,12 @@ impl DecideWorker {
         ingest::pending::mark_decided(&mut tx, &ids, &state_changes).await?;
         tx.commit().await?;
         self.progress.advance(Stage::Decide);
+        // How long each push waited in the table for a decide worker.
+        let waited = metrics::histogram!("pubbot_stored_to_decided_seconds");
+        let decided_at = chrono::Utc::now();
+        for row in &claimed {
+            waited.record((decided_at - row.received_at).as_seconds_f64().max(0.0));
+        }
         // Rows planned `pending` (no hand-off, or held back behind an earlier
         // open row of their user) wait for a claim.
         // Claimable now (no room in the hand-off) unless held back behind

@@ -48,6 +48,24 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::HttpSettings;
 
+/// Binds the webhook's listening socket with a listen queue of `backlog`
+/// connections (see `http.listen_backlog`; tokio's own `bind` asks for
+/// 1,024), `SO_REUSEADDR` set as `bind` does.
+///
+/// # Errors
+/// The address cannot be bound.
+pub(crate) fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// The listener's limits (from `[http]`).
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
@@ -291,6 +309,21 @@ async fn allow_client(limits: &Limits, log: &LogSummary, req: Request, next: Nex
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_webhook_socket_takes_its_backlog_and_a_taken_address_is_an_error() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 4096).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Connections complete in the kernel's queue before any accept.
+        let mut queued = Vec::new();
+        for _ in 0..64 {
+            queued.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let (_, peer) = listener.accept().await.unwrap();
+        assert!(peer.ip().is_loopback());
+        let e = bind(addr, 4096).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+    }
 
     fn limits(allow: &[&str], trusted: &[&str]) -> Limits {
         Limits {

@@ -109,6 +109,8 @@ pub(crate) struct SendWorker {
     /// Where the general claim's sweep goes on from (shared by the
     /// process's senders).
     pub sweep: Arc<outbox::Sweep>,
+    /// Stage progress; senders yield while ingest is behind.
+    pub progress: Arc<crate::progress::Progress>,
 }
 
 /// Empty windows a sender sweeps past in one round before it waits.
@@ -225,6 +227,7 @@ impl SendWorker {
             self.batch,
             &token,
             "send",
+            &self.progress.ingest_first,
             || self.once(),
         )
         .await;
@@ -335,6 +338,12 @@ impl SendWorker {
                 }
                 rows
             };
+            // Rows handed over are leased (the heartbeat keeps them):
+            // they wait while ingest is behind, like the claims.
+            self.progress
+                .ingest_first
+                .wait("send", &CancellationToken::new())
+                .await;
             self.deliver(rows).await;
         }
     }
@@ -578,10 +587,15 @@ impl SendWorker {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let answered = chrono::Utc::now();
+        let waited = metrics::histogram!("pubbot_decided_to_sent_seconds");
+        for r in &call.rows {
+            waited.record((answered - r.row.created_at).as_seconds_f64().max(0.0));
+        }
         let latency_ms = call
             .rows
             .iter()
-            .map(|r| (chrono::Utc::now() - r.row.created_at).num_milliseconds())
+            .map(|r| (answered - r.row.created_at).num_milliseconds())
             .max()
             .unwrap_or(0);
         let code = |e: &pubbot_api_client::Error| {

@@ -100,6 +100,15 @@ impl Wakeups {
         );
     }
 
+    /// Whether a reply of this user waits behind an open one of theirs
+    /// (the recorder records such an outcome without lingering).
+    pub(crate) fn waits_on(&self, user: &Conversation) -> bool {
+        self.behind
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(user)
+    }
+
     /// Replies of these users were planned `pending`, perhaps behind an
     /// earlier open reply of theirs.
     pub(crate) fn behind(&self, users: impl IntoIterator<Item = Conversation>) {
@@ -276,12 +285,15 @@ pub(crate) async fn work_loop<F, Fut>(
     batch: i64,
     token: &CancellationToken,
     worker: &'static str,
+    ingest_first: &crate::progress::IngestFirst,
     mut round: F,
 ) where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<usize, sqlx::Error>>,
 {
     while !token.is_cancelled() {
+        // No new round while pushes wait to be stored.
+        ingest_first.wait(worker, token).await;
         let woken = notify.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();

@@ -423,8 +423,15 @@ async fn flush(sink: &Sink, batch: Vec<Pending>) {
     let started = Instant::now();
     let n = batch.len();
     metrics::histogram!("pubbot_ingest_batch_size").record(n as f64);
+    // Batch fill: each push's wait for a flush slot and for company.
+    let queued = metrics::histogram!("pubbot_ingest_queue_seconds");
+    for p in &batch {
+        queued.record(started.duration_since(p.at).as_secs_f64());
+    }
+    let oldest = batch.iter().map(|p| p.at).min().unwrap_or(started);
     flush_part(sink, batch).await;
     metrics::histogram!("pubbot_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
+    sink.progress.ingest_first.batch(oldest.elapsed());
 }
 
 /// Commits `batch`; on a row-level failure, each half on its own, until

@@ -25,6 +25,8 @@ pub(crate) struct StoredPush {
     /// parses (a row written by another version): such a push is marked
     /// decided without a reply, and logged, never retried forever.
     pub message: Result<InboundMessage, serde_json::Error>,
+    /// When it was stored.
+    pub received_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Claims up to `batch` pending pushes in the caller's transaction, in id
@@ -40,7 +42,7 @@ pub(crate) async fn claim(
     batch: i64,
 ) -> Result<Vec<StoredPush>, sqlx::Error> {
     let rows = sqlx::query!(
-            r#"SELECT i.id, i.app_key, i.mcid, i.user_id, i.dedup_key, i.message, i.trace_id FROM inbound_messages i
+            r#"SELECT i.id, i.app_key, i.mcid, i.user_id, i.dedup_key, i.message, i.trace_id, i.received_at FROM inbound_messages i
                 WHERE i.status = 'pending'
                   AND NOT EXISTS (SELECT 1 FROM inbound_messages e
                                    WHERE e.app_key = i.app_key AND e.mcid = i.mcid AND e.user_id = i.user_id
@@ -63,6 +65,7 @@ pub(crate) async fn claim(
             dedup_key: r.dedup_key,
             trace_id: r.trace_id,
             message: serde_json::from_value(r.message),
+            received_at: r.received_at,
         })
         .collect())
 }

@@ -163,7 +163,7 @@ pub(super) async fn insert(
         lease,
         direct,
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *crate::db::acquire(pool, "ingest").await?)
     .await?;
     let mut out = Stored::default();
     let mut seen: HashSet<(String, String)> = HashSet::new();

@@ -79,7 +79,9 @@ pub(crate) async fn claim(
     sweep: &Sweep,
 ) -> Result<Claim, sqlx::Error> {
     let from = sweep.get();
-    let heads = heads(pool, &from, SWEEP_WINDOW, batch).await?;
+    // One connection for both statements.
+    let mut conn = crate::db::acquire(pool, "send").await?;
+    let heads = heads(&mut conn, &from, SWEEP_WINDOW, batch).await?;
     let found = heads.iter().filter(|h| h.ok).count();
     let more = match heads.last() {
         // Stopped at the window or with enough found: go on after it.
@@ -104,7 +106,7 @@ pub(crate) async fn claim(
     let rows = if ids.is_empty() {
         Vec::new()
     } else {
-        claim_ids(pool, worker_id, lease, &ids).await?
+        claim_ids(&mut conn, worker_id, lease, &ids).await?
     };
     Ok(Claim { rows, more })
 }
@@ -114,7 +116,7 @@ pub(crate) async fn claim(
 /// (pending and due): those claimable, and the last one looked at (`n`
 /// says how many were).
 async fn heads(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     from: &crate::pipeline::wakeups::Conversation,
     window: i64,
     batch: i64,
@@ -147,7 +149,7 @@ async fn heads(
         i32::try_from(window).unwrap_or(i32::MAX),
         i32::try_from(batch).unwrap_or(i32::MAX),
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 
@@ -155,7 +157,7 @@ async fn heads(
 /// in its conversation (checked again under the row lock: the sweep read
 /// them without one).
 async fn claim_ids(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     worker_id: &str,
     lease: Duration,
     ids: &[i64],
@@ -180,7 +182,7 @@ async fn claim_ids(
         lease.as_secs_f64(),
         ids,
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 
@@ -242,7 +244,7 @@ pub(crate) async fn claim_next(
         &mcids,
         &ids,
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *crate::db::acquire(pool, "send").await?)
     .await
 }
 
@@ -254,10 +256,13 @@ pub(crate) async fn claim_next(
 /// # Errors
 /// Database errors.
 pub(crate) async fn any_due(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    Ok(heads(pool, &Default::default(), i64::from(i32::MAX), 1)
-        .await?
-        .iter()
-        .any(|h| h.ok))
+    let mut conn = pool.acquire().await?;
+    Ok(
+        heads(&mut conn, &Default::default(), i64::from(i32::MAX), 1)
+            .await?
+            .iter()
+            .any(|h| h.ok),
+    )
 }
 
 #[cfg(test)]

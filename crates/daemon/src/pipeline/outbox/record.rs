@@ -166,7 +166,7 @@ pub(crate) async fn settle(
     )
     // Planned once per connection: the settle pool's generic plans
     // (see "Plans" in `crate::db`).
-    .execute(pool)
+    .execute(&mut *crate::db::acquire(pool, "settle").await?)
     .await?;
     Ok(())
 }
@@ -203,13 +203,24 @@ impl Recorder {
             // At most `linger` after the first outcome was known: one that
             // waited while the previous batch was recorded goes at once.
             let deadline = tokio::time::Instant::from_std(first.at + self.linger);
+            // A user's next reply waits for this outcome to be recorded
+            // (invariant 5): then what has arrived goes at once. (Under
+            // load, lingering here was the largest wait of a reply whose
+            // user wrote again within a few tens of milliseconds.)
+            let mut urgent = self.wake.waits_on(&first.conversation);
             batch.push(first);
             while batch.len() < 512 {
                 match rx.try_recv() {
-                    Ok(s) => batch.push(s),
-                    Err(_) if self.linger.is_zero() => break,
+                    Ok(s) => {
+                        urgent |= self.wake.waits_on(&s.conversation);
+                        batch.push(s);
+                    }
+                    Err(_) if self.linger.is_zero() || urgent => break,
                     Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(s)) => batch.push(s),
+                        Ok(Some(s)) => {
+                            urgent |= self.wake.waits_on(&s.conversation);
+                            batch.push(s);
+                        }
                         Ok(None) | Err(_) => break,
                     },
                 }
