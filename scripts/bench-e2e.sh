@@ -139,7 +139,17 @@ for STEP in $STEPS; do
   for _ in $(seq 1 "$STEP_RUNS"); do
     psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" -c CHECKPOINT
     start_pubbot
-    "${LOAD[@]}" --rate "$STEP" --duration 20 --users 1000 --grace 60 > "$WORK/step.out"
+    "${LOAD[@]}" --rate "$STEP" --duration 20 --users 1000 --grace 60 > "$WORK/step.out" &
+    LOAD_PID=$!
+    # CPU of each process over the middle 10 s of the 20 s of pushes: is
+    # the machine full, and who has it (the load generator and simulator
+    # share the machine with pubbot and PostgreSQL).
+    sleep 5
+    P0=$(pg_ticks); D0=$(ticks "$PUBBOT_PID"); L0=$(ticks "$LOAD_PID")
+    sleep 10
+    P1=$(pg_ticks); D1=$(ticks "$PUBBOT_PID"); L1=$(ticks "$LOAD_PID")
+    wait "$LOAD_PID"
+    echo "cpu, % of one core: postgres $(( (P1 - P0) / 10 )) pubbot $(( (D1 - D0) / 10 )) load generator+simulator $(( (L1 - L0) / 10 )) (of $(( $(nproc) * 100 )))" > "$WORK/cpu.out"
     # Where the messages of this run waited, from the daemon's histograms.
     curl -s http://127.0.0.1:19090/metrics | python3 scripts/stages.py > "$WORK/stages.out" || true
     stop_pubbot
@@ -150,6 +160,7 @@ for STEP in $STEPS; do
   P99=$(printf '%s\n' "${P99S[@]}" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')
   echo "## step $STEP pushes/s: p99 ${P99} ms (runs: ${P99S[*]}), lost ${LOST}"
   sed -n 1p "$WORK/step.out"
+  cat "$WORK/cpu.out"
   [ -z "${SHOW_STAGES:-}" ] || cat "$WORK/stages.out"
   if [ "$LOST" = 0 ] && awk "BEGIN { exit !(${P99:-1e9} < 100) }"; then CAPACITY=$STEP; else break; fi
 done

@@ -304,12 +304,17 @@ async fn decide_and_send_yield_while_ingest_is_behind_then_every_reply_goes_once
     // Where each message waited is measured stage by stage.
     for stage in [
         "pubbot_ingest_queue_seconds_count",
-        "pubbot_decided_to_sent_seconds_count",
         "pubbot_pool_acquire_seconds_count{pool=\"ingest\"}",
         "pubbot_pool_acquire_seconds_count{pool=\"settle\"}",
     ] {
         assert!(value(stage) >= 1.0, "{stage} recorded");
     }
+    let sent: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("pubbot_decided_to_sent_seconds_count"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum();
+    assert!(sent >= 1.0, "decided -> sent recorded");
     d.shutdown().await;
 }
 

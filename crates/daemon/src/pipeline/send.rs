@@ -260,8 +260,17 @@ impl SendWorker {
             if !claimed.is_empty() {
                 let n = claimed.len();
                 self.leases.hold(claimed.iter().map(|r| (r.id, r.attempts)));
-                self.deliver(claimed.into_iter().map(|row| Held { row, since }).collect())
-                    .await;
+                self.deliver(
+                    claimed
+                        .into_iter()
+                        .map(|row| Held {
+                            row,
+                            since,
+                            path: outbox::Path::Successor,
+                        })
+                        .collect(),
+                )
+                .await;
                 return Ok(n);
             }
         }
@@ -306,7 +315,11 @@ impl SendWorker {
             claim
                 .rows
                 .into_iter()
-                .map(|row| Held { row, since })
+                .map(|row| Held {
+                    row,
+                    since,
+                    path: outbox::Path::Claimed,
+                })
                 .collect(),
         )
         .await;
@@ -588,9 +601,9 @@ impl SendWorker {
                 .join(",")
         };
         let answered = chrono::Utc::now();
-        let waited = metrics::histogram!("pubbot_decided_to_sent_seconds");
         for r in &call.rows {
-            waited.record((answered - r.row.created_at).as_seconds_f64().max(0.0));
+            metrics::histogram!("pubbot_decided_to_sent_seconds", "path" => r.path.as_str())
+                .record((answered - r.row.created_at).as_seconds_f64().max(0.0));
         }
         let latency_ms = call
             .rows
@@ -671,6 +684,7 @@ mod tests {
                 created_at: chrono::Utc::now(),
             },
             since: std::time::Instant::now(),
+            path: outbox::Path::Claimed,
         }
     }
 

@@ -155,6 +155,30 @@ pub(crate) struct Held {
     pub row: Claimed,
     /// When the lease was taken, at the latest.
     pub since: std::time::Instant,
+    /// How it reached its sender.
+    pub path: Path,
+}
+
+/// How a reply reached its sender (`pubbot_decided_to_sent_seconds{path}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// Leased by the transaction that planned it, handed over in process.
+    HandedOver,
+    /// Claimed by user once the reply before it was recorded here.
+    Successor,
+    /// Claimed by a sender's sweep of the table.
+    Claimed,
+}
+
+impl Path {
+    /// Its label.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Path::HandedOver => "handed_over",
+            Path::Successor => "successor",
+            Path::Claimed => "claimed",
+        }
+    }
 }
 
 /// The rows this process holds leases on (id -> attempt), from the moment
@@ -207,7 +231,11 @@ pub(crate) fn hand_over(
     let unit: Vec<Held> = rows
         .into_iter()
         .filter(|r| r.attempts > 0)
-        .map(|row| Held { row, since })
+        .map(|row| Held {
+            row,
+            since,
+            path: Path::HandedOver,
+        })
         .collect();
     if let Some(leases) = leases {
         leases.hold(unit.iter().map(|h| (h.row.id, h.row.attempts)));
