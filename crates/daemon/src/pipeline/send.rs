@@ -46,6 +46,9 @@ use tokio_util::sync::CancellationToken;
 use crate::pipeline::outbox::{self, Claimed, Held, Leases, Outcome, Settlement};
 use crate::pipeline::wakeups::{work_loop, Wakeups};
 
+/// Hand-off units one sending task delivers side by side.
+const HANDOFF_UNITS_AT_ONCE: usize = 16;
+
 /// The client and rate limit of one app.
 pub(crate) struct AppClient {
     /// The signed client.
@@ -334,30 +337,47 @@ impl SendWorker {
     /// them together, so that a backlog merges into fewer calls. Two units
     /// never hold rows of one user (a reply is leased in its deciding
     /// transaction only when nothing earlier of its user is open), and
-    /// rounds keep order within a unit.
+    /// rounds keep order within a unit, so the units taken go out side by
+    /// side: the next one does not wait for a slow call of the one before
+    /// (measured: that wait was the p99 of decided -> sent at 5,000/s).
+    /// [`HANDOFF_UNITS_AT_ONCE`] units at most per task; the calls share
+    /// `sender.max_in_flight`.
     pub(crate) async fn run_handoff(self, handoff: Arc<tokio::sync::Mutex<Handoff>>) {
         let most = usize::try_from(self.batch).unwrap_or(64).max(1);
-        loop {
-            let rows = {
+        let mut running = FuturesUnordered::new();
+        let mut open = true;
+        while open || !running.is_empty() {
+            let take = async {
                 let mut rx = handoff.lock().await;
-                let Some(mut rows) = rx.recv().await else {
-                    return;
-                };
+                let mut rows = rx.recv().await?;
                 while rows.len() < most {
                     match rx.try_recv() {
                         Ok(more) => rows.extend(more),
                         Err(_) => break,
                     }
                 }
-                rows
+                Some(rows)
             };
-            // Rows handed over are leased (the heartbeat keeps them):
-            // they wait while ingest is behind, like the claims.
-            self.progress
-                .ingest_first
-                .wait("send", &CancellationToken::new())
-                .await;
-            self.deliver(rows).await;
+            tokio::select! {
+                biased;
+                Some(()) = running.next(), if !running.is_empty() => {}
+                got = take, if open && running.len() < HANDOFF_UNITS_AT_ONCE => match got {
+                    None => open = false,
+                    Some(rows) => {
+                        // Rows handed over are leased (the heartbeat keeps
+                        // them): they wait while ingest is behind, like the
+                        // claims.
+                        let this = &self;
+                        running.push(async move {
+                            this.progress
+                                .ingest_first
+                                .wait("send", &CancellationToken::new())
+                                .await;
+                            this.deliver(rows).await;
+                        });
+                    }
+                },
+            }
         }
     }
 
