@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pubbot_e2e::{db_addr, eventually, fresh_dir, Proxy, World, KEY, SECRET, SHOP};
+use pubbot_e2e::{db_addr, eventually, fresh_dir, metric, scrape, Proxy, World, KEY, SECRET, SHOP};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -279,20 +279,8 @@ async fn decide_and_send_yield_while_ingest_is_behind_then_every_reply_goes_once
     w.add_account(d.addr).await;
     let per_user = burst(&w, "first", 1500, 100).await;
     each_answered_exactly_once(&w, &per_user).await;
-    let metrics = reqwest::get(format!("http://{}/metrics", d.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |prefix: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let metrics = scrape(d.admin_addr).await;
+    let value = |prefix: &str| metric(&metrics, prefix);
     assert!(
         value("pubbot_ingest_behind_total") >= 1.0,
         "ingest was behind"
@@ -309,11 +297,7 @@ async fn decide_and_send_yield_while_ingest_is_behind_then_every_reply_goes_once
     ] {
         assert!(value(stage) >= 1.0, "{stage} recorded");
     }
-    let sent: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("pubbot_decided_to_sent_seconds_count"))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .sum();
+    let sent = value("pubbot_decided_to_sent_seconds_count");
     assert!(sent >= 1.0, "decided -> sent recorded");
     d.shutdown().await;
 }
@@ -489,18 +473,10 @@ async fn dropped_connections(connect: PgConnectOptions, retry_ambiguous: bool) {
             200 + dropped,
             "duplicates only from retried lost answers"
         );
-        let metrics = reqwest::get(format!("http://{}/metrics", d.admin_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let counted: f64 = metrics
-            .lines()
-            .find(|l| l.starts_with("pubbot_outbound_ambiguous_retries_total"))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
+        let counted = metric(
+            &scrape(d.admin_addr).await,
+            "pubbot_outbound_ambiguous_retries_total",
+        );
         assert!(
             counted >= dropped as f64,
             "{counted} counted, {dropped} dropped"

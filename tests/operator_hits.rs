@@ -1,7 +1,7 @@
 //! Issue 27: what an operator hit by hand, each with the test that failed
 //! before its fix.
 
-use pubbot_e2e::{eventually, World};
+use pubbot_e2e::{eventually, scrape, World};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
@@ -47,12 +47,7 @@ async fn a_reply_that_fails_for_good_is_counted_and_logged_as_given_up(
         .fetch_one(&pool)
         .await
         .unwrap();
-    let metrics = reqwest::get(format!("http://{}/metrics", d.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(d.admin_addr).await;
     d.shutdown().await;
     assert!(
         metrics
@@ -134,12 +129,7 @@ async fn a_handler_that_cannot_be_reached_is_logged_with_its_cause_and_its_fallb
         .fetch_one(&pool)
         .await
         .unwrap();
-    let metrics = reqwest::get(format!("http://{}/metrics", d.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(d.admin_addr).await;
     d.shutdown().await;
     assert_eq!(
         count(

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use pubbot_e2e::World;
+use pubbot_e2e::{scrape, World};
 
 use super::import;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -85,12 +85,7 @@ async fn a_healthy_daemons_first_scrape_lists_every_metric_with_help(
     // A stored rule: its match counter is there at zero.
     import(&pool, "[[rule]]\nname = \"hours\"\ntrigger = { keywords = [{ pattern = \"hours\" }] }\nreplies = [{ type = \"text\", text = \"9-18\" }]\n").await;
     let (d, _) = w.daemon(w.settings(), pool.clone()).await;
-    let text = reqwest::get(format!("http://{}/metrics", d.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(d.admin_addr).await;
     let helped: BTreeSet<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# HELP "))

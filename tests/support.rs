@@ -237,6 +237,26 @@ pub fn webhook_url(addr: SocketAddr) -> String {
     format!("http://{addr}/webhook/{KEY}")
 }
 
+/// One scrape of a daemon's `/metrics` (its admin listener).
+pub async fn scrape(admin: SocketAddr) -> String {
+    reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("the admin listener answers")
+        .text()
+        .await
+        .expect("a text body")
+}
+
+/// The sum of every series in `scrape` whose line starts with `prefix`
+/// (a name, or a name with some labels): 0 when there is none.
+pub fn metric(scrape: &str, prefix: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Polls `check` every 50 ms until it returns true, for at most 20 s.
 ///
 /// # Panics

@@ -12,7 +12,7 @@
 //! first young row, the old settled rows of each window deleted; [`run`]
 //! rests after each window as long as it took. On 2 cores that deletes
 //! 5,270 rows/s while the daemon takes 1,000 msgs/s (2,000 rows/s), with
-//! p99 reply latency about 100 ms meanwhile (BENCHMARKS.md, session 6).
+//! p99 reply latency about 100 ms meanwhile (BENCHMARKS.md, "Retention").
 //! Timer-paced batches (session 5) took at most 333 rows/s; partitions are
 //! the answer past what this keeps up with.
 
@@ -65,7 +65,7 @@ pub(crate) async fn dry_run(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Prun
 /// than the cutoff (ids grow with time), or one past its last row. A pass
 /// looks only below it: without the bound, a prune with fewer old rows
 /// left than a batch walked the whole table (30 days of rows) looking for
-/// more (BENCHMARKS.md, session 6).
+/// more (BENCHMARKS.md, "Retention").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Bounds {
     /// Replies: ids below this may be old.
@@ -246,7 +246,7 @@ pub(crate) async fn prune(
 /// Prunes at start, then every `every`, until `token` is cancelled: a
 /// [`Pass`] a window at a time, resting after each window as long as it
 /// took, so deletes take at most half the time and the hot path the other
-/// half (BENCHMARKS.md, session 6, has the delete rate beside the inflow).
+/// half (BENCHMARKS.md, "Retention", has the delete rate beside the inflow).
 pub(crate) async fn run(
     pool: PgPool,
     days: u32,

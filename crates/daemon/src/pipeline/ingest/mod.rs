@@ -1,7 +1,7 @@
 //! Ingest: the webhook's [`Inbox`] backed by PostgreSQL, with group commit.
 //!
 //! Each push waits in a channel; when one of `ingest.concurrent_flushes`
-//! flush slots is free (one by default), a batcher takes everything that
+//! flush slots is free (two by default), a batcher takes everything that
 //! has arrived meanwhile (up to `ingest.batch_max`; waiting up to
 //! `ingest.flush_micros` from the first push's arrival for more, while
 //! they keep coming) and commits it in one
