@@ -268,8 +268,8 @@ async fn decide_and_send_yield_while_ingest_is_behind_then_every_reply_goes_once
     // Ingest first (issue 26): with `ingest.yield_after_ms` at 1 ms every
     // group commit counts as behind, so while the burst comes the decide
     // and send workers start no new round. The pushes are all answered
-    // (stored), and once pushes stop the replies go out, each once; the
-    // yielding is in /metrics.
+    // (stored), and once pushes stop the replies go out, each once and in
+    // each user's order; the yielding is in /metrics.
     let w = World::new(connect).await;
     let pool = w.pool(None).await;
     import(&pool, ECHO).await;
@@ -279,6 +279,21 @@ async fn decide_and_send_yield_while_ingest_is_behind_then_every_reply_goes_once
     w.add_account(d.addr).await;
     let per_user = burst(&w, "first", 1500, 100).await;
     each_answered_exactly_once(&w, &per_user).await;
+    // While ingest is behind, each user's replies still come in the order
+    // they wrote.
+    let users = conversations(&w, "order", 100, 6).await;
+    let want = echoes(6);
+    eventually_long("every conversation answered", || {
+        inboxes_are(&w, &users, &want)
+    })
+    .await;
+    for u in &users {
+        assert_eq!(
+            w.texts(u).await,
+            want,
+            "{u}'s replies in the order they wrote"
+        );
+    }
     let metrics = scrape(d.admin_addr).await;
     let value = |prefix: &str| metric(&metrics, prefix);
     assert!(
@@ -321,7 +336,7 @@ async fn database_stopped_under_load(connect: PgConnectOptions, outage: Duration
     let pushing = {
         let (http, url) = (w.http.clone(), format!("{}/_sim/message", w.sim.base_url()));
         tokio::spawn(async move {
-            let mut per: HashMap<String, usize> = HashMap::new();
+            let mut per: HashMap<String, Vec<String>> = HashMap::new();
             let mut tick = tokio::time::interval(Duration::from_millis(5));
             for i in 0..(seconds * 200) {
                 tick.tick().await;
@@ -333,7 +348,7 @@ async fn database_stopped_under_load(connect: PgConnectOptions, outage: Duration
                     .await
                     .expect("push");
                 assert_eq!(r.status(), 200);
-                *per.entry(user).or_default() += 1;
+                per.entry(user).or_default().push(format!("re: o{i}"));
             }
             per
         })
@@ -342,10 +357,21 @@ async fn database_stopped_under_load(connect: PgConnectOptions, outage: Duration
     proxy.cut();
     tokio::time::sleep(outage).await;
     proxy.restore();
-    let per_user = pushing.await.unwrap();
+    let written = pushing.await.unwrap();
+    let per_user: HashMap<String, usize> =
+        written.iter().map(|(u, t)| (u.clone(), t.len())).collect();
     let total: usize = per_user.values().sum();
     assert_eq!(every_push_answered_once(&w).await, total);
     each_answered_exactly_once(&w, &per_user).await;
+    // In the order each user wrote, across the outage: while the spool
+    // holds a user's pushes, their later ones follow them there.
+    for (u, want) in &written {
+        assert_eq!(
+            &w.texts(u).await,
+            want,
+            "{u}'s replies in the order they wrote"
+        );
+    }
     assert_eq!(
         count(&direct, "SELECT count(*) FROM inbound_messages").await as usize,
         total,

@@ -14,6 +14,10 @@
 //!   (the R6 key: a push both spooled and stored, or held by another
 //!   replica too, is stored once) and deleted after the commit. A crash
 //!   between the two inserts it again, which changes nothing.
+//! - **Order.** While the spool holds a push of a user, that user's later
+//!   pushes go to the spool too ([`Spool::holds`]; users are counted from
+//!   the segments on disk at start), so the drain stores them in the order
+//!   they came and none is stored directly before an earlier one.
 //! - **Limits.** The spool is capped at `ingest.spool_max_bytes`; past it,
 //!   or when a write fails, the push gets no answer (the platform retries).
 //! - **One owner.** The directory is locked (`LOCK`): two processes on one
@@ -23,6 +27,7 @@
 //! platform was told were received. Keep it on a disk that outlives the
 //! process (systemd `StateDirectory=`, a Kubernetes volume).
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -99,12 +104,22 @@ enum Command {
     Rotate(oneshot::Sender<Vec<PathBuf>>),
 }
 
+/// A user of an account: whose pushes the spool holds.
+type User = (String, String, String);
+
 /// A handle on the spool. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Spool {
     tx: mpsc::Sender<Command>,
     bytes: Arc<AtomicU64>,
     dir: PathBuf,
+    /// Pushes in the spool by user, not yet drained: a user's later push
+    /// goes to the spool too while any is there (see [`Spool::holds`]).
+    users: Arc<std::sync::Mutex<HashMap<User, u32>>>,
+}
+
+fn user_of(p: &SpooledPush) -> User {
+    (p.app_key.clone(), p.mcid.clone(), p.user_id.clone())
 }
 
 fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
@@ -246,8 +261,13 @@ impl Spool {
         }
         let existing = segments(dir).map_err(|e| io(dir, e))?;
         let mut bytes = 0;
+        let mut users: HashMap<User, u32> = HashMap::new();
         for (_, p) in &existing {
             bytes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            // Pushes left by an earlier run hold their users too.
+            for push in Self::read_segment(p).unwrap_or_default() {
+                *users.entry(user_of(&push)).or_default() += 1;
+            }
         }
         let bytes = Arc::new(AtomicU64::new(bytes));
         let writer = Writer {
@@ -267,6 +287,7 @@ impl Spool {
             tx,
             bytes,
             dir: dir.to_owned(),
+            users: Arc::new(std::sync::Mutex::new(users)),
         })
     }
 
@@ -277,11 +298,55 @@ impl Spool {
     pub(crate) async fn append(&self, push: &SpooledPush) -> Result<(), SpoolError> {
         let line = serde_json::to_vec(push).map_err(|e| io(&self.dir, e.into()))?;
         let (done, wait) = oneshot::channel();
-        self.tx
+        // Held from before the write: a later push of the user that comes
+        // while this one is being written goes to the spool behind it.
+        self.hold(&user_of(push), 1);
+        let sent = self
+            .tx
             .send(Command::Append(line, done))
             .await
-            .map_err(|_| SpoolError::Stopped)?;
-        wait.await.map_err(|_| SpoolError::Stopped)?
+            .map_err(|_| SpoolError::Stopped);
+        let written = match sent {
+            Ok(()) => wait.await.map_err(|_| SpoolError::Stopped).and_then(|r| r),
+            Err(e) => Err(e),
+        };
+        if written.is_err() {
+            self.release(&user_of(push), 1);
+        }
+        written
+    }
+
+    /// Whether the spool holds a push of this user not yet drained into
+    /// the database. Their next push then goes to the spool too, so that
+    /// the drain stores a user's pushes in the order they came, before any
+    /// later one is stored directly (replies follow the order stored).
+    pub(crate) fn holds(&self, app_key: &str, mcid: &str, user_id: &str) -> bool {
+        let users = self
+            .users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        users.contains_key(&(app_key.to_owned(), mcid.to_owned(), user_id.to_owned()))
+    }
+
+    fn hold(&self, user: &User, n: u32) {
+        let mut users = self
+            .users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *users.entry(user.clone()).or_default() += n;
+    }
+
+    fn release(&self, user: &User, n: u32) {
+        let mut users = self
+            .users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(left) = users.get_mut(user) {
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                users.remove(user);
+            }
+        }
     }
 
     /// Bytes on disk.
@@ -362,6 +427,11 @@ impl Spool {
             }
             self.bytes
                 .fetch_sub(size.min(self.bytes()), Ordering::Relaxed);
+            // Released once the segment is gone (a failed drain retries the
+            // whole segment, so a user is never released twice).
+            for push in &pushes {
+                self.release(&user_of(push), 1);
+            }
             metrics::counter!("pubbot_spool_pushes_total", "outcome" => "drained")
                 .increment(n as u64);
             drained += n;
@@ -427,13 +497,18 @@ mod tests {
             for n in 0..3 {
                 spool.append(&push(n)).await.unwrap();
             }
-            // Over the cap: refused, nothing half-written is answered.
+            // Their users' later pushes follow them into the spool.
+            assert!(spool.holds("a", "m", "u1"));
+            assert!(!spool.holds("a", "m", "u7"));
+            // Over the cap: refused, nothing half-written is answered, and
+            // its user is not held.
             let mut big = push(9);
             big.message = "x".repeat(20_000);
             assert!(matches!(
                 spool.append(&big).await,
                 Err(SpoolError::Full { .. })
             ));
+            assert!(!spool.holds("a", "m", "u9"));
             drop(spool);
         }
         // The writer thread ends when its handles are gone; the lock goes
@@ -449,6 +524,8 @@ mod tests {
             }
         }
         let spool = reopened.expect("reopened");
+        // What an earlier run left holds its users until drained.
+        assert!(spool.holds("a", "m", "u0") && spool.holds("a", "m", "u2"));
         // A crash mid-line leaves a torn tail.
         let (_, last) = segments(&dir).unwrap().pop().unwrap();
         let mut f = OpenOptions::new().append(true).open(&last).unwrap();
@@ -470,6 +547,10 @@ mod tests {
         assert_eq!(*stored.lock().unwrap(), vec![push(0), push(1), push(2)]);
         assert!(segments(&dir).unwrap().is_empty());
         assert_eq!(spool.bytes(), 0);
+        assert!(
+            !spool.holds("a", "m", "u0"),
+            "drained: stored directly again"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

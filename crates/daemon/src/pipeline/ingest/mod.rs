@@ -29,6 +29,10 @@
 //! table when the database answers. Only a push that neither can take
 //! gets no answer ([`InboxError::Unavailable`]), and the platform retries.
 //!
+//! A user with a push in the spool has their later pushes spooled too,
+//! until the drain has stored them, so that a user's pushes are stored
+//! (and decided, and answered) in the order they came.
+//!
 //! # Decided at receipt
 //!
 //! With `ingest.decide_at_receipt` (the default), a push is decided as it
@@ -325,6 +329,23 @@ impl PgInbox {
         let waiting = Waiting::new(&self.progress.ingest_waiting);
         let row = Arc::new(row);
         let started = Instant::now();
+        // A user's push follows their earlier ones into the spool while
+        // any is there (the database came back, the drain has not stored
+        // them yet): stored directly, it would be decided before them.
+        if let Some(spool) = &self.spool {
+            if spool.holds(&row.app_key, &row.mcid, &row.user_id) {
+                let outcome = self
+                    .via_spool(&row, "an earlier push of the user is in the spool")
+                    .await;
+                if outcome.is_ok() {
+                    drop(waiting);
+                    metrics::counter!("pubbot_ingest_spilled_total").increment(1);
+                    tracing::info!(target: "pubbot::push", trace_id = %trace, app_key = %push.app_key, mcid = %m.to, user = %m.from, msg_type = m.msg_type(), outcome = "spooled", latency_ms = started.elapsed().as_millis() as u64, "push");
+                    return outcome;
+                }
+                // The spool refused it (full): the database as usual.
+            }
+        }
         let outcome =
             tokio::time::timeout(self.spool_after, self.via_database(Arc::clone(&row))).await;
         drop(waiting);
