@@ -262,18 +262,8 @@ impl SendWorker {
             self.wake.still_behind(next);
             if !claimed.is_empty() {
                 let n = claimed.len();
-                self.leases.hold(claimed.iter().map(|r| (r.id, r.attempts)));
-                self.deliver(
-                    claimed
-                        .into_iter()
-                        .map(|row| Held {
-                            row,
-                            since,
-                            path: outbox::Path::Successor,
-                        })
-                        .collect(),
-                )
-                .await;
+                self.deliver_claimed(claimed, since, outbox::Path::Successor)
+                    .await;
                 return Ok(n);
             }
         }
@@ -312,21 +302,25 @@ impl SendWorker {
                 .map(|r| (r.app_key.clone(), r.mcid.clone(), r.user_id.clone()))
                 .collect(),
         );
-        self.leases
-            .hold(claim.rows.iter().map(|r| (r.id, r.attempts)));
+        self.deliver_claimed(claim.rows, since, outbox::Path::Claimed)
+            .await;
+        Ok(n)
+    }
+
+    /// Keeps the leases of rows claimed from the table and sends them.
+    async fn deliver_claimed(
+        &self,
+        rows: Vec<Claimed>,
+        since: std::time::Instant,
+        path: outbox::Path,
+    ) {
+        self.leases.hold(rows.iter().map(|r| (r.id, r.attempts)));
         self.deliver(
-            claim
-                .rows
-                .into_iter()
-                .map(|row| Held {
-                    row,
-                    since,
-                    path: outbox::Path::Claimed,
-                })
+            rows.into_iter()
+                .map(|row| Held { row, since, path })
                 .collect(),
         )
         .await;
-        Ok(n)
     }
 
     /// Takes what this process's decide workers hand over until they have
