@@ -336,6 +336,7 @@ pub async fn start_with_clock(
             settings.retention.days,
             Duration::from_secs(settings.retention.every_secs.max(1)),
             settings.retention.batch,
+            Arc::clone(&progress),
             housekeeping_token.clone(),
         ));
     }

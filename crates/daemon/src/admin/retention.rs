@@ -16,6 +16,7 @@
 //! Timer-paced batches (session 5) took at most 333 rows/s; partitions are
 //! the answer past what this keeps up with.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -247,11 +248,14 @@ pub(crate) async fn prune(
 /// [`Pass`] a window at a time, resting after each window as long as it
 /// took, so deletes take at most half the time and the hot path the other
 /// half (BENCHMARKS.md, "Retention", has the delete rate beside the inflow).
+/// No window starts while ingest is behind (ingest first, as decide and
+/// send: deleting can wait, a push cannot).
 pub(crate) async fn run(
     pool: PgPool,
     days: u32,
     every: Duration,
     batch: i64,
+    progress: Arc<crate::progress::Progress>,
     token: CancellationToken,
 ) {
     let mut pause = Duration::ZERO;
@@ -262,6 +266,10 @@ pub(crate) async fn run(
         tokio::select! {
             () = token.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
+        }
+        progress.ingest_first.wait("retention", &token).await;
+        if token.is_cancelled() {
+            return;
         }
         let started = std::time::Instant::now();
         let step = async {
@@ -381,7 +389,8 @@ mod tests {
 
     /// Many full batches of old rows: the loop goes on, a batch at a time,
     /// instead of waiting its interval (an hour here), so it keeps up with
-    /// an inflow larger than one batch a period.
+    /// an inflow larger than one batch a period. It starts only once ingest
+    /// is no longer behind.
     #[sqlx::test(migrator = "crate::db::MIGRATOR")]
     async fn a_prune_that_finds_full_batches_goes_on_without_waiting(pool: PgPool) {
         let rows = 5 * 20 * 3; // three rounds of 20 batches of 5
@@ -403,12 +412,20 @@ mod tests {
         .execute(&pool)
         .await
         .unwrap();
+        // Ingest is behind (a commit waited past its threshold).
+        let progress = Arc::new(crate::progress::Progress::default());
+        progress
+            .ingest_first
+            .set_threshold(Duration::from_millis(1));
+        progress.ingest_first.batch(Duration::from_millis(10));
+        assert!(progress.ingest_first.behind());
         let token = CancellationToken::new();
         let pruning = tokio::spawn(run(
             pool.clone(),
             30,
             Duration::from_secs(3600),
             5,
+            Arc::clone(&progress),
             token.clone(),
         ));
         let left = || async {
@@ -419,6 +436,13 @@ mod tests {
             .await
             .unwrap()
         };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(progress.ingest_first.behind());
+        assert_eq!(
+            left().await,
+            2 * i64::from(rows),
+            "nothing deleted while ingest is behind"
+        );
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while left().await > 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
