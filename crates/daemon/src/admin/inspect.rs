@@ -308,7 +308,8 @@ impl Serialize for RetryOutcome {
 /// the rules in force (so a fixed rule's reply goes out), the reply at the
 /// same place replaces the failed one, and the row goes back to `pending`
 /// — only if it is still `failed`, so a second retry of the same reply
-/// does nothing.
+/// does nothing. A handler call and a person's message go again as they
+/// were.
 ///
 /// # Errors
 /// [`RulesError`]: the database, or stored rules that do not compile.
@@ -345,8 +346,12 @@ pub async fn retry(
             continue;
         }
         // A handler call is called again as it was: the same event, so the
-        // handler sees the same event id ("the same on every retry").
-        if matches!(row.payload.0, PlannedReply::Handler { .. }) {
+        // handler sees the same event id ("the same on every retry"). A
+        // person's message (the console's takeover) is not the rules' to
+        // decide: it goes again as written.
+        if matches!(row.payload.0, PlannedReply::Handler { .. })
+            || row.reply_index >= crate::pipeline::outbox::STAFF_INDEX
+        {
             let done = crate::pipeline::outbox::requeue_failed(pool, id, &row.payload.0).await?;
             out.push(Retried {
                 id,
@@ -398,4 +403,47 @@ pub async fn retry(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A person's failed message goes again as written, once; the rules
+    /// (none answer it) are not asked.
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn a_failed_staff_message_is_retried_as_written(pool: PgPool) {
+        sqlx::query(
+            "INSERT INTO inbound_messages (id, app_key, mcid, user_id, msg_type, dedup_key, message, raw, trace_id, status)
+             VALUES (1, 'a', 'm', 'u', 'text', 'k1', '{}', '', 't', 'done')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO outbound_messages (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id, status, last_error)
+             VALUES (1, $1, 'a', 'm', 'u', 'staff:ann', '{\"type\":\"text\",\"content\":\"We are on it\"}', 't', 'failed', '1004: try later')
+             RETURNING id",
+        )
+        .bind(crate::pipeline::outbox::STAFF_INDEX)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let options = Options::default();
+        let r = retry(&pool, &options, &[id]).await.unwrap();
+        assert_eq!(r[0].outcome.to_string(), "retried");
+        let (status, text): (String, String) = sqlx::query_as(
+            "SELECT status, payload->>'content' FROM outbound_messages WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            (status.as_str(), text.as_str()),
+            ("pending", "We are on it")
+        );
+        let again = retry(&pool, &options, &[id]).await.unwrap();
+        assert_eq!(again[0].outcome.to_string(), "not failed (pending)");
+    }
 }

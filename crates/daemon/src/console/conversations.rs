@@ -1,7 +1,8 @@
 //! The Conversations pages: an account's users by last activity, and one
 //! user's pushes and replies in order, with the rule or handler that
 //! decided each, the user's state, and a retry for failed replies (the
-//! same retry as `pubbot outbound retry`: once, with the rules in force).
+//! same retry as `pubbot outbound retry`: once, with the rules in force;
+//! a person's message goes again as written).
 
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
