@@ -250,6 +250,21 @@ impl PgInbox {
             .map_err(|_| InboxError::Unavailable("ingest dropped the push".into()))?
     }
 
+    /// The database within `ingest.spool_after_ms`, else the spool.
+    async fn via_database_in_time(&self, row: &Arc<Row>) -> Result<Accepted, InboxError> {
+        match tokio::time::timeout(self.spool_after, self.via_database(Arc::clone(row))).await {
+            Ok(Ok(accepted)) => Ok(accepted),
+            Ok(Err(InboxError::Refused(why))) => Err(InboxError::Refused(why)),
+            // The trace id stays; a later commit of the same push (it may
+            // still be in a batch) and the drain are deduplicated.
+            Ok(Err(InboxError::Unavailable(why))) => self.via_spool(row, &why).await,
+            Err(_) => {
+                self.via_spool(row, "database commit not done in time")
+                    .await
+            }
+        }
+    }
+
     async fn via_spool(&self, row: &Row, why: &str) -> Result<Accepted, InboxError> {
         let Some(spool) = &self.spool else {
             return Err(InboxError::Unavailable(format!(
@@ -331,35 +346,25 @@ impl PgInbox {
         let started = Instant::now();
         // A user's push follows their earlier ones into the spool while
         // any is there (the database came back, the drain has not stored
-        // them yet): stored directly, it would be decided before them.
-        if let Some(spool) = &self.spool {
-            if spool.holds(&row.app_key, &row.mcid, &row.user_id) {
+        // them yet): stored directly, it would be decided before them. If
+        // the spool refuses it (full), the database as usual.
+        let spooled = match &self.spool {
+            Some(spool) if spool.holds(&row.app_key, &row.mcid, &row.user_id) => {
                 let outcome = self
                     .via_spool(&row, "an earlier push of the user is in the spool")
                     .await;
                 if outcome.is_ok() {
-                    drop(waiting);
                     metrics::counter!("pubbot_ingest_spilled_total").increment(1);
-                    tracing::info!(target: "pubbot::push", trace_id = %trace, app_key = %push.app_key, mcid = %m.to, user = %m.from, msg_type = m.msg_type(), outcome = "spooled", latency_ms = started.elapsed().as_millis() as u64, "push");
-                    return outcome;
                 }
-                // The spool refused it (full): the database as usual.
+                outcome.ok().map(Ok)
             }
-        }
-        let outcome =
-            tokio::time::timeout(self.spool_after, self.via_database(Arc::clone(&row))).await;
-        drop(waiting);
-        let outcome = match outcome {
-            Ok(Ok(accepted)) => Ok(accepted),
-            Ok(Err(InboxError::Refused(why))) => Err(InboxError::Refused(why)),
-            // The trace id stays; a later commit of the same push (it may
-            // still be in a batch) and the drain are deduplicated.
-            Ok(Err(InboxError::Unavailable(why))) => self.via_spool(&row, &why).await,
-            Err(_) => {
-                self.via_spool(&row, "database commit not done in time")
-                    .await
-            }
+            _ => None,
         };
+        let outcome = match spooled {
+            Some(outcome) => outcome,
+            None => self.via_database_in_time(&row).await,
+        };
+        drop(waiting);
         // One line per push (target `pubbot::push`: RUST_LOG=info,pubbot::push=warn
         // turns it down).
         let result = match &outcome {
