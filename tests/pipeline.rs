@@ -9,6 +9,7 @@ mod faults;
 mod handlers;
 mod operator;
 mod operator_hits;
+mod partitions;
 mod protocol;
 mod scrape;
 mod slow_clients;

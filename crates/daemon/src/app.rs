@@ -240,6 +240,11 @@ pub async fn start_with_clock(
     progress
         .ingest_first
         .set_threshold(Duration::from_millis(settings.ingest.yield_after_ms));
+    // Today's partitions (a daemon down for days comes back to none) and
+    // the open window, before the first push (`pipeline::days`).
+    crate::pipeline::days::prepare(&pool, &progress.days)
+        .await
+        .context("creating day partitions")?;
     let started = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Wakeups::default());
     let housekeeping_token = CancellationToken::new();
@@ -305,12 +310,14 @@ pub async fn start_with_clock(
     ));
     if let Some(spool) = &spool {
         let ingest_pool = pools.ingest.clone();
+        let drain_progress = Arc::clone(&progress);
         housekeeping.spawn(spool.clone().drain(
             Duration::from_secs(1),
             housekeeping_token.clone(),
             move |chunk| {
                 let pool = ingest_pool.clone();
-                async move { ingest::store_spooled(&pool, chunk).await }
+                let progress = Arc::clone(&drain_progress);
+                async move { ingest::store_spooled(&pool, chunk, &progress).await }
             },
         ));
     }
@@ -330,12 +337,17 @@ pub async fn start_with_clock(
         .run(housekeeping_token.clone()),
     );
 
+    housekeeping.spawn(crate::pipeline::days::maintain(
+        pools.housekeeping.clone(),
+        Arc::clone(&progress),
+        Arc::clone(&wake.days),
+        housekeeping_token.clone(),
+    ));
     if settings.retention.days > 0 {
         housekeeping.spawn(retention::run(
             pools.housekeeping.clone(),
             settings.retention.days,
             Duration::from_secs(settings.retention.every_secs.max(1)),
-            settings.retention.batch,
             Arc::clone(&progress),
             housekeeping_token.clone(),
         ));
@@ -404,6 +416,7 @@ pub async fn start_with_clock(
             Arc::clone(&leases),
             settings.lease(),
             Arc::clone(&wake),
+            Arc::clone(&progress),
             housekeeping_token.clone(),
         ));
     }

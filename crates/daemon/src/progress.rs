@@ -50,6 +50,9 @@ pub(crate) struct Progress {
     pub ingest_waiting: AtomicI64,
     /// Whether ingest is behind, and decide and send yield to it.
     pub ingest_first: IngestFirst,
+    /// The oldest day that may hold an open row ([`crate::pipeline::days`]),
+    /// read by every stage that looks for a user's open rows or claims.
+    pub days: crate::pipeline::days::Window,
 }
 
 impl Default for Progress {
@@ -65,6 +68,7 @@ impl Default for Progress {
             stalled: Default::default(),
             ingest_waiting: AtomicI64::new(0),
             ingest_first: IngestFirst::default(),
+            days: crate::pipeline::days::Window::default(),
         }
     }
 }

@@ -112,7 +112,7 @@ pub(crate) const METRICS: &[Metric] = &[
     Metric { name: "pubbot_handler_fallbacks_total", kind: Counter, help: "Handler calls that failed for good; the rule's fallback went out", known: &[] },
     Metric { name: "pubbot_handler_breaker_open", kind: Gauge, help: "1 while the handler's breaker is open", known: &[] },
     Metric { name: "pubbot_handler_breaker_opened_total", kind: Counter, help: "Times the handler's breaker opened", known: &[] },
-    Metric { name: "pubbot_pruned_total", kind: Counter, help: "Rows deleted by retention", known: &[&[("table", "inbound_messages")], &[("table", "outbound_messages")]] },
+    Metric { name: "pubbot_retention_days_dropped_total", kind: Counter, help: "Days of pushes and replies dropped by retention (two partitions each)", known: &[&[]] },
     Metric { name: "pubbot_broadcasts_total", kind: Counter, help: "Broadcasts ended per account, by state", known: &[] },
     Metric { name: "pubbot_campaign_chunks_total", kind: Counter, help: "Campaign chunks by result", known: &[
         &[("result", "sent")], &[("result", "pending")], &[("result", "failed")], &[("result", "unknown")],

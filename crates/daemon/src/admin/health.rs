@@ -124,11 +124,14 @@ pub(crate) async fn watch(
     loop {
         let due = async {
             let inbound: bool = sqlx::query_scalar!(
-                r#"SELECT EXISTS (SELECT 1 FROM inbound_messages WHERE status = 'pending') AS "due!""#
+                r#"SELECT EXISTS (SELECT 1 FROM inbound_messages WHERE status = 'pending' AND day >= $1) AS "due!""#,
+                progress.days.since()
             )
             .fetch_one(&pools.housekeeping)
             .await?;
-            let outbound = crate::pipeline::outbox::any_due(&pools.housekeeping).await?;
+            let outbound =
+                crate::pipeline::outbox::any_due(&pools.housekeeping, progress.days.since())
+                    .await?;
             Ok::<_, sqlx::Error>((inbound, outbound))
         };
         match due.await {

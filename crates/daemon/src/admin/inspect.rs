@@ -180,7 +180,7 @@ pub async fn conversation(
     let replies = sqlx::query!(
         r#"SELECT o.id, o.inbound_id AS "inbound_id!", o.rule_name, o.status, o.last_error, o.payload, o.sent_at,
                   (extract(epoch FROM o.sent_at - i.received_at) * 1000)::int8 AS latency_ms
-             FROM outbound_messages o JOIN inbound_messages i ON i.id = o.inbound_id
+             FROM outbound_messages o JOIN inbound_messages i ON i.id = o.inbound_id AND i.day = o.day
             WHERE o.inbound_id = ANY($1) ORDER BY o.inbound_id, o.reply_index, o.sub_index"#,
         &ids
     )
@@ -325,8 +325,8 @@ pub async fn retry(
         let row = sqlx::query!(
             r#"SELECT o.status, o.reply_index, o.app_key, o.payload AS "payload: sqlx::types::Json<PlannedReply>",
                       i.message AS "message?", i.dedup_key AS "dedup_key?"
-                 FROM outbound_messages o LEFT JOIN inbound_messages i ON i.id = o.inbound_id
-                WHERE o.id = $1"#,
+                 FROM outbound_messages o LEFT JOIN inbound_messages i ON i.id = o.inbound_id AND i.day = o.day
+                WHERE o.id = $1 AND o.day = pubbot_day_of($1)"#,
             id
         )
         .fetch_optional(pool)
@@ -414,15 +414,15 @@ mod tests {
     #[sqlx::test(migrator = "crate::db::MIGRATOR")]
     async fn a_failed_staff_message_is_retried_as_written(pool: PgPool) {
         sqlx::query(
-            "INSERT INTO inbound_messages (id, app_key, mcid, user_id, msg_type, dedup_key, message, raw, trace_id, status)
-             VALUES (1, 'a', 'm', 'u', 'text', 'k1', '{}', '', 't', 'done')",
+            "INSERT INTO inbound_messages (id, day, app_key, mcid, user_id, msg_type, dedup_key, message, raw, trace_id, status)
+             VALUES (pubbot_id(current_date, 1), current_date, 'a', 'm', 'u', 'text', 'k1', '{}', '', 't', 'done')",
         )
         .execute(&pool)
         .await
         .unwrap();
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO outbound_messages (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id, status, last_error)
-             VALUES (1, $1, 'a', 'm', 'u', 'staff:ann', '{\"type\":\"text\",\"content\":\"We are on it\"}', 't', 'failed', '1004: try later')
+            "INSERT INTO outbound_messages (id, day, inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id, status, last_error)
+             VALUES (pubbot_id(current_date, 1), current_date, pubbot_id(current_date, 1), $1, 'a', 'm', 'u', 'staff:ann', '{\"type\":\"text\",\"content\":\"We are on it\"}', 't', 'failed', '1004: try later')
              RETURNING id",
         )
         .bind(crate::pipeline::outbox::STAFF_INDEX)

@@ -304,23 +304,35 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             if days == 0 {
                 anyhow::bail!("retention.days is 0 (keep everything): give --days N");
             }
-            let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+            let cutoff = crate::admin::retention::cutoff(chrono::Utc::now().date_naive(), days);
             let p = if dry_run {
                 crate::admin::retention::dry_run(&pool, cutoff).await?
             } else {
-                crate::admin::retention::prune(&pool, cutoff, settings.retention.batch).await?
+                crate::admin::retention::prune(&pool, cutoff).await?
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&p)?);
             } else {
-                let verb = if dry_run { "would delete" } else { "deleted" };
+                let verb = if dry_run { "would drop" } else { "dropped" };
+                let list = |d: &[chrono::NaiveDate]| {
+                    d.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
                 println!(
-                    "{verb} (older than {days} days, before {}): {} replies, {} pushes, {} campaign chunks",
-                    cutoff.format("%Y-%m-%d %H:%M UTC"),
-                    p.replies,
-                    p.pushes,
+                    "{verb} (days before {cutoff}, keeping {days}): {} days [{}], about {} rows; {} campaign chunks",
+                    p.days.len(),
+                    list(&p.days),
+                    p.rows_estimate,
                     p.campaign_chunks
                 );
+                if !p.kept_open.is_empty() {
+                    println!(
+                        "kept (something in them is still open): {}",
+                        list(&p.kept_open)
+                    );
+                }
             }
         }
         Command::Rules(cmd) => rules::rules(cmd, &settings).await?,

@@ -276,8 +276,6 @@ pub struct RetentionSettings {
     pub days: u32,
     /// Seconds between prunes.
     pub every_secs: u64,
-    /// Ids one delete statement looks at.
-    pub batch: i64,
 }
 
 /// The longest pause between two tries of one handler call: the user's
@@ -549,11 +547,6 @@ impl Settings {
         if self.http.rejection_log_secs == 0 {
             return Err(invalid("http.rejection_log_secs", "at least 1"));
         }
-        // A prune goes on while its batches come back full: a batch of 0
-        // rows would always be "full".
-        if self.retention.batch < 1 {
-            return Err(invalid("retention.batch", "at least 1"));
-        }
         if self.retention.every_secs == 0 {
             return Err(invalid("retention.every_secs", "at least 1"));
         }
@@ -763,8 +756,12 @@ mod tests {
                 && e.to_string().contains("sender.request_timeout_ms"),
             "{e}"
         );
-        let e = Settings::load_from(None, env(&[("PUBBOT__RETENTION__BATCH", "0")])).unwrap_err();
-        assert_eq!(e.to_string(), "configuration: retention.batch: at least 1");
+        let e =
+            Settings::load_from(None, env(&[("PUBBOT__RETENTION__EVERY_SECS", "0")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration: retention.every_secs: at least 1"
+        );
         // The webhook's slow-client limits (issue 28).
         let e = Settings::load_from(
             None,

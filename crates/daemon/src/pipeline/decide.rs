@@ -102,7 +102,8 @@ impl DecideWorker {
         let since = std::time::Instant::now();
         let mut conn = crate::db::acquire(&self.pool, "decide").await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let claimed = ingest::pending::claim(&mut tx, self.batch).await?;
+        let claimed =
+            ingest::pending::claim(&mut tx, self.batch, self.progress.days.since()).await?;
         if claimed.is_empty() {
             tx.rollback().await?;
             return Ok(0);
@@ -305,7 +306,15 @@ impl DecideWorker {
             // earlier reply of its user is open. (Every earlier push of the
             // user is decided: the claim above takes a user's pushes one at a
             // time, in order.)
-            leased = outbox::plan(&mut tx, &planned, direct, &self.worker_id, self.lease).await?;
+            leased = outbox::plan(
+                &mut tx,
+                &planned,
+                direct,
+                &self.worker_id,
+                self.lease,
+                self.progress.days.since(),
+            )
+            .await?;
         }
         // The conversation state the batch changed, in the same transaction
         // (a step is applied once: a retried push is a duplicate at ingest).

@@ -6,6 +6,7 @@
 //! ```
 //!
 //! - [`listener`]: the webhook's sockets, capped.
+//! - [`days`]: the day partitions of both hot tables; owns `partition_days` and their DDL.
 //! - [`ingest`]: the webhook's inbox on PostgreSQL; owns `inbound_messages`.
 //! - [`spool`]: pushes kept on disk while the database cannot take them (R15).
 //! - [`decision`]: a push before the rules (at receipt, by a worker, on retry).
@@ -17,6 +18,7 @@
 //! - [`takeover`]: a person holding a conversation; the bot stays silent for the user.
 //! - [`wakeups`]: LISTEN/NOTIFY and in-process wake-ups between the stages.
 
+pub(crate) mod days;
 pub(crate) mod decide;
 pub(crate) mod decision;
 pub mod handlers;

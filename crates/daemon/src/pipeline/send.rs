@@ -247,15 +247,22 @@ impl SendWorker {
         // user, through the index (cheap whatever the queue holds).
         let next = self.wake.take_successors();
         if !next.is_empty() {
-            let claimed =
-                match outbox::claim_next(&self.pool, &self.worker_id, self.lease, &next).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Not lost: the users wait for the next outcome or poll.
-                        self.wake.still_behind(next);
-                        return Err(e);
-                    }
-                };
+            let claimed = match outbox::claim_next(
+                &self.pool,
+                &self.worker_id,
+                self.lease,
+                &next,
+                self.progress.days.since(),
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    // Not lost: the users wait for the next outcome or poll.
+                    self.wake.still_behind(next);
+                    return Err(e);
+                }
+            };
             // Every user stays remembered: those claimed may have more held
             // back behind these, and those not claimed are still behind an
             // open reply (one sent in the same unit as the one recorded).
@@ -278,6 +285,7 @@ impl SendWorker {
                 self.lease,
                 self.batch,
                 &self.sweep,
+                self.progress.days.since(),
             )
             .await?;
             windows += 1;

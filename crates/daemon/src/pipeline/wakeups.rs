@@ -1,4 +1,4 @@
-//! LISTEN/NOTIFY wake-ups. One connection listens on the three channels and
+//! LISTEN/NOTIFY wake-ups. One connection listens on the four channels and
 //! wakes the tasks waiting on them. Notifications are lost while the
 //! connection is down (a database restart), so every waiter also polls.
 
@@ -21,6 +21,10 @@ pub(crate) struct Wakeups {
     pub outbound: Notify,
     /// Rules changed.
     pub rules: Notify,
+    /// A settled day was reopened: read the open window again
+    /// ([`crate::pipeline::days`]; one waiter, the maintenance task, so a
+    /// permit is kept while it is busy).
+    pub days: Arc<Notify>,
     /// About how many replies wait in the table to be claimed (planned
     /// `pending`, deferred, retried, recovered, notified by another
     /// process), less those this process claimed. A recorded outcome wakes
@@ -214,6 +218,8 @@ impl Wakeups {
         self.inbound.notify_waiters();
         self.outbound.notify_waiters();
         self.rules.notify_waiters();
+        // Reopened days may have been missed while the connection was down.
+        self.days.notify_one();
     }
 }
 
@@ -230,7 +236,12 @@ pub(crate) async fn listen(pool: PgPool, wake: Arc<Wakeups>, token: Cancellation
             }
         };
         if let Err(e) = listener
-            .listen_all(["pubbot_inbound", "pubbot_outbound", "pubbot_rules"])
+            .listen_all([
+                "pubbot_inbound",
+                "pubbot_outbound",
+                "pubbot_rules",
+                "pubbot_days",
+            ])
             .await
         {
             tracing::warn!(error = %e, "LISTEN failed; polling meanwhile");
@@ -250,6 +261,7 @@ pub(crate) async fn listen(pool: PgPool, wake: Arc<Wakeups>, token: Cancellation
                     // A worker that takes a full batch goes again at once.
                     "pubbot_inbound" => wake.inbound.notify_one(),
                     "pubbot_outbound" => wake.add_pending(1),
+                    "pubbot_days" => wake.days.notify_one(),
                     _ => wake.rules.notify_waiters(),
                 },
                 Ok(None) => {

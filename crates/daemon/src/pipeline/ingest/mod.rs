@@ -295,10 +295,13 @@ impl PgInbox {
 pub(crate) async fn store_spooled(
     pool: &PgPool,
     pushes: Vec<SpooledPush>,
+    progress: &Progress,
 ) -> Result<(), sqlx::Error> {
     let rows: Vec<Row> = pushes.into_iter().map(Row::from_spooled).collect();
     let rows: Vec<&Row> = rows.iter().collect();
-    insert(pool, &rows, None).await.map(|_| ())
+    insert(pool, &rows, None, progress.days.since())
+        .await
+        .map(|_| ())
 }
 
 impl Inbox for PgInbox {
@@ -483,7 +486,7 @@ fn flush_part(
         };
         let direct = permit.is_some();
         let at = sink.at_receipt.as_ref().map(|a| (a, direct));
-        let inserted = insert(&sink.pool, &rows, at).await;
+        let inserted = insert(&sink.pool, &rows, at, sink.progress.days.since()).await;
         drop(rows);
         match inserted {
             Ok(stored) => {

@@ -40,18 +40,21 @@ pub(crate) struct StoredPush {
 pub(crate) async fn claim(
     tx: &mut sqlx::PgConnection,
     batch: i64,
+    since: chrono::NaiveDate,
 ) -> Result<Vec<StoredPush>, sqlx::Error> {
     let rows = sqlx::query!(
             r#"SELECT i.id, i.app_key, i.mcid, i.user_id, i.dedup_key, i.message, i.trace_id, i.received_at FROM inbound_messages i
-                WHERE i.status = 'pending'
+                WHERE i.status = 'pending' AND i.day >= $2
                   AND NOT EXISTS (SELECT 1 FROM inbound_messages e
                                    WHERE e.app_key = i.app_key AND e.mcid = i.mcid AND e.user_id = i.user_id
-                                     AND e.status = 'pending' AND e.id < i.id)
+                                     AND e.status = 'pending' AND e.id < i.id AND e.day >= $2)
                   AND NOT EXISTS (SELECT 1 FROM outbound_messages h
                                    WHERE h.app_key = i.app_key AND h.mcid = i.mcid AND h.user_id = i.user_id
-                                     AND h.handler IS NOT NULL AND h.status IN ('pending', 'sending'))
+                                     AND h.handler IS NOT NULL AND h.status IN ('pending', 'sending')
+                                     AND h.day >= $2)
                 ORDER BY i.id LIMIT $1 FOR UPDATE OF i SKIP LOCKED"#,
-            batch
+            batch,
+            since
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -85,7 +88,7 @@ pub(crate) async fn mark_decided(
     sqlx::query!(
         "UPDATE inbound_messages i SET status = 'done', processed_at = now(), state_change = c.change::json
            FROM UNNEST($1::int8[], $2::text[]) AS c(id, change)
-          WHERE i.id = c.id",
+          WHERE i.id = c.id AND i.day BETWEEN pubbot_day_lo($1) AND pubbot_day_hi($1)",
         ids,
         state_changes as &[Option<String>]
     )

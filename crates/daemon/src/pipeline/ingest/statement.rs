@@ -57,10 +57,12 @@ pub(super) async fn insert(
     pool: &PgPool,
     rows: &[&Row],
     at: Option<(&DecideAtReceipt, bool)>,
+    window: chrono::NaiveDate,
 ) -> Result<Stored, sqlx::Error> {
     let mut cols = Columns::with_capacity(rows.len());
+    let now = chrono::Utc::now();
     for r in rows {
-        cols.push(r);
+        cols.push(r, now);
     }
     let ok = if at.is_some() {
         decidable(rows)
@@ -93,32 +95,34 @@ pub(super) async fn insert(
     let stored = sqlx::query!(
         r#"WITH x AS (
                SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                    $6::text[], $7::int8[], $8::text[], $9::bytea[], $10::text[], $11::bool[])
-                    WITH ORDINALITY AS x(a, m, u, t, d, i, c, j, r, tr, ok, n)
+                                    $6::text[], $7::int8[], $8::text[], $9::bytea[], $10::text[], $11::bool[],
+                                    $19::date[])
+                    WITH ORDINALITY AS x(a, m, u, t, d, i, c, j, r, tr, ok, day, n)
            ), ins AS (
                INSERT INTO inbound_messages
-                      (app_key, mcid, user_id, msg_type, dedup_key, msg_id, create_time, message, raw, trace_id,
-                       status, processed_at)
-               SELECT a, m, u, t, d, i, c, j::json, r, tr,
+                      (id, day, app_key, mcid, user_id, msg_type, dedup_key, msg_id, create_time, message, raw,
+                       trace_id, status, processed_at)
+               SELECT pubbot_id(day, nextval('inbound_messages_id_seq')), day, a, m, u, t, d, i, c, j::json, r, tr,
                       CASE WHEN done THEN 'done' ELSE 'pending' END, CASE WHEN done THEN now() END
                  FROM (SELECT x.*, x.ok
                               AND NOT EXISTS (SELECT 1 FROM inbound_messages e
                                                WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
-                                                 AND e.status = 'pending')
+                                                 AND e.status = 'pending' AND e.day >= $20)
                               AND NOT EXISTS (SELECT 1 FROM outbound_messages h
                                                WHERE h.app_key = x.a AND h.mcid = x.m AND h.user_id = x.u
-                                                 AND h.handler IS NOT NULL AND h.status IN ('pending', 'sending'))
+                                                 AND h.handler IS NOT NULL AND h.status IN ('pending', 'sending')
+                                                 AND h.day >= $20)
                               AND NOT EXISTS (SELECT 1 FROM takeovers k
                                                WHERE k.app_key = x.a AND k.mcid = x.m AND k.user_id = x.u) AS done
                          FROM x OFFSET 0) x
                 ORDER BY n
-               ON CONFLICT (app_key, dedup_key) DO NOTHING
-               RETURNING id, app_key, dedup_key, status
+               ON CONFLICT (app_key, mcid, dedup_key, day) DO NOTHING
+               RETURNING id, day, app_key, dedup_key, status
            ), planned AS (
                INSERT INTO outbound_messages
-                      (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
+                      (id, day, inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
                        status, lease_owner, lease_until, attempts)
-               SELECT ins.id, p.ri, x.a, x.m, x.u, p.rule, p.payload::json, x.tr,
+               SELECT pubbot_id(ins.day, nextval('outbound_messages_id_seq')), ins.day, ins.id, p.ri, x.a, x.m, x.u, p.rule, p.payload::json, x.tr,
                       CASE WHEN go THEN 'sending' ELSE 'pending' END,
                       CASE WHEN go THEN $16 END,
                       CASE WHEN go THEN now() + make_interval(secs => $17) END,
@@ -131,7 +135,7 @@ pub(super) async fn insert(
                       SELECT $18 AND NOT EXISTS (
                              SELECT 1 FROM outbound_messages e
                               WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
-                                AND e.status IN ('pending', 'sending')) AS go OFFSET 0) g
+                                AND e.status IN ('pending', 'sending') AND e.day >= $20) AS go OFFSET 0) g
                 WHERE ins.status = 'done'
                 ORDER BY ins.id, p.ri
                RETURNING id, app_key, mcid, user_id, payload, attempts, trace_id, inbound_id, reply_index,
@@ -162,6 +166,8 @@ pub(super) async fn insert(
         worker_id,
         lease,
         direct,
+        &cols.day,
+        window,
     )
     .fetch_all(&mut *crate::db::acquire(pool, "ingest").await?)
     .await?;
@@ -227,6 +233,7 @@ struct Columns {
     message: Vec<String>,
     raw: Vec<Vec<u8>>,
     trace_id: Vec<String>,
+    day: Vec<chrono::NaiveDate>,
 }
 
 impl Columns {
@@ -242,12 +249,15 @@ impl Columns {
             message: Vec::with_capacity(n),
             raw: Vec::with_capacity(n),
             trace_id: Vec::with_capacity(n),
+            day: Vec::with_capacity(n),
         }
     }
 
     /// Copies the row's fields into the statement's arrays (the one copy
     /// a push's fields make on their way to PostgreSQL).
-    fn push(&mut self, r: &Row) {
+    fn push(&mut self, r: &Row, now: chrono::DateTime<chrono::Utc>) {
+        self.day
+            .push(crate::pipeline::days::push_day(r.create_time, now));
         self.app_key.push(r.app_key.clone());
         self.mcid.push(r.mcid.clone());
         self.user_id.push(r.user_id.clone());

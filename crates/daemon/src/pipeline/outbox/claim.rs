@@ -77,11 +77,12 @@ pub(crate) async fn claim(
     lease: Duration,
     batch: i64,
     sweep: &Sweep,
+    since: chrono::NaiveDate,
 ) -> Result<Claim, sqlx::Error> {
     let from = sweep.get();
     // One connection for both statements.
     let mut conn = crate::db::acquire(pool, "send").await?;
-    let heads = heads(&mut conn, &from, SWEEP_WINDOW, batch).await?;
+    let heads = heads(&mut conn, &from, SWEEP_WINDOW, batch, since).await?;
     let found = heads.iter().filter(|h| h.ok).count();
     let more = match heads.last() {
         // Stopped at the window or with enough found: go on after it.
@@ -106,7 +107,7 @@ pub(crate) async fn claim(
     let rows = if ids.is_empty() {
         Vec::new()
     } else {
-        claim_ids(&mut conn, worker_id, lease, &ids).await?
+        claim_ids(&mut conn, worker_id, lease, &ids, since).await?
     };
     Ok(Claim { rows, more })
 }
@@ -120,6 +121,7 @@ async fn heads(
     from: &crate::pipeline::wakeups::Conversation,
     window: i64,
     batch: i64,
+    since: chrono::NaiveDate,
 ) -> Result<Vec<Head>, sqlx::Error> {
     sqlx::query_as!(
         Head,
@@ -128,7 +130,8 @@ async fn heads(
                        (h.status = 'pending' AND h.next_attempt_at <= now()) AS ok, 1 AS n,
                        (h.status = 'pending' AND h.next_attempt_at <= now())::int AS found
                   FROM outbound_messages h
-                 WHERE h.status IN ('pending', 'sending') AND (h.app_key, h.mcid, h.user_id) > ($1, $2, $3)
+                 WHERE h.status IN ('pending', 'sending') AND h.day >= $6
+                   AND (h.app_key, h.mcid, h.user_id) > ($1, $2, $3)
                  ORDER BY h.app_key, h.mcid, h.user_id, h.inbound_id, h.reply_index, h.sub_index LIMIT 1)
                UNION ALL
                SELECT x.app_key, x.mcid, x.user_id, x.id, x.ok, p.n + 1, p.found + x.ok::int
@@ -136,7 +139,7 @@ async fn heads(
                       SELECT h.app_key, h.mcid, h.user_id, h.id,
                              (h.status = 'pending' AND h.next_attempt_at <= now()) AS ok
                         FROM outbound_messages h
-                       WHERE h.status IN ('pending', 'sending')
+                       WHERE h.status IN ('pending', 'sending') AND h.day >= $6
                          AND (h.app_key, h.mcid, h.user_id) > (p.app_key, p.mcid, p.user_id)
                        ORDER BY h.app_key, h.mcid, h.user_id, h.inbound_id, h.reply_index, h.sub_index LIMIT 1) x
                 WHERE p.n < $4 AND p.found < $5)
@@ -148,6 +151,7 @@ async fn heads(
         from.2.as_str(),
         i32::try_from(window).unwrap_or(i32::MAX),
         i32::try_from(batch).unwrap_or(i32::MAX),
+        since,
     )
     .fetch_all(&mut *conn)
     .await
@@ -161,6 +165,7 @@ async fn claim_ids(
     worker_id: &str,
     lease: Duration,
     ids: &[i64],
+    since: chrono::NaiveDate,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as!(
         Claimed,
@@ -168,19 +173,21 @@ async fn claim_ids(
               SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
                   attempts = attempts + 1
              FROM (SELECT c.id FROM outbound_messages c
-                    WHERE c.id = ANY($3) AND c.status = 'pending' AND c.next_attempt_at <= now()
+                    WHERE c.id = ANY($3) AND c.day BETWEEN pubbot_day_lo($3) AND pubbot_day_hi($3)
+                      AND c.status = 'pending' AND c.next_attempt_at <= now()
                       AND NOT EXISTS (
                           SELECT 1 FROM outbound_messages e
                            WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
-                             AND e.status IN ('pending', 'sending')
+                             AND e.status IN ('pending', 'sending') AND e.day >= $4
                              AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index))
                     ORDER BY c.id FOR UPDATE SKIP LOCKED) c
-            WHERE o.id = c.id
+            WHERE o.id = c.id AND o.day BETWEEN pubbot_day_lo($3) AND pubbot_day_hi($3)
         RETURNING o.id, o.app_key, o.mcid AS "mcid: McId", o.user_id AS "user_id: UserId", o.payload AS "payload: Json<PlannedReply>",
                   o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
         worker_id,
         lease.as_secs_f64(),
         ids,
+        since,
     )
     .fetch_all(&mut *conn)
     .await
@@ -201,6 +208,7 @@ pub(crate) async fn claim_next(
     worker_id: &str,
     lease: Duration,
     users: &[crate::pipeline::wakeups::Conversation],
+    since: chrono::NaiveDate,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let mut users = users.to_vec();
     users.sort();
@@ -220,22 +228,22 @@ pub(crate) async fn claim_next(
         r#"UPDATE outbound_messages o
               SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
                   attempts = attempts + 1
-             FROM (SELECT c.id
+             FROM (SELECT c.id, c.day
                      FROM UNNEST($3::text[], $4::text[], $5::text[]) AS u(a, m, s)
                      CROSS JOIN LATERAL (
-                          SELECT h.id FROM outbound_messages h
+                          SELECT h.id, h.day FROM outbound_messages h
                            WHERE h.app_key = u.a AND h.mcid = u.m AND h.user_id = u.s
-                             AND h.status IN ('pending', 'sending')
+                             AND h.status IN ('pending', 'sending') AND h.day >= $6
                            ORDER BY h.inbound_id, h.reply_index, h.sub_index LIMIT 1) f
-                     JOIN outbound_messages c ON c.id = f.id
+                     JOIN outbound_messages c ON c.id = f.id AND c.day = f.day AND c.day >= $6
                     WHERE c.status = 'pending' AND c.next_attempt_at <= now()
                       AND NOT EXISTS (
                           SELECT 1 FROM outbound_messages e
                            WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
-                             AND e.status IN ('pending', 'sending')
+                             AND e.status IN ('pending', 'sending') AND e.day >= $6
                              AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index))
                     ORDER BY c.id FOR UPDATE OF c SKIP LOCKED) c
-            WHERE o.id = c.id
+            WHERE o.id = c.id AND o.day = c.day AND o.day >= $6
         RETURNING o.id, o.app_key, o.mcid AS "mcid: McId", o.user_id AS "user_id: UserId", o.payload AS "payload: Json<PlannedReply>",
                   o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
         worker_id,
@@ -243,6 +251,7 @@ pub(crate) async fn claim_next(
         &apps,
         &mcids,
         &ids,
+        since,
     )
     .fetch_all(&mut *crate::db::acquire(pool, "send").await?)
     .await
@@ -255,27 +264,32 @@ pub(crate) async fn claim_next(
 ///
 /// # Errors
 /// Database errors.
-pub(crate) async fn any_due(pool: &PgPool) -> Result<bool, sqlx::Error> {
+pub(crate) async fn any_due(pool: &PgPool, since: chrono::NaiveDate) -> Result<bool, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    Ok(
-        heads(&mut conn, &Default::default(), i64::from(i32::MAX), 1)
-            .await?
-            .iter()
-            .any(|h| h.ok),
+    Ok(heads(
+        &mut conn,
+        &Default::default(),
+        i64::from(i32::MAX),
+        1,
+        since,
     )
+    .await?
+    .iter()
+    .any(|h| h.ok))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::days::ALL_DAYS;
 
     /// `users` conversations with two replies each (pushes 2i+1 and 2i+2);
     /// the first `blocked` have their first reply leased elsewhere, and
     /// conversation `late` has its first reply due only in an hour.
     async fn backlog(pool: &PgPool, users: i32, blocked: i32, late: i32) {
         sqlx::query(
-            "INSERT INTO inbound_messages (id, app_key, mcid, user_id, msg_type, dedup_key, message, raw, trace_id, status)
-             SELECT i, 'a', 'm', 'u' || lpad(((i - 1) / 2)::text, 5, '0'), 'text', 'k' || i, '{}', '', 't', 'done'
+            "INSERT INTO inbound_messages (id, day, app_key, mcid, user_id, msg_type, dedup_key, message, raw, trace_id, status)
+             SELECT pubbot_id(current_date, i), current_date, 'a', 'm', 'u' || lpad(((i - 1) / 2)::text, 5, '0'), 'text', 'k' || i, '{}', '', 't', 'done'
                FROM generate_series(1, 2 * $1) i",
         )
         .bind(users)
@@ -283,9 +297,9 @@ mod tests {
         .await
         .unwrap();
         sqlx::query(
-            r#"INSERT INTO outbound_messages (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
-                                              status, lease_owner, lease_until, next_attempt_at)
-               SELECT i, 0, 'a', 'm', 'u' || lpad(((i - 1) / 2)::text, 5, '0'), 'r', '{"type": "text", "content": "hi"}', 't',
+            r#"INSERT INTO outbound_messages (id, day, inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload,
+                                              trace_id, status, lease_owner, lease_until, next_attempt_at)
+               SELECT pubbot_id(current_date, i), current_date, pubbot_id(current_date, i), 0, 'a', 'm', 'u' || lpad(((i - 1) / 2)::text, 5, '0'), 'r', '{"type": "text", "content": "hi"}', 't',
                       CASE WHEN i % 2 = 1 AND (i - 1) / 2 < $2 THEN 'sending' ELSE 'pending' END,
                       CASE WHEN i % 2 = 1 AND (i - 1) / 2 < $2 THEN 'elsewhere' END,
                       CASE WHEN i % 2 = 1 AND (i - 1) / 2 < $2 THEN now() + interval '1 minute' END,
@@ -311,7 +325,9 @@ mod tests {
         let lease = Duration::from_secs(60);
         let mut taken = Vec::new();
         for _ in 0..20 {
-            let claim = claim(&pool, "me", lease, 64, &sweep).await.unwrap();
+            let claim = claim(&pool, "me", lease, 64, &sweep, ALL_DAYS)
+                .await
+                .unwrap();
             taken.extend(claim.rows);
         }
         let mut users: Vec<&str> = taken.iter().map(|r| r.user_id.as_str()).collect();
@@ -327,12 +343,12 @@ mod tests {
             .all(|r| r.inbound_id.unwrap() % 2 == 1 && r.user_id.as_str() >= "u01200"));
         assert!(!users.contains(&"u01300"));
         // Nothing more until something is recorded.
-        assert!(claim(&pool, "me", lease, 64, &sweep)
+        assert!(claim(&pool, "me", lease, 64, &sweep, ALL_DAYS)
             .await
             .unwrap()
             .rows
             .is_empty());
-        assert!(!any_due(&pool).await.unwrap());
+        assert!(!any_due(&pool, ALL_DAYS).await.unwrap());
 
         // Recorded: each of those conversations' second reply is next,
         // found by user without a sweep.
@@ -342,13 +358,15 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        assert!(any_due(&pool).await.unwrap());
+        assert!(any_due(&pool, ALL_DAYS).await.unwrap());
         let users: Vec<crate::pipeline::wakeups::Conversation> = taken
             .iter()
             .map(|r| (r.app_key.clone(), r.mcid.clone(), r.user_id.clone()))
             .chain([("a".into(), "m".into(), "u00000".into())])
             .collect();
-        let next = claim_next(&pool, "me", lease, &users).await.unwrap();
+        let next = claim_next(&pool, "me", lease, &users, ALL_DAYS)
+            .await
+            .unwrap();
         assert_eq!(next.len(), 299, "u00000 is still behind its leased reply");
         assert!(next.iter().all(|r| r.inbound_id.unwrap() % 2 == 0));
     }

@@ -266,9 +266,10 @@ pub(crate) async fn renew(
         "WITH h AS (SELECT * FROM UNNEST($1::int8[], $2::int4[]) AS h(id, attempts)),
               l AS (SELECT o.id FROM outbound_messages o JOIN h ON h.id = o.id
                      WHERE o.attempts = h.attempts AND o.lease_owner = $3 AND o.status = 'sending'
+                       AND o.day BETWEEN pubbot_day_lo($1) AND pubbot_day_hi($1)
                      ORDER BY o.id FOR UPDATE OF o)
          UPDATE outbound_messages o SET lease_until = now() + make_interval(secs => $4)
-           FROM l WHERE o.id = l.id
+           FROM l WHERE o.id = l.id AND o.day BETWEEN pubbot_day_lo($1) AND pubbot_day_hi($1)
          RETURNING o.id",
         &ids,
         &attempts,
@@ -328,20 +329,22 @@ pub(crate) async fn recover(
     pool: &PgPool,
     worker_id: &str,
     leases: &Leases,
+    since: chrono::NaiveDate,
 ) -> Result<u64, sqlx::Error> {
     let (held, _) = leases.snapshot();
     let n = sqlx::query_scalar!(
         "WITH r AS (SELECT id FROM outbound_messages
-                     WHERE status = 'sending' AND lease_until < now()
+                     WHERE status = 'sending' AND lease_until < now() AND day >= $3
                        AND NOT (lease_owner = $1 AND id = ANY($2))
                      ORDER BY id FOR UPDATE SKIP LOCKED)
          UPDATE outbound_messages o
             SET status = 'pending', lease_owner = NULL, lease_until = NULL,
                 last_error = 'interrupted mid-call by ' || coalesce(o.lease_owner, '?') || '; may have been delivered'
-           FROM r WHERE o.id = r.id
+           FROM r WHERE o.id = r.id AND o.day >= $3
          RETURNING o.id",
         worker_id,
-        &held
+        &held,
+        since
     )
     .persistent(false)
     .fetch_all(pool)
@@ -366,10 +369,11 @@ pub(crate) async fn recovery(
     leases: Arc<Leases>,
     lease: Duration,
     wake: Arc<Wakeups>,
+    progress: Arc<crate::progress::Progress>,
     token: CancellationToken,
 ) {
     loop {
-        match recover(&pool, &worker_id, &leases).await {
+        match recover(&pool, &worker_id, &leases, progress.days.since()).await {
             Ok(n) if n > 0 => wake.add_pending(usize::try_from(n).unwrap_or(usize::MAX)),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "lease recovery failed; trying again later"),
@@ -426,6 +430,7 @@ pub(crate) async fn plan(
     direct: bool,
     worker_id: &str,
     lease: Duration,
+    since: chrono::NaiveDate,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     if plan.is_empty() {
         return Ok(Vec::new());
@@ -433,9 +438,10 @@ pub(crate) async fn plan(
     sqlx::query_as!(
         Claimed,
         r#"INSERT INTO outbound_messages
-               (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
+               (id, day, inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
                 status, lease_owner, lease_until, attempts, handler)
-           SELECT i, r, a, m, u, n, p::json, t,
+           SELECT pubbot_id(pubbot_day_of(i), nextval('outbound_messages_id_seq')), pubbot_day_of(i),
+                  i, r, a, m, u, n, p::json, t,
                   CASE WHEN go THEN 'sending' ELSE 'pending' END,
                   CASE WHEN go THEN $10 END,
                   CASE WHEN go THEN now() + make_interval(secs => $11) END,
@@ -443,10 +449,10 @@ pub(crate) async fn plan(
              FROM (SELECT x.*, $9 AND NOT EXISTS (
                           SELECT 1 FROM outbound_messages e
                            WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
-                             AND e.status IN ('pending', 'sending')) AS go
+                             AND e.status IN ('pending', 'sending') AND e.day >= $13) AS go
                      FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $12::text[])
                           AS x(i, r, a, m, u, n, p, t, h)) x
-           ON CONFLICT (inbound_id, reply_index, sub_index) DO NOTHING
+           ON CONFLICT (app_key, mcid, inbound_id, reply_index, sub_index, day) DO NOTHING
            RETURNING id, app_key, mcid AS "mcid: McId", user_id AS "user_id: UserId", payload AS "payload: Json<PlannedReply>", attempts, trace_id,
                      inbound_id, reply_index, sub_index, created_at"#,
         &plan.inbound_id,
@@ -461,6 +467,7 @@ pub(crate) async fn plan(
         worker_id,
         lease.as_secs_f64(),
         &plan.handler as &[Option<String>],
+        since,
     )
     .fetch_all(&mut *tx)
     .await
@@ -543,12 +550,16 @@ pub(crate) async fn enqueue_staff(
         });
     };
     crate::pipeline::takeover::hold(&mut tx, app_key, mcid, user, staff).await?;
+    // The user's last push may be in a settled day: open it again first.
+    crate::pipeline::days::reopen(&mut tx, crate::pipeline::days::day_of(last.id)).await?;
     // The hold row, locked by the upsert above, serialises two staff
     // messages to one user: the next index is read after it.
     let id = sqlx::query_scalar!(
-        r#"INSERT INTO outbound_messages (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id)
-           SELECT $1, coalesce(max(reply_index) + 1, $2), $3, $4, $5, $6, $7::text::json, $8
-             FROM outbound_messages WHERE inbound_id = $1 AND reply_index >= $2
+        r#"INSERT INTO outbound_messages (id, day, inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id)
+           SELECT pubbot_id(pubbot_day_of($1), nextval('outbound_messages_id_seq')), pubbot_day_of($1),
+                  $1, coalesce(max(reply_index) + 1, $2), $3, $4, $5, $6, $7::text::json, $8
+             FROM outbound_messages
+            WHERE app_key = $3 AND mcid = $4 AND inbound_id = $1 AND day = pubbot_day_of($1) AND reply_index >= $2
            RETURNING id"#,
         last.id,
         STAFF_INDEX,

@@ -142,8 +142,9 @@ pub(crate) async fn settle(
         "WITH s AS (SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::text[], $6::int4[])
                       AS s(id, attempts, status, delay, error, undo)),
               l AS (SELECT o.id FROM outbound_messages o JOIN s ON s.id = o.id
-                     WHERE (o.lease_owner = $7 AND o.status = 'sending' AND o.attempts = s.attempts)
-                        OR (s.status = 'sent' AND o.status = 'pending')
+                     WHERE ((o.lease_owner = $7 AND o.status = 'sending' AND o.attempts = s.attempts)
+                            OR (s.status = 'sent' AND o.status = 'pending'))
+                       AND o.day BETWEEN pubbot_day_lo($1) AND pubbot_day_hi($1)
                      ORDER BY o.id FOR UPDATE OF o)
          UPDATE outbound_messages o
             SET status = s.status,
@@ -155,7 +156,7 @@ pub(crate) async fn settle(
                 last_error = coalesce(s.error, o.last_error),
                 lease_owner = NULL, lease_until = NULL
            FROM s, l
-          WHERE o.id = s.id AND l.id = s.id",
+          WHERE o.id = s.id AND l.id = s.id AND o.day BETWEEN pubbot_day_lo($1) AND pubbot_day_hi($1)",
         &ids,
         &attempts,
         &status as &[String],
@@ -295,17 +296,21 @@ pub(crate) async fn requeue_failed(
     reply: &PlannedReply,
 ) -> Result<bool, sqlx::Error> {
     let payload = serde_json::to_value(reply).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let mut tx = pool.begin().await?;
+    // Its day may be settled: open it again first (`pipeline::days`).
+    crate::pipeline::days::reopen(&mut tx, crate::pipeline::days::day_of(id)).await?;
     let done = sqlx::query!(
         "UPDATE outbound_messages
                 SET status = 'pending', payload = $2::jsonb::json, attempts = 0, next_attempt_at = now(),
                     last_error = 'retried by the operator after: ' || coalesce(last_error, '?')
-              WHERE id = $1 AND status = 'failed'",
+              WHERE id = $1 AND day = pubbot_day_of($1) AND status = 'failed'",
         id,
         payload
     )
-    .execute(pool)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
+    tx.commit().await?;
     Ok(done == 1)
 }
 
@@ -328,7 +333,9 @@ pub(crate) async fn settle_call(
     error: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let mine = sqlx::query_scalar!(
-        "SELECT id FROM outbound_messages WHERE id = $1 AND lease_owner = $2 AND attempts = $3 AND status = 'sending' FOR UPDATE",
+        "SELECT id FROM outbound_messages
+          WHERE id = $1 AND day = pubbot_day_of($1) AND lease_owner = $2 AND attempts = $3 AND status = 'sending'
+            FOR UPDATE",
         row.id,
         worker_id,
         row.attempts
@@ -341,10 +348,12 @@ pub(crate) async fn settle_call(
     for (k, reply) in replies.iter().enumerate() {
         let payload = serde_json::to_value(reply).unwrap_or_default();
         sqlx::query!(
-            "INSERT INTO outbound_messages (inbound_id, reply_index, sub_index, app_key, mcid, user_id, rule_name, payload, trace_id)
-                 SELECT inbound_id, reply_index, $2, app_key, mcid, user_id, rule_name, $3::jsonb::json, trace_id
-                   FROM outbound_messages WHERE id = $1
-                 ON CONFLICT (inbound_id, reply_index, sub_index) DO NOTHING",
+            "INSERT INTO outbound_messages (id, day, inbound_id, reply_index, sub_index, app_key, mcid, user_id, rule_name,
+                                                payload, trace_id)
+                 SELECT pubbot_id(day, nextval('outbound_messages_id_seq')), day, inbound_id, reply_index, $2, app_key,
+                        mcid, user_id, rule_name, $3::jsonb::json, trace_id
+                   FROM outbound_messages WHERE id = $1 AND day = pubbot_day_of($1)
+                 ON CONFLICT (app_key, mcid, inbound_id, reply_index, sub_index, day) DO NOTHING",
             row.id,
             i32::try_from(k + 1).unwrap_or(i32::MAX),
             payload
@@ -353,7 +362,8 @@ pub(crate) async fn settle_call(
         .await?;
     }
     sqlx::query!(
-        "UPDATE outbound_messages SET status = $2, last_error = $3, sent_at = now(), lease_owner = NULL, lease_until = NULL WHERE id = $1",
+        "UPDATE outbound_messages SET status = $2, last_error = $3, sent_at = now(), lease_owner = NULL, lease_until = NULL
+          WHERE id = $1 AND day = pubbot_day_of($1)",
         row.id,
         status,
         error
