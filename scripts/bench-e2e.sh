@@ -193,33 +193,39 @@ psql "$BENCH_URL" -At -F ' ' -c "SELECT 'answered twice:', i.message->'body'->>'
                                  WHERE o.status = 'sent' GROUP BY 2 HAVING count(*) > 1 LIMIT 10"
 fi
 
-# Retention: OLD_ROWS pushes and OLD_ROWS replies older than retention.days
-# in the tables, and the daemon deleting them (at start, and on at once
-# while it finds full batches) while it takes RATE pushes/s: the delete
-# rate beside the inflow (2 rows a push), and the p99 beside the fixed-rate
-# run's above.
-OLD_ROWS=${OLD_ROWS:-200000}
+# Retention: a day 40 days back holding OLD_ROWS pushes and OLD_ROWS
+# replies, and `pubbot prune` dropping it halfway through a run at RATE
+# pushes/s (the daemon's own retention off, so the drop lands mid-run): the
+# p99 beside the fixed-rate run's above, the time the drop took under load,
+# and the dry run's time (from the catalog).
+OLD_ROWS=${OLD_ROWS:-1000000}
 if phase retention; then
-echo "## retention: $OLD_ROWS old pushes + $OLD_ROWS old replies deleted while taking $RATE pushes/s for $DURATION s"
-psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages CASCADE" \
-  -c "INSERT INTO inbound_messages (app_key, mcid, user_id, msg_type, dedup_key, message, raw, trace_id, status, received_at, processed_at)
-      SELECT 'bench-app', 'bench', 'old-user-' || (i % 1000), 'text', 'old:' || i, '{\"body\":{\"kind\":\"text\",\"content\":\"old\"}}',
-             convert_to('<xml>old</xml>', 'UTF8'), 'old', 'done', now() - interval '40 days', now() - interval '40 days'
+echo "## retention: a day of $OLD_ROWS old pushes + $OLD_ROWS old replies dropped while taking $RATE pushes/s for $DURATION s"
+psql "$BENCH_URL" -qc "TRUNCATE inbound_messages, outbound_messages" \
+  -c "SELECT pubbot_create_partitions(current_date - 40, current_date - 40)" \
+  -c "INSERT INTO inbound_messages (id, day, app_key, mcid, user_id, msg_type, dedup_key, message, raw, trace_id, status, received_at, processed_at)
+      SELECT pubbot_id(current_date - 40, i), current_date - 40, 'bench-app', 'bench', 'old-user-' || (i % 1000), 'text', 'old:' || i,
+             '{\"body\":{\"kind\":\"text\",\"content\":\"old\"}}', convert_to('<xml>old</xml>', 'UTF8'), 'old', 'done',
+             now() - interval '40 days', now() - interval '40 days'
         FROM generate_series(1, $OLD_ROWS) i" \
-  -c "INSERT INTO outbound_messages (inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id, status, created_at, sent_at)
-      SELECT id, 0, app_key, mcid, user_id, 'old', '{\"type\":\"text\",\"content\":\"old\"}', 'old', 'sent', received_at, received_at
-        FROM inbound_messages" -c VACUUM -c CHECKPOINT
-old_left() { psql "$BENCH_URL" -At -c "SELECT (SELECT count(*) FROM inbound_messages WHERE trace_id = 'old') + (SELECT count(*) FROM outbound_messages WHERE trace_id = 'old')"; }
+  -c "INSERT INTO outbound_messages (id, day, inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id, status, created_at, sent_at)
+      SELECT id, day, id, 0, app_key, mcid, user_id, 'old', '{\"type\":\"text\",\"content\":\"old\"}', 'old', 'sent', received_at, received_at
+        FROM inbound_messages" -c "VACUUM ANALYZE" -c CHECKPOINT
+export PUBBOT__RETENTION__DAYS=0
 start_pubbot
-T0=$(date +%s.%N)
+unset PUBBOT__RETENTION__DAYS
 "${LOAD[@]}" --threads 1 --rate "$RATE" --duration "$DURATION" --users 1000 --grace 30 > "$WORK/load.out" &
 LOAD_PID=$!
-LEFT=$(old_left)
-while [ "$LEFT" -gt 0 ] && kill -0 "$LOAD_PID" 2>/dev/null; do sleep 1; LEFT=$(old_left); done
+sleep $((DURATION / 2))
+D0=$(date +%s.%N)
+$PUBBOT --config "$WORK/bench.toml" prune --dry-run --days 30
+D1=$(date +%s.%N)
+$PUBBOT --config "$WORK/bench.toml" prune --days 30
 T1=$(date +%s.%N)
 wait "$LOAD_PID"
 cat "$WORK/load.out"
-echo "retention: $(( 2 * OLD_ROWS - LEFT )) old rows deleted in $(awk "BEGIN {printf \"%.1f\", $T1 - $T0}") s = $(awk "BEGIN {printf \"%d\", (2 * $OLD_ROWS - $LEFT) / ($T1 - $T0)}") rows/s (inflow: $((2 * RATE)) rows/s), $LEFT left"
+LEFT=$(psql "$BENCH_URL" -At -c "SELECT count(*) FROM inbound_messages WHERE day = current_date - 40")
+echo "retention: dry run $(awk "BEGIN {printf \"%.3f\", $D1 - $D0}") s; a day of $((2 * OLD_ROWS)) rows dropped in $(awk "BEGIN {printf \"%.3f\", $T1 - $D1}") s (the whole command, connecting and migrating check included) under load; $LEFT left"
 stop_pubbot
 fi
 
