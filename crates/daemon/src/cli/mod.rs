@@ -305,6 +305,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 anyhow::bail!("retention.days is 0 (keep everything): give --days N");
             }
             let cutoff = crate::admin::retention::cutoff(chrono::Utc::now().date_naive(), days);
+            let started = std::time::Instant::now();
             let p = if dry_run {
                 crate::admin::retention::dry_run(&pool, cutoff).await?
             } else {
@@ -321,11 +322,12 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                         .join(", ")
                 };
                 println!(
-                    "{verb} (days before {cutoff}, keeping {days}): {} days [{}], about {} rows; {} campaign chunks",
+                    "{verb} (days before {cutoff}, keeping {days}): {} days [{}], about {} rows; {} campaign chunks ({} ms)",
                     p.days.len(),
                     list(&p.days),
                     p.rows_estimate,
-                    p.campaign_chunks
+                    p.campaign_chunks,
+                    started.elapsed().as_millis()
                 );
                 if !p.kept_open.is_empty() {
                     println!(
