@@ -12,11 +12,18 @@
 #   retention `pubbot prune --days 1` (a day 3 days back is seeded at start,
 #             so the first one drops it)
 #
+# And every DAY_SECS (default 120) the calendar moves a day ahead, on the
+# platform (/_sim/clock) and in every replica and command
+# (PUBBOT_CLOCK_FILE): a daily broadcast is scheduled, so each simulated day
+# must see exactly one mass send accepted (R11).
+#
 # At the end one report (REPORT, default docs/soak-<date>.md) with a chart
 # (REPORT with .png): pushes, replies, lost (must be 0), duplicates beside
-# the counted windows (replies recovered from a dead sender, retries after
-# a lost answer), RSS and open connections sampled every 5 s, p50/p99 per
-# minute. Exit status 1 when anything was lost or sent twice uncounted.
+# the counted windows (pubbot_outbound_ambiguous_retries_total and
+# pubbot_outbound_recovered_total of every process that ran), broadcasts per simulated day (exactly one), RSS and open
+# connections sampled every 5 s, p50/p99 per minute. Exit status 1 when
+# anything was lost or sent twice uncounted, or a day had no broadcast or
+# two.
 #
 #   ./scripts/soak.sh [MINUTES] [RATE]       (default 30 500)
 #
@@ -52,6 +59,9 @@ trap cleanup EXIT
 URL="${DATABASE_URL%/*}/soak"
 psql "$DATABASE_URL" -qc "CREATE DATABASE soak"
 export PUBBOT__DATABASE__URL="$URL"
+export PUBBOT_CLOCK_FILE="$WORK/clock"
+echo 0 >"$PUBBOT_CLOCK_FILE"
+DAY_SECS=${DAY_SECS:-120}
 LB=28080 SIMPORT=28090
 
 config() { # replica letter, port, admin port
@@ -77,6 +87,10 @@ config a 28081 29091
 config b 28082 29092
 $PUBBOT --config "$WORK/a.toml" migrate >/dev/null
 $PUBBOT --config "$WORK/a.toml" rules import config/bench-rules.toml >/dev/null
+# A daily broadcast early in the (UTC+8) day: each day the calendar moves
+# to is past it, so it is due at once.
+$PUBBOT --config "$WORK/a.toml" broadcast schedule --account soak --name daily --at 00:01 \
+  --timezone Asia/Shanghai --text 'soak: the broadcast of {{ platform_day }}' >/dev/null
 # A settled day 3 days back for the retention faults to drop.
 psql "$URL" -q -o /dev/null -c "SELECT pubbot_create_partitions(current_date - 3, current_date - 3)" \
   -c "INSERT INTO inbound_messages (id, day, app_key, mcid, user_id, msg_type, dedup_key, message, raw, trace_id, status, received_at)
@@ -115,6 +129,16 @@ faults() {
 # Samples every 5 s: RSS (KiB) and open descriptors of each replica, and
 # PostgreSQL's sessions.
 echo "t,rss_a_kib,rss_b_kib,fds_a,fds_b,pg_sessions" >"$WORK/samples.csv"
+# pubbot's own count of possible double replies, per process (a counter
+# dies with its process: each is read every 5 s, and just before a kill,
+# as Prometheus would have scraped it): replies retried after a lost
+# answer, and replies recovered from a dead sender.
+echo "pid,ambiguous_retries,recovered" >"$WORK/counters.csv"
+counters() {
+  local m
+  m=$(curl -sf --max-time 2 "http://127.0.0.1:${ADMIN[$1]}/metrics") || return 0
+  echo "$(pid_of "$1"),$(echo "$m" | awk '$1 == "pubbot_outbound_ambiguous_retries_total" {print $2 + 0}'),$(echo "$m" | awk '$1 == "pubbot_outbound_recovered_total" {print $2 + 0}')" >>"$WORK/counters.csv"
+}
 sample() {
   while kill -0 "$LOAD_PID" 2>/dev/null; do
     local row="$(( $(date +%s) - T0 ))"
@@ -126,19 +150,45 @@ sample() {
     done
     row+=",$(psql "$URL" -Atc "SELECT count(*) FROM pg_stat_activity WHERE datname = 'soak'" 2>/dev/null || echo 0)"
     echo "$row" >>"$WORK/samples.csv"
+    counters a; counters b
     sleep 5
   done
 }
 
 sample &
 PIDS+=($!)
+# Mass sends the platform accepted so far, and refused.
+sendall_calls() {
+  curl -sf "http://127.0.0.1:$SIMPORT/_sim/calls?path=/message/sendall.json" |
+    python3 -c "import json, sys; print(sum(1 for c in json.load(sys.stdin) if $1))"
+}
+accepted() { sendall_calls 'c["errcode"] == 0'; }
+echo "day,accepted" >"$WORK/days.csv"
+DAY=0 NEXT_DAY=$((T0 + DAY_SECS)) SEEN=0
+next_day() { # closes day DAY (its mass sends) and moves the calendar on
+  local now_accepted; now_accepted=$(accepted)
+  echo "$DAY,$((now_accepted - SEEN))" >>"$WORK/days.csv"
+  SEEN=$now_accepted
+  DAY=$((DAY + 1))
+  echo $((DAY * 86400)) >"$PUBBOT_CLOCK_FILE"
+  curl -sf -X PUT "http://127.0.0.1:$SIMPORT/_sim/clock" -H 'content-type: application/json' \
+    -d "{\"offset_secs\": $((DAY * 86400))}" >/dev/null
+  event "day: the calendar moves to day $DAY"
+}
 # The fault loop, in this shell, until 30 s before the pushing ends.
 END=$((T0 + SECS))
 while [ "$(date +%s)" -lt $((END - 30)) ]; do
-  sleep $((20 + RANDOM % 41))
+  PAUSE=$((20 + RANDOM % 41))
+  while [ "$PAUSE" -gt 0 ]; do
+    sleep 1; PAUSE=$((PAUSE - 1))
+    if [ "$(date +%s)" -ge "$NEXT_DAY" ] && [ "$(date +%s)" -lt $((END - 30)) ]; then
+      next_day; NEXT_DAY=$((NEXT_DAY + DAY_SECS))
+    fi
+  done
   [ "$(date +%s)" -lt $((END - 30)) ] || break
   case $((RANDOM % 5)) in
     0) r=$([ $((RANDOM % 2)) = 0 ] && echo a || echo b)
+       counters "$r"
        event "kill9: kill -9 replica $r"
        kill -9 "$(pid_of $r)" 2>/dev/null || true
        wait "$(pid_of $r)" 2>/dev/null || true
@@ -154,6 +204,12 @@ while [ "$(date +%s)" -lt $((END - 30)) ]; do
        $PUBBOT --config "$WORK/a.toml" prune --days 1 >>"$WORK/prune.log" 2>&1 || event "prune failed" ;;
   esac
 done
+# The last day: its broadcast is due as the day begins; ten seconds more
+# are plenty.
+sleep 10
+now_accepted=$(accepted)
+echo "$DAY,$((now_accepted - SEEN))" >>"$WORK/days.csv"
+REFUSED=$(sendall_calls 'c["errcode"] != 0')
 wait "$LOAD_PID" || true
 sleep 1
 
@@ -161,13 +217,16 @@ sleep 1
 cat "$WORK/load.out"
 num() { grep -oE "$1 [0-9]+" "$WORK/load.out" | head -1 | awk '{print $2}'; }
 PUSHES=$(num pushes); ACKED=$(num acknowledged); REPLIED=$(num replied); LOST=$(num lost); DUPS=$(num duplicates)
-# Counted windows, row by row (a killed replica's counters die with it; the
-# rows stay): a reply recovered from a dead sender ("interrupted mid-call
-# ... may have been delivered") or retried after a lost answer ("may have
-# been delivered, retried") says so in its last error.
-RECOVERED=$(psql "$URL" -Atc "SELECT count(*) FROM outbound_messages WHERE last_error LIKE 'interrupted mid-call%'")
-AMBIGUOUS=$(psql "$URL" -Atc "SELECT count(*) FROM outbound_messages WHERE last_error LIKE '%may have been delivered, retried%'")
+# Counted windows: pubbot's own counters, the last reading of every
+# process that ran (each counter only grows).
+counters a; counters b
+read -r AMBIGUOUS RECOVERED < <(tail -n +2 "$WORK/counters.csv" | awk -F, '
+  {a[$1] = ($2 > a[$1] ? $2 : a[$1]); r[$1] = ($3 > r[$1] ? $3 : r[$1])}
+  END {for (p in a) {sa += a[p]; sr += r[p]}; printf "%d %d\n", sa, sr}')
 COUNTED=$((RECOVERED + AMBIGUOUS))
+# The rows that name their window (one row may have been retried more than
+# once; a later error replaces the text): a lower bound, for comparison.
+ROWS_NAMED=$(psql "$URL" -Atc "SELECT count(*) FROM outbound_messages WHERE last_error LIKE '%may have been delivered%'")
 psql "$URL" -At -F ',' -c "SELECT to_char(date_trunc('minute', i.received_at), 'HH24:MI'),
          count(*),
          round(percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM o.sent_at - i.received_at) * 1000)),
@@ -175,7 +234,7 @@ psql "$URL" -At -F ',' -c "SELECT to_char(date_trunc('minute', i.received_at), '
     FROM outbound_messages o JOIN inbound_messages i ON i.id = o.inbound_id AND i.day = o.day
    WHERE o.status = 'sent' AND i.user_id <> 'old'
    GROUP BY 1 ORDER BY 1" >"$WORK/minutes.csv"
-FAULTS=$(tail -n +2 "$WORK/events.csv" | grep -cvE "started|up$|off$" || true)
+FAULTS=$(tail -n +2 "$WORK/events.csv" | grep -vE "started|up$|off$|^[0-9]+,day:" | grep -c . || true)
 MAX_RSS=$(tail -n +2 "$WORK/samples.csv" | awk -F, '{m = ($2 > m ? $2 : m); m = ($3 > m ? $3 : m)} END {printf "%.0f", m / 1024}')
 MAX_FDS=$(tail -n +2 "$WORK/samples.csv" | awk -F, '{m = ($4 > m ? $4 : m); m = ($5 > m ? $5 : m)} END {print m}')
 MAX_PG=$(tail -n +2 "$WORK/samples.csv" | awk -F, '{m = ($6 > m ? $6 : m)} END {print m}')
@@ -189,9 +248,12 @@ for b in chromium chromium-browser; do
     break
   fi
 done
+DAYS=$(tail -n +2 "$WORK/days.csv" | wc -l)
+ONE_A_DAY=$(tail -n +2 "$WORK/days.csv" | awk -F, '$2 == 1' | wc -l)
 VERDICT=ok
 [ "${LOST:-1}" -eq 0 ] || VERDICT="LOST PUSHES"
 [ "${DUPS:-0}" -le "$COUNTED" ] || VERDICT="DUPLICATES OUTSIDE A COUNTED WINDOW"
+[ "$ONE_A_DAY" -eq "$DAYS" ] || VERDICT="A DAY WITHOUT ITS ONE BROADCAST, OR WITH TWO"
 {
   echo "# Soak: $MINUTES minutes at $RATE pushes/s under random faults ($STAMP)"
   echo
@@ -207,7 +269,10 @@ VERDICT=ok
   echo "| replied (distinct pushes) | $REPLIED |"
   echo "| lost (acknowledged, never replied) | **$LOST** |"
   echo "| duplicates the platform received | $DUPS |"
-  echo "| counted windows: recovered from a dead sender / retried after a lost answer | $RECOVERED / $AMBIGUOUS |"
+  echo "| counted windows (pubbot's counters): retried after a lost answer / recovered from a dead sender | $AMBIGUOUS / $RECOVERED |"
+  echo "| replies whose last error names such a window | $ROWS_NAMED |"
+  echo "| simulated days / with exactly one mass send accepted | $DAYS / $ONE_A_DAY |"
+  echo "| mass sends the platform refused | $REFUSED |"
   echo "| faults | $FAULTS |"
   echo "| peak RSS of a replica | $MAX_RSS MiB |"
   echo "| peak open descriptors of a replica / PostgreSQL sessions | $MAX_FDS / $MAX_PG |"
@@ -230,9 +295,10 @@ VERDICT=ok
   cat "$WORK/load.out"
   echo '```'
   echo
-  echo "Broadcasts (one a simulated day) are not part of this soak yet: the"
-  echo "daemon's clock is injectable in tests only (tests/broadcasts.rs runs"
-  echo "three daemons through 30 days instead)."
+  echo "## Broadcasts per simulated day"
+  echo
+  echo "| day | mass sends accepted |"; echo "|---|---|"
+  tail -n +2 "$WORK/days.csv" | awk -F, '{print "| " $1 " | " $2 " |"}'
 } >"$REPORT"
 log "report: $REPORT"
 [ "$VERDICT" = ok ]

@@ -223,6 +223,10 @@ pub async fn start_with_clock(
             .collect(),
     );
     let unhosted_seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    // The configured apps in key order: claims name one at a time.
+    let mut keys: Vec<String> = settings.apps.iter().map(|a| a.key.clone()).collect();
+    keys.sort();
+    let app_keys: Arc<[String]> = keys.into();
 
     let spool = match settings.spool_dir() {
         Some(dir) => Some(
@@ -303,6 +307,7 @@ pub async fn start_with_clock(
     }
     housekeeping.spawn(health::watch(
         pools.clone(),
+        settings.apps.iter().map(|a| a.key.clone()).collect(),
         Arc::clone(&progress),
         Duration::from_secs(settings.workers.stall_secs),
         Duration::from_secs(settings.workers.stall_secs.clamp(1, 15)),
@@ -410,15 +415,18 @@ pub async fn start_with_clock(
             settings.lease(),
             housekeeping_token.clone(),
         ));
-        housekeeping.spawn(outbox::recovery(
-            pools.housekeeping.clone(),
-            worker_id.clone(),
-            Arc::clone(&leases),
-            settings.lease(),
-            Arc::clone(&wake),
-            Arc::clone(&progress),
-            housekeeping_token.clone(),
-        ));
+        housekeeping.spawn(
+            outbox::Recovery {
+                pool: pools.housekeeping.clone(),
+                worker_id: worker_id.clone(),
+                leases: Arc::clone(&leases),
+                lease: settings.lease(),
+                wake: Arc::clone(&wake),
+                progress: Arc::clone(&progress),
+                apps: app_keys.to_vec(),
+            }
+            .run(housekeeping_token.clone()),
+        );
     }
     for _ in 0..settings.workers.decide {
         let w = DecideWorker {
@@ -433,6 +441,7 @@ pub async fn start_with_clock(
             poll,
             progress: Arc::clone(&progress),
             hosted: Arc::clone(&hosted),
+            apps: Arc::clone(&app_keys),
             state_ttl: Duration::from_secs(settings.state.ttl_secs),
             takeover_idle: Duration::from_secs(settings.console.takeover_idle_secs),
             unhosted_seen: Arc::clone(&unhosted_seen),
@@ -454,7 +463,9 @@ pub async fn start_with_clock(
         Arc::clone(&leases),
         Arc::clone(&wake),
     ));
-    let sweep = Arc::new(outbox::Sweep::default());
+    let sweep = Arc::new(outbox::Sweep::new(
+        settings.apps.iter().map(|a| a.key.clone()).collect(),
+    ));
     for _ in 0..settings.workers.send {
         let w = SendWorker {
             pool: pools.send.clone(),

@@ -48,6 +48,61 @@ impl Clock for OffsetClock {
     }
 }
 
+/// The system's clock moved by an offset read from a file (seconds, an
+/// integer; read again at most once a second): how a soak
+/// (`scripts/soak.sh`) moves every replica's calendar a day at a time
+/// while they run. Chosen by `PUBBOT_CLOCK_FILE` ([`from_env`]); a file that
+/// is missing or does not parse counts as no offset.
+#[derive(Debug)]
+pub struct FileClock {
+    path: std::path::PathBuf,
+    read: std::sync::Mutex<(Option<std::time::Instant>, i64)>,
+}
+
+impl FileClock {
+    /// A clock offset by what `path` says.
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            read: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    fn offset_secs(&self) -> i64 {
+        let mut read = self
+            .read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if read
+            .0
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            read.1 = std::fs::read_to_string(&self.path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            read.0 = Some(std::time::Instant::now());
+        }
+        read.1
+    }
+}
+
+impl Clock for FileClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::seconds(self.offset_secs())
+    }
+}
+
+/// The clock broadcasts are scheduled by: the system's, or a
+/// [`FileClock`] when `PUBBOT_CLOCK_FILE` names a file (soaks and demos;
+/// never set it in production).
+pub fn from_env() -> std::sync::Arc<dyn Clock> {
+    match std::env::var_os("PUBBOT_CLOCK_FILE") {
+        Some(path) if !path.is_empty() => std::sync::Arc::new(FileClock::new(path)),
+        _ => std::sync::Arc::new(SystemClock),
+    }
+}
+
 /// The platform's natural day of an instant: its date in UTC+8 (R11),
 /// whatever zone a schedule is written in.
 pub fn platform_day(at: DateTime<Utc>) -> NaiveDate {
@@ -66,6 +121,23 @@ mod tests {
         let after = Utc.with_ymd_and_hms(2026, 11, 26, 16, 0, 0).unwrap();
         assert_eq!(platform_day(before).to_string(), "2026-11-26");
         assert_eq!(platform_day(after).to_string(), "2026-11-27");
+    }
+
+    #[test]
+    fn a_file_clock_follows_its_file() {
+        let dir = std::env::temp_dir().join(format!("pubbot-clock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("offset");
+        let c = FileClock::new(&path);
+        // No file: no offset.
+        assert!((c.now() - Utc::now()).num_seconds().abs() < 5);
+        std::fs::write(&path, "86400\n").unwrap();
+        let c = FileClock::new(&path);
+        assert!((c.now() - Utc::now()).num_seconds() >= 86_390);
+        std::fs::write(&path, "not a number").unwrap();
+        let c = FileClock::new(&path);
+        assert!((c.now() - Utc::now()).num_seconds().abs() < 5);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -116,6 +116,7 @@ pub(crate) fn router(readiness: Readiness) -> Router {
 /// stall gauges, and the pool gauges. Runs until `token` is cancelled.
 pub(crate) async fn watch(
     pools: Pools,
+    apps: Vec<String>,
     progress: Arc<Progress>,
     stall: Duration,
     every: Duration,
@@ -130,7 +131,7 @@ pub(crate) async fn watch(
             .fetch_one(&pools.housekeeping)
             .await?;
             let outbound =
-                crate::pipeline::outbox::any_due(&pools.housekeeping, progress.days.since())
+                crate::pipeline::outbox::any_due(&pools.housekeeping, &apps, progress.days.since())
                     .await?;
             Ok::<_, sqlx::Error>((inbound, outbound))
         };

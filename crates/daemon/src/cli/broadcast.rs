@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::clock::{platform_day, Clock, SystemClock};
+use crate::clock::{platform_day, SystemClock};
 use crate::config::Settings;
 use crate::mass::{self, BroadcastContent};
 use anyhow::{bail, Context};
@@ -275,7 +275,8 @@ pub(super) async fn broadcast_cmd(
     settings: &Settings,
     pool: &sqlx::PgPool,
 ) -> anyhow::Result<()> {
-    let clock = SystemClock;
+    // The system's clock, or a soak's (`PUBBOT_CLOCK_FILE`, as `serve`).
+    let clock = crate::clock::from_env();
     match cmd {
         BroadcastCommand::Schedule {
             target,
@@ -293,7 +294,7 @@ pub(super) async fn broadcast_cmd(
             let content = content.content()?;
             let s = mass::schedule_daily(
                 pool,
-                &clock,
+                &*clock,
                 mass::NewSchedule {
                     app_key: &app,
                     mcid: &mcid,
@@ -349,7 +350,7 @@ pub(super) async fn broadcast_cmd(
             };
             let b = mass::schedule_once(
                 pool,
-                &clock,
+                &*clock,
                 &app,
                 &mcid,
                 when,
@@ -434,7 +435,7 @@ pub(super) async fn broadcast_cmd(
             }
         }
         BroadcastCommand::Cancel { id, schedule } => {
-            let n = mass::cancel(pool, &clock, id, schedule).await?;
+            let n = mass::cancel(pool, &*clock, id, schedule).await?;
             if schedule {
                 println!("cancelled schedule #{id} and {n} scheduled broadcast(s) of it");
             } else {
@@ -455,7 +456,7 @@ pub(super) async fn broadcast_cmd(
             }
         }
         BroadcastCommand::Resolve { id, outcome } => {
-            mass::resolve(pool, &clock, id, matches!(outcome, Outcome::Sent)).await?;
+            mass::resolve(pool, &*clock, id, matches!(outcome, Outcome::Sent)).await?;
             println!("broadcast #{id} resolved as {outcome:?}");
         }
     }

@@ -280,7 +280,14 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                     .with_context(|| format!("binding http.listen {}", settings.http.listen))?;
             tracing::info!(database = %settings.database_target(), "configuration loaded");
             let token = CancellationToken::new();
-            let running = crate::start(settings, pool, listener, token.clone()).await?;
+            let running = crate::start_with_clock(
+                settings,
+                pool,
+                listener,
+                token.clone(),
+                crate::clock::from_env(),
+            )
+            .await?;
             // systemd Type=notify: ready once listening with rules loaded.
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
             let watchdog = serve::watchdog(&running);

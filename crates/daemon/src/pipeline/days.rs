@@ -267,6 +267,44 @@ pub(crate) async fn maintain(
     }
 }
 
+/// Detaches (`CONCURRENTLY`, or finishing a detach a killed round left
+/// pending) and drops `table`'s partition of `day`; nothing when it is
+/// gone already.
+async fn drop_partition(pool: &PgPool, table: &str, day: NaiveDate) -> Result<(), sqlx::Error> {
+    let part = format!("{table}_{}", day.format("%Y%m%d"));
+    let state = sqlx::query_scalar!(
+        r#"SELECT i.inhdetachpending AS "pending!" FROM pg_inherits i
+            WHERE i.inhrelid = to_regclass($1) AND i.inhparent = to_regclass($2)"#,
+        part,
+        table
+    )
+    .fetch_optional(pool)
+    .await?;
+    // Outside a transaction block (simple protocol): CONCURRENTLY commits
+    // twice on its own.
+    match state {
+        Some(true) => {
+            sqlx::raw_sql(&format!(
+                "ALTER TABLE {table} DETACH PARTITION {part} FINALIZE"
+            ))
+            .execute(pool)
+            .await?;
+        }
+        Some(false) => {
+            sqlx::raw_sql(&format!(
+                "ALTER TABLE {table} DETACH PARTITION {part} CONCURRENTLY"
+            ))
+            .execute(pool)
+            .await?;
+        }
+        None => {}
+    }
+    sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {part}"))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// One day's partitions as the catalog sees them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct Day {
@@ -338,40 +376,13 @@ pub(crate) async fn drop_before(
     days.sort_unstable();
     let mut dropped = Vec::new();
     for day in days {
-        let suffix = day.format("%Y%m%d");
-        for table in ["outbound_messages", "inbound_messages"] {
-            let part = format!("{table}_{suffix}");
-            let state = sqlx::query_scalar!(
-                r#"SELECT i.inhdetachpending AS "pending!" FROM pg_inherits i
-                    WHERE i.inhrelid = to_regclass($1) AND i.inhparent = to_regclass($2)"#,
-                part,
-                table
-            )
-            .fetch_optional(pool)
-            .await?;
-            // Outside a transaction block (simple protocol): CONCURRENTLY
-            // commits twice on its own.
-            match state {
-                Some(true) => {
-                    sqlx::raw_sql(&format!(
-                        "ALTER TABLE {table} DETACH PARTITION {part} FINALIZE"
-                    ))
-                    .execute(pool)
-                    .await?;
-                }
-                Some(false) => {
-                    sqlx::raw_sql(&format!(
-                        "ALTER TABLE {table} DETACH PARTITION {part} CONCURRENTLY"
-                    ))
-                    .execute(pool)
-                    .await?;
-                }
-                None => {}
-            }
-            sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {part}"))
-                .execute(pool)
-                .await?;
-        }
+        // Both tables at once, on two connections (each detach waits for
+        // the transactions open on its own parent).
+        futures_util::future::try_join(
+            drop_partition(pool, "outbound_messages", day),
+            drop_partition(pool, "inbound_messages", day),
+        )
+        .await?;
         sqlx::query!("DELETE FROM partition_days WHERE day = $1", day)
             .execute(pool)
             .await?;
@@ -459,7 +470,7 @@ mod tests {
         // Before the window is read again, a claim does not look there;
         // after, it does (the NOTIFY makes every process read it at once).
         let lease = Duration::from_secs(60);
-        let sweep = crate::pipeline::outbox::Sweep::default();
+        let sweep = crate::pipeline::outbox::Sweep::new(vec!["a".into()]);
         let claim = |since| {
             let (pool, sweep) = (pool.clone(), &sweep);
             async move {

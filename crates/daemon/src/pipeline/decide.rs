@@ -62,6 +62,8 @@ pub(crate) struct DecideWorker {
     pub progress: Arc<Progress>,
     /// The accounts each app hosts (R16).
     pub hosted: Arc<HashMap<String, Hosted>>,
+    /// The configured apps: a claim names one at a time.
+    pub apps: Arc<[String]>,
     /// How long conversation state lives after its last change.
     pub state_ttl: Duration,
     /// A person's hold keeps the bot silent this long after their last
@@ -103,7 +105,8 @@ impl DecideWorker {
         let mut conn = crate::db::acquire(&self.pool, "decide").await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let claimed =
-            ingest::pending::claim(&mut tx, self.batch, self.progress.days.since()).await?;
+            ingest::pending::claim(&mut tx, self.batch, self.progress.days.since(), &self.apps)
+                .await?;
         if claimed.is_empty() {
             tx.rollback().await?;
             return Ok(0);

@@ -14,14 +14,35 @@ use pubbot_protocol::{McId, UserId};
 /// window (see [`claim`]).
 pub(crate) const SWEEP_WINDOW: i64 = 1024;
 
-/// Where the general claim's sweep over conversations goes on from: the
-/// last (app, account, user) it looked at, shared by a process's senders.
+/// Where the general claim's sweep over conversations goes on from, shared
+/// by a process's senders: the apps it sweeps (the configured ones, in key
+/// order; one app per statement, so that each claim names its tenant key
+/// and a distributed engine routes it to one shard, docs/scaling.md) and
+/// the last (app, account, user) it looked at.
 #[derive(Debug, Default)]
-pub(crate) struct Sweep(std::sync::Mutex<crate::pipeline::wakeups::Conversation>);
+pub(crate) struct Sweep {
+    apps: Vec<String>,
+    at: std::sync::Mutex<crate::pipeline::wakeups::Conversation>,
+}
 
 impl Sweep {
+    /// A sweep over `apps`' conversations.
+    pub(crate) fn new(mut apps: Vec<String>) -> Self {
+        apps.sort();
+        apps.dedup();
+        Self {
+            apps,
+            at: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The apps swept, in key order.
+    pub(crate) fn apps(&self) -> &[String] {
+        &self.apps
+    }
+
     fn get(&self) -> crate::pipeline::wakeups::Conversation {
-        self.0
+        self.at
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
@@ -29,7 +50,7 @@ impl Sweep {
 
     fn set(&self, to: crate::pipeline::wakeups::Conversation) {
         *self
-            .0
+            .at
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = to;
     }
@@ -80,9 +101,26 @@ pub(crate) async fn claim(
     since: chrono::NaiveDate,
 ) -> Result<Claim, sqlx::Error> {
     let from = sweep.get();
+    // The app this statement sweeps: the one the last stopped in, else the
+    // next configured one after it, else (past the last) the first.
+    let apps = sweep.apps();
+    let (app, mcid, user) = match apps.iter().find(|a| a.as_str() >= from.0.as_str()) {
+        Some(a) if *a == from.0 => (a.clone(), from.1.clone(), from.2.clone()),
+        Some(a) => (a.clone(), McId::default(), UserId::default()),
+        None => match apps.first() {
+            Some(a) => (a.clone(), McId::default(), UserId::default()),
+            None => {
+                return Ok(Claim {
+                    rows: Vec::new(),
+                    more: false,
+                })
+            }
+        },
+    };
+    let began = mcid.as_str().is_empty() && user.as_str().is_empty();
     // One connection for both statements.
     let mut conn = crate::db::acquire(pool, "send").await?;
-    let heads = heads(&mut conn, &from, SWEEP_WINDOW, batch, since).await?;
+    let heads = heads(&mut conn, &app, &mcid, &user, SWEEP_WINDOW, batch, since).await?;
     let found = heads.iter().filter(|h| h.ok).count();
     let more = match heads.last() {
         // Stopped at the window or with enough found: go on after it.
@@ -96,18 +134,23 @@ pub(crate) async fn claim(
             ));
             true
         }
-        // Reached the end: the next sweep starts at the beginning, and
-        // what lies before where this one began is still to look at.
+        // Reached the end of this app's conversations: the next app's come
+        // next (past the last app, the first's). What lies before where
+        // this sweep began is still to look at, and so are the other apps.
         _ => {
-            sweep.set(Default::default());
-            !from.0.is_empty()
+            let next = apps.iter().find(|a| a.as_str() > app.as_str());
+            sweep.set(match next {
+                Some(a) => (a.clone(), McId::default(), UserId::default()),
+                None => Default::default(),
+            });
+            !began || apps.len() > 1
         }
     };
     let ids: Vec<i64> = heads.iter().filter(|h| h.ok).map(|h| h.id).collect();
     let rows = if ids.is_empty() {
         Vec::new()
     } else {
-        claim_ids(&mut conn, worker_id, lease, &ids, since).await?
+        claim_ids(&mut conn, worker_id, lease, &app, &ids, since).await?
     };
     Ok(Claim { rows, more })
 }
@@ -116,9 +159,12 @@ pub(crate) async fn claim(
 /// up to `window` conversations or until `batch` of them are claimable
 /// (pending and due): those claimable, and the last one looked at (`n`
 /// says how many were).
+#[allow(clippy::too_many_arguments)]
 async fn heads(
     conn: &mut sqlx::PgConnection,
-    from: &crate::pipeline::wakeups::Conversation,
+    app: &str,
+    mcid: &McId,
+    user: &UserId,
     window: i64,
     batch: i64,
     since: chrono::NaiveDate,
@@ -130,25 +176,25 @@ async fn heads(
                        (h.status = 'pending' AND h.next_attempt_at <= now()) AS ok, 1 AS n,
                        (h.status = 'pending' AND h.next_attempt_at <= now())::int AS found
                   FROM outbound_messages h
-                 WHERE h.status IN ('pending', 'sending') AND h.day >= $6
-                   AND (h.app_key, h.mcid, h.user_id) > ($1, $2, $3)
-                 ORDER BY h.app_key, h.mcid, h.user_id, h.inbound_id, h.reply_index, h.sub_index LIMIT 1)
+                 WHERE h.app_key = $1 AND h.status IN ('pending', 'sending') AND h.day >= $6
+                   AND (h.mcid, h.user_id) > ($2, $3)
+                 ORDER BY h.mcid, h.user_id, h.inbound_id, h.reply_index, h.sub_index LIMIT 1)
                UNION ALL
                SELECT x.app_key, x.mcid, x.user_id, x.id, x.ok, p.n + 1, p.found + x.ok::int
                  FROM heads p CROSS JOIN LATERAL (
                       SELECT h.app_key, h.mcid, h.user_id, h.id,
                              (h.status = 'pending' AND h.next_attempt_at <= now()) AS ok
                         FROM outbound_messages h
-                       WHERE h.status IN ('pending', 'sending') AND h.day >= $6
-                         AND (h.app_key, h.mcid, h.user_id) > (p.app_key, p.mcid, p.user_id)
-                       ORDER BY h.app_key, h.mcid, h.user_id, h.inbound_id, h.reply_index, h.sub_index LIMIT 1) x
+                       WHERE h.app_key = $1 AND h.status IN ('pending', 'sending') AND h.day >= $6
+                         AND (h.mcid, h.user_id) > (p.mcid, p.user_id)
+                       ORDER BY h.mcid, h.user_id, h.inbound_id, h.reply_index, h.sub_index LIMIT 1) x
                 WHERE p.n < $4 AND p.found < $5)
            SELECT app_key AS "app_key!", mcid AS "mcid!", user_id AS "user_id!", id AS "id!", ok AS "ok!",
                   n::int8 AS "n!"
              FROM heads WHERE ok OR n = (SELECT max(n) FROM heads) ORDER BY n"#,
-        from.0,
-        from.1.as_str(),
-        from.2.as_str(),
+        app,
+        mcid.as_str(),
+        user.as_str(),
         i32::try_from(window).unwrap_or(i32::MAX),
         i32::try_from(batch).unwrap_or(i32::MAX),
         since,
@@ -164,6 +210,7 @@ async fn claim_ids(
     conn: &mut sqlx::PgConnection,
     worker_id: &str,
     lease: Duration,
+    app: &str,
     ids: &[i64],
     since: chrono::NaiveDate,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
@@ -173,21 +220,23 @@ async fn claim_ids(
               SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
                   attempts = attempts + 1
              FROM (SELECT c.id FROM outbound_messages c
-                    WHERE c.id = ANY($3) AND c.day BETWEEN pubbot_day_lo($3) AND pubbot_day_hi($3)
+                    WHERE c.app_key = $5 AND c.id = ANY($3) AND c.day BETWEEN pubbot_day_lo($3) AND pubbot_day_hi($3)
                       AND c.status = 'pending' AND c.next_attempt_at <= now()
                       AND NOT EXISTS (
                           SELECT 1 FROM outbound_messages e
                            WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
                              AND e.status IN ('pending', 'sending') AND e.day >= $4
-                             AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index))
+                             AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index)
+                           OFFSET 0)
                     ORDER BY c.id FOR UPDATE SKIP LOCKED) c
-            WHERE o.id = c.id AND o.day BETWEEN pubbot_day_lo($3) AND pubbot_day_hi($3)
+            WHERE o.app_key = $5 AND o.id = c.id AND o.day BETWEEN pubbot_day_lo($3) AND pubbot_day_hi($3)
         RETURNING o.id, o.app_key, o.mcid AS "mcid: McId", o.user_id AS "user_id: UserId", o.payload AS "payload: Json<PlannedReply>",
                   o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
         worker_id,
         lease.as_secs_f64(),
         ids,
         since,
+        app,
     )
     .fetch_all(&mut *conn)
     .await
@@ -213,48 +262,58 @@ pub(crate) async fn claim_next(
     let mut users = users.to_vec();
     users.sort();
     users.dedup();
-    let mut apps = Vec::with_capacity(users.len());
-    let mut mcids = Vec::with_capacity(users.len());
-    let mut ids = Vec::with_capacity(users.len());
-    for (a, m, u) in users {
-        apps.push(a);
-        mcids.push(m.into_string());
-        ids.push(u.into_string());
+    // One statement per app (users sorted: each app's users together), so
+    // that each names its tenant key (docs/scaling.md, "Citus").
+    let mut conn = crate::db::acquire(pool, "send").await?;
+    let mut out = Vec::new();
+    let mut rest = users.as_slice();
+    while let Some(first) = rest.first() {
+        let app = first.0.clone();
+        let n = rest.iter().take_while(|u| u.0 == app).count();
+        let (group, after) = rest.split_at(n);
+        rest = after;
+        let mcids: Vec<&str> = group.iter().map(|u| u.1.as_str()).collect();
+        let ids: Vec<&str> = group.iter().map(|u| u.2.as_str()).collect();
+        // Each user's first open reply (one probe each), then the same
+        // lock and re-check as `claim_ids`.
+        out.extend(
+            sqlx::query_as!(
+                Claimed,
+                r#"UPDATE outbound_messages o
+                      SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
+                          attempts = attempts + 1
+                     FROM (SELECT c.id, c.day
+                             FROM UNNEST($4::text[], $5::text[]) AS u(m, s)
+                             CROSS JOIN LATERAL (
+                                  SELECT h.id, h.day FROM outbound_messages h
+                                   WHERE h.app_key = $3 AND h.mcid = u.m AND h.user_id = u.s
+                                     AND h.status IN ('pending', 'sending') AND h.day >= $6
+                                   ORDER BY h.inbound_id, h.reply_index, h.sub_index LIMIT 1) f
+                             JOIN outbound_messages c
+                               ON c.app_key = $3 AND c.id = f.id AND c.day = f.day AND c.day >= $6
+                            WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+                              AND NOT EXISTS (
+                                  SELECT 1 FROM outbound_messages e
+                                   WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
+                                     AND e.status IN ('pending', 'sending') AND e.day >= $6
+                                     AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index)
+                           OFFSET 0)
+                            ORDER BY c.id FOR UPDATE OF c SKIP LOCKED) c
+                    WHERE o.app_key = $3 AND o.id = c.id AND o.day = c.day AND o.day >= $6
+                RETURNING o.id, o.app_key, o.mcid AS "mcid: McId", o.user_id AS "user_id: UserId", o.payload AS "payload: Json<PlannedReply>",
+                          o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
+                worker_id,
+                lease.as_secs_f64(),
+                app,
+                &mcids as &[&str],
+                &ids as &[&str],
+                since,
+            )
+            .fetch_all(&mut *conn)
+            .await?,
+        );
     }
-    // One statement: each user's first open reply (one probe each), then
-    // the same lock and re-check as `claim_ids`.
-    sqlx::query_as!(
-        Claimed,
-        r#"UPDATE outbound_messages o
-              SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
-                  attempts = attempts + 1
-             FROM (SELECT c.id, c.day
-                     FROM UNNEST($3::text[], $4::text[], $5::text[]) AS u(a, m, s)
-                     CROSS JOIN LATERAL (
-                          SELECT h.id, h.day FROM outbound_messages h
-                           WHERE h.app_key = u.a AND h.mcid = u.m AND h.user_id = u.s
-                             AND h.status IN ('pending', 'sending') AND h.day >= $6
-                           ORDER BY h.inbound_id, h.reply_index, h.sub_index LIMIT 1) f
-                     JOIN outbound_messages c ON c.id = f.id AND c.day = f.day AND c.day >= $6
-                    WHERE c.status = 'pending' AND c.next_attempt_at <= now()
-                      AND NOT EXISTS (
-                          SELECT 1 FROM outbound_messages e
-                           WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
-                             AND e.status IN ('pending', 'sending') AND e.day >= $6
-                             AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index))
-                    ORDER BY c.id FOR UPDATE OF c SKIP LOCKED) c
-            WHERE o.id = c.id AND o.day = c.day AND o.day >= $6
-        RETURNING o.id, o.app_key, o.mcid AS "mcid: McId", o.user_id AS "user_id: UserId", o.payload AS "payload: Json<PlannedReply>",
-                  o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
-        worker_id,
-        lease.as_secs_f64(),
-        &apps,
-        &mcids,
-        &ids,
-        since,
-    )
-    .fetch_all(&mut *crate::db::acquire(pool, "send").await?)
-    .await
+    Ok(out)
 }
 
 /// Whether a reply is due and next in its conversation (for the liveness
@@ -264,18 +323,28 @@ pub(crate) async fn claim_next(
 ///
 /// # Errors
 /// Database errors.
-pub(crate) async fn any_due(pool: &PgPool, since: chrono::NaiveDate) -> Result<bool, sqlx::Error> {
+pub(crate) async fn any_due(
+    pool: &PgPool,
+    apps: &[String],
+    since: chrono::NaiveDate,
+) -> Result<bool, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    Ok(heads(
-        &mut conn,
-        &Default::default(),
-        i64::from(i32::MAX),
-        1,
-        since,
-    )
-    .await?
-    .iter()
-    .any(|h| h.ok))
+    for app in apps {
+        let heads = heads(
+            &mut conn,
+            app,
+            &McId::default(),
+            &UserId::default(),
+            i64::from(i32::MAX),
+            1,
+            since,
+        )
+        .await?;
+        if heads.iter().any(|h| h.ok) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -321,7 +390,7 @@ mod tests {
         // 1,500 conversations; the first 1,200 (more than a window) wait
         // behind a reply leased elsewhere; one more waits for a retry.
         backlog(&pool, 1500, 1200, 1300).await;
-        let sweep = Sweep::default();
+        let sweep = Sweep::new(vec!["a".into()]);
         let lease = Duration::from_secs(60);
         let mut taken = Vec::new();
         for _ in 0..20 {
@@ -348,7 +417,7 @@ mod tests {
             .unwrap()
             .rows
             .is_empty());
-        assert!(!any_due(&pool, ALL_DAYS).await.unwrap());
+        assert!(!any_due(&pool, &["a".into()], ALL_DAYS).await.unwrap());
 
         // Recorded: each of those conversations' second reply is next,
         // found by user without a sweep.
@@ -358,7 +427,7 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        assert!(any_due(&pool, ALL_DAYS).await.unwrap());
+        assert!(any_due(&pool, &["a".into()], ALL_DAYS).await.unwrap());
         let users: Vec<crate::pipeline::wakeups::Conversation> = taken
             .iter()
             .map(|r| (r.app_key.clone(), r.mcid.clone(), r.user_id.clone()))
@@ -369,5 +438,35 @@ mod tests {
             .unwrap();
         assert_eq!(next.len(), 299, "u00000 is still behind its leased reply");
         assert!(next.iter().all(|r| r.inbound_id.unwrap() % 2 == 0));
+    }
+
+    /// Each claim names one app: the sweep goes from one configured app to
+    /// the next, and a reply of an app not configured here is not claimed.
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn the_sweep_claims_one_app_at_a_time_and_only_configured_ones(pool: PgPool) {
+        for (n, app) in [(1, "a"), (2, "b"), (3, "z")] {
+            sqlx::query(
+                r#"INSERT INTO outbound_messages (id, day, inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id)
+                   VALUES (pubbot_id(current_date, $1), current_date, pubbot_id(current_date, $1), 0, $2, 'm', 'u', 'r',
+                           '{"type": "text", "content": "hi"}', 't')"#,
+            )
+            .bind(n)
+            .bind(app)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        let sweep = Sweep::new(vec!["b".into(), "a".into()]);
+        let lease = Duration::from_secs(60);
+        let mut apps = Vec::new();
+        for _ in 0..4 {
+            let c = claim(&pool, "me", lease, 10, &sweep, ALL_DAYS)
+                .await
+                .unwrap();
+            apps.extend(c.rows.into_iter().map(|r| r.app_key));
+        }
+        assert_eq!(apps, ["a", "b"]);
+        assert!(!any_due(&pool, sweep.apps(), ALL_DAYS).await.unwrap());
+        assert!(any_due(&pool, &["z".into()], ALL_DAYS).await.unwrap());
     }
 }

@@ -329,27 +329,33 @@ pub(crate) async fn recover(
     pool: &PgPool,
     worker_id: &str,
     leases: &Leases,
+    apps: &[String],
     since: chrono::NaiveDate,
 ) -> Result<u64, sqlx::Error> {
     let (held, _) = leases.snapshot();
-    let n = sqlx::query_scalar!(
-        "WITH r AS (SELECT id FROM outbound_messages
-                     WHERE status = 'sending' AND lease_until < now() AND day >= $3
-                       AND NOT (lease_owner = $1 AND id = ANY($2))
-                     ORDER BY id FOR UPDATE SKIP LOCKED)
-         UPDATE outbound_messages o
-            SET status = 'pending', lease_owner = NULL, lease_until = NULL,
-                last_error = 'interrupted mid-call by ' || coalesce(o.lease_owner, '?') || '; may have been delivered'
-           FROM r WHERE o.id = r.id AND o.day >= $3
-         RETURNING o.id",
-        worker_id,
-        &held,
-        since
-    )
-    .persistent(false)
-    .fetch_all(pool)
-    .await?
-    .len() as u64;
+    let mut n = 0;
+    // One statement per app: each claim names its tenant key.
+    for app in apps {
+        n += sqlx::query_scalar!(
+            "WITH r AS (SELECT id, day FROM outbound_messages
+                         WHERE app_key = $4 AND status = 'sending' AND lease_until < now() AND day >= $3
+                           AND NOT (lease_owner = $1 AND id = ANY($2))
+                         ORDER BY id FOR UPDATE SKIP LOCKED)
+             UPDATE outbound_messages o
+                SET status = 'pending', lease_owner = NULL, lease_until = NULL,
+                    last_error = 'interrupted mid-call by ' || coalesce(o.lease_owner, '?') || '; may have been delivered'
+               FROM r WHERE o.app_key = $4 AND o.id = r.id AND o.day = r.day AND o.day >= $3
+             RETURNING o.id",
+            worker_id,
+            &held,
+            since,
+            app
+        )
+        .persistent(false)
+        .fetch_all(pool)
+        .await?
+        .len() as u64;
+    }
     if n > 0 {
         tracing::warn!(
             rows = n,
@@ -360,27 +366,92 @@ pub(crate) async fn recover(
     Ok(n)
 }
 
-/// Runs [`recover`] every half lease until `token` is cancelled: once at
-/// start, which also takes back the rows a previous process with this
-/// `worker_id` left (it cannot be calling any more).
-pub(crate) async fn recovery(
-    pool: PgPool,
-    worker_id: String,
-    leases: Arc<Leases>,
-    lease: Duration,
-    wake: Arc<Wakeups>,
-    progress: Arc<crate::progress::Progress>,
-    token: CancellationToken,
-) {
-    loop {
-        match recover(&pool, &worker_id, &leases, progress.days.since()).await {
-            Ok(n) if n > 0 => wake.add_pending(usize::try_from(n).unwrap_or(usize::MAX)),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "lease recovery failed; trying again later"),
-        }
-        tokio::select! {
-            () = token.cancelled() => return,
-            () = tokio::time::sleep(lease / 2) => {}
+/// Settles the open replies of apps this process is not configured for
+/// (an app removed from `[[apps]]`): `failed`, with the reason, as a send
+/// would have found them before claims named their app. Without it they
+/// would stay open, and keep their day from settling and from retention.
+/// Returns how many.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn fail_unconfigured(
+    pool: &PgPool,
+    apps: &[String],
+    since: chrono::NaiveDate,
+) -> Result<u64, sqlx::Error> {
+    let n = sqlx::query!(
+        "UPDATE outbound_messages
+            SET status = 'failed', lease_owner = NULL, lease_until = NULL,
+                last_error = 'app ' || app_key || ' is not configured (pubbot [[apps]])'
+          WHERE status = 'pending' AND day >= $2 AND NOT (app_key = ANY($1))",
+        apps,
+        since
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if n > 0 {
+        tracing::warn!(
+            rows = n,
+            "replies of apps not configured here marked failed"
+        );
+    }
+    Ok(n)
+}
+
+/// Lease recovery, with what it needs: [`Recovery::run`].
+pub(crate) struct Recovery {
+    /// The housekeeping pool.
+    pub pool: PgPool,
+    /// Lease identity.
+    pub worker_id: String,
+    /// Rows this process holds (never recovered by it).
+    pub leases: Arc<Leases>,
+    /// The lease; recovery runs every half of it.
+    pub lease: Duration,
+    /// Told how many rows went back to `pending`.
+    pub wake: Arc<Wakeups>,
+    /// The open window (`pipeline::days`).
+    pub progress: Arc<crate::progress::Progress>,
+    /// The configured apps: one statement each.
+    pub apps: Vec<String>,
+}
+
+impl Recovery {
+    /// Runs [`recover`] every half lease until `token` is cancelled: once at
+    /// start, which also takes back the rows a previous process with this
+    /// `worker_id` left (it cannot be calling any more). Each round also
+    /// settles the open rows of apps not configured here
+    /// ([`fail_unconfigured`], `ingest::pending::set_aside_unconfigured`).
+    pub(crate) async fn run(self, token: CancellationToken) {
+        let Self {
+            pool,
+            worker_id,
+            leases,
+            lease,
+            wake,
+            progress,
+            apps,
+        } = self;
+        loop {
+            let since = progress.days.since();
+            match recover(&pool, &worker_id, &leases, &apps, since).await {
+                Ok(n) if n > 0 => wake.add_pending(usize::try_from(n).unwrap_or(usize::MAX)),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "lease recovery failed; trying again later"),
+            }
+            if let Err(e) = fail_unconfigured(&pool, &apps, since).await {
+                tracing::warn!(error = %e, "settling replies of unconfigured apps failed; trying again later");
+            }
+            if let Err(e) =
+                crate::pipeline::ingest::pending::set_aside_unconfigured(&pool, &apps, since).await
+            {
+                tracing::warn!(error = %e, "setting aside pushes of unconfigured apps failed; trying again later");
+            }
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(lease / 2) => {}
+            }
         }
     }
 }
