@@ -139,6 +139,37 @@ impl Browser {
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
+    /// Clicks what sends a form or follows a link, and waits for the page it
+    /// leads to. Waiting for a text alone is not enough: the page being left
+    /// may hold the same text (a heading, the textarea just sent), and the
+    /// check after it would then read the database before the request ran.
+    async fn follow(&self, css: &str) {
+        self.client
+            .execute("document.documentElement.dataset.left = '1'", vec![])
+            .await
+            .expect("mark the page being left");
+        self.click(css).await;
+        for _ in 0..100 {
+            let arrived = self
+                .client
+                .execute(
+                    "return document.readyState === 'complete' && !document.documentElement.dataset.left",
+                    vec![],
+                )
+                .await
+                .ok()
+                .and_then(|v| v.as_bool());
+            if arrived == Some(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "clicking {css} led to no new page:\n{}",
+            self.source().await
+        );
+    }
+
     async fn text(&self, css: &str) -> String {
         self.client
             .find(Locator::Css(css))
@@ -190,7 +221,7 @@ impl Browser {
         self.wait_text("Sign in to pubbot").await;
         self.fill("#name", name).await;
         self.fill("#password", password).await;
-        self.click("main form button[type=submit]").await;
+        self.follow("main form button[type=submit]").await;
     }
 }
 
@@ -267,7 +298,7 @@ async fn an_editor_writes_a_rule_and_sees_it_answer_a_user(
     );
     b.shot("rule-live-error").await;
     // Saved anyway: refused at the field, what was typed kept.
-    b.click("form.rule-form button[type=submit]").await;
+    b.follow("form.rule-form button[type=submit]").await;
     b.wait_text("bad regex").await;
     assert_eq!(b.value("#replies").await, "Hi {{ user }}, we open 9-18.");
     assert_eq!(b.value("#name").await, "opening-hours");
@@ -280,7 +311,7 @@ async fn an_editor_writes_a_rule_and_sees_it_answer_a_user(
 
     b.select("#match_kind", "contains").await;
     b.fill("#keywords", "营业时间\nhours").await;
-    b.click("form.rule-form button[type=submit]").await;
+    b.follow("form.rule-form button[type=submit]").await;
     b.wait_text("Saved rule opening-hours.").await;
     b.shot("rules").await;
 
@@ -310,7 +341,7 @@ async fn an_editor_writes_a_rule_and_sees_it_answer_a_user(
     // Try a message: the same explanation as `pubbot rules test`.
     b.goto(&format!("{base}/rules/try")).await;
     b.fill("#text", "hours please").await;
-    b.click("main form button[type=submit]").await;
+    b.follow("main form button[type=submit]").await;
     b.wait_text("Explanation").await;
     assert!(b.text("#explanation").await.contains("opening-hours"));
     b.shot("try").await;
@@ -334,7 +365,7 @@ async fn an_editor_writes_a_rule_and_sees_it_answer_a_user(
     // A menu file planned, then applied through the simulator.
     b.goto(&format!("{base}/menus")).await;
     b.fill("#menu-text", "[[item]]\nname = \"Shop\"\nurl = \"http://example.com/shop\"\n\n[[item]]\nname = \"Help\"\n[[item.children]]\nname = \"Hours\"\nurl = \"http://example.com/hours\"\n").await;
-    b.click("main form button[value=plan]").await;
+    b.follow("main form button[value=plan]").await;
     b.wait_text("menu-plan").await;
     assert!(b.text("#menu-plan").await.contains("add Help/Hours"));
     assert_eq!(
@@ -342,9 +373,9 @@ async fn an_editor_writes_a_rule_and_sees_it_answer_a_user(
         0,
         "a plan calls nothing"
     );
-    b.click("main form button[value=apply]").await;
-    b.wait_text("Applied").await;
-    b.wait_text("http://example.com/hours").await;
+    b.follow("main form button[value=apply]").await;
+    b.wait_text("<p>Applied:</p>").await;
+    b.wait_text("<code>http://example.com/hours</code>").await;
     assert_eq!(count(&pool, "SELECT count(*) FROM menu_items").await, 3);
     b.shot("menu-applied").await;
     // On a phone.
@@ -387,7 +418,7 @@ async fn broadcasts_are_scheduled_and_a_taken_day_is_refused_until_replaced(
     b.fill("#daily-at", "23:59").await;
     b.fill("#daily-text", "Good night, {{ followers }} followers")
         .await;
-    b.click("#daily-form button[type=submit]").await;
+    b.follow("#daily-form button[type=submit]").await;
     b.wait_text("Daily schedule \"morning\"").await;
     assert!(
         b.text("#coming").await.contains("daily \"morning\""),
@@ -399,7 +430,7 @@ async fn broadcasts_are_scheduled_and_a_taken_day_is_refused_until_replaced(
     // send holds the day, what was typed kept.
     b.fill("#once-at", &format!("{tomorrow} 10:00")).await;
     b.fill("#once-text", "Sale starts tomorrow").await;
-    b.click("#once-form button[type=submit]").await;
+    b.follow("#once-form button[type=submit]").await;
     b.wait_text("already taken").await;
     let why = b.text("#err-once").await;
     assert!(why.contains("morning"), "{why}");
@@ -412,7 +443,7 @@ async fn broadcasts_are_scheduled_and_a_taken_day_is_refused_until_replaced(
     b.shot("day-taken").await;
     // "Replace" takes the day from the daily send, for that day only.
     b.click("#once-replace").await;
-    b.click("#once-form button[type=submit]").await;
+    b.follow("#once-form button[type=submit]").await;
     b.wait_text("scheduled for platform day").await;
     assert!(b.text("#history").await.contains("Sale starts tomorrow"));
     let coming = b.text("#coming").await;
@@ -428,7 +459,7 @@ async fn broadcasts_are_scheduled_and_a_taken_day_is_refused_until_replaced(
     // A second one-off the same day: refused.
     b.fill("#once-at", &format!("{tomorrow} 18:00")).await;
     b.fill("#once-text", "Evening news").await;
-    b.click("#once-form button[type=submit]").await;
+    b.follow("#once-form button[type=submit]").await;
     b.wait_text("already taken").await;
     assert!(b.text("#err-once").await.contains("broadcast #"));
     assert_eq!(
@@ -461,7 +492,7 @@ async fn a_viewer_reads_but_cannot_edit(_: PgPoolOptions, connect: PgConnectOpti
         "no enable/disable for a viewer"
     );
     b.shot("rules").await;
-    b.click("table.rules a").await;
+    b.follow("table.rules a").await;
     b.wait_text("Rule “hello”").await;
     assert!(
         !b.has("form.rule-form button[type=submit]").await,
@@ -473,7 +504,7 @@ async fn a_viewer_reads_but_cannot_edit(_: PgPoolOptions, connect: PgConnectOpti
         .execute("document.querySelector('fieldset').disabled = false; var s = document.createElement('button'); s.type = 'submit'; s.id = 'force'; document.querySelector('form.rule-form').appendChild(s);", vec![])
         .await
         .unwrap();
-    b.click("#force").await;
+    b.follow("#force").await;
     b.wait_text("403").await;
     assert!(b
         .source()
@@ -509,7 +540,7 @@ async fn forgeries_lost_updates_and_password_guessing_are_refused(
         .execute("document.querySelectorAll('form.inline input[name=_csrf]').forEach(function (e) { e.remove(); });", vec![])
         .await
         .unwrap();
-    b.click("button.toggle").await;
+    b.follow("button.toggle").await;
     b.wait_text("CSRF").await;
     b.shot("csrf-refused").await;
     let enabled: bool = sqlx::query_scalar("SELECT enabled FROM rules WHERE name = 'hello'")
@@ -520,14 +551,14 @@ async fn forgeries_lost_updates_and_password_guessing_are_refused(
 
     // Two editors: the second save began from an old version.
     b.goto(&format!("{base}/rules")).await;
-    b.click("table.rules a").await;
+    b.follow("table.rules a").await;
     b.wait_text("Rule “hello”").await;
     sqlx::query("UPDATE rules SET body = jsonb_set(body, '{priority}', '7'), version = version + 1 WHERE name = 'hello'")
         .execute(&pool)
         .await
         .unwrap();
     b.fill("#replies", "hello from me").await;
-    b.click("form.rule-form button[type=submit]").await;
+    b.follow("form.rule-form button[type=submit]").await;
     b.wait_text("saved by someone else").await;
     assert_eq!(
         b.value("#replies").await,
@@ -580,7 +611,7 @@ async fn rules_exported_from_the_console_import_back_unchanged(
         "[[rule]]\nname = \"x\"\nreplies = [{ type = \"text\", text = \"{{ nope(\" }]\n",
     )
     .await;
-    b.click("main form button[type=submit]").await;
+    b.follow("main form button[type=submit]").await;
     b.wait_text("import-errors").await;
     assert!(b.text("#import-errors").await.contains("rule \"x\""));
     b.shot("import-refused").await;
@@ -591,7 +622,7 @@ async fn rules_exported_from_the_console_import_back_unchanged(
         )
         .await
         .unwrap();
-    b.click("main form button[type=submit]").await;
+    b.follow("main form button[type=submit]").await;
     b.wait_text("Imported").await;
     b.shot("imported").await;
     let exported = pubbot::pipeline::rules::export(&pool)
@@ -645,7 +676,7 @@ async fn a_person_takes_over_a_conversation_and_gives_it_back(
     b.goto(&format!("{base}/conversations/bea?app={KEY}&mcid={SHOP}"))
         .await;
     b.wait_text("bot: hello").await;
-    b.click("#hold-form button").await;
+    b.follow("#hold-form button").await;
     b.wait_text("You hold this conversation").await;
 
     // Held: the user's next message is stored and shown, and not answered.
@@ -678,13 +709,13 @@ async fn a_person_takes_over_a_conversation_and_gives_it_back(
         )
         .await
         .unwrap();
-    b.click("#message-form button").await;
+    b.follow("#message-form button").await;
     b.wait_text("a text message is at most").await;
     assert_eq!(b.value("#message-text").await.len(), 5000);
     b.shot("message-refused").await;
 
     b.fill("#message-text", "Yes — Erin here. 你好!").await;
-    b.click("#message-form button").await;
+    b.follow("#message-form button").await;
     b.wait_text("queued").await;
     eventually("the person's message reaches the user", || async {
         w.texts("bea")
@@ -696,7 +727,7 @@ async fn a_person_takes_over_a_conversation_and_gives_it_back(
     b.wait_text("staff:erin").await;
     b.shot("message-sent").await;
 
-    b.click("#hold-form button").await;
+    b.follow("#hold-form button").await;
     b.wait_text("Released").await;
     w.say("bea", "thanks").await;
     eventually("the bot answers again", || async {
@@ -822,7 +853,7 @@ async fn a_failed_reply_is_retried_from_the_conversation(
         .await;
     b.wait_text("Retry reply").await;
     b.shot("failed").await;
-    b.click("#thread form.inline button").await;
+    b.follow("#thread form.inline button").await;
     b.wait_text("retried").await;
     eventually("the retried reply arrives", || async {
         w.texts("cal").await == ["9-18"]
