@@ -5,6 +5,7 @@ use std::time::Duration;
 
 mod broadcasts;
 mod console;
+mod databases;
 mod faults;
 mod handlers;
 mod operator;

@@ -93,6 +93,7 @@ impl World {
             rate_limit_per_sec: 500,
             accounts: Hosted::Only(vec![SHOP.into()]),
             timestamp_unit: TimestampUnit::Seconds,
+            database: None,
         }];
         s
     }
@@ -343,4 +344,125 @@ pub fn fresh_dir(what: &str) -> std::path::PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+/// A PostgreSQL cluster of the test's own (initdb, pg_ctl), for a database
+/// that can really be stopped and started again: a second cluster beside
+/// the one `DATABASE_URL` names. Removed when dropped.
+pub struct Cluster {
+    /// Its data folder's parent (socket, log).
+    dir: std::path::PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    pg_ctl: std::path::PathBuf,
+}
+
+impl Cluster {
+    /// initdb and start, as the `postgres` user when we are root (as
+    /// scripts/pg.sh does).
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| {
+                let mut v: Vec<_> = d
+                    .filter_map(Result::ok)
+                    .map(|e| e.path().join("bin"))
+                    .collect();
+                v.sort();
+                v.pop()
+            })
+            .filter(|b| b.join("initdb").exists())
+            .expect("a PostgreSQL install under /usr/lib/postgresql (apt-get install postgresql)");
+        let dir = fresh_dir("cluster");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let cluster = Self {
+            dir,
+            port,
+            pg_ctl: bin.join("pg_ctl"),
+        };
+        if cluster.as_root() {
+            std::process::Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&cluster.dir)
+                .status()
+                .expect("chown");
+        }
+        let ok = cluster
+            .command(&bin.join("initdb"))
+            .arg("-D")
+            .arg(cluster.dir.join("data"))
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("initdb");
+        assert!(ok.success(), "initdb failed");
+        cluster.up();
+        cluster
+    }
+
+    fn as_root(&self) -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"))
+    }
+
+    fn command(&self, program: &std::path::Path) -> std::process::Command {
+        if self.as_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            std::process::Command::new(program)
+        }
+    }
+
+    /// Starts the server (again). `fsync` is off (an immediate stop is not
+    /// a machine crash: what was written survives in the page cache), but
+    /// commits wait for their WAL write: with `synchronous_commit = off`,
+    /// a stop loses commits already acknowledged to pubbot.
+    pub fn up(&self) {
+        let ok = self
+            .command(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", "60", "start", "-o"])
+            .arg(format!(
+                "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=100",
+                self.port,
+                self.dir.display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("pg_ctl start");
+        assert!(ok.success(), "the cluster did not start");
+    }
+
+    /// Stops the server at once, as a crash would.
+    pub fn down(&self) {
+        let _ = self
+            .command(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+
+    /// The URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

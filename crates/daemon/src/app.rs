@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::health::Readiness;
 use crate::admin::{health, queue, retention};
-use crate::config::{self, Settings};
+use crate::config::{self, Settings, DEFAULT_DATABASE};
 use crate::db::Pools;
 use crate::pipeline::decide::DecideWorker;
 use crate::pipeline::ingest::PgInbox;
@@ -59,13 +59,14 @@ pub struct Running {
     token: CancellationToken,
     ingest_token: CancellationToken,
     http: tokio::task::JoinHandle<()>,
-    ingest: tokio::task::JoinHandle<()>,
+    /// Each database's group commit.
+    ingest: Vec<tokio::task::JoinHandle<()>>,
     /// Decide workers and the hand-off senders: stop on `token`, then
     /// drain.
     workers: JoinSet<()>,
-    /// The recorder: ends once every sender has stopped and every outcome
-    /// is recorded.
-    recorder: tokio::task::JoinHandle<()>,
+    /// Each database's recorder: ends once every sender has stopped and
+    /// every outcome is recorded.
+    recorders: Vec<tokio::task::JoinHandle<()>>,
     /// Housekeeping (heartbeat, recovery, LISTEN, rules, gauges, admin,
     /// spool drain): stopped last, so leases are kept until outcomes are
     /// recorded.
@@ -84,16 +85,22 @@ impl Running {
         let drained = async {
             let _ = (&mut self.http).await;
             self.ingest_token.cancel();
-            let _ = (&mut self.ingest).await;
+            for ingest in &mut self.ingest {
+                let _ = ingest.await;
+            }
             while self.workers.join_next().await.is_some() {}
-            let _ = (&mut self.recorder).await;
+            for recorder in &mut self.recorders {
+                let _ = recorder.await;
+            }
         };
         if tokio::time::timeout(self.deadline, drained).await.is_err() {
             tracing::warn!(deadline = ?self.deadline, "shutdown deadline passed; stopping what is left (held leases expire and are recovered)");
             self.workers.abort_all();
             self.http.abort();
-            self.ingest.abort();
-            self.recorder.abort();
+            self.ingest.iter().for_each(tokio::task::JoinHandle::abort);
+            self.recorders
+                .iter()
+                .for_each(tokio::task::JoinHandle::abort);
         }
         self.housekeeping_token.cancel();
         self.housekeeping.abort_all();
@@ -107,8 +114,10 @@ impl Running {
         self.ingest_token.cancel();
         self.housekeeping_token.cancel();
         self.http.abort();
-        self.ingest.abort();
-        self.recorder.abort();
+        self.ingest.iter().for_each(tokio::task::JoinHandle::abort);
+        self.recorders
+            .iter()
+            .for_each(tokio::task::JoinHandle::abort);
         self.workers.abort_all();
         self.housekeeping.abort_all();
     }
@@ -163,35 +172,9 @@ pub async fn start_with_clock(
     clock: Arc<dyn clock::Clock>,
 ) -> anyhow::Result<Running> {
     health::prometheus();
-    db::check_schema(&pool).await?;
-    let pools = Pools::split(&pool.connect_options(), &settings.database);
+    let placements = settings.placements()?;
     let worker_id = worker_id(&settings);
-    crate::admin::catalog::announce(&crate::admin::catalog::Known {
-        accounts: settings
-            .apps
-            .iter()
-            .map(|a| (a.key.clone(), a.accounts.listed().to_vec()))
-            .collect(),
-        handlers: sqlx::query_scalar!("SELECT name FROM handlers ORDER BY name")
-            .fetch_all(&pool)
-            .await?,
-        pools: pools.named().iter().map(|(name, _)| *name).collect(),
-    });
     let addr = listener.local_addr()?;
-    let options =
-        pubbot_rules::Options::with_timezone(&settings.timezone).map_err(anyhow::Error::msg)?;
-
-    for app in &settings.apps {
-        for mcid in app.accounts.listed() {
-            sqlx::query!(
-                "INSERT INTO accounts (app_key, mcid) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                app.key,
-                mcid
-            )
-            .execute(&pool)
-            .await?;
-        }
-    }
 
     let http_client = reqwest_client()?;
     let mut apps = HashMap::new();
@@ -214,7 +197,231 @@ pub async fn start_with_clock(
         );
         secrets.insert(app.key.clone(), app.push_secrets()?);
     }
-    let apps = Arc::new(apps);
+    let shared = Shared {
+        worker_id: worker_id.clone(),
+        apps: Arc::new(apps),
+        clock: Arc::clone(&clock),
+        started: Arc::new(AtomicBool::new(false)),
+        token: token.clone(),
+        housekeeping_token: CancellationToken::new(),
+        ingest_token: CancellationToken::new(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(settings.sender.max_in_flight)),
+    };
+    let mut housekeeping = JoinSet::new();
+    let mut workers = JoinSet::new();
+
+    // A pipeline per database (`config::Placement`): the default one on
+    // `pool`, the others on pools of their own, opened as needed.
+    let mut cells = Vec::new();
+    for placement in &placements {
+        let pool = if placement.name == DEFAULT_DATABASE {
+            pool.clone()
+        } else {
+            db::connect_lazy(&placement.database).with_context(|| {
+                format!(
+                    "databases.{}: {}",
+                    placement.name,
+                    config::target(&placement.database, "databases")
+                )
+            })?
+        };
+        let cell = start_cell(
+            &placement.name,
+            settings.for_placement(placement),
+            pool,
+            &shared,
+            &mut housekeeping,
+            &mut workers,
+        )
+        .await
+        .with_context(|| format!("database {}", placement.name))?;
+        cells.push(cell);
+    }
+    let housekeeping_token = shared.housekeeping_token.clone();
+
+    let admin = TcpListener::bind(settings.http.admin_listen)
+        .await
+        .with_context(|| format!("binding http.admin_listen {}", settings.http.admin_listen))?;
+    let admin_addr = admin.local_addr()?;
+    {
+        let stop = housekeeping_token.clone();
+        let router = health::router(cells.iter().map(|c| c.readiness.clone()).collect());
+        housekeeping.spawn(async move {
+            let serve = axum::serve(admin, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "admin listener stopped");
+            }
+        });
+    }
+    // The console edits what the default database holds (its apps, rules,
+    // users): see README "Apps on several databases".
+    let console_addr = crate::console::start(
+        Arc::new(settings.for_placement(&placements[0])),
+        cells[0].readiness.pool.clone(),
+        Arc::clone(&clock),
+        housekeeping_token.clone(),
+        &mut housekeeping,
+    )
+    .await?;
+
+    let verifier = Verifier::new(
+        secrets,
+        Duration::from_secs(settings.http.signature_window_secs),
+        settings.http.replay_capacity,
+    );
+    let log_every = Duration::from_secs(settings.http.rejection_log_secs);
+    let inbox = ingest::Routed::new(
+        cells
+            .iter()
+            .flat_map(|c| c.apps.iter().map(|a| (a.clone(), c.inbox.clone())))
+            .collect(),
+        cells[0].inbox.clone(),
+    );
+    let hook = Webhook::new(
+        WebhookConfig {
+            max_body_bytes: settings.http.max_body_bytes,
+            accept_deadline: Duration::from_millis(settings.http.accept_deadline_ms),
+            unanswered_hold: Duration::from_millis(settings.http.unanswered_hold_ms),
+            body_timeout: Duration::from_millis(settings.http.body_timeout_ms),
+            rejection_log_every: log_every,
+        },
+        verifier,
+        inbox,
+    );
+    let closed_log = Arc::new(pubbot_webhook::LogSummary::new(
+        "webhook connections closed",
+        log_every,
+    ));
+    {
+        // The summaries' tails: a burst that stopped is summed up too.
+        let summaries = [hook.rejections(), Arc::clone(&closed_log)];
+        let stop = housekeeping_token.clone();
+        housekeeping.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(log_every) => {}
+                }
+                for s in &summaries {
+                    s.flush();
+                }
+            }
+        });
+    }
+    let router = hook.router();
+    let http = tokio::spawn(pipeline::listener::serve(
+        listener,
+        router,
+        pipeline::listener::Limits::from_settings(&settings.http),
+        closed_log,
+        token.clone(),
+    ));
+    shared
+        .started
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let databases: Vec<&str> = cells.iter().map(|c| c.name.as_str()).collect();
+    tracing::info!(%addr, %admin_addr, worker_id, ?databases, "pubbot serving: POST /webhook/{{app_key}}; /metrics, /healthz, /readyz on the admin address");
+    if let Some(at) = console_addr {
+        tracing::info!(%at, prefix = %settings.console.path_prefix, "web console serving");
+    }
+    Ok(Running {
+        addr,
+        admin_addr,
+        console_addr,
+        worker_id,
+        token,
+        ingest_token: shared.ingest_token.clone(),
+        http,
+        liveness: crate::progress::Liveness {
+            progress: cells
+                .iter()
+                .map(|c| Arc::clone(&c.readiness.progress))
+                .collect(),
+            stall: Duration::from_secs(settings.workers.stall_secs),
+        },
+        ingest: cells.iter_mut().filter_map(|c| c.ingest.take()).collect(),
+        recorders: cells.iter_mut().filter_map(|c| c.recorder.take()).collect(),
+        workers,
+        housekeeping_token,
+        housekeeping,
+        deadline: Duration::from_secs(settings.shutdown_deadline_secs),
+    })
+}
+
+/// What every database's pipeline shares: the process's identity, the
+/// platform clients, the clock, the stop tokens and the cap on calls in
+/// flight.
+struct Shared {
+    worker_id: String,
+    apps: Arc<HashMap<String, AppClient>>,
+    clock: Arc<dyn clock::Clock>,
+    started: Arc<AtomicBool>,
+    token: CancellationToken,
+    housekeeping_token: CancellationToken,
+    ingest_token: CancellationToken,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// One database's pipeline, started.
+struct Cell {
+    name: String,
+    /// The apps placed on it (pushes are routed here by app key).
+    apps: Vec<String>,
+    inbox: PgInbox,
+    ingest: Option<tokio::task::JoinHandle<()>>,
+    recorder: Option<tokio::task::JoinHandle<()>>,
+    readiness: Readiness,
+}
+
+/// Starts the pipeline of one database: `settings` as
+/// [`Settings::for_placement`] made them (this database as `[database]`,
+/// its apps only). Ingest, decide and send, the recorder, recovery, the
+/// scheduler, day partitions, retention, LISTEN and the gauges: all on
+/// this database's own pools, so another database's outage does not
+/// reach them.
+async fn start_cell(
+    name: &str,
+    settings: Settings,
+    pool: PgPool,
+    shared: &Shared,
+    housekeeping: &mut JoinSet<()>,
+    workers: &mut JoinSet<()>,
+) -> anyhow::Result<Cell> {
+    db::check_schema(&pool).await?;
+    let pools = Pools::split(&pool.connect_options(), &settings.database);
+    let worker_id = shared.worker_id.clone();
+    let database: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    crate::admin::catalog::announce(&crate::admin::catalog::Known {
+        accounts: settings
+            .apps
+            .iter()
+            .map(|a| (a.key.clone(), a.accounts.listed().to_vec()))
+            .collect(),
+        handlers: sqlx::query_scalar!("SELECT name FROM handlers ORDER BY name")
+            .fetch_all(&pool)
+            .await?,
+        pools: pools.named().iter().map(|(name, _)| *name).collect(),
+        database: name.to_owned(),
+    });
+    // It answered the schema check just now (`health::watch` keeps this).
+    metrics::gauge!("pubbot_database_up", "database" => database).set(1.0);
+    let options =
+        pubbot_rules::Options::with_timezone(&settings.timezone).map_err(anyhow::Error::msg)?;
+
+    for app in &settings.apps {
+        for mcid in app.accounts.listed() {
+            sqlx::query!(
+                "INSERT INTO accounts (app_key, mcid) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                app.key,
+                mcid
+            )
+            .execute(&pool)
+            .await?;
+        }
+    }
+
+    let apps = Arc::clone(&shared.apps);
     let hosted: Arc<HashMap<String, config::Hosted>> = Arc::new(
         settings
             .apps
@@ -223,10 +430,10 @@ pub async fn start_with_clock(
             .collect(),
     );
     let unhosted_seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
-    // The configured apps in key order: claims name one at a time.
+    // The apps of this database in key order: claims name one at a time.
     let mut keys: Vec<String> = settings.apps.iter().map(|a| a.key.clone()).collect();
     keys.sort();
-    let app_keys: Arc<[String]> = keys.into();
+    let app_keys: Arc<[String]> = keys.clone().into();
 
     let spool = match settings.spool_dir() {
         Some(dir) => Some(
@@ -236,9 +443,9 @@ pub async fn start_with_clock(
         None => None,
     };
 
-    let store = Arc::new(RuleStore::new(options));
+    let store = Arc::new(RuleStore::new(options).of_database(database));
     let n = store.reload(&pool).await.context("loading rules")?;
-    tracing::info!(rules = n, worker_id, "rules loaded");
+    tracing::info!(rules = n, worker_id, database = name, "rules loaded");
 
     let progress = Arc::new(Progress::default());
     progress
@@ -249,43 +456,19 @@ pub async fn start_with_clock(
     crate::pipeline::days::prepare(&pool, &progress.days)
         .await
         .context("creating day partitions")?;
-    let started = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Wakeups::default());
-    let housekeeping_token = CancellationToken::new();
-    let mut housekeeping = JoinSet::new();
-    let mut workers = JoinSet::new();
+    let housekeeping_token = shared.housekeeping_token.clone();
+    let token = shared.token.clone();
     let leases = Arc::new(Leases::default());
 
-    let admin = TcpListener::bind(settings.http.admin_listen)
-        .await
-        .with_context(|| format!("binding http.admin_listen {}", settings.http.admin_listen))?;
-    let admin_addr = admin.local_addr()?;
     let readiness = Readiness {
+        database,
         pool: pools.housekeeping.clone(),
         progress: Arc::clone(&progress),
         stall: Duration::from_secs(settings.workers.stall_secs),
-        started: Arc::clone(&started),
+        started: Arc::clone(&shared.started),
         token: token.clone(),
     };
-    {
-        let stop = housekeeping_token.clone();
-        let router = health::router(readiness);
-        housekeeping.spawn(async move {
-            let serve = axum::serve(admin, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "admin listener stopped");
-            }
-        });
-    }
-    let console_addr = crate::console::start(
-        Arc::new(settings.clone()),
-        pools.housekeeping.clone(),
-        Arc::clone(&clock),
-        housekeeping_token.clone(),
-        &mut housekeeping,
-    )
-    .await?;
     housekeeping.spawn(wakeups::listen(
         pools.housekeeping.clone(),
         Arc::clone(&wake),
@@ -300,14 +483,16 @@ pub async fn start_with_clock(
     ));
     if settings.workers.depth_secs > 0 {
         housekeeping.spawn(queue::report(
+            database,
             pools.housekeeping.clone(),
             Duration::from_secs(settings.workers.depth_secs),
             housekeeping_token.clone(),
         ));
     }
     housekeeping.spawn(health::watch(
+        database,
         pools.clone(),
-        settings.apps.iter().map(|a| a.key.clone()).collect(),
+        keys,
         Arc::clone(&progress),
         Duration::from_secs(settings.workers.stall_secs),
         Duration::from_secs(settings.workers.stall_secs.clamp(1, 15)),
@@ -317,6 +502,7 @@ pub async fn start_with_clock(
         let ingest_pool = pools.ingest.clone();
         let drain_progress = Arc::clone(&progress);
         housekeeping.spawn(spool.clone().drain(
+            database,
             Duration::from_secs(1),
             housekeeping_token.clone(),
             move |chunk| {
@@ -331,7 +517,7 @@ pub async fn start_with_clock(
         mass::Scheduler {
             pool: pools.housekeeping.clone(),
             apps: Arc::clone(&apps),
-            clock,
+            clock: Arc::clone(&shared.clock),
             worker_id: worker_id.clone(),
             grace: Duration::from_secs(settings.broadcast.grace_secs),
             lease: Duration::from_secs(settings.broadcast.lease_secs),
@@ -366,7 +552,6 @@ pub async fn start_with_clock(
     let handoff_tx = (settings.workers.send > 0).then_some(handoff_tx);
     let handoff_rx = Arc::new(tokio::sync::Mutex::new(handoff_rx));
 
-    let ingest_token = CancellationToken::new();
     let at_receipt = settings
         .ingest
         .decide_at_receipt
@@ -388,7 +573,7 @@ pub async fn start_with_clock(
         spool,
         Arc::clone(&progress),
         at_receipt,
-        ingest_token.clone(),
+        shared.ingest_token.clone(),
     );
 
     let (outcomes_tx, outcomes_rx) = tokio::sync::mpsc::channel(4096);
@@ -449,7 +634,6 @@ pub async fn start_with_clock(
         workers.spawn(w.run(token.clone()));
     }
     drop(handoff_tx);
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(settings.sender.max_in_flight));
     let handler_runner = Arc::new(handlers::HandlerRunner::new(
         pools.settle.clone(),
         worker_id.clone(),
@@ -463,9 +647,7 @@ pub async fn start_with_clock(
         Arc::clone(&leases),
         Arc::clone(&wake),
     ));
-    let sweep = Arc::new(outbox::Sweep::new(
-        settings.apps.iter().map(|a| a.key.clone()).collect(),
-    ));
+    let sweep = Arc::new(outbox::Sweep::new(app_keys.to_vec()));
     for _ in 0..settings.workers.send {
         let w = SendWorker {
             pool: pools.send.clone(),
@@ -482,7 +664,7 @@ pub async fn start_with_clock(
                 .then(|| Duration::from_secs(settings.sender.max_reply_age_secs)),
             call_budget: settings.call_budget(),
             leases: Arc::clone(&leases),
-            in_flight: Arc::clone(&in_flight),
+            in_flight: Arc::clone(&shared.in_flight),
             outcomes: outcomes_tx.clone(),
             handlers: Arc::clone(&handler_runner),
             sweep: Arc::clone(&sweep),
@@ -492,75 +674,13 @@ pub async fn start_with_clock(
         workers.spawn(w.run(token.clone()));
     }
     drop(outcomes_tx);
-
-    let verifier = Verifier::new(
-        secrets,
-        Duration::from_secs(settings.http.signature_window_secs),
-        settings.http.replay_capacity,
-    );
-    let log_every = Duration::from_secs(settings.http.rejection_log_secs);
-    let hook = Webhook::new(
-        WebhookConfig {
-            max_body_bytes: settings.http.max_body_bytes,
-            accept_deadline: Duration::from_millis(settings.http.accept_deadline_ms),
-            unanswered_hold: Duration::from_millis(settings.http.unanswered_hold_ms),
-            body_timeout: Duration::from_millis(settings.http.body_timeout_ms),
-            rejection_log_every: log_every,
-        },
-        verifier,
+    Ok(Cell {
+        name: name.to_owned(),
+        apps: app_keys.to_vec(),
         inbox,
-    );
-    let closed_log = Arc::new(pubbot_webhook::LogSummary::new(
-        "webhook connections closed",
-        log_every,
-    ));
-    {
-        // The summaries' tails: a burst that stopped is summed up too.
-        let summaries = [hook.rejections(), Arc::clone(&closed_log)];
-        let stop = housekeeping_token.clone();
-        housekeeping.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(log_every) => {}
-                }
-                for s in &summaries {
-                    s.flush();
-                }
-            }
-        });
-    }
-    let router = hook.router();
-    let http = tokio::spawn(pipeline::listener::serve(
-        listener,
-        router,
-        pipeline::listener::Limits::from_settings(&settings.http),
-        closed_log,
-        token.clone(),
-    ));
-    started.store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(%addr, %admin_addr, worker_id, "pubbot serving: POST /webhook/{{app_key}}; /metrics, /healthz, /readyz on the admin address");
-    if let Some(at) = console_addr {
-        tracing::info!(%at, prefix = %settings.console.path_prefix, "web console serving");
-    }
-    Ok(Running {
-        addr,
-        admin_addr,
-        console_addr,
-        worker_id,
-        token,
-        ingest_token,
-        http,
-        ingest,
-        workers,
-        recorder,
-        housekeeping_token,
-        housekeeping,
-        deadline: Duration::from_secs(settings.shutdown_deadline_secs),
-        liveness: crate::progress::Liveness {
-            progress,
-            stall: Duration::from_secs(settings.workers.stall_secs),
-        },
+        ingest: Some(ingest),
+        recorder: Some(recorder),
+        readiness,
     })
 }
 

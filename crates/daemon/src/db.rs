@@ -58,6 +58,23 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error>
         .await
 }
 
+/// A pool on `settings` that connects when first used: for a database
+/// other than `[database]`, whose outage at start must not stop the rest
+/// (its pipeline's first statement reports it).
+///
+/// # Errors
+/// When the URL is invalid.
+pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(settings.url.expose_secret())?;
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+        .connect_lazy_with(guarded(
+            options,
+            Duration::from_secs(settings.idle_in_transaction_timeout_secs),
+        )))
+}
+
 /// Connection options with `idle_in_transaction_session_timeout` set: a
 /// process that hangs or vanishes mid-transaction (a decide batch holds its
 /// rows locked) cannot keep those rows from the other replicas for longer.

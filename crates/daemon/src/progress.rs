@@ -104,23 +104,23 @@ impl Progress {
 
     /// Updates the `pubbot_stage_stalled{stage}` gauges and logs each
     /// change once.
-    pub(crate) fn report(&self, stall: Duration) {
+    pub(crate) fn report(&self, database: &'static str, stall: Duration) {
         let stalled = self.stalled(stall);
         for s in Stage::ALL {
             let now = stalled.iter().find(|(n, _)| *n == s.name());
             let was = self.stalled[s.index()].swap(now.is_some(), Ordering::Relaxed);
-            metrics::gauge!("pubbot_stage_stalled", "stage" => s.name()).set(if now.is_some() {
-                1.0
-            } else {
-                0.0
-            });
+            metrics::gauge!("pubbot_stage_stalled", "database" => database, "stage" => s.name())
+                .set(if now.is_some() { 1.0 } else { 0.0 });
             match (was, now) {
                 (false, Some((_, secs))) => tracing::error!(
+                    database,
                     stage = s.name(),
                     seconds = secs,
                     "stage stuck: work is due and nothing progressed"
                 ),
-                (true, None) => tracing::info!(stage = s.name(), "stage progressing again"),
+                (true, None) => {
+                    tracing::info!(database, stage = s.name(), "stage progressing again");
+                }
                 _ => {}
             }
         }
@@ -226,8 +226,8 @@ impl IngestFirst {
 /// Which stages are stuck, for a watchdog.
 #[derive(Clone, Debug)]
 pub(crate) struct Liveness {
-    /// Stage progress.
-    pub progress: Arc<Progress>,
+    /// Stage progress, one per database's pipeline.
+    pub progress: Vec<Arc<Progress>>,
     /// How long a stage may stall.
     pub stall: Duration,
 }
@@ -235,7 +235,10 @@ pub(crate) struct Liveness {
 impl Liveness {
     /// The stuck stages, with seconds since their last progress.
     pub(crate) fn stuck(&self) -> Vec<(&'static str, i64)> {
-        self.progress.stalled(self.stall)
+        self.progress
+            .iter()
+            .flat_map(|p| p.stalled(self.stall))
+            .collect()
     }
 }
 

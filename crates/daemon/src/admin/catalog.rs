@@ -65,7 +65,7 @@ pub(crate) const METRICS: &[Metric] = &[
     Metric { name: "pubbot_spool_pushes_total", kind: Counter, help: "Pushes through the local spool, by outcome", known: &[
         &[("outcome", "spooled")], &[("outcome", "drained")], &[("outcome", "refused")], &[("outcome", "torn")],
     ] },
-    Metric { name: "pubbot_spool_bytes", kind: Gauge, help: "Bytes in the spool", known: NONE },
+    Metric { name: "pubbot_spool_bytes", kind: Gauge, help: "Bytes in each database's spool", known: &[] },
     Metric { name: "pubbot_decided_total", kind: Counter, help: "Pushes decided", known: NONE },
     Metric { name: "pubbot_decided_at_receipt_total", kind: Counter, help: "Pushes decided at receipt, in the statement that stored them", known: NONE },
     Metric { name: "pubbot_rule_matches_total", kind: Counter, help: "Matches per rule", known: &[] },
@@ -73,7 +73,7 @@ pub(crate) const METRICS: &[Metric] = &[
     Metric { name: "pubbot_replies_planned_total", kind: Counter, help: "Replies planned", known: NONE },
     Metric { name: "pubbot_held_pushes_total", kind: Counter, help: "Pushes decided without a reply because a person holds the conversation", known: NONE },
     Metric { name: "pubbot_staff_messages_total", kind: Counter, help: "Messages people wrote to users from the console", known: NONE },
-    Metric { name: "pubbot_rules_loaded", kind: Gauge, help: "Rules in force", known: NONE },
+    Metric { name: "pubbot_rules_loaded", kind: Gauge, help: "Rules in force, per database", known: &[] },
     Metric { name: "pubbot_rules_reloads_total", kind: Counter, help: "Rule reloads by outcome", known: &[&[("outcome", "ok")], &[("outcome", "error")]] },
     Metric { name: "pubbot_sends_total", kind: Counter, help: "Platform calls by endpoint, result and platform code", known: &[
         &[("endpoint", "send"), ("result", "sent"), ("code", "0")], &[("endpoint", "batchsend"), ("result", "sent"), ("code", "0")],
@@ -96,16 +96,11 @@ pub(crate) const METRICS: &[Metric] = &[
     ] },
     Metric { name: "pubbot_lease_renewals_total", kind: Counter, help: "Leases renewed", known: NONE },
     Metric { name: "pubbot_lease_lost_total", kind: Counter, help: "Rows whose lease another process took while they waited", known: NONE },
-    Metric { name: "pubbot_queue_depth", kind: Gauge, help: "Rows waiting per queue", known: &[
-        &[("queue", "inbound_pending")], &[("queue", "outbound_pending")], &[("queue", "outbound_due")], &[("queue", "outbound_sending")],
-    ] },
-    Metric { name: "pubbot_queue_oldest_seconds", kind: Gauge, help: "Age of the oldest waiting push and reply", known: &[
-        &[("queue", "inbound_pending")], &[("queue", "outbound_pending")],
-    ] },
-    Metric { name: "pubbot_stage_stalled", kind: Gauge, help: "1 while a stage has work due and no progress for workers.stall_secs", known: &[
-        &[("stage", "ingest")], &[("stage", "decide")], &[("stage", "send")],
-    ] },
-    Metric { name: "pubbot_db_pool_connections", kind: Gauge, help: "Connections of each stage's pool, open and idle", known: &[] },
+    Metric { name: "pubbot_queue_depth", kind: Gauge, help: "Rows waiting per queue, per database", known: &[] },
+    Metric { name: "pubbot_queue_oldest_seconds", kind: Gauge, help: "Age of the oldest waiting push and reply, per database", known: &[] },
+    Metric { name: "pubbot_stage_stalled", kind: Gauge, help: "1 while a stage of a database's pipeline has work due and no progress for workers.stall_secs", known: &[] },
+    Metric { name: "pubbot_db_pool_connections", kind: Gauge, help: "Connections of each stage's pool, open and idle, per database", known: &[] },
+    Metric { name: "pubbot_database_up", kind: Gauge, help: "1 while the database answers its pipeline's checks, 0 while it does not", known: &[] },
     Metric { name: "pubbot_worker_failures_total", kind: Counter, help: "Failed rounds of a worker (retried)", known: &[&[("worker", "decide")], &[("worker", "send")]] },
     Metric { name: "pubbot_handler_calls_total", kind: Counter, help: "Handler bot calls by result", known: &[] },
     Metric { name: "pubbot_handler_seconds", kind: Histogram, help: "Handler call latency", known: &[] },
@@ -156,6 +151,8 @@ pub(crate) struct Known {
     pub(crate) handlers: Vec<String>,
     /// Each stage pool's name.
     pub(crate) pools: Vec<&'static str>,
+    /// The database these are on (`default`, or a `[databases.NAME]`).
+    pub(crate) database: String,
 }
 
 /// Describes every metric and registers its known series at zero. Safe to
@@ -225,15 +222,43 @@ pub(crate) fn announce(known: &Known) {
             by(name, one.clone());
         }
     }
+    let db = || ("database", known.database.clone());
     by(
         "pubbot_db_pool_connections",
         known
             .pools
             .iter()
             .flat_map(|p| {
-                ["open", "idle"].map(|s| vec![("pool", (*p).to_owned()), ("state", s.to_owned())])
+                ["open", "idle"]
+                    .map(|s| vec![db(), ("pool", (*p).to_owned()), ("state", s.to_owned())])
             })
             .collect(),
+    );
+    for name in ["pubbot_spool_bytes", "pubbot_rules_loaded"] {
+        by(name, vec![vec![db()]]);
+    }
+    by(
+        "pubbot_queue_depth",
+        [
+            "inbound_pending",
+            "outbound_pending",
+            "outbound_due",
+            "outbound_sending",
+        ]
+        .map(|q| vec![db(), ("queue", q.to_owned())])
+        .to_vec(),
+    );
+    by(
+        "pubbot_queue_oldest_seconds",
+        ["inbound_pending", "outbound_pending"]
+            .map(|q| vec![db(), ("queue", q.to_owned())])
+            .to_vec(),
+    );
+    by(
+        "pubbot_stage_stalled",
+        ["ingest", "decide", "send"]
+            .map(|s| vec![db(), ("stage", s.to_owned())])
+            .to_vec(),
     );
 }
 

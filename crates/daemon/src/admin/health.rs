@@ -4,12 +4,20 @@
 //! and no stage with work due has gone without progress for
 //! `workers.stall_secs`). Served on `http.admin_listen`, never on the
 //! webhook port.
+//!
+//! With apps on several databases (`[databases.NAME]`), each database's
+//! pipeline is checked on its own and `/readyz` names the database of each
+//! problem. The process stays ready while any database is: taking it out
+//! of the balancer would stop the healthy apps too, and the stopped
+//! database's pushes are spooled and answered meanwhile.
+//! `/readyz?database=NAME` answers for one database alone, and
+//! `pubbot_database_up{database}` tells which one is down.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -51,9 +59,11 @@ pub(crate) fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// What `/readyz` checks.
+/// What `/readyz` checks, for one database's pipeline.
 #[derive(Clone)]
 pub(crate) struct Readiness {
+    /// The database's name (`default` for `[database]`).
+    pub database: &'static str,
     /// The housekeeping pool.
     pub pool: PgPool,
     /// Stage progress.
@@ -91,20 +101,64 @@ impl Readiness {
     }
 }
 
-async fn readyz(State(r): State<Readiness>) -> impl IntoResponse {
-    let problems = r.problems().await;
-    if problems.is_empty() {
-        (StatusCode::OK, "ready\n".to_owned())
+#[derive(serde::Deserialize)]
+struct ReadyQuery {
+    database: Option<String>,
+}
+
+async fn readyz(
+    State(cells): State<Arc<[Readiness]>>,
+    Query(q): Query<ReadyQuery>,
+) -> impl IntoResponse {
+    let asked: Vec<&Readiness> = match &q.database {
+        Some(name) => cells.iter().filter(|c| c.database == name).collect(),
+        None => cells.iter().collect(),
+    };
+    if asked.is_empty() {
+        return (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no database {:?} is configured\n",
+                q.database.unwrap_or_default()
+            ),
+        );
+    }
+    let several = cells.len() > 1;
+    let mut lines = Vec::new();
+    let mut ready = 0;
+    for c in &asked {
+        let problems = c.problems().await;
+        if problems.is_empty() {
+            ready += 1;
+        }
+        for p in problems {
+            lines.push(if several {
+                format!("database {}: {p}", c.database)
+            } else {
+                p
+            });
+        }
+    }
+    // Ready while any database asked about is: see the module's doc.
+    if ready > 0 && !cells[0].token.is_cancelled() {
+        let head = if lines.is_empty() {
+            "ready".to_owned()
+        } else {
+            format!("ready ({ready} of {} databases)", asked.len())
+        };
+        (StatusCode::OK, format!("{head}\n{}", lines.join("\n")))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready\n{}\n", problems.join("\n")),
+            format!("not ready\n{}\n", lines.join("\n")),
         )
     }
 }
 
-/// The admin router: `/metrics`, `/healthz`, `/readyz`.
-pub(crate) fn router(readiness: Readiness) -> Router {
+/// The admin router: `/metrics`, `/healthz`, `/readyz` over every
+/// database's pipeline (the default one first).
+pub(crate) fn router(readiness: Vec<Readiness>) -> Router {
+    let readiness: Arc<[Readiness]> = readiness.into();
     Router::new()
         .route("/metrics", get(|| async { prometheus().render() }))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -115,6 +169,7 @@ pub(crate) fn router(readiness: Readiness) -> Router {
 /// Every `every`: reads whether work is due for decide and send, sets the
 /// stall gauges, and the pool gauges. Runs until `token` is cancelled.
 pub(crate) async fn watch(
+    database: &'static str,
     pools: Pools,
     apps: Vec<String>,
     progress: Arc<Progress>,
@@ -135,23 +190,28 @@ pub(crate) async fn watch(
                     .await?;
             Ok::<_, sqlx::Error>((inbound, outbound))
         };
-        match due.await {
+        let up = match due.await {
             Ok((inbound, outbound)) => {
                 progress.set_due(Stage::Decide, inbound);
                 progress.set_due(Stage::Send, outbound);
+                1.0
             }
-            Err(e) => tracing::warn!(error = %e, "reading due work failed"),
-        }
-        progress.report(stall);
+            Err(e) => {
+                tracing::warn!(database, error = %e, "reading due work failed");
+                0.0
+            }
+        };
+        metrics::gauge!("pubbot_database_up", "database" => database).set(up);
+        progress.report(database, stall);
         if let Some(n) = listen_overflows() {
             metrics::counter!("pubbot_webhook_listen_overflows_total").absolute(n);
         }
         for (stage, pool) in pools.named() {
             let size = f64::from(pool.size());
             let idle = pool.num_idle() as f64;
-            metrics::gauge!("pubbot_db_pool_connections", "pool" => stage, "state" => "open")
+            metrics::gauge!("pubbot_db_pool_connections", "database" => database, "pool" => stage, "state" => "open")
                 .set(size);
-            metrics::gauge!("pubbot_db_pool_connections", "pool" => stage, "state" => "idle")
+            metrics::gauge!("pubbot_db_pool_connections", "database" => database, "pool" => stage, "state" => "idle")
                 .set(idle);
         }
         tokio::select! {

@@ -1,5 +1,5 @@
 //! Queue depths: how much work waits in the two queue tables, as gauges
-//! (`pubbot_queue_depth{queue}`, `pubbot_queue_oldest_seconds{queue}`),
+//! (`pubbot_queue_depth{database,queue}`, `pubbot_queue_oldest_seconds{database,queue}`),
 //! read every `workers.depth_secs` by every process. The oldest pending
 //! push's age is the one to alert on: it grows when deciding stalls,
 //! whatever the load.
@@ -56,20 +56,26 @@ pub async fn depths(pool: &PgPool) -> Result<QueueDepths, sqlx::Error> {
 }
 
 /// Sets the gauges every `every` until `token` is cancelled.
-pub(crate) async fn report(pool: PgPool, every: Duration, token: CancellationToken) {
+pub(crate) async fn report(
+    database: &'static str,
+    pool: PgPool,
+    every: Duration,
+    token: CancellationToken,
+) {
     while !token.is_cancelled() {
         match depths(&pool).await {
             Ok(d) => {
                 let depth = |queue: &'static str, n: i64| {
-                    metrics::gauge!("pubbot_queue_depth", "queue" => queue).set(n as f64);
+                    metrics::gauge!("pubbot_queue_depth", "database" => database, "queue" => queue)
+                        .set(n as f64);
                 };
                 depth("inbound_pending", d.inbound_pending);
                 depth("outbound_pending", d.outbound_pending);
                 depth("outbound_due", d.outbound_due);
                 depth("outbound_sending", d.outbound_sending);
-                metrics::gauge!("pubbot_queue_oldest_seconds", "queue" => "inbound_pending")
+                metrics::gauge!("pubbot_queue_oldest_seconds", "database" => database, "queue" => "inbound_pending")
                     .set(d.inbound_oldest_secs);
-                metrics::gauge!("pubbot_queue_oldest_seconds", "queue" => "outbound_pending")
+                metrics::gauge!("pubbot_queue_oldest_seconds", "database" => database, "queue" => "outbound_pending")
                     .set(d.outbound_oldest_secs);
             }
             Err(e) => tracing::warn!(error = %e, "reading queue depths failed"),

@@ -147,6 +147,7 @@ pub(super) async fn run(
         rate_limit_per_sec: 50,
         accounts: crate::config::Hosted::Only(vec![SHOP.into()]),
         timestamp_unit: crate::config::TimestampUnit::Seconds,
+        database: None,
     }];
     let spool = std::env::temp_dir().join(format!("pubbot-demo-spool-{}", std::process::id()));
     settings.ingest.spool_dir = spool.display().to_string();

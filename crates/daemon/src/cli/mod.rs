@@ -56,6 +56,13 @@ struct Cli {
     /// PUBBOT__* environment variables win over both.
     #[arg(long, global = true, env = "PUBBOT_CONFIG")]
     config: Option<PathBuf>,
+    /// The database a command reads and writes: the NAME of a
+    /// `[databases.NAME]`, where the apps placed there keep their rules,
+    /// followers, broadcasts and messages; unset, `[database]`. `migrate`
+    /// without it migrates every configured database; `serve` runs them
+    /// all.
+    #[arg(long, global = true, env = "PUBBOT_DATABASE", value_name = "NAME")]
+    database: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -172,7 +179,21 @@ pub fn main() -> ExitCode {
     // Usage errors: clap prints them and exits 2.
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
-        Ok(s) => s,
+        Ok(s) => match &cli.database {
+            // Every command but `serve` and `migrate` works on one
+            // database: the one named takes `[database]`'s place.
+            Some(name) if !matches!(cli.command, Command::Serve | Command::Migrate) => {
+                match s.database_named(name) {
+                    Ok(db) => Settings {
+                        database: db,
+                        database_url_source: "databases",
+                        ..s
+                    },
+                    Err(e) => return fail(&anyhow::Error::new(e)),
+                }
+            }
+            _ => s,
+        },
         Err(e) => return fail(&anyhow::Error::new(e)),
     };
     crate::telemetry::init(settings.log.format);
@@ -267,11 +288,24 @@ async fn migrated_pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
 async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate => {
-            let pool = pool(&settings).await?;
-            crate::db::migrate(&pool)
-                .await
-                .context("applying migrations")?;
-            println!("migrations applied");
+            // Every database `serve` will use, or the one named.
+            if let Some(name) = &cli.database {
+                settings.database_named(name)?;
+            }
+            for placement in settings.placements()? {
+                if cli.database.as_ref().is_some_and(|n| *n != placement.name) {
+                    continue;
+                }
+                let one = Settings {
+                    database: placement.database.clone(),
+                    ..settings.clone()
+                };
+                let pool = pool(&one).await?;
+                crate::db::migrate(&pool).await.with_context(|| {
+                    format!("applying migrations to database {}", placement.name)
+                })?;
+                println!("migrations applied ({})", placement.name);
+            }
         }
         Command::Serve => {
             let pool = pool(&settings).await?;

@@ -26,6 +26,15 @@ pub(super) fn watchdog(running: &crate::Running) -> Option<tokio::task::JoinHand
 
 pub(super) fn show_config(settings: &Settings) {
     println!("database        {}", settings.database_target());
+    for name in settings.databases.keys() {
+        match settings.database_named(name) {
+            Ok(db) => println!(
+                "database {name:<7}{}",
+                crate::config::target(&db, &format!("databases.{name}"))
+            ),
+            Err(e) => println!("database {name:<7}{e}"),
+        }
+    }
     println!("webhook         {}", settings.http.listen);
     println!("admin           {}", settings.http.admin_listen);
     println!(
@@ -44,8 +53,12 @@ pub(super) fn show_config(settings: &Settings) {
             other => other.listed().join(", "),
         };
         println!(
-            "app             {} -> {} ({} calls/s, {:?} timestamps), accounts: {accounts}",
-            app.key, app.api_base_url, app.rate_limit_per_sec, app.timestamp_unit
+            "app             {} -> {} ({} calls/s, {:?} timestamps), accounts: {accounts}, on database {}",
+            app.key,
+            app.api_base_url,
+            app.rate_limit_per_sec,
+            app.timestamp_unit,
+            app.database.as_deref().unwrap_or(crate::config::DEFAULT_DATABASE)
         );
     }
 }

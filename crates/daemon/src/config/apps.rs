@@ -36,6 +36,11 @@ pub struct AppSettings {
     /// milliseconds, the document's example seconds.
     #[serde(default)]
     pub timestamp_unit: TimestampUnit,
+    /// The database this app lives on: the `NAME` of a `[databases.NAME]`;
+    /// unset, `[database]`. Its pushes, replies, rules' effects,
+    /// followers and broadcasts are all kept there.
+    #[serde(default)]
+    pub database: Option<String>,
 }
 
 /// `timestamp_unit` of an app (R2).

@@ -5,6 +5,7 @@
 mod apps;
 mod console;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,8 +31,14 @@ pub struct Settings {
     pub timezone: String,
     /// Graceful shutdown budget, seconds.
     pub shutdown_deadline_secs: u64,
-    /// PostgreSQL.
+    /// PostgreSQL: the default database, where every app lives unless it
+    /// names another.
     pub database: DatabaseSettings,
+    /// Further databases, `[databases.NAME]`, each usually on a cluster of
+    /// its own; an app placed there says `database = "NAME"`. Fields left
+    /// out are taken from `[database]` (see [`Settings::placements`]).
+    #[serde(default)]
+    pub databases: BTreeMap<String, OtherDatabase>,
     /// The webhook listener.
     pub http: HttpSettings,
     /// Group commit of pushes.
@@ -84,6 +91,46 @@ pub struct DatabaseSettings {
     /// Seconds a connection may sit idle inside a transaction before the
     /// server ends its session (frees rows a hung process holds).
     pub idle_in_transaction_timeout_secs: u64,
+}
+
+/// The name of `[database]` where one is needed (`pubbot --database`,
+/// metrics' `database` label, readiness).
+pub const DEFAULT_DATABASE: &str = "default";
+
+/// One `[databases.NAME]`: as `[database]`, every field but the URL
+/// optional (taken from `[database]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtherDatabase {
+    /// The PostgreSQL URL (or `url_file`).
+    #[serde(default)]
+    pub url: Option<SecretString>,
+    /// A file holding the URL.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// As `database.max_connections`, for this database's own pools.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// As `database.acquire_timeout_secs`.
+    #[serde(default)]
+    pub acquire_timeout_secs: Option<u64>,
+    /// As `database.idle_in_transaction_timeout_secs`.
+    #[serde(default)]
+    pub idle_in_transaction_timeout_secs: Option<u64>,
+}
+
+/// Where a set of apps lives: a database and the apps placed on it. One
+/// process runs a pipeline per placement, each with its own pools,
+/// workers, LISTEN connection, spool and readiness, so that one database
+/// stopping stops only the apps on it.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// `default` for `[database]`, else the `NAME` of `[databases.NAME]`.
+    pub name: String,
+    /// Its connection settings, complete.
+    pub database: DatabaseSettings,
+    /// The apps on it (the default database's may be none).
+    pub apps: Vec<AppSettings>,
 }
 
 /// `[http]`.
@@ -439,19 +486,149 @@ impl Settings {
     /// Where the database is, for messages: host and port, never the
     /// password.
     pub fn database_target(&self) -> String {
-        let url = self.database.url.expose_secret();
-        match url::Url::parse(url) {
-            Ok(u) => format!(
-                "{}:{} (database {:?}, from {})",
-                u.host_str().unwrap_or("localhost"),
-                u.port().unwrap_or(5432),
-                u.path().trim_start_matches('/'),
-                self.database_url_source
-            ),
-            Err(_) => format!("an unparsable URL (from {})", self.database_url_source),
-        }
+        target(&self.database, self.database_url_source)
     }
 
+    /// `[databases.NAME]` made complete: its URL (from `url` or
+    /// `url_file`), the rest from `[database]` where left out.
+    ///
+    /// # Errors
+    /// An unknown name, or a URL that cannot be read.
+    pub fn database_named(&self, name: &str) -> Result<DatabaseSettings, ConfigError> {
+        if name == DEFAULT_DATABASE {
+            return Ok(self.database.clone());
+        }
+        let key = format!("databases.{name}");
+        let other = self.databases.get(name).ok_or_else(|| {
+            let known: Vec<&str> = std::iter::once(DEFAULT_DATABASE)
+                .chain(self.databases.keys().map(String::as_str))
+                .collect();
+            invalid(
+                &key,
+                format!("no such database (configured: {})", known.join(", ")),
+            )
+        })?;
+        let url = match (&other.url, &other.url_file) {
+            (Some(url), _) => url.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|t| SecretString::from(t.trim().to_owned()))
+                .map_err(|e| {
+                    invalid(
+                        format!("{key}.url_file"),
+                        format!("{}: {e}", path.display()),
+                    )
+                })?,
+            (None, None) => return Err(invalid(format!("{key}.url"), "url or url_file is needed")),
+        };
+        Ok(DatabaseSettings {
+            url,
+            url_file: other.url_file.clone(),
+            max_connections: other
+                .max_connections
+                .unwrap_or(self.database.max_connections),
+            acquire_timeout_secs: other
+                .acquire_timeout_secs
+                .unwrap_or(self.database.acquire_timeout_secs),
+            idle_in_transaction_timeout_secs: other
+                .idle_in_transaction_timeout_secs
+                .unwrap_or(self.database.idle_in_transaction_timeout_secs),
+        })
+    }
+
+    /// Every database with the apps placed on it: the default first, then
+    /// each `[databases.NAME]` by name (one without apps yet is kept: it is
+    /// migrated and checked like the others, ready for an app to move in).
+    ///
+    /// # Errors
+    /// As [`Self::database_named`].
+    pub fn placements(&self) -> Result<Vec<Placement>, ConfigError> {
+        let mut out = vec![Placement {
+            name: DEFAULT_DATABASE.to_owned(),
+            database: self.database.clone(),
+            apps: Vec::new(),
+        }];
+        for name in self.databases.keys() {
+            out.push(Placement {
+                name: name.clone(),
+                database: self.database_named(name)?,
+                apps: Vec::new(),
+            });
+        }
+        for app in &self.apps {
+            let name = app.database.as_deref().unwrap_or(DEFAULT_DATABASE);
+            let Some(p) = out.iter_mut().find(|p| p.name == name) else {
+                return Err(invalid(
+                    format!("apps.{}.database", app.key),
+                    format!("no [databases.{name}] is configured"),
+                ));
+            };
+            p.apps.push(app.clone());
+        }
+        Ok(out)
+    }
+
+    /// These settings as one placement's pipeline sees them: its database
+    /// as `[database]`, its apps only, and a spool of its own (a
+    /// subfolder named after it, for every database but the default).
+    pub fn for_placement(&self, placement: &Placement) -> Self {
+        let mut s = self.clone();
+        s.database = placement.database.clone();
+        s.apps = placement.apps.clone();
+        if placement.name != DEFAULT_DATABASE {
+            if let Some(dir) = self.spool_dir() {
+                s.ingest.spool_dir = dir.join(&placement.name).display().to_string();
+            }
+            s.database_url_source = "databases";
+        }
+        s
+    }
+
+    fn validate_placements(&self) -> Result<(), ConfigError> {
+        for name in self.databases.keys() {
+            if name == DEFAULT_DATABASE
+                || name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    format!("databases.{name}"),
+                    "a name of letters, digits, - and _, and not \"default\" (that is [database])",
+                ));
+            }
+            let db = self.database_named(name)?;
+            let url = db.url.expose_secret().trim();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(invalid(
+                    format!("databases.{name}.url"),
+                    "pubbot needs PostgreSQL (postgres://...)",
+                ));
+            }
+            if db.max_connections < 10 {
+                return Err(invalid(
+                    format!("databases.{name}.max_connections"),
+                    "at least 10 (two for each of the five stages)",
+                ));
+            }
+        }
+        self.placements().map(|_| ())
+    }
+}
+
+/// Host, port and database name of `db`, never the password.
+pub fn target(db: &DatabaseSettings, source: &str) -> String {
+    match url::Url::parse(db.url.expose_secret()) {
+        Ok(u) => format!(
+            "{}:{} (database {:?}, from {source})",
+            u.host_str().unwrap_or("localhost"),
+            u.port().unwrap_or(5432),
+            u.path().trim_start_matches('/'),
+        ),
+        Err(_) => format!("an unparsable URL (from {source})"),
+    }
+}
+
+impl Settings {
     /// Checks values the types cannot.
     ///
     /// # Errors
@@ -475,6 +652,7 @@ impl Settings {
                 "at least 10 (two for each of the five stages)",
             ));
         }
+        self.validate_placements()?;
         if self.ingest.spool_after_ms >= self.http.accept_deadline_ms {
             return Err(invalid(
                 "ingest.spool_after_ms",
@@ -843,6 +1021,82 @@ mod tests {
             s.database_target()
         );
         assert!(s.database_target().starts_with("from-file:6543"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn apps_are_placed_on_the_databases_they_name_and_a_typo_is_refused() {
+        let dir = std::env::temp_dir().join(format!("pubbot-cfg-db-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("two.toml");
+        let app = |key: &str, db: &str| {
+            format!("[[apps]]\nkey = \"{key}\"\nsecret = \"s\"\napi_base_url = \"http://127.0.0.1:8090\"\naccounts = \"*\"\n{db}\n")
+        };
+        let write = |text: String| std::fs::write(&file, text).unwrap();
+        write(format!(
+            "[ingest]\nspool_dir = \"{}\"\n[databases.east]\nurl = \"postgres://east/pubbot\"\nmax_connections = 12\n{}{}",
+            dir.join("spool").display(),
+            app("a", ""),
+            app("b", "database = \"east\"")
+        ));
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[("DATABASE_URL", "postgres://main/pubbot")]),
+        )
+        .unwrap();
+        let p = s.placements().unwrap();
+        let names: Vec<(&str, Vec<&str>)> = p
+            .iter()
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.apps.iter().map(|a| a.key.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(names, [("default", vec!["a"]), ("east", vec!["b"])]);
+        // Left out: taken from [database].
+        assert_eq!(p[1].database.max_connections, 12);
+        assert_eq!(
+            p[1].database.acquire_timeout_secs,
+            s.database.acquire_timeout_secs
+        );
+        let east = s.for_placement(&p[1]);
+        assert_eq!(east.database.url.expose_secret(), "postgres://east/pubbot");
+        assert_eq!(
+            east.spool_dir().unwrap(),
+            dir.join("spool").join("east"),
+            "a spool of its own"
+        );
+        assert_eq!(
+            s.for_placement(&p[0]).spool_dir().unwrap(),
+            dir.join("spool")
+        );
+        assert!(crate::config::target(&east.database, "databases.east").contains("east:5432"));
+
+        // An app naming a database that is not configured.
+        write(app("b", "database = \"esat\""));
+        let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(
+            e.to_string().contains("apps.b.database") && e.to_string().contains("[databases.esat]"),
+            "{e}"
+        );
+        // "default" is [database]'s name; a database without a URL.
+        write("[databases.default]\nurl = \"postgres://x/y\"\n".into());
+        let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("databases.default"), "{e}");
+        write("[databases.east]\nmax_connections = 20\n".into());
+        let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("databases.east.url"), "{e}");
+        write("[databases.east]\nurl = \"mysql://x/y\"\n".into());
+        let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(
+            e.to_string().contains("databases.east.url") && e.to_string().contains("PostgreSQL"),
+            "{e}"
+        );
+        write("[databases.east]\nurl = \"postgres://x/y\"\nmax_conections = 20\n".into());
+        let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("max_conections"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -95,6 +95,8 @@ pub(crate) struct RuleStore {
     current: RwLock<Arc<RuleSet>>,
     options: Options,
     fingerprint: RwLock<Option<(i64, Option<chrono::DateTime<chrono::Utc>>)>>,
+    /// The database the rules are read from (the gauge's label).
+    database: &'static str,
 }
 
 impl RuleStore {
@@ -106,7 +108,13 @@ impl RuleStore {
             current: RwLock::new(Arc::new(empty)),
             options,
             fingerprint: RwLock::new(None),
+            database: crate::config::DEFAULT_DATABASE,
         }
+    }
+
+    /// The same, for the rules of another database than `[database]`.
+    pub(crate) fn of_database(self, database: &'static str) -> Self {
+        Self { database, ..self }
     }
 
     /// The rule set in force.
@@ -143,7 +151,7 @@ impl RuleStore {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fp);
         metrics::counter!("pubbot_rules_reloads_total", "outcome" => "ok").increment(1);
-        metrics::gauge!("pubbot_rules_loaded").set(n as f64);
+        metrics::gauge!("pubbot_rules_loaded", "database" => self.database).set(n as f64);
         Ok(n)
     }
 

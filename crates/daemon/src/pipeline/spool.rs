@@ -107,6 +107,18 @@ enum Command {
 /// A user of an account: whose pushes the spool holds.
 type User = (String, String, String);
 
+/// A user held for a push on its way to the spool ([`Spool::reserve`]).
+pub(crate) struct Reserved {
+    spool: Spool,
+    user: User,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.spool.release(&self.user, 1);
+    }
+}
+
 /// A handle on the spool. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Spool {
@@ -330,6 +342,19 @@ impl Spool {
             && users.contains_key(&(app_key.to_owned(), mcid.to_owned(), user_id.to_owned()))
     }
 
+    /// Holds the user as if a push of theirs were in the spool, until the
+    /// guard is dropped: for a push on its way here (it waits for its
+    /// turn, see `ingest`), so that the user's next push does not go to
+    /// the database before it.
+    pub(crate) fn reserve(&self, app_key: &str, mcid: &str, user_id: &str) -> Reserved {
+        let user = (app_key.to_owned(), mcid.to_owned(), user_id.to_owned());
+        self.hold(&user, 1);
+        Reserved {
+            spool: self.clone(),
+            user,
+        }
+    }
+
     fn hold(&self, user: &User, n: u32) {
         let mut users = self
             .users
@@ -447,6 +472,7 @@ impl Spool {
     /// Drains every `every` (at once at start) until `token` is cancelled.
     pub(crate) async fn drain<F, Fut, E>(
         self,
+        database: &'static str,
         every: Duration,
         token: CancellationToken,
         mut store: F,
@@ -457,7 +483,7 @@ impl Spool {
     {
         loop {
             self.drain_once(&mut store).await;
-            metrics::gauge!("pubbot_spool_bytes").set(self.bytes() as f64);
+            metrics::gauge!("pubbot_spool_bytes", "database" => database).set(self.bytes() as f64);
             tokio::select! {
                 () = token.cancelled() => return,
                 () = tokio::time::sleep(every) => {}

@@ -251,13 +251,34 @@ impl PgInbox {
     }
 
     /// The database within `ingest.spool_after_ms`, else the spool.
-    async fn via_database_in_time(&self, row: &Arc<Row>) -> Result<Accepted, InboxError> {
-        match tokio::time::timeout(self.spool_after, self.via_database(Arc::clone(row))).await {
+    ///
+    /// A push the database failed is spooled at that deadline too, not at
+    /// once: when the database goes away, a user's earlier push may be in
+    /// a commit that hangs until its deadline while their next one fails
+    /// at once (no connection); spooled at once, the later push would be
+    /// drained, and answered, first (seen with a cluster stopped by
+    /// `pg_ctl stop -m immediate`). Spooled at arrival + `spool_after`,
+    /// each user's pushes reach the spool in the order they arrived (a
+    /// push that follows its user's earlier ones into the spool waits as
+    /// long).
+    async fn via_database_in_time(
+        &self,
+        row: &Arc<Row>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Accepted, InboxError> {
+        match tokio::time::timeout_at(deadline, self.via_database(Arc::clone(row))).await {
             Ok(Ok(accepted)) => Ok(accepted),
             Ok(Err(InboxError::Refused(why))) => Err(InboxError::Refused(why)),
             // The trace id stays; a later commit of the same push (it may
             // still be in a batch) and the drain are deduplicated.
-            Ok(Err(InboxError::Unavailable(why))) => self.via_spool(row, &why).await,
+            Ok(Err(InboxError::Unavailable(why))) => {
+                let _held = self
+                    .spool
+                    .as_ref()
+                    .map(|s| s.reserve(&row.app_key, &row.mcid, &row.user_id));
+                tokio::time::sleep_until(deadline).await;
+                self.via_spool(row, &why).await
+            }
             Err(_) => {
                 self.via_spool(row, "database commit not done in time")
                     .await
@@ -302,6 +323,38 @@ pub(crate) async fn store_spooled(
     insert(pool, &rows, None, progress.days.since())
         .await
         .map(|_| ())
+}
+
+/// The inboxes of every database's pipeline, by app: a push goes to the
+/// ingest of the database its app lives on (`[[apps]] database`), so one
+/// database's outage spools only its own apps' pushes. An app no database
+/// holds (none passes the signature check) goes to the default one.
+#[derive(Clone)]
+pub(crate) struct Routed {
+    by_app: Arc<std::collections::HashMap<String, PgInbox>>,
+    default: PgInbox,
+}
+
+impl Routed {
+    pub(crate) fn new(
+        by_app: std::collections::HashMap<String, PgInbox>,
+        default: PgInbox,
+    ) -> Self {
+        Self {
+            by_app: Arc::new(by_app),
+            default,
+        }
+    }
+}
+
+impl Inbox for Routed {
+    async fn accept(&self, push: Push) -> Result<Accepted, InboxError> {
+        self.by_app
+            .get(&push.app_key)
+            .unwrap_or(&self.default)
+            .accept(push)
+            .await
+    }
 }
 
 impl Inbox for PgInbox {
@@ -351,8 +404,16 @@ impl PgInbox {
         // any is there (the database came back, the drain has not stored
         // them yet): stored directly, it would be decided before them. If
         // the spool refuses it (full), the database as usual.
+        let deadline = tokio::time::Instant::now() + self.spool_after;
         let spooled = match &self.spool {
             Some(spool) if spool.holds(&row.app_key, &row.mcid, &row.user_id) => {
+                // At the same delay as a push the database failed (see
+                // `via_database_in_time`): an earlier push of the user may
+                // still be on its way there. Held meanwhile, so that the
+                // user's next push cannot reach the database before this
+                // one reaches the spool (the drain may empty it meanwhile).
+                let _held = spool.reserve(&row.app_key, &row.mcid, &row.user_id);
+                tokio::time::sleep_until(deadline).await;
                 let outcome = self
                     .via_spool(&row, "an earlier push of the user is in the spool")
                     .await;
@@ -365,7 +426,7 @@ impl PgInbox {
         };
         let outcome = match spooled {
             Some(outcome) => outcome,
-            None => self.via_database_in_time(&row).await,
+            None => self.via_database_in_time(&row, deadline).await,
         };
         drop(waiting);
         // One line per push (target `pubbot::push`: RUST_LOG=info,pubbot::push=warn

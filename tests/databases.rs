@@ -1,0 +1,348 @@
+//! Apps on several databases (README "Apps on several databases"): one
+//! pubbot serves an app on the test's database and another on a PostgreSQL
+//! cluster of the test's own. Stopping that cluster stops only its app:
+//! the other app's pushes are answered at their first try and replied to
+//! as fast as before, while the stopped app's pushes are spooled, answered,
+//! and replied to once, in order, after the cluster is back.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pubbot::config::OtherDatabase;
+use pubbot_e2e::{eventually, metric, scrape, Cluster, World, KEY, SECRET, SHOP};
+use pubbot_sim::{AppCredentials, PushConfig, RunningSim, SimConfig};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use super::import;
+
+/// The app placed on the second cluster.
+const EAST: &str = "east-app";
+const EAST_SECRET: &str = "east-secret";
+
+const ECHO: &str = r#"
+[[rule]]
+name = "echo"
+kind = "default"
+replies = [{ type = "text", text = "re: {{ text }}" }]
+"#;
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms")
+}
+
+async fn sim_get(w: &World, path: &str) -> Vec<Value> {
+    w.http
+        .get(format!("{}/_sim/{path}", w.sim.base_url()))
+        .send()
+        .await
+        .expect("get")
+        .json::<Value>()
+        .await
+        .expect("json")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn texts(w: &World, app: &str, user: &str) -> Vec<String> {
+    sim_get(w, &format!("inbox/{user}?app_key={app}"))
+        .await
+        .iter()
+        .filter_map(|d| d["payload"]["content"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn p99(mut v: Vec<i64>) -> i64 {
+    assert!(!v.is_empty(), "no samples");
+    v.sort_unstable();
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_stopped_database_stops_only_the_apps_placed_on_it(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // The second cluster, migrated, with the same rules.
+    let cluster = Cluster::start();
+    let east = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&cluster.url())
+        .await
+        .expect("the second cluster");
+    pubbot::db::migrate(&east).await.unwrap();
+    import(&east, ECHO).await;
+    east.close().await;
+
+    let sim = RunningSim::start(SimConfig {
+        apps: vec![
+            AppCredentials {
+                key: KEY.into(),
+                secret: SECRET.into(),
+            },
+            AppCredentials {
+                key: EAST.into(),
+                secret: EAST_SECRET.into(),
+            },
+        ],
+        push: PushConfig {
+            timeout: Duration::from_secs(1),
+            retry_delay: Duration::from_millis(300),
+            tries: 3,
+            ..PushConfig::default()
+        },
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let w = World {
+        sim,
+        http: reqwest::Client::new(),
+        connect,
+    };
+    let main = w.pool(None).await;
+    import(&main, ECHO).await;
+    let mut settings = w.settings();
+    settings.workers.stall_secs = 2;
+    let mut east_app = settings.apps[0].clone();
+    east_app.key = EAST.into();
+    east_app.secret = Some(SecretString::from(EAST_SECRET));
+    east_app.database = Some("east".into());
+    settings.apps.push(east_app);
+    settings.databases.insert(
+        "east".into(),
+        OtherDatabase {
+            url: Some(SecretString::from(cluster.url())),
+            url_file: None,
+            max_connections: Some(10),
+            acquire_timeout_secs: None,
+            idle_in_transaction_timeout_secs: None,
+        },
+    );
+    let (d, _) = w.daemon(settings, main.clone()).await;
+    for (key, secret) in [(KEY, SECRET), (EAST, EAST_SECRET)] {
+        pubbot_api_client::Client::builder(key, SecretString::from(secret), w.sim.base_url())
+            .build()
+            .expect("client")
+            .add_account(&pubbot_api_client::NewAccount {
+                mcid: SHOP.into(),
+                profile: pubbot_api_client::AccountProfile {
+                    display_name: "Shop".into(),
+                    portrait_url: "http://x/p.png".into(),
+                    ui_type: 0,
+                    introduction: "e2e".into(),
+                },
+                is_follow: false,
+                route_url: format!("http://{}/webhook/{key}", d.addr),
+            })
+            .await
+            .expect("account");
+    }
+
+    // 100 pushes a second, half to each app, for 14 s; the second cluster
+    // is stopped from second 3 to second 11.
+    let pushing = {
+        let (http, url) = (w.http.clone(), format!("{}/_sim/message", w.sim.base_url()));
+        tokio::spawn(async move {
+            let mut written: HashMap<(&str, String), Vec<String>> = HashMap::new();
+            let mut sent_at: Vec<(&str, String, i64)> = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for i in 0..1400 {
+                tick.tick().await;
+                let app = if i % 2 == 0 { KEY } else { EAST };
+                let user = format!("u-{}", i % 20);
+                let text = format!("m{i}");
+                sent_at.push((app, text.clone(), now_ms()));
+                let r = http
+                    .post(&url)
+                    .json(&json!({"app_key": app, "mcid": SHOP, "user": user, "type": "text", "content": text}))
+                    .send()
+                    .await
+                    .expect("push");
+                assert_eq!(r.status(), 200);
+                written
+                    .entry((app, user))
+                    .or_default()
+                    .push(format!("re: {text}"));
+            }
+            (written, sent_at)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stopped_at = now_ms();
+    cluster.down();
+
+    // While it is down: the process stays ready (the healthy app's
+    // replicas must stay in the balancer), names the stopped database,
+    // and says it is down in its metrics.
+    let admin = d.admin_addr;
+    eventually("the stopped database is reported", || async {
+        metric(
+            &scrape(admin).await,
+            "pubbot_database_up{database=\"east\"}",
+        ) == 0.0
+    })
+    .await;
+    let ready = reqwest::get(format!("http://{admin}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "ready while one database answers");
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("database east:"), "{body}");
+    let one = reqwest::get(format!("http://{admin}/readyz?database=east"))
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 503);
+    let other = reqwest::get(format!("http://{admin}/readyz?database=default"))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    assert_eq!(
+        metric(
+            &scrape(admin).await,
+            "pubbot_database_up{database=\"default\"}"
+        ),
+        1.0
+    );
+
+    let left = Duration::from_secs(11).saturating_sub(Duration::from_millis(
+        u64::try_from(now_ms() - stopped_at + 3000).unwrap_or(0),
+    ));
+    tokio::time::sleep(left).await;
+    let restarted_at = now_ms();
+    cluster.up();
+    let (written, sent_at) = pushing.await.unwrap();
+
+    // Every push of both apps answered exactly once, with a 200.
+    let mut pushes = Vec::new();
+    for _ in 0..600 {
+        pushes = sim_get(&w, "pushes").await;
+        if pushes.iter().all(|p| p["state"] != "pending") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pushes.len(), 1400);
+    for p in &pushes {
+        let answered: Vec<&Value> = p["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| !a["status"].is_null())
+            .collect();
+        assert_eq!(answered.len(), 1, "exactly one answer (R15): {p}");
+        assert_eq!(answered[0]["status"], 200, "{p}");
+        if p["app_key"] == KEY {
+            assert_eq!(
+                p["attempts"].as_array().unwrap().len(),
+                1,
+                "the healthy app's pushes are answered at their first try: {p}"
+            );
+        }
+    }
+    // Each user of each app: one reply per push, in the order written.
+    eventually("every push replied to", || async {
+        for ((app, user), want) in &written {
+            if texts(&w, app, user).await.len() < want.len() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A reply whose call was under way when the database stopped, and
+    // whose lease ran out before its outcome could be written, is sent
+    // again: the named window (`pubbot_outbound_recovered_total`). Any
+    // other second reply is a failure.
+    let mut again = 0;
+    for ((app, user), want) in &written {
+        let mut got = texts(&w, app, user).await;
+        let n = got.len();
+        got.dedup();
+        again += n - got.len();
+        assert_eq!(
+            &got, want,
+            "{app}/{user}: one reply per push, in the order written"
+        );
+    }
+    let recovered = metric(&scrape(admin).await, "pubbot_outbound_recovered_total");
+    assert!(
+        again as f64 <= recovered,
+        "{again} replies sent twice, {recovered} counted"
+    );
+
+    // The healthy app's push -> reply times: as before the outage.
+    let delivered: HashMap<String, i64> = sim_get(&w, &format!("deliveries?app_key={KEY}"))
+        .await
+        .iter()
+        .filter_map(|d| {
+            Some((
+                d["payload"]["content"]
+                    .as_str()?
+                    .trim_start_matches("re: ")
+                    .to_owned(),
+                d["at_ms"].as_i64()?,
+            ))
+        })
+        .collect();
+    let (mut before, mut during) = (Vec::new(), Vec::new());
+    for (app, text, at) in &sent_at {
+        if *app != KEY {
+            continue;
+        }
+        let took = delivered[text] - at;
+        if *at < stopped_at {
+            before.push(took);
+        } else if *at < restarted_at {
+            during.push(took);
+        }
+    }
+    let (before, during) = (p99(before), p99(during));
+    eprintln!("healthy app p99 push -> reply: {before} ms before, {during} ms while the other database was down");
+    assert!(
+        during <= before * 3 + 300,
+        "the healthy app slowed down: p99 {during} ms against {before} ms"
+    );
+    // The stopped app's pushes waited in its own spool.
+    assert!(
+        metric(
+            &scrape(admin).await,
+            "pubbot_spool_pushes_total{outcome=\"spooled\"}"
+        ) >= 1.0,
+        "the stopped app's pushes were spooled"
+    );
+    let east_count: i64 = {
+        let east = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&cluster.url())
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM inbound_messages WHERE app_key = $1")
+            .bind(EAST)
+            .fetch_one(&east)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        east_count, 700,
+        "each of its pushes stored once, on its own database"
+    );
+    let main_count: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages")
+        .fetch_one(&main)
+        .await
+        .unwrap();
+    assert_eq!(
+        main_count, 700,
+        "the default database holds only its app's pushes"
+    );
+    d.shutdown().await;
+}
