@@ -346,3 +346,248 @@ async fn a_stopped_database_stops_only_the_apps_placed_on_it(
     );
     d.shutdown().await;
 }
+
+/// `pubbot app move` while pushes flow: the app's pushes switch to the
+/// other database, wait there undecided until the old one has sent every
+/// reply it planned, and are answered after; the daemon is then restarted
+/// with the app placed on the new database. Every push is answered once,
+/// every user gets one reply per push in the order they wrote, and the new
+/// database holds the app's whole history.
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn an_app_moves_to_another_database_while_it_is_served(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let w = World::with_push_tries(connect.clone(), 8).await;
+    let main = w.pool(None).await;
+    import(&main, ECHO).await;
+    // The destination: a second database on the same server.
+    // (The test database's name is near PostgreSQL's 63 bytes already.)
+    let east_name = format!("pubbot_east_{:08x}", rand::random::<u32>());
+    sqlx::query(&format!("CREATE DATABASE \"{east_name}\""))
+        .execute(&main)
+        .await
+        .unwrap();
+    let addr = pubbot_e2e::db_addr(&connect);
+    let east_url = format!(
+        "postgres://{}@{}:{}/{east_name}",
+        connect.get_username(),
+        addr.ip(),
+        addr.port()
+    );
+    {
+        let east = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&east_url)
+            .await
+            .unwrap();
+        pubbot::db::migrate(&east).await.unwrap();
+        import(&east, ECHO).await;
+        east.close().await;
+    }
+    let mut settings = w.settings();
+    settings.ingest.spool_dir = pubbot_e2e::fresh_dir("move-spool").display().to_string();
+    settings.databases.insert(
+        "east".into(),
+        OtherDatabase {
+            url: Some(SecretString::from(east_url.clone())),
+            url_file: None,
+            max_connections: Some(10),
+            acquire_timeout_secs: None,
+            idle_in_transaction_timeout_secs: None,
+        },
+    );
+    // Refused, saying what to do: an app without move_to, an unknown app.
+    let e = pubbot::admin::moves::run(&settings, KEY, Duration::ZERO, Duration::ZERO, |_| {})
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("has no move_to"), "{e}");
+    let e = pubbot::admin::moves::run(&settings, "nope", Duration::ZERO, Duration::ZERO, |_| {})
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not configured"), "{e}");
+    settings.apps[0].move_to = Some("east".into());
+    // The move connects to both databases by their URLs, as the CLI does.
+    settings.database.url = SecretString::from(format!(
+        "postgres://{}@{}:{}/{}",
+        connect.get_username(),
+        addr.ip(),
+        addr.port(),
+        connect.get_database().expect("a database")
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let d = pubbot::start(
+        settings.clone(),
+        main.clone(),
+        listener,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("daemon");
+    w.add_account(at).await;
+
+    // 10 users write every 200 ms each for 8 s.
+    let pushing = {
+        let (http, url) = (w.http.clone(), format!("{}/_sim/message", w.sim.base_url()));
+        tokio::spawn(async move {
+            let mut written: HashMap<String, Vec<String>> = HashMap::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for i in 0..400 {
+                tick.tick().await;
+                let user = format!("m-{}", i % 10);
+                let r = http
+                    .post(&url)
+                    .json(&json!({"mcid": SHOP, "user": user, "type": "text", "content": format!("t{i}")}))
+                    .send()
+                    .await
+                    .expect("push");
+                assert_eq!(r.status(), 200);
+                written.entry(user).or_default().push(format!("re: t{i}"));
+            }
+            written
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let report = pubbot::admin::moves::run(
+        &settings,
+        KEY,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        |step| eprintln!("{step}"),
+    )
+    .await
+    .expect("the move");
+    assert_eq!(
+        (report.from.as_str(), report.to.as_str()),
+        ("default", "east")
+    );
+    assert!(report.pushes > 0, "{report:?}");
+    let tables: Vec<&str> = report.state.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        tables,
+        ["accounts", "followers", "conversation_state", "takeovers"]
+    );
+    // Run again: nothing more to do.
+    let again = pubbot::admin::moves::run(&settings, KEY, Duration::ZERO, Duration::ZERO, |_| {})
+        .await
+        .unwrap();
+    assert!(again.already_done);
+
+    // The app placed on its new database, the daemon restarted there (the
+    // platform retries what comes while it is down).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    d.shutdown().await;
+    let mut after = settings.clone();
+    after.apps[0].database = Some("east".into());
+    after.apps[0].move_to = None;
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .expect("the same port");
+    let d = pubbot::start(
+        after,
+        main.clone(),
+        listener,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("daemon on the new placement");
+    let written = pushing.await.unwrap();
+
+    let mut pushes = Vec::new();
+    for _ in 0..600 {
+        pushes = sim_get(&w, "pushes").await;
+        if pushes.len() == 400 && pushes.iter().all(|p| p["state"] != "pending") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pushes.len(), 400);
+    for p in &pushes {
+        let answered: Vec<&Value> = p["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| !a["status"].is_null())
+            .collect();
+        assert_eq!(answered.len(), 1, "exactly one answer (R15): {p}");
+        assert_eq!(answered[0]["status"], 200, "{p}");
+    }
+    eventually("every push replied to", || async {
+        for (user, want) in &written {
+            if w.texts(user).await.len() < want.len() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (user, want) in &written {
+        assert_eq!(
+            &w.texts(user).await,
+            want,
+            "{user}: one reply per push, in the order written"
+        );
+    }
+    // A late retry of a push the old database answered, arriving at the
+    // new one: its key was copied, so it is a duplicate, not a new push.
+    let first = &pushes[0];
+    let ts = (now_ms() / 1000).to_string();
+    let nonce = rand::random::<u64>().to_string();
+    let sig = pubbot_sim::signature::sign(SECRET, &nonce, &ts);
+    let replay = w
+        .http
+        .post(format!(
+            "http://{at}/webhook/{KEY}?rc-nonce={nonce}&rc-timestamp={ts}&rc-signature={sig}"
+        ))
+        .body(first["xml"].as_str().unwrap().to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let user = first["user_id"].as_str().unwrap();
+    assert_eq!(&w.texts(user).await, &written[user], "no second reply");
+
+    let east = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&east_url)
+        .await
+        .unwrap();
+    let count = |pool: sqlx::PgPool, sql: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        count(
+            east.clone(),
+            "SELECT count(*) FROM inbound_messages WHERE status = 'done'"
+        )
+        .await,
+        400,
+        "the new database holds every push, each once, decided"
+    );
+    assert_eq!(
+        count(
+            east.clone(),
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'"
+        )
+        .await,
+        400,
+        "and every reply"
+    );
+    assert_eq!(
+        count(main.clone(), "SELECT count(*) FROM inbound_messages").await,
+        report.pushes,
+        "what the old one stored was copied"
+    );
+    d.shutdown().await;
+    east.close().await;
+    sqlx::query(&format!("DROP DATABASE \"{east_name}\" WITH (FORCE)"))
+        .execute(&main)
+        .await
+        .unwrap();
+}

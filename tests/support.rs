@@ -94,6 +94,7 @@ impl World {
             accounts: Hosted::Only(vec![SHOP.into()]),
             timestamp_unit: TimestampUnit::Seconds,
             database: None,
+            move_to: None,
         }];
         s
     }

@@ -206,6 +206,7 @@ pub async fn start_with_clock(
         housekeeping_token: CancellationToken::new(),
         ingest_token: CancellationToken::new(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(settings.sender.max_in_flight)),
+        moves: Arc::default(),
     };
     let mut housekeeping = JoinSet::new();
     let mut workers = JoinSet::new();
@@ -271,11 +272,29 @@ pub async fn start_with_clock(
         settings.http.replay_capacity,
     );
     let log_every = Duration::from_secs(settings.http.rejection_log_secs);
-    let inbox = ingest::Routed::new(
+    // Each app's pushes go to the ingest of its database; an app moving
+    // (`move_to`) to its destination's once its move has begun.
+    let inbox_of = |name: &str| {
         cells
             .iter()
-            .flat_map(|c| c.apps.iter().map(|a| (a.clone(), c.inbox.clone())))
-            .collect(),
+            .find(|c| c.name == name)
+            .map(|c| c.inbox.clone())
+    };
+    let mut by_app = HashMap::new();
+    let mut moving = HashMap::new();
+    for app in &settings.apps {
+        let home = app.database.as_deref().unwrap_or(DEFAULT_DATABASE);
+        if let Some(inbox) = inbox_of(home) {
+            by_app.insert(app.key.clone(), inbox);
+        }
+        if let Some(inbox) = app.move_to.as_deref().and_then(inbox_of) {
+            moving.insert(app.key.clone(), (home.to_owned(), inbox));
+        }
+    }
+    let inbox = ingest::Routed::new(
+        by_app,
+        moving,
+        Arc::clone(&shared.moves),
         cells[0].inbox.clone(),
     );
     let hook = Webhook::new(
@@ -361,13 +380,12 @@ struct Shared {
     housekeeping_token: CancellationToken,
     ingest_token: CancellationToken,
     in_flight: Arc<tokio::sync::Semaphore>,
+    moves: Arc<crate::pipeline::moves::Moves>,
 }
 
 /// One database's pipeline, started.
 struct Cell {
     name: String,
-    /// The apps placed on it (pushes are routed here by app key).
-    apps: Vec<String>,
     inbox: PgInbox,
     ingest: Option<tokio::task::JoinHandle<()>>,
     recorder: Option<tokio::task::JoinHandle<()>>,
@@ -469,6 +487,12 @@ async fn start_cell(
         started: Arc::clone(&shared.started),
         token: token.clone(),
     };
+    housekeeping.spawn(crate::pipeline::moves::watch(
+        database,
+        pools.housekeeping.clone(),
+        Arc::clone(&shared.moves),
+        housekeeping_token.clone(),
+    ));
     housekeeping.spawn(wakeups::listen(
         pools.housekeeping.clone(),
         Arc::clone(&wake),
@@ -560,6 +584,8 @@ async fn start_cell(
                 rules: Arc::clone(&store),
                 hosted: Arc::clone(&hosted),
                 unhosted_seen: Arc::clone(&unhosted_seen),
+                database,
+                moves: Arc::clone(&shared.moves),
             },
             worker_id: worker_id.clone(),
             lease: settings.lease(),
@@ -627,6 +653,8 @@ async fn start_cell(
             progress: Arc::clone(&progress),
             hosted: Arc::clone(&hosted),
             apps: Arc::clone(&app_keys),
+            database,
+            moves: Arc::clone(&shared.moves),
             state_ttl: Duration::from_secs(settings.state.ttl_secs),
             takeover_idle: Duration::from_secs(settings.console.takeover_idle_secs),
             unhosted_seen: Arc::clone(&unhosted_seen),
@@ -676,7 +704,6 @@ async fn start_cell(
     drop(outcomes_tx);
     Ok(Cell {
         name: name.to_owned(),
-        apps: app_keys.to_vec(),
         inbox,
         ingest: Some(ingest),
         recorder: Some(recorder),

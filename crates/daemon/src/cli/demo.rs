@@ -148,6 +148,7 @@ pub(super) async fn run(
         accounts: crate::config::Hosted::Only(vec![SHOP.into()]),
         timestamp_unit: crate::config::TimestampUnit::Seconds,
         database: None,
+        move_to: None,
     }];
     let spool = std::env::temp_dir().join(format!("pubbot-demo-spool-{}", std::process::id()));
     settings.ingest.spool_dir = spool.display().to_string();

@@ -6,6 +6,7 @@
 //! 2 usage, 69 the database cannot be reached, 78 configuration.
 
 mod account;
+mod app;
 mod broadcast;
 mod console;
 #[cfg(feature = "demo")]
@@ -125,6 +126,9 @@ enum Command {
     /// The web console's users: add, list, remove.
     #[command(subcommand)]
     Console(console::ConsoleCommand),
+    /// An app's place among the databases: move.
+    #[command(subcommand)]
+    App(app::AppCommand),
     /// Failed replies, and sending them again.
     #[command(subcommand)]
     Outbound(outbound::OutboundCommand),
@@ -380,6 +384,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Rules(cmd) => rules::rules(cmd, &settings).await?,
         Command::Console(cmd) => console::console(cmd, &settings).await?,
+        Command::App(cmd) => app::app(cmd, &settings).await?,
         Command::Broadcast(cmd) => {
             let pool = migrated_pool(&settings).await?;
             broadcast::broadcast_cmd(cmd, &settings, &pool).await?;

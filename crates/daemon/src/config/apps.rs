@@ -41,6 +41,11 @@ pub struct AppSettings {
     /// followers and broadcasts are all kept there.
     #[serde(default)]
     pub database: Option<String>,
+    /// While the app moves to another database (`pubbot app move`): the
+    /// `NAME` it goes to. Both databases' pipelines then serve it; once
+    /// the move is done, set `database` to it and remove this.
+    #[serde(default)]
+    pub move_to: Option<String>,
 }
 
 /// `timestamp_unit` of an app (R2).

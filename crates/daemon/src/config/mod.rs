@@ -535,7 +535,8 @@ impl Settings {
         })
     }
 
-    /// Every database with the apps placed on it: the default first, then
+    /// Every database with the apps placed on it (an app moving, `move_to`,
+    /// on both): the default first, then
     /// each `[databases.NAME]` by name (one without apps yet is kept: it is
     /// migrated and checked like the others, ready for an app to move in).
     ///
@@ -563,6 +564,21 @@ impl Settings {
                 ));
             };
             p.apps.push(app.clone());
+            if let Some(to) = &app.move_to {
+                if to == name {
+                    return Err(invalid(
+                        format!("apps.{}.move_to", app.key),
+                        "names the database the app is on already",
+                    ));
+                }
+                let Some(p) = out.iter_mut().find(|p| p.name == *to) else {
+                    return Err(invalid(
+                        format!("apps.{}.move_to", app.key),
+                        format!("no [databases.{to}] is configured"),
+                    ));
+                };
+                p.apps.push(app.clone());
+            }
         }
         Ok(out)
     }
@@ -1079,6 +1095,27 @@ mod tests {
         let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
         assert!(
             e.to_string().contains("apps.b.database") && e.to_string().contains("[databases.esat]"),
+            "{e}"
+        );
+        // move_to: a configured database other than the app's own; the
+        // moving app is served by both.
+        write(format!(
+            "[databases.east]\nurl = \"postgres://east/pubbot\"\n{}",
+            app("b", "move_to = \"east\"")
+        ));
+        let s = Settings::load_from(Some(&file), env(&[])).unwrap();
+        let p = s.placements().unwrap();
+        assert!(p.iter().all(|p| p.apps.iter().any(|a| a.key == "b")));
+        write(format!(
+            "[databases.east]\nurl = \"postgres://east/pubbot\"\n{}",
+            app("b", "database = \"east\"\nmove_to = \"east\"")
+        ));
+        let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("apps.b.move_to"), "{e}");
+        write(app("b", "move_to = \"west\""));
+        let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(
+            e.to_string().contains("apps.b.move_to") && e.to_string().contains("[databases.west]"),
             "{e}"
         );
         // "default" is [database]'s name; a database without a URL.

@@ -140,6 +140,25 @@ pub(crate) async fn ensure_ahead(pool: &PgPool, today: NaiveDate) -> Result<i32,
     Ok(added)
 }
 
+/// Creates the partitions of the days from `first` to `last` that do not
+/// exist yet (rows copied in from another database, `pubbot app move`).
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn create(
+    pool: &PgPool,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT pubbot_create_partitions($1, $2) AS "added!""#,
+        first,
+        last
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Marks settled every day older than yesterday with no open row; returns
 /// the days settled. Each day is looked at under its `partition_days` row
 /// lock (taken `SKIP LOCKED`: a replica settling it, or a [`reopen`] under

@@ -64,6 +64,10 @@ pub(crate) struct DecideWorker {
     pub hosted: Arc<HashMap<String, Hosted>>,
     /// The configured apps: a claim names one at a time.
     pub apps: Arc<[String]>,
+    /// This pipeline's database (`default`, or a `[databases.NAME]`).
+    pub database: &'static str,
+    /// Moves of apps between databases: a parked app is not claimed.
+    pub moves: Arc<crate::pipeline::moves::Moves>,
     /// How long conversation state lives after its last change.
     pub state_ttl: Duration,
     /// A person's hold keeps the bot silent this long after their last
@@ -104,9 +108,20 @@ impl DecideWorker {
         let since = std::time::Instant::now();
         let mut conn = crate::db::acquire(&self.pool, "decide").await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        // An app arriving from another database waits undecided until its
+        // move is done (`pipeline::moves`).
+        let apps: std::borrow::Cow<'_, [String]> = if self.moves.any_parked(self.database) {
+            self.apps
+                .iter()
+                .filter(|a| !self.moves.parked(self.database, a))
+                .cloned()
+                .collect::<Vec<_>>()
+                .into()
+        } else {
+            (&*self.apps).into()
+        };
         let claimed =
-            ingest::pending::claim(&mut tx, self.batch, self.progress.days.since(), &self.apps)
-                .await?;
+            ingest::pending::claim(&mut tx, self.batch, self.progress.days.since(), &apps).await?;
         if claimed.is_empty() {
             tx.rollback().await?;
             return Ok(0);

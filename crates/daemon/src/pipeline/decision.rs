@@ -134,6 +134,11 @@ pub(crate) struct Receipt {
     pub hosted: Arc<HashMap<String, Hosted>>,
     /// (app, account) pairs already logged as not hosted.
     pub unhosted_seen: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
+    /// This pipeline's database, and the moves between databases: an app
+    /// arriving here is not decided until its move is done.
+    pub database: &'static str,
+    /// See `database`.
+    pub moves: Arc<crate::pipeline::moves::Moves>,
 }
 
 impl Receipt {
@@ -149,7 +154,7 @@ impl Receipt {
         message: &InboundMessage,
     ) -> Option<AtReceipt> {
         let rules = self.rules.current();
-        if rules.uses_state() {
+        if rules.uses_state() || self.moves.parked(self.database, app_key) {
             return None;
         }
         let incoming = incoming(app_key, message, None);

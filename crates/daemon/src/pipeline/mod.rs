@@ -16,6 +16,7 @@
 //! - [`handlers`]: handler bots called over HTTP, and per-user conversation state.
 //! - [`rules`]: the rules in PostgreSQL, loaded and reloaded live.
 //! - [`takeover`]: a person holding a conversation; the bot stays silent for the user.
+//! - [`moves`]: apps moving between databases: where their pushes go, whether they wait.
 //! - [`wakeups`]: LISTEN/NOTIFY and in-process wake-ups between the stages.
 
 pub(crate) mod days;
@@ -24,6 +25,7 @@ pub(crate) mod decision;
 pub mod handlers;
 pub(crate) mod ingest;
 pub(crate) mod listener;
+pub(crate) mod moves;
 pub(crate) mod outbox;
 pub mod rules;
 pub(crate) mod send;

@@ -48,6 +48,7 @@
 //! call in the table, or an undecided push earlier in the same batch
 //! (invariant 5: a user's pushes are decided in order).
 
+pub(crate) mod moved;
 pub(crate) mod pending;
 mod statement;
 
@@ -329,19 +330,30 @@ pub(crate) async fn store_spooled(
 /// ingest of the database its app lives on (`[[apps]] database`), so one
 /// database's outage spools only its own apps' pushes. An app no database
 /// holds (none passes the signature check) goes to the default one.
+///
+/// An app moving to another database (`move_to`) has its destination's
+/// inbox beside: its pushes go there once the move has begun
+/// (`pipeline::moves`).
 #[derive(Clone)]
 pub(crate) struct Routed {
     by_app: Arc<std::collections::HashMap<String, PgInbox>>,
+    /// Apps moving: their database, and the destination's inbox.
+    moving: Arc<std::collections::HashMap<String, (String, PgInbox)>>,
+    moves: Arc<crate::pipeline::moves::Moves>,
     default: PgInbox,
 }
 
 impl Routed {
     pub(crate) fn new(
         by_app: std::collections::HashMap<String, PgInbox>,
+        moving: std::collections::HashMap<String, (String, PgInbox)>,
+        moves: Arc<crate::pipeline::moves::Moves>,
         default: PgInbox,
     ) -> Self {
         Self {
             by_app: Arc::new(by_app),
+            moving: Arc::new(moving),
+            moves,
             default,
         }
     }
@@ -349,6 +361,11 @@ impl Routed {
 
 impl Inbox for Routed {
     async fn accept(&self, push: Push) -> Result<Accepted, InboxError> {
+        if let Some((home, there)) = self.moving.get(&push.app_key) {
+            if self.moves.leaving(home, &push.app_key).is_some() {
+                return there.accept(push).await;
+            }
+        }
         self.by_app
             .get(&push.app_key)
             .unwrap_or(&self.default)

@@ -84,6 +84,7 @@
 //!    a reply twice.
 
 mod claim;
+pub(crate) mod moved;
 mod record;
 
 use std::collections::HashMap;
