@@ -10,21 +10,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pubbot_e2e::{db_addr, eventually, fresh_dir, metric, scrape, Proxy, World, KEY, SECRET, SHOP};
-use serde_json::{json, Value};
+use pubbot_e2e::{
+    db_addr, eventually, fresh_dir, metric, scrape, Proxy, World, ECHO, KEY, SECRET, SHOP,
+};
+use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use super::{count, import};
-
-/// Every text is answered with its echo, so each user's inbox shows the
-/// order of the replies.
-const ECHO: &str = r#"
-[[rule]]
-name = "echo"
-kind = "default"
-replies = [{ type = "text", text = "re: {{ text }}" }]
-"#;
 
 /// Pushes `per_user` texts (`m0`, `m1`, ...) from each of `users` users,
 /// each user's one after the other (each stored before the next is
@@ -152,36 +145,6 @@ async fn deadlocks(pool: &PgPool) -> i64 {
         .fetch_one(pool)
         .await
         .unwrap()
-}
-
-/// Waits until every push the simulator made has ended, then checks that
-/// each ended with exactly one answer, a `200`.
-async fn every_push_answered_once(w: &World) -> usize {
-    let mut pushes = Vec::new();
-    for _ in 0..1200 {
-        pushes = w
-            .get("pushes")
-            .await
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if pushes.iter().all(|p| p["state"] != "pending") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for p in &pushes {
-        assert_eq!(p["state"], "delivered", "{p}");
-        let answered: Vec<&Value> = p["attempts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| !a["status"].is_null())
-            .collect();
-        assert_eq!(answered.len(), 1, "exactly one answer (R15): {p}");
-        assert_eq!(answered[0]["status"], 200, "{p}");
-    }
-    pushes.len()
 }
 
 /// Waits until each user got as many replies as they sent, then checks
@@ -361,7 +324,7 @@ async fn database_stopped_under_load(connect: PgConnectOptions, outage: Duration
     let per_user: HashMap<String, usize> =
         written.iter().map(|(u, t)| (u.clone(), t.len())).collect();
     let total: usize = per_user.values().sum();
-    assert_eq!(every_push_answered_once(&w).await, total);
+    assert_eq!(w.pushes_answered_once().await.len(), total);
     each_answered_exactly_once(&w, &per_user).await;
     // In the order each user wrote, across the outage: while the spool
     // holds a user's pushes, their later ones follow them there.
@@ -422,7 +385,7 @@ async fn a_daemon_killed_with_pushes_in_its_spool_drains_them_after_restart(
     proxy.cut();
     let users = conversations(&w, "spooled", 20, 1).await;
     // Answered (durable in the spool), not stored.
-    assert_eq!(every_push_answered_once(&w).await, 20);
+    assert_eq!(w.pushes_answered_once().await.len(), 20);
     assert_eq!(
         count(&direct, "SELECT count(*) FROM inbound_messages").await,
         0

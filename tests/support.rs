@@ -24,6 +24,15 @@ pub const SECRET: &str = "e2e-secret";
 /// The account every test uses.
 pub const SHOP: &str = "shop";
 
+/// Every text is answered with its echo, so each user's inbox shows the
+/// order of the replies.
+pub const ECHO: &str = r#"
+[[rule]]
+name = "echo"
+kind = "default"
+replies = [{ type = "text", text = "re: {{ text }}" }]
+"#;
+
 /// A simulator and what the tests need to drive it.
 pub struct World {
     /// The platform.
@@ -133,9 +142,16 @@ impl World {
 
     /// Creates the account on the platform with its routeUrl.
     pub async fn add_account(&self, route_to: SocketAddr) {
+        self.add_account_of(KEY, SECRET, webhook_url(route_to))
+            .await;
+    }
+
+    /// Creates the account of another app (`key`, `secret`) with its
+    /// routeUrl.
+    pub async fn add_account_of(&self, key: &str, secret: &str, route_url: String) {
         let client = pubbot_api_client::Client::builder(
-            KEY,
-            SecretString::from(SECRET),
+            key,
+            SecretString::from(secret),
             self.sim.base_url(),
         )
         .build()
@@ -150,7 +166,7 @@ impl World {
                     introduction: "e2e".into(),
                 },
                 is_follow: false,
-                route_url: webhook_url(route_to),
+                route_url,
             })
             .await
             .expect("account");
@@ -222,6 +238,37 @@ impl World {
                     .map_or_else(|| d["msgtype"].to_string(), str::to_owned)
             })
             .collect()
+    }
+
+    /// Waits until every push the simulator made has ended, then checks
+    /// that each ended with exactly one answer, a `200` (R15). Returns the
+    /// pushes.
+    pub async fn pushes_answered_once(&self) -> Vec<Value> {
+        let mut pushes = Vec::new();
+        for _ in 0..1200 {
+            pushes = self
+                .get("pushes")
+                .await
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if pushes.iter().all(|p| p["state"] != "pending") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for p in &pushes {
+            assert_eq!(p["state"], "delivered", "{p}");
+            let answered: Vec<&Value> = p["attempts"]
+                .as_array()
+                .expect("attempts")
+                .iter()
+                .filter(|a| !a["status"].is_null())
+                .collect();
+            assert_eq!(answered.len(), 1, "exactly one answer (R15): {p}");
+            assert_eq!(answered[0]["status"], 200, "{p}");
+        }
+        pushes
     }
 
     /// The API call log for one path.

@@ -244,10 +244,15 @@ async fn push_one(
 async fn calls(State(inner): State<Arc<Inner>>, Query(q): Query<AppQuery>) -> Json<Value> {
     let since = q.since.unwrap_or(0);
     let w = inner.lock();
-    let list: Vec<_> = w
-        .calls()
-        .filter(|c| c.seq > since && q.path.as_deref().is_none_or(|p| c.path == p))
-        .collect();
+    let keep = |c: &&crate::world::CallRecord| {
+        c.seq > since && q.path.as_deref().is_none_or(|p| c.path == p)
+    };
+    // Mass sends from their own log: a long run's call log has dropped
+    // the first days' ones.
+    let list: Vec<_> = match q.path.as_deref() {
+        Some(p) if crate::world::is_mass_send(p) => w.mass_calls().filter(keep).collect(),
+        _ => w.calls().filter(keep).collect(),
+    };
     Json(json!(list))
 }
 

@@ -202,6 +202,7 @@ pub struct World {
     calls: VecDeque<CallRecord>,
     call_seq: u64,
     call_capacity: usize,
+    mass_calls: Vec<CallRecord>,
     /// Calls answered per path since start (the log above is bounded).
     call_counts: std::collections::BTreeMap<String, u64>,
     pub(crate) faults: Faults,
@@ -335,6 +336,7 @@ impl World {
             calls: VecDeque::new(),
             call_seq: 0,
             call_capacity: config.call_log_capacity,
+            mass_calls: Vec::new(),
             call_counts: std::collections::BTreeMap::new(),
             faults: config.faults.clone(),
             clock_offset_secs: 0,
@@ -377,11 +379,22 @@ impl World {
         &self.call_counts
     }
 
-    /// Appends to the call log, dropping the oldest entry past capacity.
+    /// Every mass send call (`sendall`), whatever the call log's capacity
+    /// dropped: one a natural day at most is accepted (R11), so they are
+    /// few, and a long run still has every one.
+    pub fn mass_calls(&self) -> impl Iterator<Item = &CallRecord> {
+        self.mass_calls.iter()
+    }
+
+    /// Appends to the call log, dropping the oldest entry past capacity
+    /// (mass sends are kept apart as well: [`Self::mass_calls`]).
     pub fn record_call(&mut self, mut record: CallRecord) {
         *self.call_counts.entry(record.path.clone()).or_default() += 1;
         self.call_seq += 1;
         record.seq = self.call_seq;
+        if is_mass_send(&record.path) {
+            self.mass_calls.push(record.clone());
+        }
         if self.calls.len() >= self.call_capacity.max(1) {
             self.calls.pop_front();
         }
@@ -1043,5 +1056,48 @@ fn prefixed(key: &str, e: &ApiError) -> ApiError {
     match e {
         ApiError::BadParameter(m) => ApiError::bad(format!("{key}.{m}")),
         other => other.clone(),
+    }
+}
+
+/// Whether `path` is a mass send (`/message/sendall.json`,
+/// `/message/operation/sendall.json`).
+pub fn is_mass_send(path: &str) -> bool {
+    path.ends_with("/sendall.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_call_log_keeps_every_mass_send() {
+        let mut w = World::new(&SimConfig {
+            call_log_capacity: 3,
+            ..SimConfig::default()
+        });
+        let call = |path: &str| CallRecord {
+            seq: 0,
+            at_ms: 0,
+            path: path.to_owned(),
+            app_key: None,
+            status: 200,
+            errcode: 0,
+            errmsg: String::new(),
+            body: String::new(),
+            dropped: false,
+        };
+        w.record_call(call("/message/sendall.json"));
+        for _ in 0..10 {
+            w.record_call(call("/message/send.json"));
+        }
+        w.record_call(call("/message/operation/sendall.json"));
+        assert_eq!(w.calls().count(), 3, "the log is capped");
+        let mass: Vec<u64> = w.mass_calls().map(|c| c.seq).collect();
+        assert_eq!(
+            mass,
+            [1, 12],
+            "both mass sends, with their sequence numbers"
+        );
+        assert_eq!(w.call_counts()["/message/send.json"], 10);
     }
 }
