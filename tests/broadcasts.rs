@@ -292,6 +292,70 @@ async fn a_taken_day_is_refused_and_a_1007_is_recorded_as_failed(
     d.shutdown().await;
 }
 
+/// A mass send the platform refused with `1008` sent nothing (R10): it is
+/// tried again the same platform day and goes out once (R11). (Found by
+/// the soak: a daily broadcast that met a rate-limit period was lost.)
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_broadcast_refused_with_1008_is_tried_again_the_same_day_and_sent_once(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    let clock = Arc::new(OffsetClock::default());
+    let a = daemon(&w, settings(&w), Arc::clone(&clock)).await;
+    w.add_account(a.addr).await;
+    // One call a second, which another client keeps taking: the mass
+    // send is refused (1008) until the fault is lifted.
+    w.put("faults", json!({"rate_limit_per_sec": 1})).await;
+    let busy = {
+        let client = api(&w);
+        tokio::spawn(async move {
+            loop {
+                let _ = client
+                    .account_info(&pubbot_protocol::McId::from(SHOP))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let b = mass::schedule_once(
+        &pool,
+        clock.as_ref(),
+        KEY,
+        SHOP,
+        clock.now(),
+        &BroadcastContent::Text { text: "hi".into() },
+        false,
+    )
+    .await
+    .unwrap();
+    eventually("refused twice", || async {
+        sendall_calls(&w)
+            .await
+            .iter()
+            .filter(|c| c["errcode"] == 1008)
+            .count()
+            >= 2
+    })
+    .await;
+    assert_ne!(mass::show(&pool, b.id).await.unwrap().state, "failed");
+    busy.abort();
+    w.put("faults", json!({})).await;
+    eventually("sent", || async {
+        mass::show(&pool, b.id).await.unwrap().state == "sent"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let accepted = sendall_calls(&w)
+        .await
+        .iter()
+        .filter(|c| c["errcode"] == 0)
+        .count();
+    assert_eq!(accepted, 1, "sent once");
+    a.shutdown().await;
+}
+
 #[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
 async fn a_crash_during_the_call_leaves_unknown_and_nothing_is_sent_again(
     _: PgPoolOptions,

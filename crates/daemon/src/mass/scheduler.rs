@@ -302,6 +302,25 @@ impl Scheduler {
         .await;
     }
 
+    /// Puts a broadcast the platform refused without sending back on the
+    /// schedule at `at` (the call is known not to have happened, so it is
+    /// not `unknown`).
+    async fn again(&self, id: i64, at: chrono::DateTime<chrono::Utc>, error: &str) {
+        crate::db::until_recorded("broadcast", || {
+            sqlx::query!(
+                "UPDATE broadcasts SET state = 'scheduled', due_at = $2, called_at = NULL, error = $3,
+                        lease_owner = NULL, lease_until = NULL
+                  WHERE id = $1 AND lease_owner = $4 AND state = 'sending'",
+                id,
+                at,
+                error,
+                self.worker_id
+            )
+            .execute(&self.pool)
+        })
+        .await;
+    }
+
     async fn send(&self, b: Claimed) {
         let tz = b
             .timezone
@@ -358,6 +377,22 @@ impl Scheduler {
             .client
             .broadcast(&McId::from(b.mcid.as_str()), &message)
             .await;
+        // A refusal that cannot have sent anything (1008 rate limit, HTTP
+        // 429, no connection made): the day's one send is tried again a
+        // little later, inside the same platform day (R10, R11).
+        if let Err(e) = &result {
+            let refused = matches!(e.code(), Some(pubbot_api_client::ErrorCode::RateLimited))
+                || matches!(e, pubbot_api_client::Error::Http { status: 429, .. })
+                || matches!(e, pubbot_api_client::Error::Connect(_));
+            let again = self.clock.now()
+                + chrono::Duration::from_std(self.backoff.after(2))
+                    .unwrap_or(chrono::Duration::seconds(5));
+            if refused && crate::clock::platform_day(again) == b.platform_day {
+                tracing::warn!(broadcast = b.id, app_key = %b.app_key, mcid = %b.mcid, error = %e, at = %again, "broadcast refused before anything was sent; trying again");
+                self.again(b.id, again, &e.to_string()).await;
+                return;
+            }
+        }
         let (state, msg_id, error) = match result {
             Ok(id) => ("sent", Some(id.to_string()), None),
             Err(e) if e.is_retryable() && e.is_ambiguous() => (
@@ -368,8 +403,10 @@ impl Scheduler {
                 )),
             ),
             // R10/R11: 1007 (the day taken at the platform), 1002, 1003,
-            // 1004 — and retryable errors too: the day's one send is not
-            // retried blindly; the operator may schedule it again.
+            // 1004, and retryable answers that may follow a send (1000,
+            // 5xx): the day's one send is not retried blindly; the operator
+            // may schedule it again. (Refusals that sent nothing are tried
+            // again above.)
             Err(e) => ("failed", None, Some(e.to_string())),
         };
         match state {
