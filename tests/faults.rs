@@ -101,6 +101,66 @@ async fn replies_reach_each_user_in_the_order_they_wrote_despite_1008(
     d.shutdown().await;
 }
 
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn replies_put_back_by_1008_go_once_the_platform_takes_calls_again(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // R10: 1008 is "retry with backoff, slow down". The backoff slows the
+    // calls while the limit holds; once the platform takes the app's calls
+    // again, the replies it refused go then, not at their backoff (here at
+    // least 10 s), and each user's still in order (invariant 5).
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, ECHO).await;
+    let mut settings = w.settings();
+    settings.sender.merge_batchsend = false;
+    settings.sender.backoff_min_ms = 20_000;
+    settings.sender.backoff_max_ms = 60_000;
+    let (d, _) = w.daemon(settings, pool.clone()).await;
+    w.add_account(d.addr).await;
+    // One call a second: of 20 users' first replies, at most a few go.
+    w.put("faults", json!({"rate_limit_per_sec": 1})).await;
+    let users = conversations(&w, "limited", 20, 2).await;
+    eventually("replies refused with 1008 and put back", || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'pending' AND attempts > 0",
+        )
+        .await
+            >= 10
+    })
+    .await;
+    w.put("faults", json!({})).await;
+    let lifted = std::time::Instant::now();
+    // Another user's reply is delivered: the platform takes calls again.
+    w.say("limited-late", "m0").await;
+    let want = echoes(2);
+    while !inboxes_are(&w, &users, &want).await {
+        assert!(
+            lifted.elapsed() < Duration::from_secs(8),
+            "every reply out well before its 10-20 s backoff"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for u in &users {
+        assert_eq!(w.texts(u).await, want, "{u}'s replies once, in order");
+    }
+    let scraped = scrape(d.admin_addr).await;
+    assert!(
+        metric(&scraped, "pubbot_outbound_rate_limit_lifted_total") >= 10.0,
+        "the lift is counted"
+    );
+    assert!(
+        w.calls("/message/send.json")
+            .await
+            .iter()
+            .any(|c| c["errcode"] == 1008),
+        "the platform refused calls for its rate"
+    );
+    d.shutdown().await;
+}
+
 /// Pushes `n` texts from `users` users as fast as `concurrency` pushers
 /// can (not waiting for delivery), and returns the count per user.
 async fn burst(w: &World, tag: &str, n: usize, users: usize) -> HashMap<String, usize> {

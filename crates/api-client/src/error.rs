@@ -228,6 +228,20 @@ impl Error {
         }
     }
 
+    /// Whether the platform refused the call for its rate (R10: `1008`,
+    /// "retry with backoff, slow down"; or HTTP 429). Nothing was carried
+    /// out, and the refusal says nothing of the call itself: it goes once
+    /// the rate allows.
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(
+            self,
+            Self::Platform {
+                code: ErrorCode::RateLimited,
+                ..
+            } | Self::Http { status: 429, .. }
+        )
+    }
+
     /// Whether the platform may have acted on the call although no answer
     /// came back: a timeout or a connection broken after the request was
     /// written. Retrying such a send may deliver it twice; a
@@ -261,6 +275,14 @@ mod tests {
         };
         assert!(p(1000).is_retryable());
         assert!(p(1008).is_retryable());
+        assert!(p(1008).is_rate_limited());
+        assert!(!p(1000).is_rate_limited());
+        assert!(Error::Http {
+            status: 429,
+            body: String::new()
+        }
+        .is_rate_limited());
+        assert!(!Error::Timeout.is_rate_limited());
         for c in [1002, 1003, 1004, 1007, 4242] {
             assert!(!p(c).is_retryable(), "{c}");
         }

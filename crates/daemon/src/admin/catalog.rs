@@ -90,6 +90,7 @@ pub(crate) const METRICS: &[Metric] = &[
     ] },
     Metric { name: "pubbot_outbound_expired_total", kind: Counter, help: "Replies older than sender.max_reply_age_secs, not sent", known: NONE },
     Metric { name: "pubbot_outbound_recovered_total", kind: Counter, help: "Replies taken back from a dead process's lease: a possible double reply", known: NONE },
+    Metric { name: "pubbot_outbound_rate_limit_lifted_total", kind: Counter, help: "Replies put back for a rate limit (1008, HTTP 429) made due once the platform took the app's calls again", known: NONE },
     Metric { name: "pubbot_outbound_ambiguous_retries_total", kind: Counter, help: "Replies retried after a lost answer: a possible double reply", known: NONE },
     Metric { name: "pubbot_settle_retries_total", kind: Counter, help: "Retries of recording an outcome while the database was away", known: &[
         &[("what", "replies")], &[("what", "handler answer")], &[("what", "broadcast")], &[("what", "campaign chunk")],

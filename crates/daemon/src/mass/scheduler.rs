@@ -381,9 +381,7 @@ impl Scheduler {
         // 429, no connection made): the day's one send is tried again a
         // little later, inside the same platform day (R10, R11).
         if let Err(e) = &result {
-            let refused = matches!(e.code(), Some(pubbot_api_client::ErrorCode::RateLimited))
-                || matches!(e, pubbot_api_client::Error::Http { status: 429, .. })
-                || matches!(e, pubbot_api_client::Error::Connect(_));
+            let refused = e.is_rate_limited() || matches!(e, pubbot_api_client::Error::Connect(_));
             let again = self.clock.now()
                 + chrono::Duration::from_std(self.backoff.after(2))
                     .unwrap_or(chrono::Duration::seconds(5));

@@ -23,6 +23,9 @@ pub(crate) enum Outcome {
         error: String,
         /// The platform may have delivered it (invariant 7).
         ambiguous: bool,
+        /// The platform refused it for its rate (R10: `1008`, HTTP 429):
+        /// due again once the limit has passed ([`super::limited`]).
+        rate_limited: bool,
     },
     /// Given up: a permanent error, or the last try.
     Failed(String),
@@ -200,7 +203,21 @@ impl Recorder {
     /// Records until the channel closes.
     pub(crate) async fn run(self, mut rx: mpsc::Receiver<Settlement>) {
         let mut batch = Vec::with_capacity(512);
-        while let Some(first) = rx.recv().await {
+        let mut limited = super::limited::Limited::default();
+        loop {
+            // Replies put back for a rate limit go when it has passed
+            // (`outbox::limited`), outcomes or not.
+            let first = match limited.next_due() {
+                Some(at) => tokio::select! {
+                    s = rx.recv() => s,
+                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {
+                        self.lift(&mut limited).await;
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some(first) = first else { break };
             // At most `linger` after the first outcome was known: one that
             // waited while the previous batch was recorded goes at once.
             let deadline = tokio::time::Instant::from_std(first.at + self.linger);
@@ -277,8 +294,37 @@ impl Recorder {
                         (a.as_str(), m.as_str(), u.as_str())
                     }),
             );
+            limited.note(&batch);
+            self.lift(&mut limited).await;
             self.wake.outbound_if_pending();
             batch.clear();
+        }
+    }
+
+    /// Makes the replies of every app whose rate limit has passed due now
+    /// (`outbox::limited`), and tells the senders.
+    async fn lift(&self, limited: &mut super::limited::Limited) {
+        for lift in limited.take_due(std::time::Instant::now()) {
+            // Tried once: a failure leaves the rows to their backoff, and
+            // recording outcomes does not wait for it.
+            let n = match super::limited::due_now(&self.pool, &lift).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(app_key = %lift.app_key, error = %e, "could not make replies put back for a rate limit due; they wait for their backoff");
+                    0
+                }
+            };
+            if n > 0 {
+                tracing::info!(
+                    app_key = %lift.app_key,
+                    replies = n,
+                    "the platform takes calls again after its rate limit: replies put back for it go now"
+                );
+                metrics::counter!("pubbot_outbound_rate_limit_lifted_total").increment(n);
+                self.wake
+                    .add_pending(usize::try_from(n).unwrap_or(usize::MAX));
+                self.wake.outbound_if_pending();
+            }
         }
     }
 }
