@@ -14,10 +14,6 @@ use pubbot_protocol::{McId, UserId};
 /// window (see [`claim`]).
 pub(crate) const SWEEP_WINDOW: i64 = 1024;
 
-/// Replies of one user a claim takes at most, as one run
-/// ([`claim_users`]).
-pub(crate) const RUN: i64 = 16;
-
 /// Where the general claim's sweep over conversations goes on from, shared
 /// by a process's senders: the apps it sweeps (the configured ones, in key
 /// order; one app per statement, so that each claim names its tenant key
@@ -75,20 +71,19 @@ struct Head {
     app_key: String,
     mcid: String,
     user_id: String,
+    id: i64,
     ok: bool,
     n: i64,
 }
 
-/// Claims the runs of due replies ([`claim_users`]) of up to `batch`
-/// conversations whose next reply is due (invariant 5), leasing them to
-/// `worker_id` (invariant 2).
+/// Claims up to `batch` due rows that are next in their conversation
+/// (invariant 5), leasing them to `worker_id` (invariant 2).
 ///
 /// Only a conversation's first open reply can be claimable, so the claim
 /// looks at those and nothing else: a skip scan over the index of open
 /// rows (one probe per conversation with open replies, from where the
 /// last sweep stopped, wrapping at the end, at most [`SWEEP_WINDOW`]
-/// conversations), then the runs of the conversations it found due are
-/// locked and leased.
+/// conversations), then the rows it found due are locked and leased.
 /// Scanning the due rows instead, as this did before, costs a probe per
 /// *row* that waits behind an earlier reply of its user: under a backlog
 /// of 100,000 replies for 1,000 users that was 1.6 s a claim, for none.
@@ -151,15 +146,11 @@ pub(crate) async fn claim(
             !began || apps.len() > 1
         }
     };
-    let users: Vec<(&str, &str)> = heads
-        .iter()
-        .filter(|h| h.ok)
-        .map(|h| (h.mcid.as_str(), h.user_id.as_str()))
-        .collect();
-    let rows = if users.is_empty() {
+    let ids: Vec<i64> = heads.iter().filter(|h| h.ok).map(|h| h.id).collect();
+    let rows = if ids.is_empty() {
         Vec::new()
     } else {
-        claim_users(&mut conn, worker_id, lease, &app, &users, since).await?
+        claim_ids(&mut conn, worker_id, lease, &app, &ids, since).await?
     };
     Ok(Claim { rows, more })
 }
@@ -198,7 +189,7 @@ async fn heads(
                          AND (h.mcid, h.user_id) > (p.mcid, p.user_id)
                        ORDER BY h.mcid, h.user_id, h.inbound_id, h.reply_index, h.sub_index LIMIT 1) x
                 WHERE p.n < $4 AND p.found < $5)
-           SELECT app_key AS "app_key!", mcid AS "mcid!", user_id AS "user_id!", ok AS "ok!",
+           SELECT app_key AS "app_key!", mcid AS "mcid!", user_id AS "user_id!", id AS "id!", ok AS "ok!",
                   n::int8 AS "n!"
              FROM heads WHERE ok OR n = (SELECT max(n) FROM heads) ORDER BY n"#,
         app,
@@ -212,82 +203,52 @@ async fn heads(
     .await
 }
 
-/// Leases to `worker_id` the run of replies each of `users` (of `app`) may
-/// send now (invariants 2 and 5): the user's first open replies, in
-/// conversation order, up to [`RUN`] of them and up to the first that is
-/// not pending and due. The first has no earlier open reply, and each
-/// later one only earlier replies of the same run: one sender takes the
-/// run as one unit and sends it in order, round after round, and a reply
-/// that does not go out puts the rest back untried, as with the units a
-/// deciding transaction hands over. A row another statement holds locked
-/// ends its user's run before it (`SKIP LOCKED`, then the run is cut at
-/// the first row not locked here), so a run never has a gap.
-///
-/// One statement, one probe of the index of open rows per user. Taking a
-/// run instead of a user's next reply alone is what lets a backlog drain:
-/// one reply per user per claim cost a recorded outcome, a wake-up and a
-/// claim between any two replies of a user (BENCHMARKS.md).
-async fn claim_users(
+/// Leases these rows to `worker_id` if each is still pending, due and next
+/// in its conversation (checked again under the row lock: the sweep read
+/// them without one).
+async fn claim_ids(
     conn: &mut sqlx::PgConnection,
     worker_id: &str,
     lease: Duration,
     app: &str,
-    users: &[(&str, &str)],
+    ids: &[i64],
     since: chrono::NaiveDate,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let (mcids, ids): (Vec<&str>, Vec<&str>) = users.iter().copied().unzip();
     sqlx::query_as!(
         Claimed,
-        r#"WITH f AS (
-                SELECT h.id, h.day, u.m, u.s, h.n, h.ok
-                  FROM UNNEST($4::text[], $5::text[]) AS u(m, s)
-                 CROSS JOIN LATERAL (
-                       SELECT h.id, h.day,
-                              row_number() OVER (ORDER BY h.inbound_id, h.reply_index, h.sub_index) AS n,
-                              (h.status = 'pending' AND h.next_attempt_at <= now()) AS ok
-                         FROM (SELECT h.id, h.day, h.status, h.next_attempt_at, h.inbound_id, h.reply_index, h.sub_index
-                                 FROM outbound_messages h
-                                WHERE h.app_key = $3 AND h.mcid = u.m AND h.user_id = u.s
-                                  AND h.status IN ('pending', 'sending') AND h.day >= $6
-                                ORDER BY h.inbound_id, h.reply_index, h.sub_index LIMIT $7) h) h),
-              -- Each user's run: the rows before the first not pending and due.
-              r AS (
-                SELECT f.* FROM f
-                 WHERE f.n < coalesce((SELECT min(g.n) FROM f g WHERE g.m = f.m AND g.s = f.s AND NOT g.ok), $7 + 1)),
-              -- Locked and checked again under the lock.
-              l AS (
-                SELECT c.id, c.day, r.m, r.s, r.n
-                  FROM outbound_messages c JOIN r ON c.id = r.id AND c.day = r.day
-                 WHERE c.app_key = $3 AND c.day >= $6 AND c.status = 'pending' AND c.next_attempt_at <= now()
-                 ORDER BY c.id FOR UPDATE OF c SKIP LOCKED),
-              -- Cut at the first row of the run not locked here: no gaps.
-              k AS (
-                SELECT l.id, l.day FROM l
-                 WHERE l.n < coalesce((SELECT min(r.n) FROM r
-                                        WHERE r.m = l.m AND r.s = l.s
-                                          AND NOT EXISTS (SELECT 1 FROM l x WHERE x.id = r.id)), $7 + 1))
-           UPDATE outbound_messages o
+        r#"UPDATE outbound_messages o
               SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
                   attempts = attempts + 1
-             FROM k
-            WHERE o.app_key = $3 AND o.id = k.id AND o.day = k.day AND o.day >= $6
+             FROM (SELECT c.id FROM outbound_messages c
+                    WHERE c.app_key = $5 AND c.id = ANY($3) AND c.day BETWEEN pubbot_day_lo($3) AND pubbot_day_hi($3)
+                      AND c.status = 'pending' AND c.next_attempt_at <= now()
+                      AND NOT EXISTS (
+                          SELECT 1 FROM outbound_messages e
+                           WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
+                             AND e.status IN ('pending', 'sending') AND e.day >= $4
+                             AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index)
+                           OFFSET 0)
+                    ORDER BY c.id FOR UPDATE SKIP LOCKED) c
+            WHERE o.app_key = $5 AND o.id = c.id AND o.day BETWEEN pubbot_day_lo($3) AND pubbot_day_hi($3)
         RETURNING o.id, o.app_key, o.mcid AS "mcid: McId", o.user_id AS "user_id: UserId", o.payload AS "payload: Json<PlannedReply>",
                   o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
         worker_id,
         lease.as_secs_f64(),
-        app,
-        &mcids as &[&str],
-        &ids as &[&str],
+        ids,
         since,
-        RUN,
+        app,
     )
     .fetch_all(&mut *conn)
     .await
 }
 
-/// Claims the run of replies of each of `users` whose turn it is
-/// ([`claim_users`]): what a sender does when an outcome was recorded for
-/// a user with a reply held back behind it.
+/// Claims the next reply of each of `users` whose turn it is (invariant 5),
+/// leasing it to `worker_id` (invariant 2): each user's first open reply,
+/// one probe of the index of open rows per user, claimed if it is pending
+/// and due — what a sender does when an outcome was recorded for a user
+/// with a reply held back behind it. (Checking every pending row of those
+/// users instead, as this did before, cost a second a claim under a
+/// backlog of a hundred replies a user.)
 ///
 /// # Errors
 /// Database errors.
@@ -311,8 +272,46 @@ pub(crate) async fn claim_next(
         let n = rest.iter().take_while(|u| u.0 == app).count();
         let (group, after) = rest.split_at(n);
         rest = after;
-        let group: Vec<(&str, &str)> = group.iter().map(|u| (u.1.as_str(), u.2.as_str())).collect();
-        out.extend(claim_users(&mut conn, worker_id, lease, &app, &group, since).await?);
+        let mcids: Vec<&str> = group.iter().map(|u| u.1.as_str()).collect();
+        let ids: Vec<&str> = group.iter().map(|u| u.2.as_str()).collect();
+        // Each user's first open reply (one probe each), then the same
+        // lock and re-check as `claim_ids`.
+        out.extend(
+            sqlx::query_as!(
+                Claimed,
+                r#"UPDATE outbound_messages o
+                      SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
+                          attempts = attempts + 1
+                     FROM (SELECT c.id, c.day
+                             FROM UNNEST($4::text[], $5::text[]) AS u(m, s)
+                             CROSS JOIN LATERAL (
+                                  SELECT h.id, h.day FROM outbound_messages h
+                                   WHERE h.app_key = $3 AND h.mcid = u.m AND h.user_id = u.s
+                                     AND h.status IN ('pending', 'sending') AND h.day >= $6
+                                   ORDER BY h.inbound_id, h.reply_index, h.sub_index LIMIT 1) f
+                             JOIN outbound_messages c
+                               ON c.app_key = $3 AND c.id = f.id AND c.day = f.day AND c.day >= $6
+                            WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+                              AND NOT EXISTS (
+                                  SELECT 1 FROM outbound_messages e
+                                   WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
+                                     AND e.status IN ('pending', 'sending') AND e.day >= $6
+                                     AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index)
+                           OFFSET 0)
+                            ORDER BY c.id FOR UPDATE OF c SKIP LOCKED) c
+                    WHERE o.app_key = $3 AND o.id = c.id AND o.day = c.day AND o.day >= $6
+                RETURNING o.id, o.app_key, o.mcid AS "mcid: McId", o.user_id AS "user_id: UserId", o.payload AS "payload: Json<PlannedReply>",
+                          o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
+                worker_id,
+                lease.as_secs_f64(),
+                app,
+                &mcids as &[&str],
+                &ids as &[&str],
+                since,
+            )
+            .fetch_all(&mut *conn)
+            .await?,
+        );
     }
     Ok(out)
 }
@@ -385,7 +384,9 @@ mod tests {
     }
 
     #[sqlx::test(migrator = "crate::db::MIGRATOR")]
-    async fn the_sweep_takes_each_conversations_run_past_a_window_of_blocked_ones(pool: PgPool) {
+    async fn the_sweep_takes_each_conversations_next_reply_past_a_window_of_blocked_ones(
+        pool: PgPool,
+    ) {
         // 1,500 conversations; the first 1,200 (more than a window) wait
         // behind a reply leased elsewhere; one more waits for a retry.
         backlog(&pool, 1500, 1200, 1300).await;
@@ -398,26 +399,18 @@ mod tests {
                 .unwrap();
             taken.extend(claim.rows);
         }
+        let mut users: Vec<&str> = taken.iter().map(|r| r.user_id.as_str()).collect();
+        users.sort_unstable();
+        let n = users.len();
+        users.dedup();
+        assert_eq!(users.len(), n, "two replies of one conversation at once");
         // Every conversation free to go, and only those: 1,200..1,499
-        // less the one waiting for its retry, each with its run of two
-        // replies (first and second), each once.
-        let mut by_user: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
-        for r in &taken {
-            by_user
-                .entry(r.user_id.as_str())
-                .or_default()
-                .push(r.inbound_id.unwrap());
-        }
-        assert_eq!(by_user.len(), 299);
-        assert!(by_user.keys().all(|u| *u >= "u01200"));
-        assert!(!by_user.contains_key("u01300"));
-        for (u, mut pushes) in by_user {
-            pushes.sort_unstable();
-            assert!(
-                pushes.len() == 2 && pushes[0] % 2 == 1 && pushes[1] == pushes[0] + 1,
-                "{u}: its run, once: {pushes:?}"
-            );
-        }
+        // less the one waiting for its retry, each its first reply.
+        assert_eq!(n, 299);
+        assert!(taken
+            .iter()
+            .all(|r| r.inbound_id.unwrap() % 2 == 1 && r.user_id.as_str() >= "u01200"));
+        assert!(!users.contains(&"u01300"));
         // Nothing more until something is recorded.
         assert!(claim(&pool, "me", lease, 64, &sweep, ALL_DAYS)
             .await
@@ -426,94 +419,25 @@ mod tests {
             .is_empty());
         assert!(!any_due(&pool, &["a".into()], ALL_DAYS).await.unwrap());
 
-        // The other process records its replies (but u00000's): each of
-        // those conversations' second reply is next, found by user
-        // without a sweep.
-        sqlx::query(
-            "UPDATE outbound_messages SET status = 'sent', lease_owner = NULL
-              WHERE lease_owner = 'elsewhere' AND user_id <> 'u00000'",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
+        // Recorded: each of those conversations' second reply is next,
+        // found by user without a sweep.
+        let ids: Vec<i64> = taken.iter().map(|r| r.id).collect();
+        sqlx::query("UPDATE outbound_messages SET status = 'sent' WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&pool)
+            .await
+            .unwrap();
         assert!(any_due(&pool, &["a".into()], ALL_DAYS).await.unwrap());
-        let users: Vec<crate::pipeline::wakeups::Conversation> = (0..1200)
-            .map(|i| ("a".into(), "m".into(), format!("u{i:05}").into()))
+        let users: Vec<crate::pipeline::wakeups::Conversation> = taken
+            .iter()
+            .map(|r| (r.app_key.clone(), r.mcid.clone(), r.user_id.clone()))
+            .chain([("a".into(), "m".into(), "u00000".into())])
             .collect();
         let next = claim_next(&pool, "me", lease, &users, ALL_DAYS)
             .await
             .unwrap();
-        assert_eq!(next.len(), 1199, "u00000 is still behind its leased reply");
+        assert_eq!(next.len(), 299, "u00000 is still behind its leased reply");
         assert!(next.iter().all(|r| r.inbound_id.unwrap() % 2 == 0));
-    }
-
-    /// A run stops before a reply not due, and before a row another
-    /// statement holds locked: never a gap in a user's order.
-    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
-    async fn a_run_stops_at_the_first_reply_not_due_or_locked_elsewhere(pool: PgPool) {
-        // User x: five replies, the third due only in an hour. User y:
-        // four, all due.
-        for (n, user, later) in [
-            (1, "x", false),
-            (2, "x", false),
-            (3, "x", true),
-            (4, "x", false),
-            (5, "x", false),
-            (6, "y", false),
-            (7, "y", false),
-            (8, "y", false),
-            (9, "y", false),
-        ] {
-            sqlx::query(
-                r#"INSERT INTO outbound_messages (id, day, inbound_id, reply_index, app_key, mcid, user_id, rule_name,
-                                                  payload, trace_id, next_attempt_at)
-                   VALUES (pubbot_id(current_date, $1), current_date, pubbot_id(current_date, $1), 0, 'a', 'm', $2, 'r',
-                           '{"type": "text", "content": "hi"}', 't',
-                           CASE WHEN $3 THEN now() + interval '1 hour' ELSE now() END)"#,
-            )
-            .bind(n)
-            .bind(user)
-            .bind(later)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-        // y's third reply is locked by another transaction.
-        let mut other = pool.begin().await.unwrap();
-        sqlx::query(
-            "SELECT id FROM outbound_messages WHERE id = pubbot_id(current_date, 8) FOR UPDATE",
-        )
-        .execute(&mut *other)
-        .await
-        .unwrap();
-        let users = vec![
-            ("a".into(), "m".into(), "x".into()),
-            ("a".into(), "m".into(), "y".into()),
-        ];
-        let lease = Duration::from_secs(60);
-        let taken = claim_next(&pool, "me", lease, &users, ALL_DAYS)
-            .await
-            .unwrap();
-        let mut got: Vec<(String, i64)> = taken
-            .iter()
-            .map(|r| (r.user_id.to_string(), r.inbound_id.unwrap() & 0xffff))
-            .collect();
-        got.sort();
-        assert_eq!(
-            got,
-            vec![
-                ("x".into(), 1),
-                ("x".into(), 2),
-                ("y".into(), 6),
-                ("y".into(), 7)
-            ]
-        );
-        other.rollback().await.unwrap();
-        // Taken rows are open: nothing more for either user meanwhile.
-        assert!(claim_next(&pool, "me", lease, &users, ALL_DAYS)
-            .await
-            .unwrap()
-            .is_empty());
     }
 
     /// Each claim names one app: the sweep goes from one configured app to

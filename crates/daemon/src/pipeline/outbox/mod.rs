@@ -44,9 +44,7 @@
 //!    is undecided, in the table or earlier in its batch), so a
 //!    reply exists only once every earlier push of its user is decided; the
 //!    send claims ([`claim`], and [`claim_next`] by user) take a reply only
-//!    when every earlier open reply of its user is taken by the same
-//!    statement, as one run without gaps (up to [`RUN`] replies from the
-//!    user's first open one), which goes to one sender as one unit; the deciding transaction
+//!    when no earlier reply of its user is open; the deciding transaction
 //!    leases a reply to its own senders only when nothing earlier is open
 //!    (every reply one transaction leases goes to one sender as one unit);
 //!    a sender sends one user's rows one after the other, and a reply that
