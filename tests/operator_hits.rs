@@ -5,7 +5,8 @@ use pubbot_e2e::{eventually, scrape, World};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use super::{count, import, Captured};
+use super::{count, import};
+use pubbot_e2e::Captured;
 
 const HOURS: &str = r#"
 [[rule]]

@@ -315,7 +315,7 @@ async fn a_flood_of_bad_pushes_is_summed_up_in_the_log(
     _: sqlx::pool::PoolOptions<sqlx::Postgres>,
     connect: PgConnectOptions,
 ) {
-    let (logs, _default) = super::Captured::start("warn");
+    let (logs, _default) = pubbot_e2e::Captured::start("warn");
     let w = World::new(connect).await;
     let pool = w.pool(None).await;
     let mut s = w.settings();

@@ -514,3 +514,43 @@ impl Drop for Cluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Log lines written to a buffer, as the daemon writes them to stderr.
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Captures this thread's log lines (the test's runtime is one thread,
+    /// so every task of its daemon) as the daemon's JSON format writes
+    /// them, at `filter`, until the guard is dropped.
+    pub fn start(filter: &str) -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Self::default();
+        let writer = logs.clone();
+        let guard = tracing::subscriber::set_default(
+            pubbot::telemetry::json(tracing_subscriber::EnvFilter::new(filter), move || {
+                writer.clone()
+            })
+            .finish(),
+        );
+        (logs, guard)
+    }
+
+    /// The lines captured so far, parsed.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
