@@ -53,13 +53,19 @@ impl World {
     /// As [`Self::new`] with more tries per push, for tests whose daemon is
     /// meant to fail for a while.
     pub async fn with_push_tries(connect: PgConnectOptions, tries: u32) -> Self {
+        Self::with_push(connect, Duration::from_secs(1), tries).await
+    }
+
+    /// As [`Self::new`] with the push's timeout and tries given (the
+    /// platform's own: 5 s, three tries, READING R15).
+    pub async fn with_push(connect: PgConnectOptions, timeout: Duration, tries: u32) -> Self {
         let sim = RunningSim::start(SimConfig {
             apps: vec![AppCredentials {
                 key: KEY.into(),
                 secret: SECRET.into(),
             }],
             push: PushConfig {
-                timeout: Duration::from_secs(1),
+                timeout,
                 retry_delay: Duration::from_millis(300),
                 tries,
                 ..PushConfig::default()
