@@ -357,6 +357,8 @@ async fn database_stopped_under_load(connect: PgConnectOptions, outage: Duration
     let spool = fresh_dir("outage-spool");
     let mut settings = w.settings();
     settings.ingest.spool_dir = spool.display().to_string();
+    // Past the platform's 5 s, as in production (R15).
+    settings.http.unanswered_hold_ms = 6000;
     let (d, _) = w.daemon(settings, w.pool(Some(proxy.addr)).await).await;
     w.add_account(d.addr).await;
 
