@@ -222,10 +222,16 @@ async fn menu_apply_converges_after_platform_errors_part_way(
          [[item.children]]\nname = \"Jobs\"\nurl = \"http://x/j\"\n\
          [[item]]\nname = \"Hours\"\nurl = \"http://x/h2\"\n",
     );
-    w.put("faults", json!({"error_rate": 0.6})).await;
+    // The first apply at 95% (with the client's retries, some call of it
+    // fails all its tries: the failure part-way is sure, not left to
+    // chance), the rest at 60%.
+    w.put("faults", json!({"error_rate": 0.95})).await;
     let mut failed = Vec::new();
     let mut done = false;
-    for _ in 0..60 {
+    for k in 0..60 {
+        if k == 1 {
+            w.put("faults", json!({"error_rate": 0.6})).await;
+        }
         match pubbot::account::apply_menu(&pool, &c, key, shop, &second, false).await {
             Ok(_) => {
                 done = true;

@@ -78,6 +78,19 @@ impl Limited {
     /// back for it (after [`Settlement::finalize`]: a last try is failed,
     /// not put back), and deliveries.
     pub(crate) fn note(&mut self, batch: &[Settlement]) {
+        // The common case, on every recorded batch: no limit in play.
+        let limited = |s: &Settlement| {
+            matches!(
+                s.outcome,
+                Outcome::Retry {
+                    rate_limited: true,
+                    ..
+                }
+            )
+        };
+        if self.apps.is_empty() && !batch.iter().any(limited) {
+            return;
+        }
         for s in batch {
             let app = &s.conversation.0;
             match s.outcome {
