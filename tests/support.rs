@@ -540,16 +540,33 @@ impl Captured {
     /// Captures this thread's log lines (the test's runtime is one thread,
     /// so every task of its daemon) as the daemon's JSON format writes
     /// them, at `filter`, until the guard is dropped.
-    pub fn start(filter: &str) -> (Self, tracing::subscriber::DefaultGuard) {
+    ///
+    /// One capture at a time in a test process: tracing's callsite cache
+    /// and level hint are the process's, and captures at different levels
+    /// on several threads at once lost lines (seen in CI, where a binary's
+    /// tests are threads of one process). A second capture waits for the
+    /// first to end.
+    pub fn start(filter: &str) -> (Self, CaptureGuard) {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let turn = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let logs = Self::default();
         let writer = logs.clone();
-        let guard = tracing::subscriber::set_default(
+        let default = tracing::subscriber::set_default(
             pubbot::telemetry::json(tracing_subscriber::EnvFilter::new(filter), move || {
                 writer.clone()
             })
             .finish(),
         );
-        (logs, guard)
+        tracing::callsite::rebuild_interest_cache();
+        (
+            logs,
+            CaptureGuard {
+                _default: default,
+                _turn: turn,
+            },
+        )
     }
 
     /// The lines captured so far, parsed.
@@ -559,4 +576,10 @@ impl Captured {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
+}
+
+/// Ends a capture when dropped (the subscriber first, then the turn).
+pub struct CaptureGuard {
+    _default: tracing::subscriber::DefaultGuard,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
