@@ -426,7 +426,6 @@ async fn the_database_stopped_for_10s_under_load_loses_nothing_and_sends_nothing
 }
 
 #[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
-#[ignore = "open defect: on a slow machine under CI's load, a push written just after a 60 s outage went unanswered for three tries of 5 s while the spool drained (fails at 35d313e too); run with --ignored"]
 async fn the_database_stopped_for_60s_under_load_loses_nothing_and_sends_nothing_twice(
     _: PgPoolOptions,
     connect: PgConnectOptions,

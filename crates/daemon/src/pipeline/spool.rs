@@ -17,7 +17,11 @@
 //! - **Order.** While the spool holds a push of a user, that user's later
 //!   pushes go to the spool too ([`Spool::holds`]; users are counted from
 //!   the segments on disk at start), so the drain stores them in the order
-//!   they came and none is stored directly before an earlier one.
+//!   they came and none is stored directly before an earlier one. Such a
+//!   push is written at once when nothing of its user is on its way here
+//!   and the user has been held long enough that no earlier push of theirs
+//!   can still be in a database commit (see `ingest`); otherwise it waits
+//!   its turn.
 //! - **Limits.** The spool is capped at `ingest.spool_max_bytes`; past it,
 //!   or when a write fails, the push gets no answer (the platform retries).
 //! - **One owner.** The directory is locked (`LOCK`): two processes on one
@@ -107,6 +111,34 @@ enum Command {
 /// A user of an account: whose pushes the spool holds.
 type User = (String, String, String);
 
+/// What holds a user in the spool.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    /// Pushes in the spool (or being written there), not yet drained.
+    spooled: u32,
+    /// Pushes waiting for their turn to be written ([`Spool::reserve`]).
+    reserved: u32,
+    /// Held without a break since.
+    since: std::time::Instant,
+}
+
+/// A held user, as [`Spool::holds`] sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Holding {
+    /// A push of the user is waiting for its turn to be written: a later
+    /// one must wait for a later turn.
+    pub on_its_way: bool,
+    /// Held without a break since (pushes found on disk at start: held
+    /// since long before).
+    pub since: std::time::Instant,
+}
+
+#[derive(Clone, Copy)]
+enum Count {
+    Spooled,
+    Reserved,
+}
+
 /// A user held for a push on its way to the spool ([`Spool::reserve`]).
 pub(crate) struct Reserved {
     spool: Spool,
@@ -115,7 +147,7 @@ pub(crate) struct Reserved {
 
 impl Drop for Reserved {
     fn drop(&mut self) {
-        self.spool.release(&self.user, 1);
+        self.spool.release(&self.user, Count::Reserved, 1);
     }
 }
 
@@ -127,7 +159,7 @@ pub(crate) struct Spool {
     dir: PathBuf,
     /// Pushes in the spool by user, not yet drained: a user's later push
     /// goes to the spool too while any is there (see [`Spool::holds`]).
-    users: Arc<std::sync::Mutex<HashMap<User, u32>>>,
+    users: Arc<std::sync::Mutex<HashMap<User, Hold>>>,
 }
 
 fn user_of(p: &SpooledPush) -> User {
@@ -273,12 +305,23 @@ impl Spool {
         }
         let existing = segments(dir).map_err(|e| io(dir, e))?;
         let mut bytes = 0;
-        let mut users: HashMap<User, u32> = HashMap::new();
+        let mut users: HashMap<User, Hold> = HashMap::new();
+        // No push of this process is in a commit yet: held since long ago.
+        let long_ago = std::time::Instant::now()
+            .checked_sub(Duration::from_secs(3600))
+            .unwrap_or_else(std::time::Instant::now);
         for (_, p) in &existing {
             bytes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
             // Pushes left by an earlier run hold their users too.
             for push in Self::read_segment(p).unwrap_or_default() {
-                *users.entry(user_of(&push)).or_default() += 1;
+                users
+                    .entry(user_of(&push))
+                    .or_insert(Hold {
+                        spooled: 0,
+                        reserved: 0,
+                        since: long_ago,
+                    })
+                    .spooled += 1;
             }
         }
         let bytes = Arc::new(AtomicU64::new(bytes));
@@ -312,7 +355,7 @@ impl Spool {
         let (done, wait) = oneshot::channel();
         // Held from before the write: a later push of the user that comes
         // while this one is being written goes to the spool behind it.
-        self.hold(&user_of(push), 1);
+        self.hold(&user_of(push), Count::Spooled);
         let sent = self
             .tx
             .send(Command::Append(line, done))
@@ -323,54 +366,73 @@ impl Spool {
             Err(e) => Err(e),
         };
         if written.is_err() {
-            self.release(&user_of(push), 1);
+            self.release(&user_of(push), Count::Spooled, 1);
         }
         written
     }
 
     /// Whether the spool holds a push of this user not yet drained into
-    /// the database. Their next push then goes to the spool too, so that
-    /// the drain stores a user's pushes in the order they came, before any
-    /// later one is stored directly (replies follow the order stored).
-    pub(crate) fn holds(&self, app_key: &str, mcid: &str, user_id: &str) -> bool {
+    /// the database, or one on its way here. Their next push then goes to
+    /// the spool too, so that the drain stores a user's pushes in the order
+    /// they came, before any later one is stored directly (replies follow
+    /// the order stored).
+    pub(crate) fn holds(&self, app_key: &str, mcid: &str, user_id: &str) -> Option<Holding> {
         let users = self
             .users
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Empty but for an outage: no key is built for every push.
-        !users.is_empty()
-            && users.contains_key(&(app_key.to_owned(), mcid.to_owned(), user_id.to_owned()))
+        if users.is_empty() {
+            return None;
+        }
+        users
+            .get(&(app_key.to_owned(), mcid.to_owned(), user_id.to_owned()))
+            .map(|h| Holding {
+                on_its_way: h.reserved > 0,
+                since: h.since,
+            })
     }
 
     /// Holds the user as if a push of theirs were in the spool, until the
     /// guard is dropped: for a push on its way here (it waits for its
     /// turn, see `ingest`), so that the user's next push does not go to
-    /// the database before it.
+    /// the database, or to the spool, before it.
     pub(crate) fn reserve(&self, app_key: &str, mcid: &str, user_id: &str) -> Reserved {
         let user = (app_key.to_owned(), mcid.to_owned(), user_id.to_owned());
-        self.hold(&user, 1);
+        self.hold(&user, Count::Reserved);
         Reserved {
             spool: self.clone(),
             user,
         }
     }
 
-    fn hold(&self, user: &User, n: u32) {
+    fn hold(&self, user: &User, count: Count) {
         let mut users = self
             .users
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *users.entry(user.clone()).or_default() += n;
+        let hold = users.entry(user.clone()).or_insert_with(|| Hold {
+            spooled: 0,
+            reserved: 0,
+            since: std::time::Instant::now(),
+        });
+        match count {
+            Count::Spooled => hold.spooled += 1,
+            Count::Reserved => hold.reserved += 1,
+        }
     }
 
-    fn release(&self, user: &User, n: u32) {
+    fn release(&self, user: &User, count: Count, n: u32) {
         let mut users = self
             .users
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(left) = users.get_mut(user) {
-            *left = left.saturating_sub(n);
-            if *left == 0 {
+        if let Some(hold) = users.get_mut(user) {
+            match count {
+                Count::Spooled => hold.spooled = hold.spooled.saturating_sub(n),
+                Count::Reserved => hold.reserved = hold.reserved.saturating_sub(n),
+            }
+            if hold.spooled == 0 && hold.reserved == 0 {
                 users.remove(user);
             }
         }
@@ -428,7 +490,15 @@ impl Spool {
         }
         let mut drained = 0;
         for path in self.rotate().await {
-            let pushes = match Self::read_segment(&path) {
+            // Off the runtime's threads: a segment written through a long
+            // outage holds thousands of pushes.
+            let read = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || Self::read_segment(&path))
+                    .await
+                    .unwrap_or_else(|e| Err(io(&self.dir, std::io::Error::other(e))))
+            };
+            let pushes = match read {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "reading a spool segment failed; left in place");
@@ -457,7 +527,7 @@ impl Spool {
             // Released once the segment is gone (a failed drain retries the
             // whole segment, so a user is never released twice).
             for push in &pushes {
-                self.release(&user_of(push), 1);
+                self.release(&user_of(push), Count::Spooled, 1);
             }
             metrics::counter!("pubbot_spool_pushes_total", "outcome" => "drained")
                 .increment(n as u64);
@@ -526,8 +596,24 @@ mod tests {
                 spool.append(&push(n)).await.unwrap();
             }
             // Their users' later pushes follow them into the spool.
-            assert!(spool.holds("a", "m", "u1"));
-            assert!(!spool.holds("a", "m", "u7"));
+            let held = spool.holds("a", "m", "u1").expect("held");
+            assert!(!held.on_its_way);
+            assert!(spool.holds("a", "m", "u7").is_none());
+            // A push on its way makes the next one wait its turn; the hold
+            // keeps its start.
+            {
+                let _on_its_way = spool.reserve("a", "m", "u1");
+                let now = spool.holds("a", "m", "u1").expect("held");
+                assert!(now.on_its_way);
+                assert_eq!(now.since, held.since);
+                let _alone = spool.reserve("a", "m", "u8");
+                assert!(spool.holds("a", "m", "u8").expect("reserved").on_its_way);
+            }
+            assert!(!spool.holds("a", "m", "u1").expect("held").on_its_way);
+            assert!(
+                spool.holds("a", "m", "u8").is_none(),
+                "a reservation alone ends with it"
+            );
             // Over the cap: refused, nothing half-written is answered, and
             // its user is not held.
             let mut big = push(9);
@@ -536,7 +622,7 @@ mod tests {
                 spool.append(&big).await,
                 Err(SpoolError::Full { .. })
             ));
-            assert!(!spool.holds("a", "m", "u9"));
+            assert!(spool.holds("a", "m", "u9").is_none());
             drop(spool);
         }
         // The writer thread ends when its handles are gone; the lock goes
@@ -553,7 +639,10 @@ mod tests {
         }
         let spool = reopened.expect("reopened");
         // What an earlier run left holds its users until drained.
-        assert!(spool.holds("a", "m", "u0") && spool.holds("a", "m", "u2"));
+        assert!(spool.holds("a", "m", "u0").is_some() && spool.holds("a", "m", "u2").is_some());
+        // Held since before this process: nothing of theirs can be in a
+        // commit of it.
+        assert!(spool.holds("a", "m", "u0").unwrap().since.elapsed() > Duration::from_secs(60));
         // A crash mid-line leaves a torn tail.
         let (_, last) = segments(&dir).unwrap().pop().unwrap();
         let mut f = OpenOptions::new().append(true).open(&last).unwrap();
@@ -576,7 +665,7 @@ mod tests {
         assert!(segments(&dir).unwrap().is_empty());
         assert_eq!(spool.bytes(), 0);
         assert!(
-            !spool.holds("a", "m", "u0"),
+            spool.holds("a", "m", "u0").is_none(),
             "drained: stored directly again"
         );
         std::fs::remove_dir_all(&dir).unwrap();

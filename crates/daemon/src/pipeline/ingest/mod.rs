@@ -50,6 +50,7 @@
 
 pub(crate) mod moved;
 pub(crate) mod pending;
+mod routed;
 mod statement;
 
 use std::collections::HashSet;
@@ -69,6 +70,7 @@ use crate::config::IngestSettings;
 use crate::pipeline::decision::{AtReceipt, Receipt};
 use crate::pipeline::outbox::{Held, Leases};
 use crate::pipeline::wakeups::Wakeups;
+pub(crate) use routed::Routed;
 use statement::{insert, row_level};
 
 struct Pending {
@@ -168,6 +170,30 @@ fn storable(row: &Row) -> Result<(), Unstorable> {
         }
     }
     Ok(())
+}
+
+/// When a push of a user the spool holds may be written there.
+///
+/// While a push of the user waits for its own turn (`on_its_way`), this one
+/// waits as long as a push the database failed: until its arrival plus
+/// `spool_after` (`deadline`), after every earlier push's turn. Otherwise
+/// each earlier push of the user is in the spool already, or arrived before
+/// the hold began and went to the database, where by its own arrival plus
+/// `spool_after` it is stored or sent to the spool: so once the hold has
+/// lasted `spool_after` (twice, for a task a busy runtime polls late), this
+/// one goes at once. After an outage a user's new pushes are then answered
+/// in milliseconds, not `spool_after` later each (with the drain and the
+/// backlog's replies competing for the cores, that wait took some past the
+/// platform's five seconds: unanswered, R15).
+fn spool_turn(
+    holding: crate::pipeline::spool::Holding,
+    deadline: tokio::time::Instant,
+    spool_after: Duration,
+) -> tokio::time::Instant {
+    if holding.on_its_way {
+        return deadline;
+    }
+    tokio::time::Instant::from_std(holding.since + spool_after * 2).min(deadline)
 }
 
 /// The PostgreSQL inbox. Cheap to clone.
@@ -326,54 +352,6 @@ pub(crate) async fn store_spooled(
         .map(|_| ())
 }
 
-/// The inboxes of every database's pipeline, by app: a push goes to the
-/// ingest of the database its app lives on (`[[apps]] database`), so one
-/// database's outage spools only its own apps' pushes. An app no database
-/// holds (none passes the signature check) goes to the default one.
-///
-/// An app moving to another database (`move_to`) has its destination's
-/// inbox beside: its pushes go there once the move has begun
-/// (`pipeline::moves`).
-#[derive(Clone)]
-pub(crate) struct Routed {
-    by_app: Arc<std::collections::HashMap<String, PgInbox>>,
-    /// Apps moving: their database, and the destination's inbox.
-    moving: Arc<std::collections::HashMap<String, (String, PgInbox)>>,
-    moves: Arc<crate::pipeline::moves::Moves>,
-    default: PgInbox,
-}
-
-impl Routed {
-    pub(crate) fn new(
-        by_app: std::collections::HashMap<String, PgInbox>,
-        moving: std::collections::HashMap<String, (String, PgInbox)>,
-        moves: Arc<crate::pipeline::moves::Moves>,
-        default: PgInbox,
-    ) -> Self {
-        Self {
-            by_app: Arc::new(by_app),
-            moving: Arc::new(moving),
-            moves,
-            default,
-        }
-    }
-}
-
-impl Inbox for Routed {
-    async fn accept(&self, push: Push) -> Result<Accepted, InboxError> {
-        if let Some((home, there)) = self.moving.get(&push.app_key) {
-            if self.moves.leaving(home, &push.app_key).is_some() {
-                return there.accept(push).await;
-            }
-        }
-        self.by_app
-            .get(&push.app_key)
-            .unwrap_or(&self.default)
-            .accept(push)
-            .await
-    }
-}
-
 impl Inbox for PgInbox {
     async fn accept(&self, push: Push) -> Result<Accepted, InboxError> {
         let trace = trace_id();
@@ -422,15 +400,25 @@ impl PgInbox {
         // them yet): stored directly, it would be decided before them. If
         // the spool refuses it (full), the database as usual.
         let deadline = tokio::time::Instant::now() + self.spool_after;
-        let spooled = match &self.spool {
-            Some(spool) if spool.holds(&row.app_key, &row.mcid, &row.user_id) => {
-                // At the same delay as a push the database failed (see
-                // `via_database_in_time`): an earlier push of the user may
-                // still be on its way there. Held meanwhile, so that the
-                // user's next push cannot reach the database before this
-                // one reaches the spool (the drain may empty it meanwhile).
-                let _held = spool.reserve(&row.app_key, &row.mcid, &row.user_id);
-                tokio::time::sleep_until(deadline).await;
+        let holding = self.spool.as_ref().and_then(|spool| {
+            spool
+                .holds(&row.app_key, &row.mcid, &row.user_id)
+                .map(|holding| (spool, holding))
+        });
+        let spooled = match holding {
+            Some((spool, holding)) => {
+                // Its turn (`spool_turn`): at once after an outage, or as
+                // late as a push the database failed while an earlier push
+                // of the user may still be on its way to the spool. Held
+                // meanwhile, so that the user's next push cannot reach the
+                // database before this one reaches the spool (the drain may
+                // empty it meanwhile).
+                let turn = spool_turn(holding, deadline, self.spool_after);
+                let _held = (turn > tokio::time::Instant::now())
+                    .then(|| spool.reserve(&row.app_key, &row.mcid, &row.user_id));
+                if _held.is_some() {
+                    tokio::time::sleep_until(turn).await;
+                }
                 let outcome = self
                     .via_spool(&row, "an earlier push of the user is in the spool")
                     .await;
@@ -439,7 +427,7 @@ impl PgInbox {
                 }
                 outcome.ok().map(Ok)
             }
-            _ => None,
+            None => None,
         };
         let outcome = match spooled {
             Some(outcome) => outcome,
@@ -713,6 +701,39 @@ mod tests {
             trace_id: "t".into(),
             decided: None,
         }
+    }
+
+    #[test]
+    fn a_held_users_push_goes_to_the_spool_at_once_unless_an_earlier_one_may_still_be_on_its_way() {
+        use crate::pipeline::spool::Holding;
+        let after = Duration::from_millis(1500);
+        let now = tokio::time::Instant::now();
+        let deadline = now + after;
+        let held_since = |ago: Duration| Holding {
+            on_its_way: false,
+            since: (now - ago).into_std(),
+        };
+        // Held long enough (the database came back after an outage): now.
+        assert!(spool_turn(held_since(Duration::from_secs(60)), deadline, after) <= now);
+        // A push of the user waits for its turn: after it, as late as a
+        // push the database failed.
+        let waiting = Holding {
+            on_its_way: true,
+            ..held_since(Duration::from_secs(60))
+        };
+        assert_eq!(spool_turn(waiting, deadline, after), deadline);
+        // Held just now: an earlier push may still be in a commit.
+        assert_eq!(
+            spool_turn(held_since(Duration::ZERO), deadline, after),
+            deadline
+        );
+        // Held for a while: once twice `spool_after` has passed since.
+        let turn = spool_turn(
+            held_since(after * 2 - Duration::from_millis(100)),
+            deadline,
+            after,
+        );
+        assert_eq!(turn, now + Duration::from_millis(100));
     }
 
     #[test]
