@@ -30,6 +30,8 @@
 #   ./scripts/soak.sh [MINUTES] [RATE]       (default 30 500)
 #
 # PUBBOT_BIN / SIM_BIN: binaries to run (default: a release build).
+# FAULT_KINDS: the faults to draw from (default all: "kill9 pgrestart drop
+# limit retention"); one kind alone reproduces what it does.
 # Needs python3 and, for the chart, chromium (scripts/test-all.sh installs
 # it). Not part of the test command: it runs for minutes.
 set -euo pipefail
@@ -37,6 +39,10 @@ cd "$(dirname "$0")/.."
 MINUTES=${1:-30}
 RATE=${2:-500}
 SECS=$((MINUTES * 60))
+read -r -a KINDS <<<"${FAULT_KINDS:-kill9 pgrestart drop limit retention}"
+for k in "${KINDS[@]}"; do
+  case $k in kill9|pgrestart|drop|limit|retention) ;; *) echo "FAULT_KINDS: no fault $k" >&2; exit 2 ;; esac
+done
 STAMP=$(date -u +%Y-%m-%d)
 REPORT=${REPORT:-docs/soak-$STAMP-${MINUTES}min.md}
 source scripts/pg.sh
@@ -196,21 +202,22 @@ while [ "$(date +%s)" -lt $((END - 30)) ]; do
     fi
   done
   [ "$(date +%s)" -lt $((END - 30)) ] || break
-  case $((RANDOM % 5)) in
-    0) r=$([ $((RANDOM % 2)) = 0 ] && echo a || echo b)
+  KIND=${KINDS[$((RANDOM % ${#KINDS[@]}))]}
+  case $KIND in
+    kill9) r=$([ $((RANDOM % 2)) = 0 ] && echo a || echo b)
        counters "$r"
        event "kill9: kill -9 replica $r"
        kill -9 "$(pid_of $r)" 2>/dev/null || true
        wait "$(pid_of $r)" 2>/dev/null || true
        sleep $((3 + RANDOM % 6))
        start_replica "$r"; event "replica $r started" ;;
-    1) event "pgrestart: PostgreSQL restarted (fast shutdown)"
+    pgrestart) event "pgrestart: PostgreSQL restarted (fast shutdown)"
        "${PG_CTL[@]}" -D "$PG_TMP/data" -m fast -w restart >/dev/null; event "postgres up" ;;
-    2) event "drop: the platform drops 30% of call connections for 15 s"
+    drop) event "drop: the platform drops 30% of call connections for 15 s"
        faults '{"drop_rate": 0.3}'; sleep 15; faults '{}'; event "drop off" ;;
-    3) event "1008: the platform answers 1008 above 20 calls/s for 15 s"
+    limit) event "1008: the platform answers 1008 above 20 calls/s for 15 s"
        faults '{"rate_limit_per_sec": 20}'; sleep 15; faults '{}'; event "1008 off" ;;
-    4) event "retention: pubbot prune --days 1"
+    retention) event "retention: pubbot prune --days 1"
        $PUBBOT --config "$WORK/a.toml" prune --days 1 >>"$WORK/prune.log" 2>&1 || event "prune failed" ;;
   esac
 done
