@@ -30,6 +30,8 @@
 #   ./scripts/soak.sh [MINUTES] [RATE]       (default 30 500)
 #
 # PUBBOT_BIN / SIM_BIN: binaries to run (default: a release build).
+# SEED: seeds the draw of faults and pauses (bash's RANDOM), so that two
+# builds meet the same faults at the same times.
 # FAULT_KINDS: the faults to draw from (default all: "kill9 pgrestart drop
 # limit retention"); one kind alone reproduces what it does.
 # Needs python3 and, for the chart, chromium (scripts/test-all.sh installs
@@ -39,6 +41,7 @@ cd "$(dirname "$0")/.."
 MINUTES=${1:-30}
 RATE=${2:-500}
 SECS=$((MINUTES * 60))
+[ -z "${SEED:-}" ] || RANDOM=$SEED
 read -r -a KINDS <<<"${FAULT_KINDS:-kill9 pgrestart drop limit retention}"
 for k in "${KINDS[@]}"; do
   case $k in kill9|pgrestart|drop|limit|retention) ;; *) echo "FAULT_KINDS: no fault $k" >&2; exit 2 ;; esac

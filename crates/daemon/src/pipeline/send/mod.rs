@@ -194,6 +194,11 @@ impl SendWorker {
                 return Ok(n);
             }
         }
+        // One sweep at a time in this process (`Sweep::begin`): while
+        // another sender sweeps, this one goes back to waiting.
+        let Some(sweeping) = self.sweep.begin() else {
+            return Ok(0);
+        };
         let before = self.wake.waiting();
         // A window of conversations with nothing to take, and more to look
         // at: sweep on (a few windows at most; the poll takes the rest).
@@ -213,6 +218,8 @@ impl SendWorker {
                 break claim;
             }
         };
+        // Sending them is not sweeping: the next sweep may begin.
+        drop(sweeping);
         let n = claim.rows.len();
         let asked = usize::try_from(self.batch).unwrap_or(usize::MAX);
         // Only a sweep that looked at everything says nothing more waits.
