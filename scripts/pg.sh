@@ -4,6 +4,9 @@
 # install (initdb/pg_ctl on PATH or under /usr/lib/postgresql/*/bin), on a
 # free loopback port with its socket in a temp folder, run as the postgres
 # user when we are root, and removed when the calling script exits.
+# PG_EXTRA_OPTS adds server options to the throwaway cluster (diagnosis:
+# "-c session_preload_libraries=auto_explain -c auto_explain.log_min_duration=1000";
+# its log is $PG_TMP/server.log).
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -43,7 +46,7 @@ start_throwaway_pg() {
     cat "$PG_TMP/initdb.log" >&2; exit 1; }
   PG_CTL=("${run_as[@]}" "$pg_ctl")
   "${PG_CTL[@]}" -D "$PG_TMP/data" -l "$PG_TMP/server.log" -w -t 60 start \
-    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_TMP -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" >/dev/null || {
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_TMP -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 ${PG_EXTRA_OPTS:-}" >/dev/null || {
     cat "$PG_TMP/server.log" >&2; exit 1; }
   trap stop_throwaway_pg EXIT
   export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
