@@ -414,9 +414,9 @@ impl PgInbox {
                 // database before this one reaches the spool (the drain may
                 // empty it meanwhile).
                 let turn = spool_turn(holding, deadline, self.spool_after);
-                let _held = (turn > tokio::time::Instant::now())
+                let reserved = (turn > tokio::time::Instant::now())
                     .then(|| spool.reserve(&row.app_key, &row.mcid, &row.user_id));
-                if _held.is_some() {
+                if reserved.is_some() {
                     tokio::time::sleep_until(turn).await;
                 }
                 let outcome = self
