@@ -204,18 +204,29 @@ impl Recorder {
     pub(crate) async fn run(self, mut rx: mpsc::Receiver<Settlement>) {
         let mut batch = Vec::with_capacity(512);
         let mut limited = super::limited::Limited::default();
+        // The lift in flight, if any: one at a time, off this loop's path
+        // (under a backlog it waited seconds on row locks, and outcomes
+        // waited behind it).
+        let mut lifting: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             // Replies put back for a rate limit go when it has passed
-            // (`outbox::limited`), outcomes or not.
-            let first = match limited.next_due() {
-                Some(at) => tokio::select! {
-                    s = rx.recv() => s,
-                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {
-                        self.lift(&mut limited).await;
-                        continue;
-                    }
-                },
-                None => rx.recv().await,
+            // (`outbox::limited`), outcomes or not; the next lift once the
+            // one in flight has ended.
+            let due = if lifting.is_some() {
+                None
+            } else {
+                limited.next_due()
+            };
+            let first = tokio::select! {
+                s = rx.recv() => s,
+                () = ended(&mut lifting) => {
+                    lifting = None;
+                    continue;
+                }
+                () = sleep_until(due) => {
+                    self.lift(&mut limited, &mut lifting);
+                    continue;
+                }
             };
             let Some(first) = first else { break };
             // At most `linger` after the first outcome was known: one that
@@ -295,37 +306,72 @@ impl Recorder {
                     }),
             );
             limited.note(&batch);
-            self.lift(&mut limited).await;
+            if lifting.is_none() {
+                self.lift(&mut limited, &mut lifting);
+            }
             self.wake.outbound_if_pending();
             batch.clear();
+        }
+        if let Some(lift) = lifting {
+            let _ = lift.await;
         }
     }
 
     /// Makes the replies of every app whose rate limit has passed due now
-    /// (`outbox::limited`), and tells the senders.
-    async fn lift(&self, limited: &mut super::limited::Limited) {
-        for lift in limited.take_due(std::time::Instant::now()) {
-            // Tried once: a failure leaves the rows to their backoff, and
-            // recording outcomes does not wait for it.
-            let n = match super::limited::due_now(&self.pool, &lift).await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(app_key = %lift.app_key, error = %e, "could not make replies put back for a rate limit due; they wait for their backoff");
-                    0
+    /// (`outbox::limited`) in a task of its own, and tells the senders.
+    /// Called only while no lift is in flight (`lifting` is `None`).
+    fn lift(
+        &self,
+        limited: &mut super::limited::Limited,
+        lifting: &mut Option<tokio::task::JoinHandle<()>>,
+    ) {
+        let lifts = limited.take_due(std::time::Instant::now());
+        if lifts.is_empty() {
+            return;
+        }
+        let (pool, wake) = (self.pool.clone(), Arc::clone(&self.wake));
+        *lifting = Some(tokio::spawn(async move {
+            for lift in lifts {
+                // Tried once: a failure leaves the rows to their backoff.
+                let n = match super::limited::due_now(&pool, &lift).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(app_key = %lift.app_key, error = %e, "could not make replies put back for a rate limit due; they wait for their backoff");
+                        0
+                    }
+                };
+                if n > 0 {
+                    tracing::info!(
+                        app_key = %lift.app_key,
+                        replies = n,
+                        "the platform takes calls again after its rate limit: replies put back for it go now"
+                    );
+                    metrics::counter!("pubbot_outbound_rate_limit_lifted_total").increment(n);
+                    wake.add_pending(usize::try_from(n).unwrap_or(usize::MAX));
+                    wake.outbound_if_pending();
                 }
-            };
-            if n > 0 {
-                tracing::info!(
-                    app_key = %lift.app_key,
-                    replies = n,
-                    "the platform takes calls again after its rate limit: replies put back for it go now"
-                );
-                metrics::counter!("pubbot_outbound_rate_limit_lifted_total").increment(n);
-                self.wake
-                    .add_pending(usize::try_from(n).unwrap_or(usize::MAX));
-                self.wake.outbound_if_pending();
+            }
+        }));
+    }
+}
+
+/// Ends when the lift in flight has ended; never while none is.
+async fn ended(lifting: &mut Option<tokio::task::JoinHandle<()>>) {
+    match lifting {
+        Some(lift) => {
+            if let Err(e) = lift.await {
+                tracing::warn!(error = %e, "a rate-limit lift ended abnormally; its replies wait for their backoff");
             }
         }
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends at `at`; never without one.
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }
 
