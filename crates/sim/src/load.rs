@@ -5,6 +5,13 @@
 //!
 //! Every message is `bench <seq>`; the daemon under test must answer it
 //! with a text containing `ack <seq>` (see `config/bench-rules.toml`).
+//!
+//! The report counts pushes, acknowledgements, replies, lost and duplicate
+//! replies, latency percentiles and push tries by outcome; for pushes that
+//! failed every try it also says when they were made (runs of seconds from
+//! the first push, which a soak's fault times line up with) and how each of
+//! their tries ended, so that pushes a daemon never acknowledged can be set
+//! beside what happened to it then.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +85,31 @@ pub struct LoadReport {
     /// Push tries by outcome (`answered`, `timeout`, `connect_error`,
     /// `http_error`): why pushes failed.
     pub tries: std::collections::BTreeMap<String, u64>,
+    /// Pushes that failed every try, by the second they were made (from
+    /// the first push of the run): when the daemon could not be reached,
+    /// to set beside what happened to it then.
+    pub failed_by_second: std::collections::BTreeMap<u64, u64>,
+    /// The tries of the pushes that failed every try, by outcome.
+    pub failed_tries: std::collections::BTreeMap<String, u64>,
+}
+
+impl LoadReport {
+    /// The seconds pushes failed in, as runs of seconds at most `gap`
+    /// apart: `(first, last, pushes)`.
+    #[must_use]
+    pub fn failed_spans(&self, gap: u64) -> Vec<(u64, u64, u64)> {
+        let mut spans: Vec<(u64, u64, u64)> = Vec::new();
+        for (&sec, &n) in &self.failed_by_second {
+            match spans.last_mut() {
+                Some((_, last, total)) if sec <= *last + gap => {
+                    *last = sec;
+                    *total += n;
+                }
+                _ => spans.push((sec, sec, n)),
+            }
+        }
+        spans
+    }
 }
 
 /// Latency percentiles in milliseconds.
@@ -130,6 +162,20 @@ impl std::fmt::Display for LoadReport {
         if self.tries.keys().any(|k| k != "answered") {
             write!(f, "\npush tries:")?;
             for (outcome, n) in &self.tries {
+                write!(f, " {outcome} {n}")?;
+            }
+        }
+        if self.failed > 0 {
+            write!(f, "\nfailed pushes by second pushed (from the first push):")?;
+            for (first, last, n) in self.failed_spans(2) {
+                if first == last {
+                    write!(f, " {first}s {n}")?;
+                } else {
+                    write!(f, " {first}-{last}s {n}")?;
+                }
+            }
+            write!(f, "\ntheir tries:")?;
+            for (outcome, n) in &self.failed_tries {
                 write!(f, " {outcome} {n}")?;
             }
         }
@@ -333,6 +379,9 @@ fn measure(
     let mut start_ms = vec![None; usize::try_from(pushes).unwrap_or(0)];
     let (mut acknowledged, mut failed) = (0u64, 0u64);
     let mut tries = std::collections::BTreeMap::<String, u64>::new();
+    let mut failed_at = Vec::new();
+    let mut failed_tries = std::collections::BTreeMap::<String, u64>::new();
+    let mut first_ms = i64::MAX;
     {
         let log = inner.lock_pushes();
         for &(n, id) in ids {
@@ -344,6 +393,7 @@ fn measure(
                     tries.insert(a.outcome.clone(), 1);
                 }
             }
+            first_ms = first_ms.min(r.create_time);
             match r.state {
                 PushState::Delivered => {
                     acknowledged += 1;
@@ -351,10 +401,21 @@ fn measure(
                         *slot = Some(r.create_time);
                     }
                 }
-                PushState::Failed | PushState::Skipped => failed += 1,
+                PushState::Failed | PushState::Skipped => {
+                    failed += 1;
+                    failed_at.push(r.create_time);
+                    for a in &r.attempts {
+                        *failed_tries.entry(a.outcome.clone()).or_default() += 1;
+                    }
+                }
                 PushState::Pending => {}
             }
         }
+    }
+    let mut failed_by_second = std::collections::BTreeMap::<u64, u64>::new();
+    for t in failed_at {
+        let sec = u64::try_from((t - first_ms) / 1000).unwrap_or(0);
+        *failed_by_second.entry(sec).or_default() += 1;
     }
     let mut seen = vec![0u32; start_ms.len()];
     let mut latencies = Vec::new();
@@ -424,5 +485,7 @@ fn measure(
         drained: 0,
         settled_drain: None,
         tries,
+        failed_by_second,
+        failed_tries,
     }
 }

@@ -1,0 +1,63 @@
+//! The load generator's report over real sockets: what it says of pushes
+//! the daemon never answered.
+
+use std::time::Duration;
+
+use pubbot_sim::load::{run, LoadConfig};
+use pubbot_sim::{AppCredentials, PushConfig, SimConfig};
+
+#[tokio::test]
+async fn pushes_no_daemon_answered_are_reported_by_the_second_they_were_made() {
+    // A route url nothing listens on: every try is a connect error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let route = format!("http://{}/webhook", closed.local_addr().unwrap());
+    drop(closed);
+    let config = SimConfig {
+        apps: vec![AppCredentials {
+            key: "k".into(),
+            secret: "s".into(),
+        }],
+        push: PushConfig {
+            retry_delay: Duration::from_millis(50),
+            tries: 3,
+            ..PushConfig::default()
+        },
+        ..SimConfig::default()
+    };
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let load = LoadConfig {
+        mcid: "mc".into(),
+        route_url: route,
+        rate: Some(20),
+        concurrency: 4,
+        duration: Duration::from_secs(2),
+        users: 5,
+        unique_users: false,
+        grace: Duration::from_secs(10),
+    };
+    let report = run(config, api, load).await.unwrap();
+    assert!(report.pushes >= 20, "{report}");
+    assert_eq!(report.failed, report.pushes, "{report}");
+    assert_eq!(report.acknowledged, 0);
+    // Every try of every push, by outcome.
+    assert_eq!(
+        report.failed_tries.get("connect_error").copied(),
+        Some(3 * report.pushes),
+        "{report}"
+    );
+    // Pushed over two seconds from the first: seconds 0 and 1 (perhaps 2),
+    // one span, every failed push in it.
+    let seconds: Vec<u64> = report.failed_by_second.keys().copied().collect();
+    assert_eq!(seconds.first(), Some(&0), "{report}");
+    assert!(seconds.iter().all(|s| *s <= 2), "{seconds:?}");
+    assert_eq!(report.failed_by_second.values().sum::<u64>(), report.pushes);
+    let spans = report.failed_spans(2);
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(spans[0].2, report.pushes);
+    let text = report.to_string();
+    assert!(
+        text.contains("failed pushes by second pushed (from the first push): 0-")
+            && text.contains("their tries: connect_error"),
+        "{text}"
+    );
+}
