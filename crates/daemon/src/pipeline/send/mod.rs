@@ -51,8 +51,8 @@ mod calls;
 use calls::{plan_calls, rounds, Call};
 
 /// How much sooner, at most, a call may reach the platform than the one
-/// the rate limit let go before it (a call whose lease was renewed after
-/// the wait went later; scheduling): evenly spaced calls that arrive
+/// the rate limit let go before it (scheduling; a lease renewal no longer
+/// comes between the permit and the call): evenly spaced calls that arrive
 /// unevenly put `per_sec + 1` into one calendar second. Measured: a
 /// daemon limited to the platform's 5 calls a second was answered `1008`
 /// in 2 runs of 6 without this margin. It costs 2.4% of the limit.
@@ -434,18 +434,44 @@ impl SendWorker {
         ((!call.rows.is_empty()).then_some(call), expired)
     }
 
-    /// Waits for the app's rate limit, then makes sure the call's rows are
-    /// still this process's for longer than a call takes: a lease with less
-    /// left is renewed, and rows whose lease another process has taken over
+    /// Waits for the app's rate limit, keeping the call's rows this
+    /// process's for longer than a call takes: a lease with less left is
+    /// renewed, and rows whose lease another process has taken over
     /// meanwhile (and will send) are dropped from the call (and from this
     /// process's held rows). `None`: no row left to send here.
+    ///
+    /// Renewals come before the limit's permit is taken, never between it
+    /// and the call: a renewal's round trip there sent the call that much
+    /// later, closer to the next one, and `per_sec + 1` calls reached one
+    /// of the platform's calendar seconds (answered `1008`; R10).
     async fn keep_leases(&self, mut call: Call) -> Option<Call> {
-        if let Some(app) = self.apps.get(call.app_key.as_str()) {
-            let waited = std::time::Instant::now();
-            app.limiter.until_ready().await;
-            metrics::histogram!("pubbot_rate_limit_wait_seconds")
-                .record(waited.elapsed().as_secs_f64());
+        let waited = std::time::Instant::now();
+        loop {
+            call = self.renewed(call).await?;
+            let Some(app) = self.apps.get(call.app_key.as_str()) else {
+                return Some(call);
+            };
+            match app.limiter.check() {
+                Ok(()) => {
+                    metrics::histogram!("pubbot_rate_limit_wait_seconds")
+                        .record(waited.elapsed().as_secs_f64());
+                    return Some(call);
+                }
+                Err(later) => {
+                    use governor::clock::Clock as _;
+                    let wait = later.wait_time_from(app.limiter.clock().now());
+                    // At most half a call's budget at a time, so that the
+                    // leases are looked at again before they run short.
+                    tokio::time::sleep(wait.clamp(Duration::from_millis(1), self.call_budget / 2))
+                        .await;
+                }
+            }
         }
+    }
+
+    /// `call` with its leases renewed if any has less left than a call
+    /// takes (see [`Self::keep_leases`]).
+    async fn renewed(&self, mut call: Call) -> Option<Call> {
         let oldest = call.rows.iter().map(|r| r.since).min()?;
         if oldest.elapsed() + self.call_budget < self.lease {
             return Some(call);
