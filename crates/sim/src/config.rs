@@ -78,7 +78,9 @@ impl Default for PushConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Faults {
-    /// Calls per second and app above which the platform answers `1008`.
+    /// Calls per second and app above which the platform answers `1008`;
+    /// `0` refuses every call with `1008` (a rate-limit period that does
+    /// not end until the fault is lifted).
     pub rate_limit_per_sec: Option<u32>,
     /// Fraction (0..=1) of calls answered with `1000`.
     pub error_rate: f64,
@@ -102,9 +104,6 @@ impl Faults {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name} must be between 0 and 1, got {v}"));
             }
-        }
-        if self.rate_limit_per_sec == Some(0) {
-            return Err("rate_limit_per_sec must be at least 1".into());
         }
         Ok(())
     }
