@@ -13,7 +13,9 @@
 # steps overload retention batchsend. E.g. PHASES="e2e" for the CPU split alone.
 # E2E_THREADS (default "0 1"): pubbot's workers.threads for each fixed-rate
 # run; STEPS, OVERLOAD_RATE, OVERLOAD_SECS, PUSH_CONNECTIONS, SIM_THREADS
-# as below; KEEP_DB=1 keeps the database pubbot_bench for a look after.
+# as below; KEEP_DB=1 keeps the database pubbot_bench for a look after;
+# PERF_OUT=path profiles pubbot during the e2e phase's window (perf record;
+# a flame graph too when inferno is on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${1:-1000}
@@ -99,6 +101,13 @@ LOAD_PID=$!
 WINDOW=$((DURATION / 2))
 sleep $((DURATION / 4))
 P0=$(pg_ticks); D0=$(ticks "$PUBBOT_PID"); L0=$(ticks "$LOAD_PID"); S0=$(switches "$PUBBOT_PID"); T0=$(switches "$LOAD_PID")
+# PERF_OUT=path: a CPU profile of pubbot over the same window (perf's
+# cpu-clock sampling, 499 Hz, DWARF call stacks; build with
+# CARGO_PROFILE_RELEASE_DEBUG=line-tables-only for file:line names).
+if [ -n "${PERF_OUT:-}" ]; then
+  perf record -q -F 499 --call-graph dwarf,16384 -p "$PUBBOT_PID" -o "$PERF_OUT" -- sleep "$WINDOW" 2>/dev/null &
+  PERF_PID=$!
+fi
 sleep "$WINDOW"
 P1=$(pg_ticks); D1=$(ticks "$PUBBOT_PID"); L1=$(ticks "$LOAD_PID"); S1=$(switches "$PUBBOT_PID"); T1=$(switches "$LOAD_PID")
 wait "$LOAD_PID"
@@ -113,6 +122,17 @@ if [ -n "${YARD:-}" ] && [ "$YARD" -gt 0 ]; then
   echo "cpu per message, x the yardstick ($YARD µs): postgres $(x $((P1 - P0))) pubbot $(x $((D1 - D0))) load generator+simulator $(x $((L1 - L0))) total $(x $((P1 - P0 + D1 - D0 + L1 - L0))) (the issue's targets, 200/150/100/400 µs over its 220: 0.91/0.68/0.45/1.82)"
 fi
 stop_pubbot
+if [ -n "${PERF_OUT:-}" ]; then
+  wait "$PERF_PID" || true
+  echo "## pubbot's CPU by function over the window (self time, top 30; perf report -i $PERF_OUT)"
+  perf report -i "$PERF_OUT" --no-children --stdio --sort symbol -g none --percent-limit 0.7 2>/dev/null \
+    | grep -E '^ +[0-9]' | head -30
+  if command -v inferno-collapse-perf >/dev/null && command -v inferno-flamegraph >/dev/null; then
+    perf script -i "$PERF_OUT" 2>/dev/null | inferno-collapse-perf > "$PERF_OUT.folded"
+    inferno-flamegraph --title "pubbot, $RATE pushes/s" < "$PERF_OUT.folded" > "$PERF_OUT.svg"
+    echo "flame graph: $PERF_OUT.svg (folded stacks: $PERF_OUT.folded)"
+  fi
+fi
 psql "$BENCH_URL" -c "SELECT calls, round(total_exec_time) AS exec_ms, round(total_plan_time) AS plan_ms, rows,
                              left(regexp_replace(query, '\s+', ' ', 'g'), 80) AS statement
                         FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
