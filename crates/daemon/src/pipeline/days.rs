@@ -11,7 +11,8 @@
 //!   is its push's day, so a day's pushes and replies go together.
 //! - **Ids carry their day** (`pubbot_id(day, n)`): statements that name
 //!   rows by id name their partition with `day = pubbot_day_of(id)` (or
-//!   `pubbot_day_lo/hi(ids)` for an array), and PostgreSQL opens that one.
+//!   `day BETWEEN $lo AND $hi` from [`span`] for an array), and PostgreSQL
+//!   opens that one.
 //! - **Partitions ahead** ([`ensure_ahead`]): every replica creates the
 //!   partitions from yesterday to [`AHEAD_DAYS`] ahead at start and every
 //!   maintenance round; an advisory lock makes them one at a time, and a day
@@ -75,6 +76,22 @@ pub(crate) fn day_of(id: i64) -> NaiveDate {
     epoch()
         .checked_add_signed(chrono::Duration::days(id >> 40))
         .unwrap_or(NaiveDate::MIN)
+}
+
+/// The first and last day `ids` carry (an empty range when there are
+/// none): passed to a statement as two dates instead of calling the SQL
+/// functions `pubbot_day_lo/hi($ids)` there. Those unnest the whole array
+/// per call and cannot be inlined; in a generic plan (the settle pool's,
+/// see "Plans" in `crate::db`) nothing folds them, and an index condition
+/// evaluates them again at every probe of a nested loop: a settle of 300
+/// rows called them 600 times over 300 elements each, 120 ms of
+/// PostgreSQL's CPU a settle at 3,000 messages/s (BENCHMARKS.md, "Where a
+/// message waits").
+pub(crate) fn span(ids: &[i64]) -> (NaiveDate, NaiveDate) {
+    match (ids.iter().min(), ids.iter().max()) {
+        (Some(&lo), Some(&hi)) => (day_of(lo), day_of(hi)),
+        _ => (epoch().succ_opt().unwrap_or(epoch()), epoch()),
+    }
 }
 
 /// The oldest day that may hold an open row, as this process last read it.
@@ -256,18 +273,77 @@ pub(crate) async fn prepare(pool: &PgPool, window: &Window) -> Result<(), sqlx::
     Ok(())
 }
 
-/// The rounds after [`prepare`] (see there).
+/// How often young partitions are looked at for statistics
+/// ([`analyze_young`]).
+pub(crate) const ANALYZE_EVERY: Duration = Duration::from_secs(5);
+
+/// Rows changed since a partition's last statistics before it is looked
+/// at again (and then only when they outnumber the rows it had).
+const ANALYZE_AFTER_ROWS: i64 = 1_000;
+
+/// Statistics for the hot tables' young partitions: `ANALYZE` of each whose
+/// rows changed since its last statistics number at least
+/// [`ANALYZE_AFTER_ROWS`] and more than it had then (so at about 1,000,
+/// 2,000, 4,000 ... rows; past a few hundred thousand autovacuum's own
+/// 10% comes first). A day's partition starts empty and without
+/// statistics, and autovacuum analyzes it a minute or more after its rows
+/// come: planned meanwhile, an equality on the app looks like 0.5% of the
+/// rows (PostgreSQL's default), and statements whose plan should probe by
+/// key scanned every open row of the app instead — on a fresh database at
+/// 3,000-5,000 pushes/s, settles of 10 s and 55,000 of 60,000 replies
+/// unsent 30 s after the last push (BENCHMARKS.md, "Where a message
+/// waits"). `SKIP_LOCKED`: a partition another replica is analyzing is
+/// left to it. Returns how many partitions were analyzed.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn analyze_young(pool: &PgPool) -> Result<usize, sqlx::Error> {
+    let young: Vec<String> = sqlx::query_scalar!(
+        r#"SELECT format('%I', c.relname) AS "name!"
+             FROM pg_inherits i
+             JOIN pg_class c ON c.oid = i.inhrelid
+             JOIN pg_stat_user_tables s ON s.relid = i.inhrelid
+            WHERE i.inhparent IN ('inbound_messages'::regclass, 'outbound_messages'::regclass)
+              AND s.n_mod_since_analyze >= $1
+              AND s.n_mod_since_analyze > c.reltuples"#,
+        ANALYZE_AFTER_ROWS,
+    )
+    .fetch_all(pool)
+    .await?;
+    for name in &young {
+        sqlx::query(&format!("ANALYZE (SKIP_LOCKED) {name}"))
+            .execute(pool)
+            .await?;
+        tracing::debug!(partition = %name, "analyzed a young partition");
+    }
+    Ok(young.len())
+}
+
+/// The rounds after [`prepare`] (see there), and [`analyze_young`] every
+/// [`ANALYZE_EVERY`].
 pub(crate) async fn maintain(
     pool: PgPool,
     progress: Arc<Progress>,
     reopened: Arc<tokio::sync::Notify>,
     token: CancellationToken,
 ) {
+    let mut rounds = tokio::time::interval(MAINTAIN_EVERY);
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // `prepare` did the first round.
+    rounds.tick().await;
+    let mut analyses = tokio::time::interval(ANALYZE_EVERY);
+    analyses.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let woken = tokio::select! {
             () = token.cancelled() => return,
-            () = tokio::time::sleep(MAINTAIN_EVERY) => false,
+            _ = rounds.tick() => false,
             () = reopened.notified() => true,
+            _ = analyses.tick() => {
+                if let Err(e) = analyze_young(&pool).await {
+                    tracing::warn!(error = %e, "statistics for young day partitions failed; trying again later");
+                }
+                continue;
+            }
         };
         let round = async {
             if !woken {
@@ -448,6 +524,20 @@ mod tests {
         // pubbot_id('2026-12-03', 7) = (20790 << 40) | 7.
         let id = (20_790_i64 << 40) | 7;
         assert_eq!(day_of(id), NaiveDate::from_ymd_opt(2026, 12, 3).unwrap());
+    }
+
+    #[test]
+    fn the_span_of_ids_is_their_first_and_last_day_and_of_none_an_empty_range() {
+        let (d3, d4) = ((20_790_i64 << 40) | 9, (20_791_i64 << 40) | 2);
+        assert_eq!(
+            span(&[d4, d3, d4]),
+            (
+                NaiveDate::from_ymd_opt(2026, 12, 3).unwrap(),
+                NaiveDate::from_ymd_opt(2026, 12, 4).unwrap()
+            )
+        );
+        let (lo, hi) = span(&[]);
+        assert!(lo > hi, "no day lies between {lo} and {hi}");
     }
 
     #[test]

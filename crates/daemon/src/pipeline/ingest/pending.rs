@@ -105,12 +105,15 @@ pub(crate) async fn mark_decided(
     ids: &[i64],
     state_changes: &[Option<String>],
 ) -> Result<(), sqlx::Error> {
+    let (lo, hi) = crate::pipeline::days::span(ids);
     sqlx::query!(
         "UPDATE inbound_messages i SET status = 'done', processed_at = now(), state_change = c.change::json
            FROM UNNEST($1::int8[], $2::text[]) AS c(id, change)
-          WHERE i.id = c.id AND i.day BETWEEN pubbot_day_lo($1) AND pubbot_day_hi($1)",
+          WHERE i.id = c.id AND i.day BETWEEN $3 AND $4",
         ids,
-        state_changes as &[Option<String>]
+        state_changes as &[Option<String>],
+        lo,
+        hi,
     )
     // Planned afresh each time (see "Plans" in `crate::db`).
     .persistent(false)

@@ -1,5 +1,33 @@
 //! Claims: which due replies a sender takes, one conversation's head at a
 //! time (invariants 3 and 5).
+//!
+//! # Plans that hold without statistics
+//!
+//! A day's partitions start empty and have no statistics until
+//! autovacuum analyzes them (a minute or more into the day; never, in a
+//! short run on a fresh database). Planned without them, a claim written
+//! as a join of the rows it wants with `outbound_messages` became a merge
+//! or hash join over *every* open row of the app, with the per-user order
+//! check run once for each: 0.4-0.5 s a claim over 55,000 open rows when
+//! alone, 64 s under load, and end to end at 3,000 pushes/s on a fresh
+//! database 55,000 of 60,000 replies were still unsent 30 s after the
+//! last push (BENCHMARKS.md, "Where a message waits"). So each claim
+//! reaches its rows by probes the planner cannot turn into a scan: a
+//! `LATERAL` subquery per wanted row (its `FOR UPDATE` keeps it from
+//! being flattened into a join) that finds the row by its tuple id
+//! (`ctid = ...`, a TID scan of the one partition its day names: no
+//! index to choose, so no estimate to get wrong; naming every key column
+//! instead still let a young partition's other indexes look as cheap,
+//! and each probe scanned the account's rows of the day), gathered with
+//! `ARRAY(...)` into one `id = ANY` the `UPDATE` finds by primary key;
+//! bounded below by day only (a `BETWEEN` on day looked selective enough,
+//! unanalyzed, to scan the app's rows of the day instead of the key).
+//! A tuple id read before the lock may be stale — the row was changed
+//! meanwhile — and then the probe finds nothing or another row, which
+//! `id` rules out: the row is not claimed this time, as with `SKIP
+//! LOCKED`. Statistics come soon after a day's rows do
+//! ([`crate::pipeline::days::analyze_young`]). With or without them:
+//! 5-9 ms for 64 rows.
 
 use std::time::Duration;
 
@@ -108,6 +136,9 @@ struct Head {
     mcid: String,
     user_id: String,
     id: i64,
+    /// The row version's tuple id (`ctid`) as the sweep read it: the claim
+    /// reaches the row by it (see "Plans that hold without statistics").
+    tid: String,
     ok: bool,
     n: i64,
 }
@@ -182,11 +213,15 @@ pub(crate) async fn claim(
             !began || apps.len() > 1
         }
     };
-    let ids: Vec<i64> = heads.iter().filter(|h| h.ok).map(|h| h.id).collect();
+    let (ids, tids): (Vec<i64>, Vec<&str>) = heads
+        .iter()
+        .filter(|h| h.ok)
+        .map(|h| (h.id, h.tid.as_str()))
+        .unzip();
     let rows = if ids.is_empty() {
         Vec::new()
     } else {
-        claim_ids(&mut conn, worker_id, lease, &app, &ids, since).await?
+        claim_ids(&mut conn, worker_id, lease, &app, &ids, &tids, since).await?
     };
     Ok(Claim { rows, more })
 }
@@ -208,7 +243,7 @@ async fn heads(
     sqlx::query_as!(
         Head,
         r#"WITH RECURSIVE heads AS (
-               (SELECT h.app_key, h.mcid, h.user_id, h.id,
+               (SELECT h.app_key, h.mcid, h.user_id, h.id, h.ctid::text AS tid,
                        (h.status = 'pending' AND h.next_attempt_at <= now()) AS ok, 1 AS n,
                        (h.status = 'pending' AND h.next_attempt_at <= now())::int AS found
                   FROM outbound_messages h
@@ -216,16 +251,16 @@ async fn heads(
                    AND (h.mcid, h.user_id) > ($2, $3)
                  ORDER BY h.mcid, h.user_id, h.inbound_id, h.reply_index, h.sub_index LIMIT 1)
                UNION ALL
-               SELECT x.app_key, x.mcid, x.user_id, x.id, x.ok, p.n + 1, p.found + x.ok::int
+               SELECT x.app_key, x.mcid, x.user_id, x.id, x.tid, x.ok, p.n + 1, p.found + x.ok::int
                  FROM heads p CROSS JOIN LATERAL (
-                      SELECT h.app_key, h.mcid, h.user_id, h.id,
+                      SELECT h.app_key, h.mcid, h.user_id, h.id, h.ctid::text AS tid,
                              (h.status = 'pending' AND h.next_attempt_at <= now()) AS ok
                         FROM outbound_messages h
                        WHERE h.app_key = $1 AND h.status IN ('pending', 'sending') AND h.day >= $6
                          AND (h.mcid, h.user_id) > (p.mcid, p.user_id)
                        ORDER BY h.mcid, h.user_id, h.inbound_id, h.reply_index, h.sub_index LIMIT 1) x
                 WHERE p.n < $4 AND p.found < $5)
-           SELECT app_key AS "app_key!", mcid AS "mcid!", user_id AS "user_id!", id AS "id!", ok AS "ok!",
+           SELECT app_key AS "app_key!", mcid AS "mcid!", user_id AS "user_id!", id AS "id!", tid AS "tid!", ok AS "ok!",
                   n::int8 AS "n!"
              FROM heads WHERE ok OR n = (SELECT max(n) FROM heads) ORDER BY n"#,
         app,
@@ -241,13 +276,16 @@ async fn heads(
 
 /// Leases these rows to `worker_id` if each is still pending, due and next
 /// in its conversation (checked again under the row lock: the sweep read
-/// them without one).
+/// them without one). Each row by its own probe (see "Plans that hold
+/// without statistics"); `SKIP LOCKED` never waits, so the order the
+/// locks are taken in cannot deadlock.
 async fn claim_ids(
     conn: &mut sqlx::PgConnection,
     worker_id: &str,
     lease: Duration,
     app: &str,
     ids: &[i64],
+    tids: &[&str],
     since: chrono::NaiveDate,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as!(
@@ -255,17 +293,20 @@ async fn claim_ids(
         r#"UPDATE outbound_messages o
               SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
                   attempts = attempts + 1
-             FROM (SELECT c.id FROM outbound_messages c
-                    WHERE c.app_key = $5 AND c.id = ANY($3) AND c.day BETWEEN pubbot_day_lo($3) AND pubbot_day_hi($3)
-                      AND c.status = 'pending' AND c.next_attempt_at <= now()
-                      AND NOT EXISTS (
-                          SELECT 1 FROM outbound_messages e
-                           WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
-                             AND e.status IN ('pending', 'sending') AND e.day >= $4
-                             AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index)
-                           OFFSET 0)
-                    ORDER BY c.id FOR UPDATE SKIP LOCKED) c
-            WHERE o.app_key = $5 AND o.id = c.id AND o.day BETWEEN pubbot_day_lo($3) AND pubbot_day_hi($3)
+            WHERE o.app_key = $5 AND o.day >= $4
+              AND o.id = ANY(ARRAY(
+                  SELECT c.id FROM UNNEST($3::int8[], $6::text[]) AS i(id, t)
+                   CROSS JOIN LATERAL (
+                        SELECT c.id FROM outbound_messages c
+                         WHERE c.ctid = i.t::tid AND c.id = i.id AND c.day = pubbot_day_of(i.id) AND c.app_key = $5
+                           AND c.status = 'pending' AND c.next_attempt_at <= now()
+                           AND NOT EXISTS (
+                               SELECT 1 FROM outbound_messages e
+                                WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
+                                  AND e.status IN ('pending', 'sending') AND e.day >= $4
+                                  AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index)
+                                OFFSET 0)
+                           FOR UPDATE SKIP LOCKED) c))
         RETURNING o.id, o.app_key, o.mcid AS "mcid: McId", o.user_id AS "user_id: UserId", o.payload AS "payload: Json<PlannedReply>",
                   o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
         worker_id,
@@ -273,6 +314,7 @@ async fn claim_ids(
         ids,
         since,
         app,
+        tids as &[&str],
     )
     .fetch_all(&mut *conn)
     .await
@@ -284,7 +326,8 @@ async fn claim_ids(
 /// and due — what a sender does when an outcome was recorded for a user
 /// with a reply held back behind it. (Checking every pending row of those
 /// users instead, as this did before, cost a second a claim under a
-/// backlog of a hundred replies a user.)
+/// backlog of a hundred replies a user.) Each user's row by its own probe
+/// (see "Plans that hold without statistics").
 ///
 /// # Errors
 /// Database errors.
@@ -318,24 +361,26 @@ pub(crate) async fn claim_next(
                 r#"UPDATE outbound_messages o
                       SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
                           attempts = attempts + 1
-                     FROM (SELECT c.id, c.day
-                             FROM UNNEST($4::text[], $5::text[]) AS u(m, s)
-                             CROSS JOIN LATERAL (
-                                  SELECT h.id, h.day FROM outbound_messages h
-                                   WHERE h.app_key = $3 AND h.mcid = u.m AND h.user_id = u.s
-                                     AND h.status IN ('pending', 'sending') AND h.day >= $6
-                                   ORDER BY h.inbound_id, h.reply_index, h.sub_index LIMIT 1) f
-                             JOIN outbound_messages c
-                               ON c.app_key = $3 AND c.id = f.id AND c.day = f.day AND c.day >= $6
-                            WHERE c.status = 'pending' AND c.next_attempt_at <= now()
-                              AND NOT EXISTS (
-                                  SELECT 1 FROM outbound_messages e
-                                   WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
-                                     AND e.status IN ('pending', 'sending') AND e.day >= $6
-                                     AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index)
-                           OFFSET 0)
-                            ORDER BY c.id FOR UPDATE OF c SKIP LOCKED) c
-                    WHERE o.app_key = $3 AND o.id = c.id AND o.day = c.day AND o.day >= $6
+                    WHERE o.app_key = $3 AND o.day >= $6
+                      AND o.id = ANY(ARRAY(
+                          SELECT c.id
+                            FROM UNNEST($4::text[], $5::text[]) AS u(m, s)
+                            CROSS JOIN LATERAL (
+                                 SELECT h.id, h.day, h.ctid FROM outbound_messages h
+                                  WHERE h.app_key = $3 AND h.mcid = u.m AND h.user_id = u.s
+                                    AND h.status IN ('pending', 'sending') AND h.day >= $6
+                                  ORDER BY h.inbound_id, h.reply_index, h.sub_index LIMIT 1) f
+                            CROSS JOIN LATERAL (
+                                 SELECT c.id FROM outbound_messages c
+                                  WHERE c.ctid = f.ctid AND c.id = f.id AND c.day = f.day AND c.app_key = $3
+                                    AND c.status = 'pending' AND c.next_attempt_at <= now()
+                                    AND NOT EXISTS (
+                                        SELECT 1 FROM outbound_messages e
+                                         WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
+                                           AND e.status IN ('pending', 'sending') AND e.day >= $6
+                                           AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index)
+                                         OFFSET 0)
+                                    FOR UPDATE SKIP LOCKED) c))
                 RETURNING o.id, o.app_key, o.mcid AS "mcid: McId", o.user_id AS "user_id: UserId", o.payload AS "payload: Json<PlannedReply>",
                           o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
                 worker_id,

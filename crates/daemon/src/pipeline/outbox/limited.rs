@@ -160,20 +160,23 @@ pub(crate) async fn due_now(pool: &PgPool, lift: &Lift) -> Result<u64, sqlx::Err
         .collect();
     rows.sort_unstable();
     let (ids, attempts): (Vec<i64>, Vec<i32>) = rows.into_iter().unzip();
+    let (lo, hi) = crate::pipeline::days::span(&ids);
     let done = sqlx::query!(
         "WITH s AS (SELECT * FROM UNNEST($1::int8[], $2::int4[]) AS s(id, attempts)),
               l AS (SELECT o.id FROM outbound_messages o JOIN s ON s.id = o.id
                      WHERE o.status = 'pending' AND o.attempts = s.attempts AND o.next_attempt_at > now()
                        AND o.app_key = $3
-                       AND o.day BETWEEN pubbot_day_lo($1) AND pubbot_day_hi($1)
+                       AND o.day BETWEEN $4 AND $5
                      ORDER BY o.id FOR UPDATE OF o)
          UPDATE outbound_messages o SET next_attempt_at = now()
            FROM l
           WHERE o.id = l.id AND o.status = 'pending' AND o.next_attempt_at > now()
-            AND o.day BETWEEN pubbot_day_lo($1) AND pubbot_day_hi($1)",
+            AND o.day BETWEEN $4 AND $5",
         &ids,
         &attempts,
         lift.app_key,
+        lo,
+        hi,
     )
     .execute(&mut *crate::db::acquire(pool, "settle").await?)
     .await?

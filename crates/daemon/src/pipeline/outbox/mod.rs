@@ -264,19 +264,22 @@ pub(crate) async fn renew(
     let mut pairs: Vec<(i64, i32)> = ids.iter().copied().zip(attempts.iter().copied()).collect();
     pairs.sort_unstable();
     let (ids, attempts): (Vec<i64>, Vec<i32>) = pairs.into_iter().unzip();
+    let (lo, hi) = crate::pipeline::days::span(&ids);
     sqlx::query_scalar!(
         "WITH h AS (SELECT * FROM UNNEST($1::int8[], $2::int4[]) AS h(id, attempts)),
               l AS (SELECT o.id FROM outbound_messages o JOIN h ON h.id = o.id
                      WHERE o.attempts = h.attempts AND o.lease_owner = $3 AND o.status = 'sending'
-                       AND o.day BETWEEN pubbot_day_lo($1) AND pubbot_day_hi($1)
+                       AND o.day BETWEEN $5 AND $6
                      ORDER BY o.id FOR UPDATE OF o)
          UPDATE outbound_messages o SET lease_until = now() + make_interval(secs => $4)
-           FROM l WHERE o.id = l.id AND o.day BETWEEN pubbot_day_lo($1) AND pubbot_day_hi($1)
+           FROM l WHERE o.id = l.id AND o.day BETWEEN $5 AND $6
          RETURNING o.id",
         &ids,
         &attempts,
         worker_id,
-        lease.as_secs_f64()
+        lease.as_secs_f64(),
+        lo,
+        hi,
     )
     // Planned afresh each time (see "Plans" in `crate::db`).
     .persistent(false)

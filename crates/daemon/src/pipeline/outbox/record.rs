@@ -141,13 +141,14 @@ pub(crate) async fn settle(
         error.push(e);
         undo.push(u);
     }
+    let (lo, hi) = crate::pipeline::days::span(&ids);
     sqlx::query!(
         "WITH s AS (SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::text[], $6::int4[])
                       AS s(id, attempts, status, delay, error, undo)),
               l AS (SELECT o.id FROM outbound_messages o JOIN s ON s.id = o.id
                      WHERE ((o.lease_owner = $7 AND o.status = 'sending' AND o.attempts = s.attempts)
                             OR (s.status = 'sent' AND o.status = 'pending'))
-                       AND o.day BETWEEN pubbot_day_lo($1) AND pubbot_day_hi($1)
+                       AND o.day BETWEEN $8 AND $9
                      ORDER BY o.id FOR UPDATE OF o)
          UPDATE outbound_messages o
             SET status = s.status,
@@ -159,7 +160,7 @@ pub(crate) async fn settle(
                 last_error = coalesce(s.error, o.last_error),
                 lease_owner = NULL, lease_until = NULL
            FROM s, l
-          WHERE o.id = s.id AND l.id = s.id AND o.day BETWEEN pubbot_day_lo($1) AND pubbot_day_hi($1)",
+          WHERE o.id = s.id AND l.id = s.id AND o.day BETWEEN $8 AND $9",
         &ids,
         &attempts,
         &status as &[String],
@@ -167,6 +168,8 @@ pub(crate) async fn settle(
         &error as &[Option<String>],
         &undo,
         worker_id,
+        lo,
+        hi,
     )
     // Planned once per connection: the settle pool's generic plans
     // (see "Plans" in `crate::db`).
