@@ -25,7 +25,13 @@
 //! pools ([`Pools::ingest`], [`Pools::settle`]) run with
 //! `plan_cache_mode = force_generic_plan` and `enable_seqscan = off`: each
 //! connection plans them once, and never with a sequential scan, which is
-//! the only plan an empty table could freeze.
+//! the only plan an empty table could freeze. That held for the single
+//! table, not for day partitions: planned on an empty partition, the
+//! settle's lock scan took the whole index of open rows (no key in its
+//! condition), and two SQL functions of its parameters ran at every probe
+//! (fixed: day ranges are parameters, `pipeline::days::span`). A plan
+//! made once is replaced when its partition is analyzed, which pubbot
+//! does early for young partitions (`pipeline::days::analyze_young`).
 
 use std::time::Duration;
 
