@@ -625,6 +625,81 @@ mod tests {
     }
 
     #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn a_young_partition_is_analyzed_from_a_thousand_rows_and_again_when_they_double(
+        pool: PgPool,
+    ) {
+        let today = Utc::now().date_naive();
+        ensure_ahead(&pool, today).await.unwrap();
+        let partition = format!("outbound_messages_{}", today.format("%Y%m%d"));
+        // Autovacuum's own analyses would race the counts below.
+        sqlx::query(&format!(
+            "ALTER TABLE {partition} SET (autovacuum_enabled = off)"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        // Rows `from..=to` of today's replies, their statistics flushed at
+        // once (PostgreSQL otherwise sends a session's counts at most
+        // once a second).
+        let add = |from: i64, to: i64| {
+            let pool = pool.clone();
+            async move {
+                let mut conn = pool.acquire().await.unwrap();
+                sqlx::query(
+                    "INSERT INTO outbound_messages (id, day, inbound_id, reply_index, app_key, mcid, user_id,
+                                                    rule_name, payload, trace_id, status)
+                     SELECT pubbot_id($1, g), $1, pubbot_id($1, g), 0, 'a', 'm', 'u' || g, 'r', '{}', 't', 'sent'
+                       FROM generate_series($2::int8, $3::int8) g",
+                )
+                .bind(today)
+                .bind(from)
+                .bind(to)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+                sqlx::query("SELECT pg_stat_force_next_flush()")
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+            }
+        };
+        let analyzed = || {
+            let (pool, partition) = (pool.clone(), partition.clone());
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = $1",
+                )
+                .bind(partition)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+            }
+        };
+        // Below a thousand rows: left to autovacuum.
+        add(1, 900).await;
+        assert_eq!(analyze_young(&pool).await.unwrap(), 0);
+        // From a thousand: analyzed once, and not again until the rows
+        // changed since outnumber those it had.
+        add(901, 1_500).await;
+        assert_eq!(analyze_young(&pool).await.unwrap(), 1);
+        assert_eq!(analyzed().await, 1);
+        assert_eq!(analyze_young(&pool).await.unwrap(), 0);
+        add(1_501, 2_700).await;
+        assert_eq!(
+            analyze_young(&pool).await.unwrap(),
+            0,
+            "1,200 new rows, 1,500 known"
+        );
+        add(2_701, 3_100).await;
+        assert_eq!(
+            analyze_young(&pool).await.unwrap(),
+            1,
+            "1,600 new rows, 1,500 known"
+        );
+        assert_eq!(analyzed().await, 2);
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
     async fn a_dropped_day_cannot_be_reopened(pool: PgPool) {
         let today = Utc::now().date_naive();
         let old = today - Days::new(9);
