@@ -22,10 +22,9 @@
 //! `ARRAY(...)` into one `id = ANY` the `UPDATE` finds by primary key;
 //! bounded below by day only (a `BETWEEN` on day looked selective enough,
 //! unanalyzed, to scan the app's rows of the day instead of the key).
-//! A tuple id read before the lock may be stale — the row was changed
-//! meanwhile — and then the probe finds nothing or another row, which
-//! `id` rules out: the row is not claimed this time, as with `SKIP
-//! LOCKED`. Statistics come soon after a day's rows do
+//! The tuple id is read in the same statement, from the same snapshot;
+//! a row changed since is not claimed this time (its new version has
+//! another tuple id), as with `SKIP LOCKED`. Statistics come soon after a day's rows do
 //! ([`crate::pipeline::days::analyze_young`]). With or without them:
 //! 5-9 ms for 64 rows.
 
@@ -135,10 +134,6 @@ struct Head {
     app_key: String,
     mcid: String,
     user_id: String,
-    id: i64,
-    /// The row version's tuple id (`ctid`) as the sweep read it: the claim
-    /// reaches the row by it (see "Plans that hold without statistics").
-    tid: String,
     ok: bool,
     n: i64,
 }
@@ -150,7 +145,9 @@ struct Head {
 /// looks at those and nothing else: a skip scan over the index of open
 /// rows (one probe per conversation with open replies, from where the
 /// last sweep stopped, wrapping at the end, at most [`SWEEP_WINDOW`]
-/// conversations), then the rows it found due are locked and leased.
+/// conversations), then the conversations it found due have their first
+/// reply claimed as [`claim_next`] claims it (locked, checked again,
+/// leased).
 /// Scanning the due rows instead, as this did before, costs a probe per
 /// *row* that waits behind an earlier reply of its user: under a backlog
 /// of 100,000 replies for 1,000 users that was 1.6 s a claim, for none.
@@ -213,16 +210,15 @@ pub(crate) async fn claim(
             !began || apps.len() > 1
         }
     };
-    let (ids, tids): (Vec<i64>, Vec<&str>) = heads
-        .iter()
+    // Each claimable head is its user's first open reply: claimed as
+    // `claim_next` claims one, checked again under the row lock (the sweep
+    // read without one).
+    let users: Vec<crate::pipeline::wakeups::Conversation> = heads
+        .into_iter()
         .filter(|h| h.ok)
-        .map(|h| (h.id, h.tid.as_str()))
-        .unzip();
-    let rows = if ids.is_empty() {
-        Vec::new()
-    } else {
-        claim_ids(&mut conn, worker_id, lease, &app, &ids, &tids, since).await?
-    };
+        .map(|h| (h.app_key, McId::new(h.mcid), UserId::new(h.user_id)))
+        .collect();
+    let rows = claim_users(&mut conn, worker_id, lease, users, since).await?;
     Ok(Claim { rows, more })
 }
 
@@ -243,7 +239,7 @@ async fn heads(
     sqlx::query_as!(
         Head,
         r#"WITH RECURSIVE heads AS (
-               (SELECT h.app_key, h.mcid, h.user_id, h.id, h.ctid::text AS tid,
+               (SELECT h.app_key, h.mcid, h.user_id,
                        (h.status = 'pending' AND h.next_attempt_at <= now()) AS ok, 1 AS n,
                        (h.status = 'pending' AND h.next_attempt_at <= now())::int AS found
                   FROM outbound_messages h
@@ -251,16 +247,16 @@ async fn heads(
                    AND (h.mcid, h.user_id) > ($2, $3)
                  ORDER BY h.mcid, h.user_id, h.inbound_id, h.reply_index, h.sub_index LIMIT 1)
                UNION ALL
-               SELECT x.app_key, x.mcid, x.user_id, x.id, x.tid, x.ok, p.n + 1, p.found + x.ok::int
+               SELECT x.app_key, x.mcid, x.user_id, x.ok, p.n + 1, p.found + x.ok::int
                  FROM heads p CROSS JOIN LATERAL (
-                      SELECT h.app_key, h.mcid, h.user_id, h.id, h.ctid::text AS tid,
+                      SELECT h.app_key, h.mcid, h.user_id,
                              (h.status = 'pending' AND h.next_attempt_at <= now()) AS ok
                         FROM outbound_messages h
                        WHERE h.app_key = $1 AND h.status IN ('pending', 'sending') AND h.day >= $6
                          AND (h.mcid, h.user_id) > (p.mcid, p.user_id)
                        ORDER BY h.mcid, h.user_id, h.inbound_id, h.reply_index, h.sub_index LIMIT 1) x
                 WHERE p.n < $4 AND p.found < $5)
-           SELECT app_key AS "app_key!", mcid AS "mcid!", user_id AS "user_id!", id AS "id!", tid AS "tid!", ok AS "ok!",
+           SELECT app_key AS "app_key!", mcid AS "mcid!", user_id AS "user_id!", ok AS "ok!",
                   n::int8 AS "n!"
              FROM heads WHERE ok OR n = (SELECT max(n) FROM heads) ORDER BY n"#,
         app,
@@ -269,52 +265,6 @@ async fn heads(
         i32::try_from(window).unwrap_or(i32::MAX),
         i32::try_from(batch).unwrap_or(i32::MAX),
         since,
-    )
-    .fetch_all(&mut *conn)
-    .await
-}
-
-/// Leases these rows to `worker_id` if each is still pending, due and next
-/// in its conversation (checked again under the row lock: the sweep read
-/// them without one). Each row by its own probe (see "Plans that hold
-/// without statistics"); `SKIP LOCKED` never waits, so the order the
-/// locks are taken in cannot deadlock.
-async fn claim_ids(
-    conn: &mut sqlx::PgConnection,
-    worker_id: &str,
-    lease: Duration,
-    app: &str,
-    ids: &[i64],
-    tids: &[&str],
-    since: chrono::NaiveDate,
-) -> Result<Vec<Claimed>, sqlx::Error> {
-    sqlx::query_as!(
-        Claimed,
-        r#"UPDATE outbound_messages o
-              SET status = 'sending', lease_owner = $1, lease_until = now() + make_interval(secs => $2),
-                  attempts = attempts + 1
-            WHERE o.app_key = $5 AND o.day >= $4
-              AND o.id = ANY(ARRAY(
-                  SELECT c.id FROM UNNEST($3::int8[], $6::text[]) AS i(id, t)
-                   CROSS JOIN LATERAL (
-                        SELECT c.id FROM outbound_messages c
-                         WHERE c.ctid = i.t::tid AND c.id = i.id AND c.day = pubbot_day_of(i.id) AND c.app_key = $5
-                           AND c.status = 'pending' AND c.next_attempt_at <= now()
-                           AND NOT EXISTS (
-                               SELECT 1 FROM outbound_messages e
-                                WHERE e.app_key = c.app_key AND e.mcid = c.mcid AND e.user_id = c.user_id
-                                  AND e.status IN ('pending', 'sending') AND e.day >= $4
-                                  AND (e.inbound_id, e.reply_index, e.sub_index) < (c.inbound_id, c.reply_index, c.sub_index)
-                                OFFSET 0)
-                           FOR UPDATE SKIP LOCKED) c))
-        RETURNING o.id, o.app_key, o.mcid AS "mcid: McId", o.user_id AS "user_id: UserId", o.payload AS "payload: Json<PlannedReply>",
-                  o.attempts, o.trace_id, o.inbound_id, o.reply_index, o.sub_index, o.created_at"#,
-        worker_id,
-        lease.as_secs_f64(),
-        ids,
-        since,
-        app,
-        tids as &[&str],
     )
     .fetch_all(&mut *conn)
     .await
@@ -338,12 +288,22 @@ pub(crate) async fn claim_next(
     users: &[crate::pipeline::wakeups::Conversation],
     since: chrono::NaiveDate,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let mut users = users.to_vec();
+    let mut conn = crate::db::acquire(pool, "send").await?;
+    claim_users(&mut conn, worker_id, lease, users.to_vec(), since).await
+}
+
+/// [`claim_next`] on a connection the caller holds.
+async fn claim_users(
+    conn: &mut sqlx::PgConnection,
+    worker_id: &str,
+    lease: Duration,
+    mut users: Vec<crate::pipeline::wakeups::Conversation>,
+    since: chrono::NaiveDate,
+) -> Result<Vec<Claimed>, sqlx::Error> {
     users.sort();
     users.dedup();
     // One statement per app (users sorted: each app's users together), so
     // that each names its tenant key (docs/scaling.md, "Citus").
-    let mut conn = crate::db::acquire(pool, "send").await?;
     let mut out = Vec::new();
     let mut rest = users.as_slice();
     while let Some(first) = rest.first() {
@@ -353,8 +313,8 @@ pub(crate) async fn claim_next(
         rest = after;
         let mcids: Vec<&str> = group.iter().map(|u| u.1.as_str()).collect();
         let ids: Vec<&str> = group.iter().map(|u| u.2.as_str()).collect();
-        // Each user's first open reply (one probe each), then the same
-        // lock and re-check as `claim_ids`.
+        // Each user's first open reply (one probe each), locked and
+        // checked again.
         out.extend(
             sqlx::query_as!(
                 Claimed,
