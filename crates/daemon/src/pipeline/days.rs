@@ -333,14 +333,22 @@ pub(crate) async fn maintain(
     rounds.tick().await;
     let mut analyses = tokio::time::interval(ANALYZE_EVERY);
     analyses.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut analyze_failing = false;
     loop {
         let woken = tokio::select! {
             () = token.cancelled() => return,
             _ = rounds.tick() => false,
             () = reopened.notified() => true,
             _ = analyses.tick() => {
-                if let Err(e) = analyze_young(&pool).await {
-                    tracing::warn!(error = %e, "statistics for young day partitions failed; trying again later");
+                // Warned once per run of failures (the database away: every
+                // 5 s otherwise), then quiet until it works again.
+                match analyze_young(&pool).await {
+                    Ok(_) => analyze_failing = false,
+                    Err(e) if !analyze_failing => {
+                        analyze_failing = true;
+                        tracing::warn!(error = %e, "statistics for young day partitions failed; trying again every 5 s");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "statistics for young day partitions failed again"),
                 }
                 continue;
             }
