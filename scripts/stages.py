@@ -16,6 +16,7 @@ STAGES = [
     ("pubbot_stored_to_decided_seconds", "stored -> decided (decide workers)"),
     ('pubbot_pool_acquire_seconds{pool="decide"}', "  decide pool acquire"),
     ('pubbot_decided_to_sent_seconds{path="handed_over"}', "decided -> answered: handed over"),
+    ('pubbot_decided_to_sent_seconds{path="followed"}', "decided -> answered: followed in process"),
     ('pubbot_decided_to_sent_seconds{path="successor"}', "decided -> answered: after the one before"),
     ('pubbot_decided_to_sent_seconds{path="claimed"}', "decided -> answered: claimed from table"),
     ('pubbot_pool_acquire_seconds{pool="send"}', "  send pool acquire"),

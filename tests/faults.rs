@@ -322,6 +322,52 @@ async fn a_burst_past_capacity_on_a_ten_connection_pool_drains_with_nothing_twic
 }
 
 #[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn a_user_writing_faster_than_their_replies_go_out_is_answered_in_order_in_process(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // Outbox "Following a reply held here": each reply takes the platform
+    // 40 ms, and each user writes again as soon as a push is stored, so
+    // most replies are planned while the user's previous one is still out.
+    // They are leased behind it and sent once its call went out: each
+    // user's replies in the order written, none twice, none through the
+    // table's claims.
+    let w = World::with_push(connect, Duration::from_secs(5), 3).await;
+    let pool = w.pool(None).await;
+    import(&pool, ECHO).await;
+    let (d, _) = w.daemon(w.settings(), w.pool(None).await).await;
+    w.add_account(d.addr).await;
+    w.put("faults", json!({"latency_ms": 40})).await;
+    let users = conversations(&w, "quick", 20, 8).await;
+    let want = echoes(8);
+    eventually_long("every conversation answered", || {
+        inboxes_are(&w, &users, &want)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for u in &users {
+        assert_eq!(
+            w.texts(u).await,
+            want,
+            "{u}'s replies in the order they wrote, once each"
+        );
+    }
+    let metrics = scrape(d.admin_addr).await;
+    let value = |prefix: &str| metric(&metrics, prefix);
+    let followed = value("pubbot_decided_to_sent_seconds_count{path=\"followed\"}");
+    assert!(
+        followed >= 20.0,
+        "replies followed the one before in process: {followed}"
+    );
+    assert_eq!(
+        value("pubbot_outbound_settled_total{outcome=\"sent\"}"),
+        160.0,
+        "every reply recorded sent once"
+    );
+    d.shutdown().await;
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
 async fn decide_and_send_yield_while_ingest_is_behind_then_every_reply_goes_once(
     _: PgPoolOptions,
     connect: PgConnectOptions,

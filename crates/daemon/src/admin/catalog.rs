@@ -80,7 +80,7 @@ pub(crate) const METRICS: &[Metric] = &[
     ] },
     Metric { name: "pubbot_send_seconds", kind: Histogram, help: "Platform call latency", known: &[&[("endpoint", "send")], &[("endpoint", "batchsend")]] },
     Metric { name: "pubbot_decided_to_sent_seconds", kind: Histogram, help: "Time from a reply's planning to the platform's answer to its call, by how it reached its sender", known: &[
-        &[("path", "handed_over")], &[("path", "successor")], &[("path", "claimed")],
+        &[("path", "handed_over")], &[("path", "successor")], &[("path", "claimed")], &[("path", "followed")],
     ] },
     Metric { name: "pubbot_rate_limit_wait_seconds", kind: Histogram, help: "Time a call waited for the app's rate limit", known: NONE },
     Metric { name: "pubbot_replies_sent_total", kind: Counter, help: "Replies delivered", known: NONE },

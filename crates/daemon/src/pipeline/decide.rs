@@ -375,7 +375,12 @@ impl DecideWorker {
         if let Some(permit) = permit {
             // Only rows inserted now and leased (not planned before, not
             // held back behind an earlier open row) are handed over.
-            crate::pipeline::outbox::hand_over(permit, self.leases.as_deref(), leased, since);
+            crate::pipeline::outbox::hand_over(
+                permit,
+                self.leases.as_deref(),
+                leased.into_iter().map(|r| (r, Vec::new())),
+                since,
+            );
         }
         metrics::counter!("pubbot_decided_total").increment(ids.len() as u64);
         metrics::counter!("pubbot_replies_planned_total")

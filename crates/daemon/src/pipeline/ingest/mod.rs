@@ -1,7 +1,8 @@
 //! Ingest: the webhook's [`Inbox`] backed by PostgreSQL, with group commit.
 //!
 //! Each push waits in a channel; when one of `ingest.concurrent_flushes`
-//! flush slots is free (two by default), a batcher takes everything that
+//! flush slots is free (two by default; a batch sharing a user with one
+//! still committing waits for that commit), a batcher takes everything that
 //! has arrived meanwhile (up to `ingest.batch_max`; waiting up to
 //! `ingest.flush_micros` from the first push's arrival for more, while
 //! they keep coming) and commits it in one
@@ -42,7 +43,9 @@
 //! The batch's one statement then stores the push `done` and plans its
 //! replies (the outbox rows, [`crate::pipeline::outbox`] invariant 1) in the same
 //! commit, leasing them to this process's senders when nothing earlier of
-//! their user is open — so such a push costs no decide claim, no update of
+//! their user is open, or only replies this process holds (they then
+//! follow those in process: "Following a reply held here" in
+//! [`crate::pipeline::outbox`]) — so such a push costs no decide claim, no update of
 //! its row and no NOTIFY. The statement stores it `pending` instead, for a
 //! decide worker, when its user has an undecided push or an open handler
 //! call in the table, or an undecided push earlier in the same batch
@@ -447,6 +450,14 @@ impl PgInbox {
     }
 }
 
+/// A push's user, hashed (to tell batches that share one).
+fn user_of(row: &Row) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (&row.app_key, &row.mcid, &row.user_id).hash(&mut h);
+    h.finish()
+}
+
 /// What a flush needs: the pool, and where pushes decided at receipt go.
 struct Sink {
     pool: PgPool,
@@ -461,6 +472,8 @@ async fn batcher(
     token: CancellationToken,
 ) {
     let flushes = Arc::new(Semaphore::new(settings.concurrent_flushes));
+    // The users of each batch being committed, and its end.
+    let mut committing: Vec<(HashSet<u64>, CancellationToken)> = Vec::new();
     let wait = Duration::from_micros(settings.flush_micros);
     loop {
         let first = tokio::select! {
@@ -501,8 +514,27 @@ async fn batcher(
                 }
             }
         }
+        // A batch holding a user of a batch still being committed waits
+        // for that commit before its own: each statement leases a reply
+        // only behind the earlier ones of its user it can see, and two at
+        // once would not see each other's (a user's replies leased side by
+        // side, sent in either order). Rare: a user writing twice within a
+        // commit.
+        committing.retain(|(_, done)| !done.is_cancelled());
+        let users: HashSet<u64> = batch.iter().map(|p| user_of(&p.row)).collect();
+        let before: Vec<CancellationToken> = committing
+            .iter()
+            .filter(|(u, _)| !u.is_disjoint(&users))
+            .map(|(_, done)| done.clone())
+            .collect();
+        let done = CancellationToken::new();
+        committing.push((users, done.clone()));
         let sink = Arc::clone(&sink);
         tokio::spawn(async move {
+            let _done = done.drop_guard();
+            for b in before {
+                b.cancelled().await;
+            }
             flush(&sink, batch).await;
             sink.progress.advance(Stage::Ingest);
             drop(permit);

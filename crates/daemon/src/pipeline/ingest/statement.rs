@@ -20,8 +20,11 @@ pub(super) struct Stored {
     pub(super) decided: Vec<(String, String)>,
     /// Pushes stored `pending`, for a decide worker.
     pub(super) undecided: usize,
-    /// Replies planned and leased to this process's senders.
-    pub(super) leased: Vec<Claimed>,
+    /// Replies planned and leased to this process's senders, each with
+    /// the earlier replies of its user it must follow: open when it was
+    /// planned, and leased to this process too (see "Following a reply
+    /// held here" in [`crate::pipeline::outbox`]).
+    pub(super) leased: Vec<(Claimed, Vec<i64>)>,
     /// Users of replies planned `pending`, for a claim (one entry per
     /// reply).
     pub(super) pending_replies: Vec<crate::pipeline::wakeups::Conversation>,
@@ -52,7 +55,8 @@ pub(super) fn decidable(rows: &[&Row]) -> Vec<bool> {
 /// receipt when `at` is given (see "Decided at receipt"); a push whose
 /// user has an undecided push or an open handler call in the table is
 /// stored `pending` instead. Replies are leased to this process's senders
-/// when `direct` and nothing earlier of their user is open.
+/// when `direct` and every earlier open reply of their user is leased to
+/// this process too (none, mostly): they then follow those in process.
 pub(super) async fn insert(
     pool: &PgPool,
     rows: &[&Row],
@@ -135,7 +139,8 @@ pub(super) async fn insert(
                       SELECT $18 AND NOT EXISTS (
                              SELECT 1 FROM outbound_messages e
                               WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
-                                AND e.status IN ('pending', 'sending') AND e.day >= $20) AS go OFFSET 0) g
+                                AND e.status IN ('pending', 'sending') AND e.day >= $20
+                                AND (e.status = 'pending' OR e.lease_owner IS DISTINCT FROM $16)) AS go OFFSET 0) g
                 WHERE ins.status = 'done'
                 ORDER BY ins.id, p.ri
                RETURNING id, app_key, mcid, user_id, payload, attempts, trace_id, inbound_id, reply_index,
@@ -145,7 +150,11 @@ pub(super) async fn insert(
                   o.id AS "reply_id?", o.inbound_id AS "inbound_id?", o.mcid AS "mcid?", o.user_id AS "user_id?",
                   o.payload AS "payload?: Json<PlannedReply>", o.attempts AS "attempts?",
                   o.trace_id AS "trace_id?", o.reply_index AS "reply_index?", o.sub_index AS "sub_index?",
-                  o.created_at AS "created_at?"
+                  o.created_at AS "created_at?",
+                  CASE WHEN o.attempts > 0 THEN ARRAY(
+                       SELECT e.id FROM outbound_messages e
+                        WHERE e.app_key = o.app_key AND e.mcid = o.mcid AND e.user_id = o.user_id
+                          AND e.status = 'sending' AND e.lease_owner = $16 AND e.day >= $20) END AS "after?"
              FROM ins LEFT JOIN planned o ON o.inbound_id = ins.id
             ORDER BY o.id"#,
         &cols.app_key,
@@ -190,19 +199,22 @@ pub(super) async fn insert(
             (r.reply_id, r.mcid, r.user_id, r.payload, r.attempts)
         {
             if attempts > 0 {
-                out.leased.push(Claimed {
-                    id,
-                    app_key: key.0.clone(),
-                    mcid: mcid.into(),
-                    user_id: user_id.into(),
-                    payload,
-                    attempts,
-                    trace_id: r.trace_id.unwrap_or_default(),
-                    inbound_id: r.inbound_id,
-                    reply_index: r.reply_index.unwrap_or_default(),
-                    sub_index: r.sub_index.unwrap_or_default(),
-                    created_at: r.created_at.unwrap_or_else(chrono::Utc::now),
-                });
+                out.leased.push((
+                    Claimed {
+                        id,
+                        app_key: key.0.clone(),
+                        mcid: mcid.into(),
+                        user_id: user_id.into(),
+                        payload,
+                        attempts,
+                        trace_id: r.trace_id.unwrap_or_default(),
+                        inbound_id: r.inbound_id,
+                        reply_index: r.reply_index.unwrap_or_default(),
+                        sub_index: r.sub_index.unwrap_or_default(),
+                        created_at: r.created_at.unwrap_or_else(chrono::Utc::now),
+                    },
+                    r.after.unwrap_or_default(),
+                ));
             } else {
                 out.pending_replies
                     .push((key.0.clone(), mcid.into(), user_id.into()));

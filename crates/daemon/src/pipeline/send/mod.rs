@@ -184,6 +184,12 @@ impl SendWorker {
     /// # Errors
     /// Database errors of the claim.
     pub(crate) async fn once(&self) -> Result<usize, sqlx::Error> {
+        // Replies whose wait for a reply held here ended with no sender
+        // left to look (normally the sender whose call ended it sends them).
+        let ready = self.leases.ready();
+        if !ready.is_empty() {
+            self.deliver(ready).await;
+        }
         let since = std::time::Instant::now();
         // First the replies whose earlier one was just recorded here: by
         // user, through the index (cheap whatever the queue holds).
@@ -274,7 +280,12 @@ impl SendWorker {
         self.leases.hold(rows.iter().map(|r| (r.id, r.attempts)));
         self.deliver(
             rows.into_iter()
-                .map(|row| Held { row, since, path })
+                .map(|row| Held {
+                    row,
+                    since,
+                    path,
+                    after: Vec::new(),
+                })
                 .collect(),
         )
         .await;
@@ -333,8 +344,27 @@ impl SendWorker {
     }
 
     /// Sends rows this process holds, round after round (per-user order),
-    /// handing every outcome to the recorder.
+    /// handing every outcome to the recorder; rows that follow a reply
+    /// still out wait for its call, and go (or go back) with the rows of
+    /// the sender whose call ended their wait (`Leases::sort`).
     pub(crate) async fn deliver(&self, held: Vec<Held>) {
+        let mut next = held;
+        loop {
+            next.extend(self.leases.ready());
+            if next.is_empty() {
+                return;
+            }
+            let sorted = self.leases.sort(std::mem::take(&mut next));
+            for h in sorted.back {
+                self.record(&h.row, Outcome::Deferred).await;
+            }
+            self.send_rounds(sorted.go).await;
+        }
+    }
+
+    /// Sends rows round after round: a user's rows one after the other,
+    /// and none after one of theirs that did not go out.
+    async fn send_rounds(&self, held: Vec<Held>) {
         let mut blocked: std::collections::HashSet<crate::pipeline::wakeups::Conversation> =
             std::collections::HashSet::new();
         for round in rounds(held) {
@@ -372,6 +402,8 @@ impl SendWorker {
 
     async fn record(&self, row: &Claimed, outcome: Outcome) {
         let (id, attempts) = (row.id, row.attempts);
+        // Replies following this one may go now, or must go back.
+        self.leases.went(id, outcome == Outcome::Sent);
         let settled = Settlement {
             id,
             attempts,
