@@ -74,7 +74,7 @@ use crate::pipeline::decision::{AtReceipt, Receipt};
 use crate::pipeline::outbox::{Held, Leases};
 use crate::pipeline::wakeups::Wakeups;
 pub(crate) use routed::Routed;
-use statement::{insert, row_level};
+use statement::{insert, row_level, Committing};
 
 struct Pending {
     /// Shared with `accept`, which spools the same row if the commit fails.
@@ -450,14 +450,6 @@ impl PgInbox {
     }
 }
 
-/// A push's user, hashed (to tell batches that share one).
-fn user_of(row: &Row) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    (&row.app_key, &row.mcid, &row.user_id).hash(&mut h);
-    h.finish()
-}
-
 /// What a flush needs: the pool, and where pushes decided at receipt go.
 struct Sink {
     pool: PgPool,
@@ -472,8 +464,7 @@ async fn batcher(
     token: CancellationToken,
 ) {
     let flushes = Arc::new(Semaphore::new(settings.concurrent_flushes));
-    // The users of each batch being committed, and its end.
-    let mut committing: Vec<(HashSet<u64>, CancellationToken)> = Vec::new();
+    let mut committing = Committing::default();
     let wait = Duration::from_micros(settings.flush_micros);
     loop {
         let first = tokio::select! {
@@ -514,21 +505,7 @@ async fn batcher(
                 }
             }
         }
-        // A batch holding a user of a batch still being committed waits
-        // for that commit before its own: each statement leases a reply
-        // only behind the earlier ones of its user it can see, and two at
-        // once would not see each other's (a user's replies leased side by
-        // side, sent in either order). Rare: a user writing twice within a
-        // commit.
-        committing.retain(|(_, done)| !done.is_cancelled());
-        let users: HashSet<u64> = batch.iter().map(|p| user_of(&p.row)).collect();
-        let before: Vec<CancellationToken> = committing
-            .iter()
-            .filter(|(u, _)| !u.is_disjoint(&users))
-            .map(|(_, done)| done.clone())
-            .collect();
-        let done = CancellationToken::new();
-        committing.push((users, done.clone()));
+        let (before, done) = committing.begin(batch.iter().map(|p| &*p.row));
         let sink = Arc::clone(&sink);
         tokio::spawn(async move {
             let _done = done.drop_guard();

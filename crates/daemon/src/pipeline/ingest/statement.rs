@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use pubbot_rules::PlannedReply;
 use sqlx::types::Json;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use super::{DecideAtReceipt, Row};
 use crate::pipeline::outbox::Claimed;
@@ -222,6 +223,46 @@ pub(super) async fn insert(
         }
     }
     Ok(out)
+}
+
+/// The users of each batch being committed, and its end: a batch holding a
+/// user of one still being committed waits for that commit before its own.
+/// Each statement leases a reply only behind the earlier ones of its user
+/// it can see, and two at once would not see each other's (a user's
+/// replies leased side by side, sent in either order). Rare: a user
+/// writing twice within a commit.
+#[derive(Default)]
+pub(super) struct Committing {
+    batches: Vec<(HashSet<u64>, CancellationToken)>,
+}
+
+impl Committing {
+    /// A batch of `rows` begins: the ends to wait for before its
+    /// statement, and its own (cancelled when the guard drops).
+    pub(super) fn begin<'a>(
+        &mut self,
+        rows: impl IntoIterator<Item = &'a Row>,
+    ) -> (Vec<CancellationToken>, CancellationToken) {
+        self.batches.retain(|(_, done)| !done.is_cancelled());
+        let users: HashSet<u64> = rows.into_iter().map(user_of).collect();
+        let before = self
+            .batches
+            .iter()
+            .filter(|(u, _)| !u.is_disjoint(&users))
+            .map(|(_, done)| done.clone())
+            .collect();
+        let done = CancellationToken::new();
+        self.batches.push((users, done.clone()));
+        (before, done)
+    }
+}
+
+/// A push's user, hashed (to tell batches that share one).
+fn user_of(row: &Row) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (&row.app_key, &row.mcid, &row.user_id).hash(&mut h);
+    h.finish()
 }
 
 /// Whether an error is about a row's data (one push at fault), not the
