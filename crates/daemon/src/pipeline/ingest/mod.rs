@@ -692,11 +692,10 @@ impl Drop for Waiting<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::statement::decidable;
-    use super::*;
+mod tests_support {
+    use super::Row;
 
-    fn row(user: &str, key: &str) -> Row {
+    pub(super) fn row(user: &str, key: &str) -> Row {
         Row {
             app_key: "a".into(),
             mcid: "shop".into(),
@@ -711,6 +710,13 @@ mod tests {
             decided: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::statement::decidable;
+    use super::tests_support::row;
+    use super::*;
 
     #[test]
     fn a_held_users_push_goes_to_the_spool_at_once_unless_an_earlier_one_may_still_be_on_its_way() {
@@ -814,5 +820,32 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 8);
+    }
+}
+
+#[cfg(test)]
+mod committing {
+    use super::statement::Committing;
+    use super::tests_support::row;
+
+    #[test]
+    fn a_batch_waits_only_for_the_commits_in_flight_that_hold_one_of_its_users() {
+        let mut c = Committing::default();
+        let (before, first) = c.begin([&row("ann", "1"), &row("bob", "2")]);
+        assert!(before.is_empty());
+        // Another user: no wait. Ann again: waits for the first batch.
+        let (before, _second) = c.begin([&row("cat", "3")]);
+        assert!(before.is_empty());
+        let (before, third) = c.begin([&row("dan", "4"), &row("ann", "5")]);
+        assert_eq!(before.len(), 1);
+        assert!(!before[0].is_cancelled());
+        // The first commit ends (its guard drops): whoever waits goes on,
+        // and a later batch of ann's waits only for the third.
+        drop(first.drop_guard());
+        assert!(before[0].is_cancelled());
+        let (before, _) = c.begin([&row("ann", "6")]);
+        assert_eq!(before.len(), 1);
+        drop(third.drop_guard());
+        assert!(before[0].is_cancelled());
     }
 }
