@@ -20,6 +20,8 @@ STAGES = [
     ('pubbot_decided_to_sent_seconds{path="successor"}', "decided -> answered: after the one before"),
     ('pubbot_decided_to_sent_seconds{path="claimed"}', "decided -> answered: claimed from table"),
     ('pubbot_pool_acquire_seconds{pool="send"}', "  send pool acquire"),
+    ("pubbot_handoff_wait_seconds", "  hand-off wait (from statement start)"),
+    ("pubbot_send_slot_wait_seconds", "  call slot wait"),
     ("pubbot_rate_limit_wait_seconds", "  rate limit wait"),
     ('pubbot_send_seconds{endpoint="send"}', "  platform call (send)"),
     ('pubbot_pool_acquire_seconds{pool="settle"}', "  settle pool acquire"),

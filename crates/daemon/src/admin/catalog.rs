@@ -82,6 +82,8 @@ pub(crate) const METRICS: &[Metric] = &[
     Metric { name: "pubbot_decided_to_sent_seconds", kind: Histogram, help: "Time from a reply's planning to the platform's answer to its call, by how it reached its sender", known: &[
         &[("path", "handed_over")], &[("path", "successor")], &[("path", "claimed")], &[("path", "followed")],
     ] },
+    Metric { name: "pubbot_handoff_wait_seconds", kind: Histogram, help: "Time from the start of the statement that leased handed-over replies to a sender taking them (the commit, then the hand-off queue)", known: NONE },
+    Metric { name: "pubbot_send_slot_wait_seconds", kind: Histogram, help: "Time a call waited for one of the process's sender.max_in_flight slots", known: NONE },
     Metric { name: "pubbot_rate_limit_wait_seconds", kind: Histogram, help: "Time a call waited for the app's rate limit", known: NONE },
     Metric { name: "pubbot_replies_sent_total", kind: Counter, help: "Replies delivered", known: NONE },
     Metric { name: "pubbot_send_retries_total", kind: Counter, help: "Replies put back for a retry", known: NONE },
