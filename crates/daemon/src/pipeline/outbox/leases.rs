@@ -119,6 +119,13 @@ impl Leases {
     /// one that goes back takes the later ones with it, and the rows before
     /// one that go with it need no waiting (the rounds keep their order).
     pub(crate) fn sort(&self, mut rows: Vec<Held>) -> Sorted {
+        // Mostly nothing to follow: all go, as they came.
+        if rows.iter().all(|h| h.after.is_empty()) {
+            return Sorted {
+                go: rows,
+                back: Vec::new(),
+            };
+        }
         rows.sort_by(|a, b| {
             a.row
                 .conversation()

@@ -81,8 +81,8 @@
 //! to have the new reply planned `pending`, claimed by user once the one
 //! before was recorded: two statements and two commits between any two
 //! replies of the user, and under load every later reply of theirs took
-//! that path (measured at 6,000 msgs/s: 22,275 of 120,000 replies, p50
-//! 378 ms, and PostgreSQL at 84-114% of a core for the claims). Now the
+//! that path (measured at 6,000 msgs/s: 22,275-40,300 of 120,000 replies,
+//! p50 353-378 ms, and PostgreSQL at 84-114% of a core). Now the
 //! ingest statement leases such a reply when every earlier open reply of
 //! its user is leased to this process, and lists them
 //! ([`Held::after`]). The sender ([`Leases::sort`]) sends it once their
