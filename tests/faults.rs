@@ -326,6 +326,21 @@ async fn a_user_writing_faster_than_their_replies_go_out_is_answered_in_order_in
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
+    // Replies planned by the ingest statement (decided at receipt).
+    answered_in_order_in_process(connect, true).await;
+}
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn replies_planned_by_the_decide_workers_follow_the_one_before_in_process_too(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // Every push decided by a decide worker (as while ingest is behind,
+    // and after it, until each user's backlog is decided).
+    answered_in_order_in_process(connect, false).await;
+}
+
+async fn answered_in_order_in_process(connect: PgConnectOptions, at_receipt: bool) {
     // Outbox "Following a reply held here": each reply takes the platform
     // 40 ms, and each user writes again as soon as a push is stored, so
     // most replies are planned while the user's previous one is still out.
@@ -335,7 +350,9 @@ async fn a_user_writing_faster_than_their_replies_go_out_is_answered_in_order_in
     let w = World::with_push(connect, Duration::from_secs(5), 3).await;
     let pool = w.pool(None).await;
     import(&pool, ECHO).await;
-    let (d, _) = w.daemon(w.settings(), w.pool(None).await).await;
+    let mut settings = w.settings();
+    settings.ingest.decide_at_receipt = at_receipt;
+    let (d, _) = w.daemon(settings, w.pool(None).await).await;
     w.add_account(d.addr).await;
     w.put("faults", json!({"latency_ms": 40})).await;
     // The registry is the process's: other tests in it count too.
@@ -392,6 +409,14 @@ async fn decide_and_send_yield_while_ingest_is_behind_then_every_reply_goes_once
     settings.ingest.yield_after_ms = 1;
     let (d, _) = w.daemon(settings, w.pool(None).await).await;
     w.add_account(d.addr).await;
+    // The registry is the process's: other tests in it count too.
+    let undecided = || async {
+        metric(
+            &scrape(d.admin_addr).await,
+            "pubbot_ingest_undecided_behind_total",
+        )
+    };
+    let before = undecided().await;
     let per_user = burst(&w, "first", 1500, 100).await;
     w.pushes_answered_once().await;
     each_answered_exactly_once(&w, &per_user).await;
@@ -410,6 +435,11 @@ async fn decide_and_send_yield_while_ingest_is_behind_then_every_reply_goes_once
             "{u}'s replies in the order they wrote"
         );
     }
+    // Behind, pushes were stored undecided: one insert each, decided later
+    // by the workers (all but those of the commits before the first slow
+    // one).
+    let n = undecided().await - before;
+    assert!(n >= 1000.0, "pushes stored undecided while behind: {n}");
     let metrics = scrape(d.admin_addr).await;
     let value = |prefix: &str| metric(&metrics, prefix);
     assert!(

@@ -138,11 +138,13 @@ impl Progress {
 /// more puts ingest *behind* for [`IngestFirst::HOLD`] after it, and
 /// meanwhile the decide and send workers start no new round
 /// ([`IngestFirst::wait`]): what they took goes on, nothing new is
-/// claimed. Pushes keep being stored decided (at receipt) or pending, and
-/// their replies wait in the outbox, where the senders find them once
-/// ingest keeps up again; a reply older than `sender.max_reply_age_secs`
-/// by then expires instead of going out late. While behind, decide and
-/// send do not count as stalled.
+/// claimed. Pushes are stored undecided meanwhile (one insert each, no
+/// decision at receipt: "Ingest first" in [`crate::pipeline::ingest`]),
+/// and the decide workers decide them, in each user's order, once ingest
+/// keeps up again; replies already planned wait in the outbox for the
+/// senders; a reply older than `sender.max_reply_age_secs` by then expires
+/// instead of going out late. While behind, decide and send do not count
+/// as stalled.
 #[derive(Debug)]
 pub(crate) struct IngestFirst {
     /// Waits at or over this put ingest behind (ms; 0: never).

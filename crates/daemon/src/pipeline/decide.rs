@@ -6,10 +6,12 @@
 //! nor lost; [`crate::pipeline::outbox`] invariant 1).
 //!
 //! A planned reply is leased to this process's own senders in the same
-//! transaction (the fast path: no NOTIFY, no second claim) only when
-//! nothing earlier of its user is still open — no undecided earlier push,
-//! no unsettled earlier reply (outbox invariant 5); otherwise it is
-//! planned `pending` and the claim takes it in its turn. Every reply one
+//! transaction (the fast path: no NOTIFY, no second claim) when nothing
+//! earlier of its user is still open — no undecided earlier push, no
+//! unsettled earlier reply (outbox invariant 5) — or when the latest open
+//! reply of its user is leased to this process too, which it then follows
+//! in process ("Following a reply held here" in [`crate::pipeline::outbox`]);
+//! otherwise it is planned `pending` and the claim takes it in its turn. Every reply one
 //! transaction leases is handed over as one unit, so one sender sends a
 //! user's replies in order.
 
@@ -30,6 +32,20 @@ use crate::pipeline::outbox::{self, Claimed, Held, Leases};
 use crate::pipeline::rules::RuleStore;
 use crate::pipeline::wakeups::{work_loop, Wakeups};
 use crate::progress::{Progress, Stage};
+
+/// How many times `workers.claim_batch` a decide claim grows to while each
+/// takes all it asked for.
+const GROWN: i64 = 8;
+
+/// The size of a decide worker's next claim: twice the last after a full
+/// one (up to [`GROWN`] times `base`), else `base`.
+fn next_size(base: i64, asked: i64, took: usize) -> i64 {
+    if i64::try_from(took).unwrap_or(i64::MAX) >= asked {
+        (asked * 2).min(base.max(1) * GROWN)
+    } else {
+        base
+    }
+}
 
 /// A user of an account of an app: whose conversation state a push reads.
 type UserKey = (String, McId, UserId);
@@ -78,8 +94,14 @@ pub(crate) struct DecideWorker {
 }
 
 impl DecideWorker {
-    /// Runs until `token` is cancelled.
+    /// Runs until `token` is cancelled. A claim that took all it asked
+    /// for doubles the next one, up to [`GROWN`] times `workers.claim_batch`;
+    /// one that took less goes back to `claim_batch`. A backlog (pushes
+    /// stored undecided while ingest was behind) is decided in fewer,
+    /// larger transactions: each costs the same six statements and one
+    /// commit whatever its size.
     pub(crate) async fn run(self, token: CancellationToken) {
+        let size = std::sync::atomic::AtomicI64::new(self.batch);
         work_loop(
             &self.wake.inbound,
             self.poll,
@@ -87,7 +109,15 @@ impl DecideWorker {
             &token,
             "decide",
             &self.progress.ingest_first,
-            || self.once(),
+            || async {
+                let asked = size.load(std::sync::atomic::Ordering::Relaxed);
+                let took = self.once(asked).await?;
+                size.store(
+                    next_size(self.batch, asked, took),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                Ok(took)
+            },
         )
         .await;
     }
@@ -102,7 +132,7 @@ impl DecideWorker {
     /// # Errors
     /// Database errors; the transaction rolls back and the batch is taken
     /// again.
-    pub(crate) async fn once(&self) -> Result<usize, sqlx::Error> {
+    pub(crate) async fn once(&self, batch: i64) -> Result<usize, sqlx::Error> {
         // Before the transaction, whose start is the leases' `now()`: never
         // later than the leases of the rows handed over.
         let since = std::time::Instant::now();
@@ -121,7 +151,7 @@ impl DecideWorker {
             (&*self.apps).into()
         };
         let claimed =
-            ingest::pending::claim(&mut tx, self.batch, self.progress.days.since(), &apps).await?;
+            ingest::pending::claim(&mut tx, batch, self.progress.days.since(), &apps).await?;
         if claimed.is_empty() {
             tx.rollback().await?;
             return Ok(0);
@@ -318,12 +348,13 @@ impl DecideWorker {
             _ => None,
         };
         let direct = permit.is_some();
-        let mut leased: Vec<Claimed> = Vec::new();
+        let mut leased: Vec<(Claimed, Option<i64>)> = Vec::new();
         if !planned.inbound_id.is_empty() {
-            // A row goes straight to this process's senders only when no
-            // earlier reply of its user is open. (Every earlier push of the
-            // user is decided: the claim above takes a user's pushes one at a
-            // time, in order.)
+            // A row goes straight to this process's senders when no earlier
+            // reply of its user is open, or the latest open one is leased
+            // here too (it follows that one in process). Every earlier push
+            // of the user is decided: the claim above takes a user's pushes
+            // one at a time, in order.
             leased = outbox::plan(
                 &mut tx,
                 &planned,
@@ -366,7 +397,7 @@ impl DecideWorker {
         // Claimable now (no room in the hand-off) unless held back behind
         // an earlier open reply of their user; then they go when that one
         // is recorded.
-        let pending = leased.iter().filter(|r| r.attempts == 0);
+        let pending = leased.iter().map(|(r, _)| r).filter(|r| r.attempts == 0);
         if !direct {
             self.wake.add_pending(pending.clone().count());
         }
@@ -375,16 +406,27 @@ impl DecideWorker {
         if let Some(permit) = permit {
             // Only rows inserted now and leased (not planned before, not
             // held back behind an earlier open row) are handed over.
-            crate::pipeline::outbox::hand_over(
-                permit,
-                self.leases.as_deref(),
-                leased.into_iter().map(|r| (r, Vec::new())),
-                since,
-            );
+            crate::pipeline::outbox::hand_over(permit, self.leases.as_deref(), leased, since);
         }
         metrics::counter!("pubbot_decided_total").increment(ids.len() as u64);
         metrics::counter!("pubbot_replies_planned_total")
             .increment(planned.inbound_id.len() as u64);
         Ok(claimed.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_size;
+
+    #[test]
+    fn a_decide_claim_grows_while_full_and_shrinks_when_not() {
+        // Full claims double, up to eight times the configured batch.
+        assert_eq!(next_size(64, 64, 64), 128);
+        assert_eq!(next_size(64, 256, 256), 512);
+        assert_eq!(next_size(64, 512, 512), 512);
+        // One that took less: back to the configured batch.
+        assert_eq!(next_size(64, 512, 300), 64);
+        assert_eq!(next_size(64, 64, 0), 64);
     }
 }

@@ -50,6 +50,19 @@
 //! decide worker, when its user has an undecided push or an open handler
 //! call in the table, or an undecided push earlier in the same batch
 //! (invariant 5: a user's pushes are decided in order).
+//!
+//! # Ingest first
+//!
+//! While ingest is behind ([`crate::progress::IngestFirst`]: a group
+//! commit's oldest push waited `ingest.yield_after_ms`), pushes are stored
+//! undecided, `pending`, as if `decide_at_receipt` were off: one insert a
+//! push and no probes of the user's open replies, so the database's time
+//! goes to storing pushes, and the decide workers (which yield meanwhile)
+//! decide them later in order. Measured at 10,000 pushes/s for 60 s on two
+//! cores (BENCHMARKS.md, "Ingest first under overload"): deciding at
+//! receipt throughout, 23% of the pushes were never acknowledged within the
+//! platform's tries; stored undecided, every one was. Counted in
+//! `pubbot_ingest_undecided_behind_total`.
 
 pub(crate) mod moved;
 pub(crate) mod pending;
@@ -388,7 +401,13 @@ impl PgInbox {
             return Err(InboxError::Refused(why.to_string()));
         }
         tracing::debug!(trace_id = %trace, app_key = %push.app_key, mcid = %m.to, msg_type = m.msg_type(), "push received");
-        if let Some(receipt) = &self.receipt {
+        // While ingest is behind, pushes are stored undecided (see "Ingest
+        // first"): no decision to make here either.
+        if let Some(receipt) = self
+            .receipt
+            .as_ref()
+            .filter(|_| !self.progress.ingest_first.behind())
+        {
             row.decided = receipt.decide(&row.app_key, &row.dedup_key, m);
         }
         // Counted while it waits for the database; uncounted on every way
@@ -550,9 +569,13 @@ fn flush_part(
         // has room for one more unit (reserved before the statement, taken
         // before it began: never later than the leases it sets).
         let since = Instant::now();
-        let plans = rows
-            .iter()
-            .any(|r| r.decided.as_ref().is_some_and(|d| !d.replies.is_empty()));
+        // Ingest first: while behind, the batch is stored undecided, the
+        // one insert a push needs (see "Ingest first" above).
+        let behind = sink.progress.ingest_first.behind();
+        let plans = !behind
+            && rows
+                .iter()
+                .any(|r| r.decided.as_ref().is_some_and(|d| !d.replies.is_empty()));
         let permit = match &sink.at_receipt {
             Some(DecideAtReceipt {
                 handoff: Some(tx), ..
@@ -560,7 +583,16 @@ fn flush_part(
             _ => None,
         };
         let direct = permit.is_some();
-        let at = sink.at_receipt.as_ref().map(|a| (a, direct));
+        let at = sink
+            .at_receipt
+            .as_ref()
+            .filter(|_| !behind)
+            .map(|a| (a, direct));
+        let deferred = if behind && sink.at_receipt.is_some() {
+            rows.len()
+        } else {
+            0
+        };
         let inserted = insert(&sink.pool, &rows, at, sink.progress.days.since()).await;
         drop(rows);
         match inserted {
@@ -613,6 +645,10 @@ fn flush_part(
                 if duplicates > 0 {
                     metrics::counter!("pubbot_inbound_messages_total", "outcome" => "duplicate")
                         .increment(duplicates);
+                }
+                if deferred > 0 {
+                    metrics::counter!("pubbot_ingest_undecided_behind_total")
+                        .increment(deferred as u64);
                 }
                 if let Some(at) = &sink.at_receipt {
                     if !stored.decided.is_empty() {

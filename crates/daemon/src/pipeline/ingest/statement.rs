@@ -22,10 +22,10 @@ pub(super) struct Stored {
     /// Pushes stored `pending`, for a decide worker.
     pub(super) undecided: usize,
     /// Replies planned and leased to this process's senders, each with
-    /// the earlier replies of its user it must follow: open when it was
-    /// planned, and leased to this process too (see "Following a reply
+    /// the earlier reply of its user it must follow: the latest open when
+    /// it was planned, leased to this process too (see "Following a reply
     /// held here" in [`crate::pipeline::outbox`]).
-    pub(super) leased: Vec<(Claimed, Vec<i64>)>,
+    pub(super) leased: Vec<(Claimed, Option<i64>)>,
     /// Users of replies planned `pending`, for a claim (one entry per
     /// reply).
     pub(super) pending_replies: Vec<crate::pipeline::wakeups::Conversation>,
@@ -56,8 +56,8 @@ pub(super) fn decidable(rows: &[&Row]) -> Vec<bool> {
 /// receipt when `at` is given (see "Decided at receipt"); a push whose
 /// user has an undecided push or an open handler call in the table is
 /// stored `pending` instead. Replies are leased to this process's senders
-/// when `direct` and every earlier open reply of their user is leased to
-/// this process too (none, mostly): they then follow those in process.
+/// when `direct` and the latest open reply of their user is leased to this
+/// process too, or there is none (mostly): they then follow it in process.
 pub(super) async fn insert(
     pool: &PgPool,
     rows: &[&Row],
@@ -96,7 +96,8 @@ pub(super) async fn insert(
     // One statement: the pushes, then the replies of those stored `done`,
     // in push order (outbound ids follow the order the user wrote).
     // (`OFFSET 0` keeps each check a single probe per row: flattened, the
-    // planner would repeat it in every `CASE` that reads it.)
+    // planner would repeat it in every `CASE` that reads it; `last` is read
+    // twice, so it is computed once.)
     let stored = sqlx::query!(
         r#"WITH x AS (
                SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -123,25 +124,34 @@ pub(super) async fn insert(
                 ORDER BY n
                ON CONFLICT (app_key, mcid, dedup_key, day) DO NOTHING
                RETURNING id, day, app_key, dedup_key, status
+           ), last AS (
+               -- The latest open reply of each user (one probe of the
+               -- index of open replies): a reply goes now only when there
+               -- is none, or when it is leased to this process, and then
+               -- follows it (each follower follows the one before it).
+               SELECT u.a, u.m, u.u, l.id AS last_id,
+                      $18 AND (l.id IS NULL OR (l.status = 'sending' AND l.lease_owner = $16)) AS go
+                 FROM (SELECT DISTINCT a, m, u FROM x WHERE ok) u
+                 LEFT JOIN LATERAL (
+                      SELECT e.id, e.status, e.lease_owner FROM outbound_messages e
+                       WHERE e.app_key = u.a AND e.mcid = u.m AND e.user_id = u.u
+                         AND e.status IN ('pending', 'sending') AND e.day >= $20
+                       ORDER BY e.inbound_id DESC, e.reply_index DESC, e.sub_index DESC
+                       LIMIT 1) l ON true
            ), planned AS (
                INSERT INTO outbound_messages
                       (id, day, inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
                        status, lease_owner, lease_until, attempts)
                SELECT pubbot_id(ins.day, nextval('outbound_messages_id_seq')), ins.day, ins.id, p.ri, x.a, x.m, x.u, p.rule, p.payload::json, x.tr,
-                      CASE WHEN go THEN 'sending' ELSE 'pending' END,
-                      CASE WHEN go THEN $16 END,
-                      CASE WHEN go THEN now() + make_interval(secs => $17) END,
-                      CASE WHEN go THEN 1 ELSE 0 END
+                      CASE WHEN l.go THEN 'sending' ELSE 'pending' END,
+                      CASE WHEN l.go THEN $16 END,
+                      CASE WHEN l.go THEN now() + make_interval(secs => $17) END,
+                      CASE WHEN l.go THEN 1 ELSE 0 END
                  FROM ins
                  JOIN x ON x.a = ins.app_key AND x.d = ins.dedup_key
                  JOIN UNNEST($12::int8[], $13::int4[], $14::text[], $15::text[]) AS p(n, ri, rule, payload)
                    ON p.n = x.n
-                 CROSS JOIN LATERAL (
-                      SELECT $18 AND NOT EXISTS (
-                             SELECT 1 FROM outbound_messages e
-                              WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
-                                AND e.status IN ('pending', 'sending') AND e.day >= $20
-                                AND (e.status = 'pending' OR e.lease_owner IS DISTINCT FROM $16)) AS go OFFSET 0) g
+                 JOIN last l ON l.a = x.a AND l.m = x.m AND l.u = x.u
                 WHERE ins.status = 'done'
                 ORDER BY ins.id, p.ri
                RETURNING id, app_key, mcid, user_id, payload, attempts, trace_id, inbound_id, reply_index,
@@ -152,11 +162,9 @@ pub(super) async fn insert(
                   o.payload AS "payload?: Json<PlannedReply>", o.attempts AS "attempts?",
                   o.trace_id AS "trace_id?", o.reply_index AS "reply_index?", o.sub_index AS "sub_index?",
                   o.created_at AS "created_at?",
-                  CASE WHEN o.attempts > 0 THEN ARRAY(
-                       SELECT e.id FROM outbound_messages e
-                        WHERE e.app_key = o.app_key AND e.mcid = o.mcid AND e.user_id = o.user_id
-                          AND e.status = 'sending' AND e.lease_owner = $16 AND e.day >= $20) END AS "after?"
+                  CASE WHEN o.attempts > 0 THEN l.last_id END AS "follows?"
              FROM ins LEFT JOIN planned o ON o.inbound_id = ins.id
+             LEFT JOIN last l ON l.a = o.app_key AND l.m = o.mcid AND l.u = o.user_id
             ORDER BY o.id"#,
         &cols.app_key,
         &cols.mcid,
@@ -214,7 +222,7 @@ pub(super) async fn insert(
                         sub_index: r.sub_index.unwrap_or_default(),
                         created_at: r.created_at.unwrap_or_else(chrono::Utc::now),
                     },
-                    r.after.unwrap_or_default(),
+                    r.follows,
                 ));
             } else {
                 out.pending_replies

@@ -60,21 +60,17 @@ impl Inner {
             .copied()
     }
 
-    /// What rows following `after` may do.
-    fn fate(&self, after: &[i64]) -> Fate {
-        let mut wait = None;
-        for &id in after {
-            match self.went(id) {
-                Some(true) => {}
-                Some(false) => return Fate::Back,
-                None if self.held.contains_key(&id) => wait = wait.max(Some(id)),
-                // Not held, no outcome: leased here a moment too late to
-                // be seen yet, or lost to another process. Not knowing, the
-                // reply does not go.
-                None => return Fate::Back,
-            }
+    /// What a row following row `id` may do.
+    fn fate(&self, id: i64) -> Fate {
+        match self.went(id) {
+            Some(true) => Fate::Go,
+            Some(false) => Fate::Back,
+            None if self.held.contains_key(&id) => Fate::Wait(id),
+            // Not held, no outcome: leased here a moment too late to be
+            // seen yet, or lost to another process. Not knowing, the reply
+            // does not go.
+            None => Fate::Back,
         }
-        wait.map_or(Fate::Go, Fate::Wait)
     }
 }
 
@@ -111,16 +107,16 @@ impl Leases {
     }
 
     /// Sorts rows about to be sent by what their user's earlier replies
-    /// (`Held::after`) allow: all went out, or none to follow: they go;
-    /// one is still held here without an outcome: they wait for its call
-    /// (then [`Leases::ready`] gives them back); one did not go out, or
-    /// nothing is known of it: back to the table. A user's rows in `rows`
+    /// (`Held::follows`) allow: it went out, or there is none: they go; it
+    /// is still held here without an outcome: they wait for its call (then
+    /// [`Leases::ready`] gives them back); it did not go out, or nothing is
+    /// known of it: back to the table. A user's rows in `rows`
     /// are taken in their order: one that waits makes the next wait for it,
     /// one that goes back takes the later ones with it, and the rows before
     /// one that go with it need no waiting (the rounds keep their order).
     pub(crate) fn sort(&self, mut rows: Vec<Held>) -> Sorted {
         // Mostly nothing to follow: all go, as they came.
-        if rows.iter().all(|h| h.after.is_empty()) {
+        if rows.iter().all(|h| h.follows.is_none()) {
             return Sorted {
                 go: rows,
                 back: Vec::new(),
@@ -150,21 +146,16 @@ impl Leases {
             let fate = match before {
                 Some((_, Fate::Back, _)) => Fate::Back,
                 Some((_, Fate::Wait(_), id)) => Fate::Wait(id),
-                _ if h.after.iter().any(|&id| id > h.row.id) => {
-                    // Never planned so (a user's pushes are stored one
-                    // statement at a time): waiting for a later row could
-                    // wait for ever.
-                    Fate::Back
-                }
-                _ => {
-                    let after: Vec<i64> = h
-                        .after
-                        .iter()
-                        .copied()
-                        .filter(|id| !going.contains(id))
-                        .collect();
-                    inner.fate(&after)
-                }
+                // Never planned so (a user's pushes are stored one
+                // statement at a time): waiting for a later row could wait
+                // for ever.
+                _ if h.follows.is_some_and(|id| id > h.row.id) => Fate::Back,
+                // A row going before it in this sort needs no waiting for
+                // (the rounds keep their order).
+                _ => match h.follows.filter(|id| !going.contains(id)) {
+                    Some(id) => inner.fate(id),
+                    None => Fate::Go,
+                },
             };
             let id = h.row.id;
             match fate {
@@ -214,7 +205,7 @@ mod tests {
     use super::*;
     use crate::pipeline::outbox::Claimed;
 
-    fn row(id: i64, user: &str, after: &[i64]) -> Held {
+    fn row(id: i64, user: &str, follows: Option<i64>) -> Held {
         Held {
             row: Claimed {
                 id,
@@ -233,7 +224,7 @@ mod tests {
             },
             since: Instant::now(),
             path: Path::HandedOver,
-            after: after.to_vec(),
+            follows,
         }
     }
 
@@ -246,7 +237,7 @@ mod tests {
         let l = Leases::default();
         l.hold([(1, 1), (2, 1), (3, 1)]);
         // 2 follows 1 (still held, no call yet); 3 has nothing to follow.
-        let s = l.sort(vec![row(2, "ann", &[1]), row(3, "bob", &[])]);
+        let s = l.sort(vec![row(2, "ann", Some(1)), row(3, "bob", None)]);
         assert_eq!(ids(&s.go), [3]);
         assert!(s.back.is_empty());
         // 1 went out: 2 comes back, and now goes.
@@ -266,20 +257,20 @@ mod tests {
         l.hold([(1, 1), (2, 1), (5, 1), (6, 1)]);
         l.went(1, false);
         assert!(l.ready().is_empty());
-        let s = l.sort(vec![row(2, "ann", &[1])]);
+        let s = l.sort(vec![row(2, "ann", Some(1))]);
         assert_eq!(ids(&s.back), [2], "its earlier reply did not go out");
         // 4 was never held here (or no longer): not knowing, 5 goes back.
-        let s = l.sort(vec![row(5, "cat", &[4])]);
+        let s = l.sort(vec![row(5, "cat", Some(4))]);
         assert_eq!(ids(&s.back), [5]);
         // Waiting for 6's call, 7 is ready again when 6 is lost without one.
         l.hold([(7, 1)]);
-        assert!(l.sort(vec![row(7, "dan", &[6])]).go.is_empty());
+        assert!(l.sort(vec![row(7, "dan", Some(6))]).go.is_empty());
         assert!(l.ready().is_empty());
         l.release([6]);
         assert_eq!(ids(&l.ready()), [7]);
         assert!(l.ready().is_empty());
         // An orphan sorted again goes back: 6 has no outcome and is not held.
-        assert_eq!(ids(&l.sort(vec![row(7, "dan", &[6])]).back), [7]);
+        assert_eq!(ids(&l.sort(vec![row(7, "dan", Some(6))]).back), [7]);
     }
 
     #[test]
@@ -289,9 +280,9 @@ mod tests {
         // 2 and 3 (two replies of one push, or two pushes of one batch)
         // follow 1; 4 is another user's.
         let s = l.sort(vec![
-            row(3, "ann", &[1]),
-            row(4, "bob", &[]),
-            row(2, "ann", &[1]),
+            row(3, "ann", Some(1)),
+            row(4, "bob", None),
+            row(2, "ann", Some(1)),
         ]);
         assert_eq!(ids(&s.go), [4]);
         // 3 waits for 2, which waits for 1.
@@ -302,30 +293,28 @@ mod tests {
         // Units taken together: a row followed by another in the same
         // sort does not make it wait (the rounds keep their order).
         l.hold([(20, 1), (21, 1)]);
-        let s = l.sort(vec![row(21, "fay", &[20]), row(20, "fay", &[])]);
+        let s = l.sort(vec![row(21, "fay", Some(20)), row(20, "fay", None)]);
         assert_eq!(ids(&s.go), [20, 21]);
         // A row given back with a later one of its user that was planned
         // behind it: the later one waits for it, never the other way round
         // (seen: each waiting for the other, for ever).
         l.hold([(40, 1), (41, 1), (42, 1), (43, 1)]);
-        assert!(l.sort(vec![row(41, "hal", &[40])]).go.is_empty());
+        assert!(l.sort(vec![row(41, "hal", Some(40))]).go.is_empty());
         l.went(40, true);
         let mut again = l.ready();
         // 43 came in a new unit, planned behind 41 and 42 (both held).
-        again.push(row(43, "hal", &[41, 42]));
-        assert!(l.sort(vec![row(42, "hal", &[40, 41])]).go.is_empty());
+        again.push(row(43, "hal", Some(42)));
+        assert!(l.sort(vec![row(42, "hal", Some(41))]).go.is_empty());
         let s = l.sort(again);
         assert_eq!(ids(&s.go), [41]);
         l.went(41, true);
         assert_eq!(ids(&l.ready()), [42]);
         // A row to follow planned after this one: not waited for.
         l.hold([(30, 1), (31, 1)]);
-        assert_eq!(ids(&l.sort(vec![row(30, "gus", &[31])]).back), [30]);
-        // Following two rows: waits for the later one still out.
-        l.hold([(10, 1), (11, 1), (12, 1)]);
+        assert_eq!(ids(&l.sort(vec![row(30, "gus", Some(31))]).back), [30]);
+        // A row that went out before the one followed was sorted: goes.
+        l.hold([(10, 1), (11, 1)]);
         l.went(10, true);
-        assert!(l.sort(vec![row(12, "eve", &[10, 11])]).go.is_empty());
-        l.went(11, true);
-        assert_eq!(ids(&l.ready()), [12]);
+        assert_eq!(ids(&l.sort(vec![row(11, "eve", Some(10))]).go), [11]);
     }
 }

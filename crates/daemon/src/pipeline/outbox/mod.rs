@@ -83,13 +83,17 @@
 //! replies of the user, and under load every later reply of theirs took
 //! that path (measured at 6,000 msgs/s: 22,275-40,300 of 120,000 replies,
 //! p50 353-378 ms, and PostgreSQL at 84-114% of a core). Now the
-//! ingest statement leases such a reply when every earlier open reply of
-//! its user is leased to this process, and lists them
-//! ([`Held::after`]). The sender ([`Leases::sort`]) sends it once their
-//! calls went out, in process, with no statement in between; if one did
-//! not go out, or nothing is known of it (its outcome older than ten
-//! seconds, or its lease lost), the reply goes back to `pending` untried
-//! and takes the claim path above. Two batches in flight at once never hold
+//! ingest statement leases such a reply when the latest open reply of its
+//! user is leased to this process, and names it ([`Held::follows`]). The
+//! sender ([`Leases::sort`]) sends it once that call went out, in process,
+//! with no statement in between; if it did not go out, or nothing is known
+//! of it (its outcome older than ten seconds, or its lease lost), the reply
+//! goes back to `pending` untried and takes the claim path above. Following
+//! only the latest is enough: it was itself leased behind the one before it,
+//! so it went out only after all of them; and one probe of the index of
+//! open replies finds it, where listing every earlier one read them all (a
+//! user's open replies pile up while sends yield to ingest, and each push
+//! read them all again: quadratic under overload). Two batches in flight at once never hold
 //! pushes of one user (a batch waits for the commit of one that does), so
 //! a statement sees every earlier reply of the user it plans for. A
 //! process that dies leaves both rows leased; recovery sends the earlier
@@ -185,10 +189,10 @@ pub(crate) struct Held {
     pub since: std::time::Instant,
     /// How it reached its sender.
     pub path: Path,
-    /// Earlier replies of its user it follows: leased to this process when
-    /// this one was planned, and not recorded yet (see "Following a reply
-    /// held here"). Empty for rows claimed from the table.
-    pub after: Vec<i64>,
+    /// The earlier reply of its user it follows: the latest open one when
+    /// this one was planned, leased to this process (see "Following a
+    /// reply held here"). `None` for rows claimed from the table.
+    pub follows: Option<i64>,
 }
 
 /// How a reply reached its sender (`pubbot_decided_to_sent_seconds{path}`).
@@ -226,17 +230,17 @@ impl Path {
 pub(crate) fn hand_over(
     permit: mpsc::Permit<'_, Vec<Held>>,
     leases: Option<&Leases>,
-    rows: impl IntoIterator<Item = (Claimed, Vec<i64>)>,
+    rows: impl IntoIterator<Item = (Claimed, Option<i64>)>,
     since: std::time::Instant,
 ) {
     let unit: Vec<Held> = rows
         .into_iter()
         .filter(|(r, _)| r.attempts > 0)
-        .map(|(row, after)| Held {
+        .map(|(row, follows)| Held {
             row,
             since,
             path: Path::HandedOver,
-            after,
+            follows,
         })
         .collect();
     if let Some(leases) = leases {
@@ -495,8 +499,11 @@ impl Plan {
 /// Inserts planned replies in the deciding transaction (invariant 1:
 /// planned once, by the unique place of each reply). With `direct`, a row
 /// goes straight to this process's senders (`sending`, leased to
-/// `worker_id` for `lease`) only when no earlier reply of its user is
-/// open; every other row is `pending`. Returns the rows leased here.
+/// `worker_id` for `lease`) when no earlier reply of its user is open, or
+/// when the latest open one is leased to this process too: it then follows
+/// that one in process ("Following a reply held here"); every other row is
+/// `pending`. Returns the rows inserted, each leased one with the reply it
+/// follows.
 ///
 /// # Errors
 /// Database errors.
@@ -507,30 +514,50 @@ pub(crate) async fn plan(
     worker_id: &str,
     lease: Duration,
     since: chrono::NaiveDate,
-) -> Result<Vec<Claimed>, sqlx::Error> {
+) -> Result<Vec<(Claimed, Option<i64>)>, sqlx::Error> {
     if plan.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as!(
-        Claimed,
-        r#"INSERT INTO outbound_messages
-               (id, day, inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
-                status, lease_owner, lease_until, attempts, handler)
-           SELECT pubbot_id(pubbot_day_of(i), nextval('outbound_messages_id_seq')), pubbot_day_of(i),
-                  i, r, a, m, u, n, p::json, t,
-                  CASE WHEN go THEN 'sending' ELSE 'pending' END,
-                  CASE WHEN go THEN $10 END,
-                  CASE WHEN go THEN now() + make_interval(secs => $11) END,
-                  CASE WHEN go THEN 1 ELSE 0 END, h
-             FROM (SELECT x.*, $9 AND NOT EXISTS (
-                          SELECT 1 FROM outbound_messages e
-                           WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
-                             AND e.status IN ('pending', 'sending') AND e.day >= $13) AS go
-                     FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $12::text[])
-                          AS x(i, r, a, m, u, n, p, t, h)) x
-           ON CONFLICT (app_key, mcid, inbound_id, reply_index, sub_index, day) DO NOTHING
-           RETURNING id, app_key, mcid AS "mcid: McId", user_id AS "user_id: UserId", payload AS "payload: Json<PlannedReply>", attempts, trace_id,
-                     inbound_id, reply_index, sub_index, created_at"#,
+    // The latest open reply of each user: one probe of the index of open
+    // replies, as in the ingest statement.
+    let rows = sqlx::query!(
+        r#"WITH x AS (
+               SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                    $7::text[], $8::text[], $12::text[])
+                    WITH ORDINALITY AS x(i, r, a, m, u, n, p, t, h, k)
+           ), last AS (
+               SELECT u.a, u.m, u.u, l.id AS last_id,
+                      $9 AND (l.id IS NULL OR (l.status = 'sending' AND l.lease_owner = $10)) AS go
+                 FROM (SELECT DISTINCT a, m, u FROM x) u
+                 LEFT JOIN LATERAL (
+                      SELECT e.id, e.status, e.lease_owner FROM outbound_messages e
+                       WHERE e.app_key = u.a AND e.mcid = u.m AND e.user_id = u.u
+                         AND e.status IN ('pending', 'sending') AND e.day >= $13
+                       ORDER BY e.inbound_id DESC, e.reply_index DESC, e.sub_index DESC
+                       LIMIT 1) l ON true
+           ), planned AS (
+               INSERT INTO outbound_messages
+                      (id, day, inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
+                       status, lease_owner, lease_until, attempts, handler)
+               SELECT pubbot_id(pubbot_day_of(x.i), nextval('outbound_messages_id_seq')), pubbot_day_of(x.i),
+                      x.i, x.r, x.a, x.m, x.u, x.n, x.p::json, x.t,
+                      CASE WHEN l.go THEN 'sending' ELSE 'pending' END,
+                      CASE WHEN l.go THEN $10 END,
+                      CASE WHEN l.go THEN now() + make_interval(secs => $11) END,
+                      CASE WHEN l.go THEN 1 ELSE 0 END, x.h
+                 FROM x JOIN last l ON l.a = x.a AND l.m = x.m AND l.u = x.u
+                ORDER BY x.k
+               ON CONFLICT (app_key, mcid, inbound_id, reply_index, sub_index, day) DO NOTHING
+               RETURNING id, app_key, mcid, user_id, payload, attempts, trace_id, inbound_id, reply_index,
+                         sub_index, created_at
+           )
+           SELECT o.id AS "id!", o.app_key AS "app_key!", o.mcid AS "mcid!: McId", o.user_id AS "user_id!: UserId",
+                  o.payload AS "payload!: Json<PlannedReply>", o.attempts AS "attempts!", o.trace_id AS "trace_id!",
+                  o.inbound_id, o.reply_index AS "reply_index!", o.sub_index AS "sub_index!",
+                  o.created_at AS "created_at!",
+                  CASE WHEN o.attempts > 0 THEN l.last_id END AS "follows?"
+             FROM planned o JOIN last l ON l.a = o.app_key AND l.m = o.mcid AND l.u = o.user_id
+            ORDER BY o.id"#,
         &plan.inbound_id,
         &plan.reply_index,
         &plan.app_key,
@@ -546,7 +573,28 @@ pub(crate) async fn plan(
         since,
     )
     .fetch_all(&mut *tx)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                Claimed {
+                    id: r.id,
+                    app_key: r.app_key,
+                    mcid: r.mcid,
+                    user_id: r.user_id,
+                    payload: r.payload,
+                    attempts: r.attempts,
+                    trace_id: r.trace_id,
+                    inbound_id: r.inbound_id,
+                    reply_index: r.reply_index,
+                    sub_index: r.sub_index,
+                    created_at: r.created_at,
+                },
+                r.follows,
+            )
+        })
+        .collect())
 }
 
 /// The first reply index of staff messages: they sort after every reply

@@ -130,7 +130,7 @@ mod tests {
             },
             since: std::time::Instant::now(),
             path: outbox::Path::Claimed,
-            after: Vec::new(),
+            follows: None,
         }
     }
 

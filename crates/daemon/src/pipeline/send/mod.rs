@@ -226,7 +226,7 @@ impl SendWorker {
                     row,
                     since,
                     path,
-                    after: Vec::new(),
+                    follows: None,
                 })
                 .collect(),
         )
