@@ -33,20 +33,6 @@ use crate::pipeline::rules::RuleStore;
 use crate::pipeline::wakeups::{work_loop, Wakeups};
 use crate::progress::{Progress, Stage};
 
-/// How many times `workers.claim_batch` a decide claim grows to while each
-/// takes all it asked for.
-const GROWN: i64 = 8;
-
-/// The size of a decide worker's next claim: twice the last after a full
-/// one (up to [`GROWN`] times `base`), else `base`.
-fn next_size(base: i64, asked: i64, took: usize) -> i64 {
-    if i64::try_from(took).unwrap_or(i64::MAX) >= asked {
-        (asked * 2).min(base.max(1) * GROWN)
-    } else {
-        base
-    }
-}
-
 /// A user of an account of an app: whose conversation state a push reads.
 type UserKey = (String, McId, UserId);
 
@@ -94,14 +80,8 @@ pub(crate) struct DecideWorker {
 }
 
 impl DecideWorker {
-    /// Runs until `token` is cancelled. A claim that took all it asked
-    /// for doubles the next one, up to [`GROWN`] times `workers.claim_batch`;
-    /// one that took less goes back to `claim_batch`. A backlog (pushes
-    /// stored undecided while ingest was behind) is decided in fewer,
-    /// larger transactions: each costs the same six statements and one
-    /// commit whatever its size.
+    /// Runs until `token` is cancelled.
     pub(crate) async fn run(self, token: CancellationToken) {
-        let size = std::sync::atomic::AtomicI64::new(self.batch);
         work_loop(
             &self.wake.inbound,
             self.poll,
@@ -109,15 +89,7 @@ impl DecideWorker {
             &token,
             "decide",
             &self.progress.ingest_first,
-            || async {
-                let asked = size.load(std::sync::atomic::Ordering::Relaxed);
-                let took = self.once(asked).await?;
-                size.store(
-                    next_size(self.batch, asked, took),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                Ok(took)
-            },
+            || self.once(),
         )
         .await;
     }
@@ -132,7 +104,7 @@ impl DecideWorker {
     /// # Errors
     /// Database errors; the transaction rolls back and the batch is taken
     /// again.
-    pub(crate) async fn once(&self, batch: i64) -> Result<usize, sqlx::Error> {
+    pub(crate) async fn once(&self) -> Result<usize, sqlx::Error> {
         // Before the transaction, whose start is the leases' `now()`: never
         // later than the leases of the rows handed over.
         let since = std::time::Instant::now();
@@ -151,7 +123,7 @@ impl DecideWorker {
             (&*self.apps).into()
         };
         let claimed =
-            ingest::pending::claim(&mut tx, batch, self.progress.days.since(), &apps).await?;
+            ingest::pending::claim(&mut tx, self.batch, self.progress.days.since(), &apps).await?;
         if claimed.is_empty() {
             tx.rollback().await?;
             return Ok(0);
@@ -412,21 +384,5 @@ impl DecideWorker {
         metrics::counter!("pubbot_replies_planned_total")
             .increment(planned.inbound_id.len() as u64);
         Ok(claimed.len())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::next_size;
-
-    #[test]
-    fn a_decide_claim_grows_while_full_and_shrinks_when_not() {
-        // Full claims double, up to eight times the configured batch.
-        assert_eq!(next_size(64, 64, 64), 128);
-        assert_eq!(next_size(64, 256, 256), 512);
-        assert_eq!(next_size(64, 512, 512), 512);
-        // One that took less: back to the configured batch.
-        assert_eq!(next_size(64, 512, 300), 64);
-        assert_eq!(next_size(64, 64, 0), 64);
     }
 }
