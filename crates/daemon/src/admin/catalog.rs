@@ -55,7 +55,7 @@ pub(crate) const METRICS: &[Metric] = &[
     Metric { name: "pubbot_ingest_commit_seconds", kind: Histogram, help: "Time of one group commit", known: NONE },
     Metric { name: "pubbot_ingest_queue_seconds", kind: Histogram, help: "Time a push waited for its group commit to start (a flush slot, and company)", known: NONE },
     Metric { name: "pubbot_ingest_behind_total", kind: Counter, help: "Times a group commit waited ingest.yield_after_ms or more: decide and send yield", known: NONE },
-    Metric { name: "pubbot_ingest_undecided_behind_total", kind: Counter, help: "Pushes stored undecided, for the decide workers, because ingest was behind (ingest first)", known: NONE },
+    Metric { name: "pubbot_ingest_undecided_behind_total", kind: Counter, help: "Pushes of group commits made while ingest was behind, stored undecided for the decide workers (ingest first)", known: NONE },
     Metric { name: "pubbot_ingest_spilled_total", kind: Counter, help: "Pushes spooled at once because an earlier push of the same user was still in the spool (the drain stores them in order)", known: NONE },
     Metric { name: "pubbot_ingest_yield_seconds", kind: Histogram, help: "Time a worker waited before its round because ingest was behind", known: &[&[("stage", "decide")], &[("stage", "send")], &[("stage", "retention")]] },
     Metric { name: "pubbot_pool_acquire_seconds", kind: Histogram, help: "Time a stage waited for a connection of its pool", known: &[

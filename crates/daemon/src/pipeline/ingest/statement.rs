@@ -98,6 +98,8 @@ pub(super) async fn insert(
     // (`OFFSET 0` keeps each check a single probe per row: flattened, the
     // planner would repeat it in every `CASE` that reads it; `last` is read
     // twice, so it is computed once.)
+    // `last` is the same probe as the decide workers' (`outbox::plan`): keep
+    // the two alike.
     let stored = sqlx::query!(
         r#"WITH x AS (
                SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],

@@ -91,9 +91,9 @@
 //! goes back to `pending` untried and takes the claim path above. Following
 //! only the latest is enough: it was itself leased behind the one before it,
 //! so it went out only after all of them; and one probe of the index of
-//! open replies finds it, where listing every earlier one read them all (a
-//! user's open replies pile up while sends yield to ingest, and each push
-//! read them all again: quadratic under overload). Two batches in flight at once never hold
+//! open replies finds it, where listing every earlier one read them all
+//! (twice: to decide and to list), for every reply of a user who writes
+//! faster than their replies go out. Two batches in flight at once never hold
 //! pushes of one user (a batch waits for the commit of one that does), so
 //! a statement sees every earlier reply of the user it plans for. A
 //! process that dies leaves both rows leased; recovery sends the earlier

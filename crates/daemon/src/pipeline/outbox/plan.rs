@@ -64,7 +64,8 @@ pub(crate) async fn plan(
         return Ok(Vec::new());
     }
     // The latest open reply of each user: one probe of the index of open
-    // replies, as in the ingest statement.
+    // replies, the same as the ingest statement's `last` (keep the two
+    // alike; sqlx checks each statement's text as written).
     let rows = sqlx::query!(
         r#"WITH x AS (
                SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[],
