@@ -618,6 +618,7 @@ async fn the_load_generator_counts_every_reply_once(_: PgPoolOptions, connect: P
     let report = pubbot_sim::load::run(config, listener, load).await.unwrap();
     assert!(report.pushes >= 50, "{report}");
     assert_eq!(report.acknowledged, report.pushes, "{report}");
+    assert_eq!(report.first_try, report.pushes, "{report}");
     assert_eq!(report.replied, report.pushes, "{report}");
     assert_eq!((report.lost, report.duplicates), (0, 0), "{report}");
     assert_eq!(

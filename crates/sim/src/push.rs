@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 use crate::signature::sign;
 use crate::Inner;
 
+/// How a try that never got one of the platform's push connections
+/// begins its detail (the load report counts them apart).
+pub(crate) const NO_CONNECTION: &str = "no connection free";
+
 /// What a user sends an account. Field names follow the push XML.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -307,7 +311,7 @@ pub(crate) async fn deliver(inner: Arc<Inner>, id: usize, secret: String) {
                 at_ms,
                 outcome: "timeout".into(),
                 status: None,
-                detail: format!("no connection free within {:?}", push.timeout),
+                detail: format!("{NO_CONNECTION} within {:?}", push.timeout),
             },
             Tried::NoAnswer => Attempt {
                 at_ms,

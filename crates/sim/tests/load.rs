@@ -61,3 +61,74 @@ async fn pushes_no_daemon_answered_are_reported_by_the_second_they_were_made() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_push_answered_only_at_a_retry_is_not_counted_at_its_first_try() {
+    // A daemon that holds its first two requests past the platform's
+    // timeout and answers every other at once, behind one platform
+    // connection: the two held tries time out with no answer, the push
+    // made meanwhile finds the connection busy for longer than its own
+    // timeout, and every push is acknowledged in the end.
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    let seen = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&seen);
+    let daemon = axum::Router::new().route(
+        "/webhook",
+        axum::routing::post(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                }
+                "success"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let route = format!("http://{}/webhook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, daemon).await.unwrap() });
+    let config = SimConfig {
+        apps: vec![AppCredentials {
+            key: "k".into(),
+            secret: "s".into(),
+        }],
+        push: PushConfig {
+            timeout: Duration::from_millis(300),
+            retry_delay: Duration::from_millis(20),
+            tries: 4,
+            connections: 1,
+            ..PushConfig::default()
+        },
+        ..SimConfig::default()
+    };
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let load = LoadConfig {
+        mcid: "mc".into(),
+        route_url: route,
+        rate: Some(20),
+        concurrency: 4,
+        duration: Duration::from_secs(1),
+        users: 5,
+        unique_users: false,
+        grace: Duration::from_secs(1),
+    };
+    let report = run(config, api, load).await.unwrap();
+    assert_eq!(report.acknowledged, report.pushes, "{report}");
+    let timeouts = report.tries.get("timeout").copied().unwrap_or(0);
+    assert!(timeouts >= 3, "{report}");
+    assert!(report.no_connection >= 1, "{report}");
+    assert!(report.no_connection < timeouts, "{report}");
+    // Each timed-out try was a push's; such a push was answered later.
+    assert!(report.first_try < report.acknowledged, "{report}");
+    assert!(
+        report.first_try >= report.acknowledged - timeouts,
+        "{report}"
+    );
+    let text = report.to_string();
+    assert!(
+        text.contains(&format!("{} at their first try", report.first_try))
+            && text.contains("found no connection free"),
+        "{text}"
+    );
+}

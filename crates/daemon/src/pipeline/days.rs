@@ -56,6 +56,17 @@ pub(crate) fn push_day(create_time: Option<i64>, now: DateTime<Utc>) -> NaiveDat
         .map_or(today, |t| t.date_naive())
 }
 
+/// The newest day a row may be in, seen from `today`: a push's day is at
+/// most a day past its receiver's clock ([`push_day`]; another replica's
+/// clock a few hours ahead makes it two), and partitions exist to
+/// [`AHEAD_DAYS`] ahead. Probes for a user's open rows stop there, so they
+/// skip the empty partitions beyond: a fresh install has a week of them
+/// (migration 0012), and probing those cost 15% of the ingest statement's
+/// time in a fresh database (BENCHMARKS.md, "Where a message waits").
+pub(crate) fn newest(today: NaiveDate) -> NaiveDate {
+    today + Days::new(AHEAD_DAYS)
+}
+
 /// A window's lower bound that takes in every day (ids start at the epoch).
 pub(crate) const ALL_DAYS: NaiveDate = match NaiveDate::from_ymd_opt(1970, 1, 1) {
     Some(d) => d,

@@ -115,11 +115,11 @@ pub(super) async fn insert(
                  FROM (SELECT x.*, x.ok
                               AND NOT EXISTS (SELECT 1 FROM inbound_messages e
                                                WHERE e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
-                                                 AND e.status = 'pending' AND e.day >= $20)
+                                                 AND e.status = 'pending' AND e.day BETWEEN $20 AND $21)
                               AND NOT EXISTS (SELECT 1 FROM outbound_messages h
                                                WHERE h.app_key = x.a AND h.mcid = x.m AND h.user_id = x.u
                                                  AND h.handler IS NOT NULL AND h.status IN ('pending', 'sending')
-                                                 AND h.day >= $20)
+                                                 AND h.day BETWEEN $20 AND $21)
                               AND NOT EXISTS (SELECT 1 FROM takeovers k
                                                WHERE k.app_key = x.a AND k.mcid = x.m AND k.user_id = x.u) AS done
                          FROM x OFFSET 0) x
@@ -137,7 +137,7 @@ pub(super) async fn insert(
                  LEFT JOIN LATERAL (
                       SELECT e.id, e.status, e.lease_owner FROM outbound_messages e
                        WHERE e.app_key = u.a AND e.mcid = u.m AND e.user_id = u.u
-                         AND e.status IN ('pending', 'sending') AND e.day >= $20
+                         AND e.status IN ('pending', 'sending') AND e.day BETWEEN $20 AND $21
                        ORDER BY e.inbound_id DESC, e.reply_index DESC, e.sub_index DESC
                        LIMIT 1) l ON true
            ), planned AS (
@@ -188,6 +188,7 @@ pub(super) async fn insert(
         direct,
         &cols.day,
         window,
+        crate::pipeline::days::newest(now.date_naive()),
     )
     .fetch_all(&mut *crate::db::acquire(pool, "ingest").await?)
     .await?;

@@ -78,7 +78,7 @@ pub(crate) async fn plan(
                  LEFT JOIN LATERAL (
                       SELECT e.id, e.status, e.lease_owner FROM outbound_messages e
                        WHERE e.app_key = u.a AND e.mcid = u.m AND e.user_id = u.u
-                         AND e.status IN ('pending', 'sending') AND e.day >= $13
+                         AND e.status IN ('pending', 'sending') AND e.day BETWEEN $13 AND $14
                        ORDER BY e.inbound_id DESC, e.reply_index DESC, e.sub_index DESC
                        LIMIT 1) l ON true
            ), planned AS (
@@ -117,6 +117,7 @@ pub(crate) async fn plan(
         lease.as_secs_f64(),
         &plan.handler as &[Option<String>],
         since,
+        crate::pipeline::days::newest(chrono::Utc::now().date_naive()),
     )
     .fetch_all(&mut *tx)
     .await?;
