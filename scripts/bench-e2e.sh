@@ -213,6 +213,10 @@ start_pubbot
 echo "pubbot memory: peak $(awk '/VmHWM/ {print $2, $3}' /proc/$PUBBOT_PID/status), after the drain $(awk '/VmRSS/ {print $2, $3}' /proc/$PUBBOT_PID/status)"
 # Every duplicate above is one of these (outbox invariant 7).
 echo "replies that may have gone twice, counted (ambiguous retries + recovered leases): $(curl -s http://127.0.0.1:19090/metrics | awk '/^pubbot_outbound_(ambiguous_retries|recovered)_total/ {s += $2} END {print s + 0}')"
+# How the daemon answered the pushes it saw, and what its listener did
+# (a try the platform timed out that the daemon never counted waited in the
+# kernel: the listen backlog, or a connection it was closing).
+curl -s http://127.0.0.1:19090/metrics | awk '/^pubbot_(webhook_pushes|webhook_connections_closed|webhook_listen_overflows|spool_pushes)_total/ && $2 > 0 {printf "%s %s  ", $1, $2} END {print ""}' | sed 's/^/daemon counters: /'
 stop_pubbot
 psql "$BENCH_URL" -At -F ' ' -c "SELECT 'replies', status, count(*), 'tries', sum(attempts) FROM outbound_messages GROUP BY status"
 # A push answered twice: stored twice (two push ids), or sent twice (tries).

@@ -370,3 +370,63 @@ async fn a_flood_of_bad_pushes_is_summed_up_in_the_log(
         0
     );
 }
+
+#[sqlx::test(migrator = "pubbot::db::MIGRATOR")]
+async fn idle_connections_make_way_when_every_slot_is_taken(
+    _: sqlx::pool::PoolOptions<sqlx::Postgres>,
+    connect: PgConnectOptions,
+) {
+    let w = World::new(connect).await;
+    let pool = w.pool(None).await;
+    import(&pool, RULES).await;
+    let mut s = w.settings();
+    // Long enough that only making way can free a slot within a try.
+    s.http.header_timeout_ms = 60_000;
+    s.http.max_connections = 4;
+    let (d, _) = w.daemon(s, pool.clone()).await;
+    w.add_account(d.addr).await;
+
+    // Four connections take every slot and stay idle, as a client's pool
+    // keeps its kept-alive connections.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(d.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // The platform pushes on a connection of its own: it waits for a slot,
+    // the idle connections make way, and the push is answered at its first
+    // try (before, it waited in the backlog for the header timeout).
+    let p = w.say("u1", "hello").await;
+    assert_eq!(
+        p["pushes"][0]["attempts"][0]["status"], 200,
+        "answered at its first try: {p}"
+    );
+    for mut c in idle {
+        assert!(
+            closed_within(&mut c, Duration::from_secs(3)).await,
+            "an idle connection made way"
+        );
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", d.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let made_way: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("pubbot_webhook_connections_closed_total")
+                && l.contains("reason=\"idle_at_cap\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(made_way >= 4.0, "counted: {made_way}");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM inbound_messages").await,
+        1
+    );
+    d.shutdown().await;
+}

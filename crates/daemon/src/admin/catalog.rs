@@ -45,7 +45,7 @@ pub(crate) const METRICS: &[Metric] = &[
     ] },
     Metric { name: "pubbot_webhook_accept_seconds", kind: Histogram, help: "Time to make a push durable", known: NONE },
     Metric { name: "pubbot_webhook_connections_closed_total", kind: Counter, help: "Webhook connections the listener closed, by reason", known: &[
-        &[("reason", "header_timeout")], &[("reason", "peer_cap")], &[("reason", "not_allowed")],
+        &[("reason", "header_timeout")], &[("reason", "peer_cap")], &[("reason", "not_allowed")], &[("reason", "idle_at_cap")],
     ] },
     Metric { name: "pubbot_inbound_messages_total", kind: Counter, help: "Pushes by what ingest did with them", known: &[
         &[("outcome", "stored")], &[("outcome", "duplicate")], &[("outcome", "spooled")], &[("outcome", "unstorable")],

@@ -62,7 +62,11 @@ pub(crate) fn push_day(create_time: Option<i64>, now: DateTime<Utc>) -> NaiveDat
 /// [`AHEAD_DAYS`] ahead. Probes for a user's open rows stop there, so they
 /// skip the empty partitions beyond: a fresh install has a week of them
 /// (migration 0012), and probing those cost 15% of the ingest statement's
-/// time in a fresh database (BENCHMARKS.md, "Where a message waits").
+/// time in a fresh database (BENCHMARKS.md, "Where a message waits"). Only
+/// the per-push probes of the ingest statement and of the decide workers'
+/// plan stop here; the claims, the safety net for whatever those leave
+/// `pending`, still look at every day from the window on, so a row a
+/// grossly wrong clock put further ahead is still found and sent.
 pub(crate) fn newest(today: NaiveDate) -> NaiveDate {
     today + Days::new(AHEAD_DAYS)
 }

@@ -8,6 +8,15 @@
 //!   backlog, and a platform that waits too long sees no answer and
 //!   retries — never a status it might take as final (R15). Memory is
 //!   bounded by the cap, not by the burst.
+//! - **Idle connections make way.** A kept-alive connection between two
+//!   requests holds a slot too. When every slot is taken and a connection
+//!   is waiting, those idle for [`IDLE_AT_CAP`] or more are closed (as
+//!   nginx reuses its idle keep-alive connections), so that the waiting
+//!   one is taken in at once rather than after a header timeout: a
+//!   platform whose pool holds more connections than the cap (idle ones
+//!   it is not using, new ones for a burst) had pushes wait in the
+//!   backlog until a timed-out try (BENCHMARKS.md, "Where a message
+//!   waits"). A connection with a request in hand is never closed for it.
 //! - **Time limits.** Complete request headers within
 //!   `http.header_timeout_ms`, counted from the accept or, on a kept-alive
 //!   connection, from the previous answer (so an idle kept-alive
@@ -30,8 +39,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use axum::http::StatusCode;
@@ -42,7 +52,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use ipnet::IpNet;
 use pubbot_webhook::LogSummary;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -173,6 +183,27 @@ impl Drop for PeerSlot {
     }
 }
 
+/// How long a kept-alive connection must have been idle to be closed when
+/// every slot is taken and another connection waits: long enough that a
+/// client between two requests of a burst keeps its connection.
+pub(crate) const IDLE_AT_CAP: Duration = Duration::from_secs(1);
+
+/// What a connection is doing: requests in hand, and since when it has
+/// had none (milliseconds from the listener's start).
+#[derive(Debug, Default)]
+struct Activity {
+    in_hand: AtomicUsize,
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn idle_for(&self, now_ms: u64) -> Option<Duration> {
+        (self.in_hand.load(Ordering::Acquire) == 0).then(|| {
+            Duration::from_millis(now_ms.saturating_sub(self.idle_since_ms.load(Ordering::Acquire)))
+        })
+    }
+}
+
 /// Why a connection was closed by the listener.
 fn closed(log: &LogSummary, reason: &'static str, ip: IpAddr) {
     metrics::counter!("pubbot_webhook_connections_closed_total", "reason" => reason).increment(1);
@@ -213,14 +244,14 @@ pub(crate) async fn serve(
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let peers = Arc::new(Peers::default());
     let connections = TaskTracker::new();
-    loop {
-        let permit = tokio::select! {
-            () = token.cancelled() => break,
-            p = Arc::clone(&permits).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
+    // Connections idle between requests wait on this; it is notified while
+    // every slot is taken and a new connection waits for one.
+    let at_cap = Arc::new(Notify::new());
+    let started = Instant::now();
+    let now_ms = move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    'accept: loop {
+        // One connection is taken from the backlog, then waits here for a
+        // slot: so the listener knows somebody is waiting.
         let (stream, addr): (_, SocketAddr) = tokio::select! {
             () = token.cancelled() => break,
             r = listener.accept() => match r {
@@ -245,18 +276,45 @@ pub(crate) async fn serve(
             closed(&log, "peer_cap", ip);
             continue;
         };
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => loop {
+                // Every slot taken: the connections idle longest make way.
+                at_cap.notify_waiters();
+                tokio::select! {
+                    () = token.cancelled() => break 'accept,
+                    p = Arc::clone(&permits).acquire_owned() => match p {
+                        Ok(p) => break p,
+                        Err(_) => break 'accept,
+                    },
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            },
+        };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let token = token.clone();
         let log = Arc::clone(&log);
+        let at_cap = Arc::clone(&at_cap);
         let header_timeout = limits.header_timeout;
+        let activity = Arc::new(Activity::default());
+        activity.idle_since_ms.store(now_ms(), Ordering::Release);
         connections.spawn(async move {
             let _held = (permit, slot);
+            let busy = Arc::clone(&activity);
             let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(Peer(ip));
                 let mut router = router.clone();
+                let busy = Arc::clone(&busy);
+                busy.in_hand.fetch_add(1, Ordering::AcqRel);
                 // A Router is always ready.
-                tower_service::Service::call(&mut router, req.map(axum::body::Body::new))
+                let answer = tower_service::Service::call(&mut router, req.map(axum::body::Body::new));
+                async move {
+                    let r = answer.await;
+                    busy.idle_since_ms.store(now_ms(), Ordering::Release);
+                    busy.in_hand.fetch_sub(1, Ordering::AcqRel);
+                    r
+                }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
@@ -264,11 +322,21 @@ pub(crate) async fn serve(
                 .keep_alive(true);
             let conn = http.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = token.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let result = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    () = token.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        break conn.await;
+                    }
+                    () = at_cap.notified() => {
+                        if activity.idle_for(now_ms()).is_some_and(|d| d >= IDLE_AT_CAP) {
+                            // Idle: hyper closes it at once.
+                            metrics::counter!("pubbot_webhook_connections_closed_total", "reason" => "idle_at_cap").increment(1);
+                            conn.as_mut().graceful_shutdown();
+                            break conn.await;
+                        }
+                    }
                 }
             };
             if let Err(e) = result {

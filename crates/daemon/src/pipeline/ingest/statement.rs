@@ -58,6 +58,8 @@ pub(super) fn decidable(rows: &[&Row]) -> Vec<bool> {
 /// stored `pending` instead. Replies are leased to this process's senders
 /// when `direct` and the latest open reply of their user is leased to this
 /// process too, or there is none (mostly): they then follow it in process.
+/// The probes of a user's open rows look at the days from `window` (the
+/// oldest unsettled) to [`crate::pipeline::days::newest`].
 pub(super) async fn insert(
     pool: &PgPool,
     rows: &[&Row],
