@@ -98,16 +98,32 @@ pub(super) async fn insert(
     // One statement: the pushes, then the replies of those stored `done`,
     // in push order (outbound ids follow the order the user wrote).
     // (`OFFSET 0` keeps each check a single probe per row: flattened, the
-    // planner would repeat it in every `CASE` that reads it; `last` is read
-    // twice, so it is computed once.)
-    // `last` is the same probe as the decide workers' (`outbox::plan`): keep
-    // the two alike.
+    // planner would repeat it in every `CASE` that reads it.)
+    // The latest open reply is probed in `x`, once a push, and read from
+    // there: joined as a CTE of its own on the user's three columns, the
+    // generic plan (which takes an array parameter for 10 rows) compared
+    // every reply with every user of the batch, quadratic in the batch
+    // (BENCHMARKS.md, "Where a message waits"). It is the same probe as
+    // the decide workers' `last` (`outbox::plan`), which still joins it on
+    // the user's columns (its plans are small; not measured the other way).
     let stored = sqlx::query!(
         r#"WITH x AS (
-               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                    $6::text[], $7::int8[], $8::text[], $9::bytea[], $10::text[], $11::bool[],
-                                    $19::date[])
-                    WITH ORDINALITY AS x(a, m, u, t, d, i, c, j, r, tr, ok, day, n)
+               -- Each push, with the latest open reply of its user (one
+               -- probe of the index of open replies): a reply goes now only
+               -- when there is none, or when it is leased to this process,
+               -- and then follows it (each follower follows the one before).
+               SELECT x.*, l.id AS last_id,
+                      $18 AND (l.id IS NULL OR (l.status = 'sending' AND l.lease_owner = $16)) AS go
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::text[], $7::int8[], $8::text[], $9::bytea[], $10::text[], $11::bool[],
+                             $19::date[])
+                      WITH ORDINALITY AS x(a, m, u, t, d, i, c, j, r, tr, ok, day, n)
+                 LEFT JOIN LATERAL (
+                      SELECT e.id, e.status, e.lease_owner FROM outbound_messages e
+                       WHERE x.ok AND e.app_key = x.a AND e.mcid = x.m AND e.user_id = x.u
+                         AND e.status IN ('pending', 'sending') AND e.day BETWEEN $20 AND $21
+                       ORDER BY e.inbound_id DESC, e.reply_index DESC, e.sub_index DESC
+                       LIMIT 1) l ON true
            ), ins AS (
                INSERT INTO inbound_messages
                       (id, day, app_key, mcid, user_id, msg_type, dedup_key, msg_id, create_time, message, raw,
@@ -128,34 +144,19 @@ pub(super) async fn insert(
                 ORDER BY n
                ON CONFLICT (app_key, mcid, dedup_key, day) DO NOTHING
                RETURNING id, day, app_key, dedup_key, status
-           ), last AS (
-               -- The latest open reply of each user (one probe of the
-               -- index of open replies): a reply goes now only when there
-               -- is none, or when it is leased to this process, and then
-               -- follows it (each follower follows the one before it).
-               SELECT u.a, u.m, u.u, l.id AS last_id,
-                      $18 AND (l.id IS NULL OR (l.status = 'sending' AND l.lease_owner = $16)) AS go
-                 FROM (SELECT DISTINCT a, m, u FROM x WHERE ok) u
-                 LEFT JOIN LATERAL (
-                      SELECT e.id, e.status, e.lease_owner FROM outbound_messages e
-                       WHERE e.app_key = u.a AND e.mcid = u.m AND e.user_id = u.u
-                         AND e.status IN ('pending', 'sending') AND e.day BETWEEN $20 AND $21
-                       ORDER BY e.inbound_id DESC, e.reply_index DESC, e.sub_index DESC
-                       LIMIT 1) l ON true
            ), planned AS (
                INSERT INTO outbound_messages
                       (id, day, inbound_id, reply_index, app_key, mcid, user_id, rule_name, payload, trace_id,
                        status, lease_owner, lease_until, attempts)
                SELECT pubbot_id(ins.day, nextval('outbound_messages_id_seq')), ins.day, ins.id, p.ri, x.a, x.m, x.u, p.rule, p.payload::json, x.tr,
-                      CASE WHEN l.go THEN 'sending' ELSE 'pending' END,
-                      CASE WHEN l.go THEN $16 END,
-                      CASE WHEN l.go THEN now() + make_interval(secs => $17) END,
-                      CASE WHEN l.go THEN 1 ELSE 0 END
+                      CASE WHEN x.go THEN 'sending' ELSE 'pending' END,
+                      CASE WHEN x.go THEN $16 END,
+                      CASE WHEN x.go THEN now() + make_interval(secs => $17) END,
+                      CASE WHEN x.go THEN 1 ELSE 0 END
                  FROM ins
                  JOIN x ON x.a = ins.app_key AND x.d = ins.dedup_key
                  JOIN UNNEST($12::int8[], $13::int4[], $14::text[], $15::text[]) AS p(n, ri, rule, payload)
                    ON p.n = x.n
-                 JOIN last l ON l.a = x.a AND l.m = x.m AND l.u = x.u
                 WHERE ins.status = 'done'
                 ORDER BY ins.id, p.ri
                RETURNING id, app_key, mcid, user_id, payload, attempts, trace_id, inbound_id, reply_index,
@@ -166,9 +167,10 @@ pub(super) async fn insert(
                   o.payload AS "payload?: Json<PlannedReply>", o.attempts AS "attempts?",
                   o.trace_id AS "trace_id?", o.reply_index AS "reply_index?", o.sub_index AS "sub_index?",
                   o.created_at AS "created_at?",
-                  CASE WHEN o.attempts > 0 THEN l.last_id END AS "follows?"
+                  CASE WHEN o.attempts > 0 THEN x.last_id END AS "follows?"
              FROM ins LEFT JOIN planned o ON o.inbound_id = ins.id
-             LEFT JOIN last l ON l.a = o.app_key AND l.m = o.mcid AND l.u = o.user_id
+             -- the push (of equal pushes in a batch only the first is `ok`)
+             LEFT JOIN x ON x.a = ins.app_key AND x.d = ins.dedup_key AND x.ok
             ORDER BY o.id"#,
         &cols.app_key,
         &cols.mcid,

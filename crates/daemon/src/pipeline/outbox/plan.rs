@@ -64,8 +64,11 @@ pub(crate) async fn plan(
         return Ok(Vec::new());
     }
     // The latest open reply of each user: one probe of the index of open
-    // replies, the same as the ingest statement's `last` (keep the two
-    // alike; sqlx checks each statement's text as written).
+    // replies, the same as the ingest statement's (keep the two alike;
+    // sqlx checks each statement's text as written). The ingest statement
+    // probes it in `x` instead of joining `last` on the user's columns,
+    // which its generic plan did as a nested loop, quadratic in the batch;
+    // here plans are small and the other form was not measured.
     let rows = sqlx::query!(
         r#"WITH x AS (
                SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[],
