@@ -6,22 +6,20 @@ use std::time::Duration;
 use pubbot_sim::load::{run, LoadConfig};
 use pubbot_sim::{AppCredentials, PushConfig, SimConfig};
 
-#[tokio::test]
-async fn pushes_no_daemon_answered_are_reported_by_the_second_they_were_made() {
-    // A route url nothing listens on: every try is a connect error.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let route = format!("http://{}/webhook", closed.local_addr().unwrap());
-    drop(closed);
+/// One app, the platform's API on a port of its own, and 20 pushes/s from
+/// 5 users to `route` for `duration`.
+async fn setup(
+    push: PushConfig,
+    route: String,
+    duration: Duration,
+    grace: Duration,
+) -> (SimConfig, tokio::net::TcpListener, LoadConfig) {
     let config = SimConfig {
         apps: vec![AppCredentials {
             key: "k".into(),
             secret: "s".into(),
         }],
-        push: PushConfig {
-            retry_delay: Duration::from_millis(50),
-            tries: 3,
-            ..PushConfig::default()
-        },
+        push,
         ..SimConfig::default()
     };
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -30,11 +28,27 @@ async fn pushes_no_daemon_answered_are_reported_by_the_second_they_were_made() {
         route_url: route,
         rate: Some(20),
         concurrency: 4,
-        duration: Duration::from_secs(2),
+        duration,
         users: 5,
         unique_users: false,
-        grace: Duration::from_secs(10),
+        grace,
     };
+    (config, api, load)
+}
+
+#[tokio::test]
+async fn pushes_no_daemon_answered_are_reported_by_the_second_they_were_made() {
+    // A route url nothing listens on: every try is a connect error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let route = format!("http://{}/webhook", closed.local_addr().unwrap());
+    drop(closed);
+    let push = PushConfig {
+        retry_delay: Duration::from_millis(50),
+        tries: 3,
+        ..PushConfig::default()
+    };
+    let (config, api, load) =
+        setup(push, route, Duration::from_secs(2), Duration::from_secs(10)).await;
     let report = run(config, api, load).await.unwrap();
     assert!(report.pushes >= 20, "{report}");
     assert_eq!(report.failed, report.pushes, "{report}");
@@ -88,31 +102,15 @@ async fn a_push_answered_only_at_a_retry_is_not_counted_at_its_first_try() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let route = format!("http://{}/webhook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, daemon).await.unwrap() });
-    let config = SimConfig {
-        apps: vec![AppCredentials {
-            key: "k".into(),
-            secret: "s".into(),
-        }],
-        push: PushConfig {
-            timeout: Duration::from_millis(300),
-            retry_delay: Duration::from_millis(20),
-            tries: 4,
-            connections: 1,
-            ..PushConfig::default()
-        },
-        ..SimConfig::default()
+    let push = PushConfig {
+        timeout: Duration::from_millis(300),
+        retry_delay: Duration::from_millis(20),
+        tries: 4,
+        connections: 1,
+        ..PushConfig::default()
     };
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let load = LoadConfig {
-        mcid: "mc".into(),
-        route_url: route,
-        rate: Some(20),
-        concurrency: 4,
-        duration: Duration::from_secs(1),
-        users: 5,
-        unique_users: false,
-        grace: Duration::from_secs(1),
-    };
+    let (config, api, load) =
+        setup(push, route, Duration::from_secs(1), Duration::from_secs(1)).await;
     let report = run(config, api, load).await.unwrap();
     assert_eq!(report.acknowledged, report.pushes, "{report}");
     let timeouts = report.tries.get("timeout").copied().unwrap_or(0);
