@@ -49,7 +49,7 @@ def source_at(rev):
                           capture_output=True, text=True).stdout
 
 
-def psql(url, sql, db=True):
+def psql(url, sql):
     r = subprocess.run(["psql", url, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"],
                        input=sql, capture_output=True, text=True)
     if r.returncode != 0:
